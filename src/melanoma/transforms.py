@@ -1,0 +1,123 @@
+"""The ONE train preset and ONE eval preset (torchvision.transforms.v2, like torchvision's
+references/classification/presets.py), both built from a preprocessing dict (`models.default_preprocessing`,
+stored in model.json), plus deterministic test-time-augmentation views.
+
+Both presets accept PIL images and uint8 CHW tensors (the trainer caches decoded uint8 tensors); the first step
+converts either to a uint8 tensor image, so a PIL image and its tensor give the same output.
+
+Dermoscopy has no "up": a lesion photographed upside down or mirrored is the same lesion, so all flips and
+90-degree rotations are label-preserving (for training and for TTA).
+"""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import InterpolationMode
+
+from melanoma.errors import ConfigError
+
+
+class RandomRot90(v2.Transform):
+    """Rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}; exact (no interpolation) for PIL and tensors.
+    (torchvision has no random 90-degree rotation; RandomRotation would interpolate and add black corners.)"""
+
+    def make_params(self, flat_inputs):
+        return {"k": int(torch.randint(0, 4, ()).item())}
+
+    def transform(self, inpt, params):
+        k = params["k"]
+        if k == 0:
+            return inpt
+        if isinstance(inpt, Image.Image):
+            return inpt.transpose([None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180,
+                                   Image.Transpose.ROTATE_270][k])
+        if isinstance(inpt, torch.Tensor):
+            # counter-clockwise like PIL's ROTATE_90; dims are (H, W) of a (..., C, H, W) tensor
+            return tv_tensors.wrap(torch.rot90(inpt, k, dims=(-2, -1)), like=inpt) \
+                if isinstance(inpt, tv_tensors.TVTensor) else torch.rot90(inpt, k, dims=(-2, -1))
+        return inpt
+
+
+def _interpolation(pre: dict) -> InterpolationMode:
+    name = pre.get("interpolation", "bilinear")
+    try:
+        return InterpolationMode(name)
+    except ValueError as exc:
+        raise ConfigError(f"unknown interpolation {name!r} in preprocessing (use bicubic or bilinear)") from exc
+
+
+def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR) -> list:
+    """The geometric + colour augmentations of the train preset, on a uint8 tensor image, output `size`
+    (int or (h, w)). Shared with `melanoma.augment`, which applies them at the original image size."""
+    return [
+        v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), interpolation=interpolation,
+                             antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        RandomRot90(),
+        # small affine jitter; fill=0 (black) matches the dark vignette corners of dermoscopy images
+        v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.9, 1.1),
+                        interpolation=InterpolationMode.BILINEAR),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+    ]
+
+
+def _to_normalized(pre: dict) -> list:
+    # ToDtype(scale=True): uint8 [0, 255] -> float [0, 1], then (x - mean) / std
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre["mean"]), std=list(pre["std"]))]
+
+
+def train_transform(pre: dict) -> v2.Compose:
+    """Random training view: crop-resize to pre["input_size"], flips, 90-degree rotations, small affine,
+    colour jitter, then float32 normalisation. Input: PIL image or uint8 CHW tensor; output float32 (3, S, S)."""
+    size = int(pre["input_size"])
+    return v2.Compose([v2.ToImage(), *augmentation_ops(size, _interpolation(pre)), *_to_normalized(pre)])
+
+
+def eval_transform(pre: dict) -> v2.Compose:
+    """Deterministic view: resize the shorter side to pre["resize"], centre-crop pre["input_size"], normalise.
+    Input: PIL image or uint8 CHW tensor; output float32 (3, S, S)."""
+    size = int(pre["input_size"])
+    resize = int(pre.get("resize", size))
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(resize, interpolation=_interpolation(pre), antialias=True),
+        v2.CenterCrop(size),
+        *_to_normalized(pre),
+    ])
+
+
+# The 8 symmetries of the square (dihedral group D4), as (forward, inverse) on the last two dims (H, W).
+_TTA_VIEWS = [
+    ("identity", lambda x: x, lambda x: x),
+    ("hflip", lambda x: x.flip(-1), lambda x: x.flip(-1)),
+    ("vflip", lambda x: x.flip(-2), lambda x: x.flip(-2)),
+    ("rot90", lambda x: x.rot90(1, (-2, -1)), lambda x: x.rot90(-1, (-2, -1))),
+    ("rot180", lambda x: x.rot90(2, (-2, -1)), lambda x: x.rot90(-2, (-2, -1))),
+    ("rot270", lambda x: x.rot90(3, (-2, -1)), lambda x: x.rot90(-3, (-2, -1))),
+    ("transpose", lambda x: x.transpose(-2, -1), lambda x: x.transpose(-2, -1)),
+    ("anti-transpose", lambda x: x.flip(-2, -1).transpose(-2, -1), lambda x: x.transpose(-2, -1).flip(-2, -1)),
+]
+TTA_VIEW_NAMES = [name for name, _, _ in _TTA_VIEWS]
+
+
+def _check_views(n: int) -> None:
+    if not 1 <= n <= len(_TTA_VIEWS):
+        raise ConfigError(f"tta views must be between 1 and {len(_TTA_VIEWS)}, got {n}")
+
+
+def tta_views(x: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """The first `n` (1..8) deterministic views of a normalised NCHW batch, in the order of TTA_VIEW_NAMES:
+    identity, hflip, vflip, rot90, rot180, rot270, transpose, anti-transpose. Transposes need square inputs
+    (the eval preset crops square). Labels are unchanged by every view (dermoscopy has no up or down)."""
+    _check_views(n)
+    return [forward(x).contiguous() for _, forward, _ in _TTA_VIEWS[:n]]
+
+
+def invert_tta_views(views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Map each view (e.g. a Grad-CAM map of view i, shape (..., H, W)) back to the original orientation."""
+    _check_views(len(views))
+    return [inverse(v).contiguous() for v, (_, _, inverse) in zip(views, _TTA_VIEWS)]
