@@ -61,15 +61,16 @@ def list_models() -> list[str]:
 
 class SeedCNN(nn.Module):
     """The notebooks' final Keras model, layer for layer (Keras `padding="same"` -> `padding="same"`,
-    Keras default "valid" -> no padding). The flatten size is computed from `image_size`, so the model
-    must be built with the image size it will see (default 180).
+    Keras default "valid" -> no padding). `fc1` is an nn.LazyLinear: its input size (the flatten size) is set by
+    the first forward pass or by `load_state_dict`, so any image size >= 44 px works. Pass `image_size` to
+    materialise it at once (needed before building an optimizer with weight-decay groups, DDP, or summaries).
 
     Keras' `Dense(512, kernel_regularizer=l2(0.01))` adds ``0.01 * sum(fc1.weight ** 2)`` to the loss (a sum,
     not a mean, and not weight decay on the optimizer). PyTorch has no per-layer regularizer, so the model
     exposes ``l2_penalty = {"param_names": ["fc1.weight"], "coef": 0.01}`` for the training loop to add.
     """
 
-    def __init__(self, num_classes: int, image_size: int = 180, drop_rate: float = 0.5):
+    def __init__(self, num_classes: int, image_size: int | None = None, drop_rate: float = 0.5):
         super().__init__()
         # ReLU(inplace=False) on purpose: Grad-CAM hooks the last conv's output, which an in-place ReLU would
         # overwrite.
@@ -82,20 +83,23 @@ class SeedCNN(nn.Module):
             nn.Conv2d(128, 128, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
         )
         self.flatten = nn.Flatten()
-        self.fc1 = nn.Linear(self._flat_features(image_size), 512)
+        self.fc1 = nn.LazyLinear(512)
         self.act1 = nn.ReLU()
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(512, num_classes)
-        self.image_size = image_size
         self.num_classes = num_classes
         self.l2_penalty = {"param_names": ["fc1.weight"], "coef": 0.01}
+        if image_size is not None:
+            self.materialize(image_size)
 
-    def _flat_features(self, image_size: int) -> int:
-        """Flatten size for a square `image_size` input (dummy forward, no gradient)."""
-        if image_size < 46:  # four 2x pools and three valid convs need at least 46 px
-            raise ModelError(f"seed-cnn needs an image size of at least 46 px, got {image_size}")
+    def materialize(self, image_size: int) -> None:
+        """Give the lazy fc1 its shape with one dummy forward of a square `image_size` input (no gradient)."""
+        if image_size < 44:  # three valid 3x3 convs and four 2x pools need at least 44 px
+            raise ModelError(f"seed-cnn needs an image size of at least 44 px, got {image_size}")
+        was_training = self.training
         with torch.no_grad():
-            return self.features.eval()(torch.zeros(1, 3, image_size, image_size)).numel()
+            self.eval()(torch.zeros(1, 3, image_size, image_size))
+        self.train(was_training)
 
     def get_classifier(self) -> nn.Module:
         """The final linear layer (timm-style accessor)."""
@@ -120,7 +124,7 @@ class SeedCNN(nn.Module):
 def _build_seed_cnn(num_classes, pretrained=False, drop_rate=None, image_size=None):
     if pretrained:
         raise ModelError("seed-cnn has no pretrained weights; train it from scratch or pass --weights FILE")
-    return SeedCNN(num_classes, image_size=image_size or 180, drop_rate=0.5 if drop_rate is None else drop_rate)
+    return SeedCNN(num_classes, image_size=image_size, drop_rate=0.5 if drop_rate is None else drop_rate)
 
 
 # ----------------------------------------------------------------------------------------- efficientnet_lite0
@@ -255,6 +259,12 @@ def _classifier_prefix(model: nn.Module) -> str | None:
     return None
 
 
+def _is_lazy(tensor) -> bool:
+    """An uninitialised parameter of a lazy layer (seed-cnn's fc1 before its first forward): no shape yet;
+    load_state_dict gives it the file's shape."""
+    return isinstance(tensor, nn.parameter.UninitializedParameter)
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     """Load a local state dict into `model`. Strict, except that classifier tensors of a different shape
     (another number of classes) are dropped, with a warning naming them, and the head stays random."""
@@ -262,7 +272,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     state = _strip_prefixes(_read_weights_file(path))
     own = model.state_dict()
     head = _classifier_prefix(model)
-    mismatched = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    mismatched = [k for k, v in state.items() if k in own and not _is_lazy(own[k]) and own[k].shape != v.shape]
     not_head = [k for k in mismatched if not (head and k.startswith(head + "."))]
     if not_head:
         k = not_head[0]
@@ -292,8 +302,9 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     pretrained: ImageNet start (offline for efficientnet_lite0, timm hub download for other timm models).
     weights: local .pt/.pth/.safetensors state dict loaded on top (see `load_weights`).
     drop_rate: dropout before the classifier (None: the architecture's default).
-    image_size: only seed-cnn depends on it (its flatten size); default 180. Pass the training input size
-        when rebuilding a seed-cnn from an artifact (model.json preprocessing.input_size).
+    image_size: only seed-cnn uses it: materialises its lazy flatten layer for that input size at once. Without
+        it seed-cnn's fc1 stays lazy until the first forward or load_state_dict (fine for inference; training
+        should pass it so optimizers, DDP and summaries see real shapes).
     """
     if num_classes < 1:
         raise ModelError(f"num_classes must be >= 1, got {num_classes}")
