@@ -1,0 +1,91 @@
+"""Referral: feature capture (`embed`), calibration (`fit_referral`) and the decision (`Referrer`)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from melanoma import referral
+from melanoma.errors import ModelError
+
+
+def _tiny_cnn(num_classes=3):
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, num_classes)).eval()
+
+
+def test_embed_captures_input_of_last_linear():
+    model = _tiny_cnn()
+    x = torch.randn(2, 3, 16, 16)
+    features, logits = referral.embed(model, x)
+    expected_features = model[:-1](x)
+    assert features.shape == (2, 6) and logits.shape == (2, 3)
+    torch.testing.assert_close(features, expected_features)
+    torch.testing.assert_close(logits, model(x))
+    assert not model[-1]._forward_hooks, "the hook must be removed"
+
+
+def test_embed_uses_timm_get_classifier():
+    timm = pytest.importorskip("timm")
+    model = timm.create_model("resnet10t", num_classes=5).eval()
+    features, logits = referral.embed(model, torch.randn(2, 3, 32, 32))
+    assert features.shape == (2, model.num_features) and logits.shape == (2, 5)
+    torch.testing.assert_close(model.get_classifier()(features), logits)
+
+
+def test_embed_without_classifier_is_a_model_error():
+    with pytest.raises(ModelError, match="classifier"):
+        referral.embed(nn.Sequential(nn.Conv2d(3, 2, 1)), torch.randn(1, 3, 4, 4))
+
+
+def _clusters(n_per_class=200, dim=32, classes=3, seed=0):
+    """Gaussian class clusters in feature space, logits that mostly agree with the labels."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (classes, dim))
+    labels = np.repeat(np.arange(classes), n_per_class)
+    features = centres[labels] + rng.normal(0, 1, (len(labels), dim))
+    logits = rng.normal(0, 1, (len(labels), classes)) + 3 * np.eye(classes)[labels]
+    return features, logits, labels, centres
+
+
+@pytest.mark.parametrize("pca_dims", [64, 8], ids=["all-dims", "pca+residual"])
+def test_fit_referral_refers_a_modest_share_of_validation_and_far_inputs(pca_dims):
+    features, logits, labels, centres = _clusters()
+    meta, tensors = referral.fit_referral(features, logits, labels, temperature=1.5, pca_dims=pca_dims)
+    json.dumps(meta)  # must be storable in model.json
+    val = meta["validation"]
+    assert 0.03 <= val["share_low_confidence"] <= 0.07
+    assert val["share_ood"] <= 0.06 and val["share_referred"] <= 0.12
+    assert set(tensors) == {"referral." + n for n in referral.TENSOR_NAMES}
+    assert all(t.dtype == torch.float32 for t in tensors.values())
+
+    referrer = referral.Referrer(meta, {"extra." + k: v for k, v in tensors.items()})
+    _, new_l, _, _ = _clusters(seed=1)
+    new_f = centres[labels] + np.random.default_rng(2).normal(0, 1, features.shape)
+    refer, _ = referrer.decide(referral.softmax(new_l, 1.5), new_f)
+    assert refer.mean() <= 0.15, "fresh in-distribution samples must rarely be referred"
+
+    far = np.random.default_rng(3).normal(0, 1, (20, 32)) * 10 + 40
+    refer, reasons = referrer.decide(referral.softmax(new_l[:20], 1.5), far)
+    assert refer.all() and all(referral.REASON_OOD in r for r in reasons)
+
+
+def test_low_confidence_reason_and_no_stats():
+    referrer = referral.Referrer({"thresholds": {"refer_confidence": 0.6}}, None)
+    probs = np.array([[0.9, 0.1], [0.55, 0.45]])
+    refer, reasons = referrer.decide(probs, None)
+    assert refer.tolist() == [False, True]
+    assert reasons == ["", referral.REASON_LOW_CONFIDENCE]
+    assert not referrer.needs_features
+
+
+def test_missing_stats_tensors_is_a_model_error():
+    with pytest.raises(ModelError, match="referral"):
+        referral.Referrer({"thresholds": {"refer_confidence": 0.5, "ood_score": 3.0}}, {})
+
+
+def test_fit_referral_rejects_mismatched_inputs():
+    with pytest.raises(ModelError):
+        referral.fit_referral(np.zeros((5, 4)), np.zeros((4, 2)), np.zeros(5), 1.0)
