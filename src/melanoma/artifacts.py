@@ -1,0 +1,138 @@
+"""The model artifact: `model.safetensors` (weights) beside `model.json` (everything needed to rebuild and use it).
+
+model.json is the single source of truth for class names, preprocessing, temperature and thresholds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from melanoma import __version__
+from melanoma.errors import ModelError
+
+FORMAT = "melanoma-model"
+FORMAT_VERSION = 1
+EXTRA_PREFIX = "extra."
+INTENDED_USE = ("Decision support for dermatologists: flags dermoscopic lesions that need a second look. "
+                "Not a diagnosis, not for use without a clinician, not validated for clinical deployment.")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that a reader never sees it half-written (temp file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_model(model: torch.nn.Module, meta: dict, out_dir, extra_tensors: dict | None = None) -> Path:
+    """Write model.safetensors (+ `extra.*` tensors) and model.json atomically; returns the model.json path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for name, value in (extra_tensors or {}).items():
+        tensors[EXTRA_PREFIX + name] = torch.as_tensor(value).detach().cpu().contiguous()
+    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": FORMAT})
+        os.replace(tmp, out_dir / "model.safetensors")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **meta}
+    full.setdefault("model_card", {}).setdefault("intended_use", INTENDED_USE)
+    atomic_write_text(out_dir / "model.json", json.dumps(full, indent=2))
+    return out_dir / "model.json"
+
+
+def resolve_model_path(path) -> tuple[Path, Path]:
+    """Return (model.safetensors, model.json) for a run folder, either file of the pair, or raise ModelError."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path
+    elif path.suffix in (".json", ".safetensors"):
+        folder = path.parent
+    else:
+        raise ModelError(f"{path}: not a model (expected a run folder, model.json or model.safetensors)")
+    weights, meta = folder / "model.safetensors", folder / "model.json"
+    for needed in (weights, meta):
+        if not needed.is_file():
+            raise ModelError(f"{needed}: missing (a model is model.safetensors beside model.json)")
+    return weights, meta
+
+
+def read_meta(path) -> dict:
+    """Read and validate model.json of a model path."""
+    _, meta_path = resolve_model_path(path)
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{meta_path}: unreadable model metadata ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise ModelError(f"{meta_path}: not a melanoma model file (format={meta.get('format')!r})")
+    for key in ("architecture", "class_names", "preprocessing"):
+        if key not in meta:
+            raise ModelError(f"{meta_path}: missing required field {key!r}")
+    return meta
+
+
+def load_model(path) -> tuple[torch.nn.Module, dict]:
+    """Rebuild the model described by model.json and load its weights; returns (model in eval mode, meta)."""
+    from melanoma.models import create_model
+
+    weights_path, _ = resolve_model_path(path)
+    meta = read_meta(path)
+    try:
+        tensors = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights_path}: unreadable weights ({exc})") from None
+    extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    model = create_model(meta["architecture"], num_classes=len(meta["class_names"]), pretrained=False,
+                         image_size=int(meta["preprocessing"]["input_size"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise ModelError(f"{weights_path}: weights do not match {meta['architecture']} ({first})") from None
+    meta["extra"] = extra
+    return model.eval(), meta
+
+
+def build_test_model(out_dir, architecture: str = "seed-cnn", class_names=None, image_size: int = 64,
+                     seed: int = 0) -> Path:
+    """Write a random-weight model artifact (for tests and benchmarks); returns its folder."""
+    from melanoma.models import create_model, default_preprocessing
+
+    class_names = list(class_names or ["actinic keratosis", "basal cell carcinoma", "dermatofibroma", "melanoma",
+                                       "nevus", "pigmented benign keratosis", "seborrheic keratosis",
+                                       "squamous cell carcinoma", "vascular lesion"])
+    torch.manual_seed(seed)
+    model = create_model(architecture, num_classes=len(class_names), pretrained=False, image_size=image_size)
+    pre = default_preprocessing(architecture, image_size=image_size)
+    meta = {"architecture": architecture, "class_names": class_names,
+            "melanoma_class": "melanoma" if "melanoma" in class_names else None,
+            "preprocessing": pre, "temperature": 1.0,
+            "thresholds": {"melanoma_alert": 0.5, "refer_confidence": 0.0}}
+    save_model(model, meta, out_dir)
+    return Path(out_dir)

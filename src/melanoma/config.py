@@ -1,0 +1,105 @@
+"""Training configuration: one dataclass, loadable from YAML, overridable from the command line."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from melanoma.errors import ConfigError
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; written to RUN/config.yaml so a run can be resumed or repeated."""
+
+    data: str | None = None
+    model: str = DEFAULT_MODEL
+    pretrained: bool | None = None        # None: True for efficientnet_lite0, False for seed-cnn and timm models
+    weights: str | None = None            # local state dict / safetensors to start from
+    epochs: int = 12
+    image_size: int | None = None         # None: the model's default input size
+    batch_size: int = 32
+    lr: float | None = None               # None: 1e-3 for seed-cnn (Adam, as the notebooks), 5e-4 otherwise (AdamW)
+    weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.1
+    val_fraction: float = 0.2
+    folds: int | None = None              # K-fold cross-validation instead of one hold-out split
+    seed: int = 42
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None          # None: bf16-mixed on GPU, 32-true on CPU
+    num_workers: int | None = None        # None: min(4, cores - 1)
+    imbalance: str = "sampler"            # sampler | weighted-loss | none
+    conflict_policy: str = "drop"         # drop | keep | first
+    target_sensitivity: float = 0.90      # melanoma alert threshold keeps at least this validation sensitivity
+    patience: int = 6                     # early stopping on validation balanced accuracy (epochs)
+    max_train_batches: int | None = None  # cap batches per epoch (tests, smoke runs)
+    out: str | None = None
+    resume: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def validate(self) -> "TrainConfig":
+        """Raise ConfigError naming the first invalid field."""
+        checks = [
+            (self.data is not None or self.resume is not None, "--data is required (or --resume RUN)"),
+            (self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}"),
+            (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
+            (0.0 < self.val_fraction < 0.5, f"val fraction must be in (0, 0.5), got {self.val_fraction}"),
+            (self.folds is None or self.folds >= 2, f"folds must be >= 2, got {self.folds}"),
+            (self.imbalance in ("sampler", "weighted-loss", "none"), f"unknown imbalance mode {self.imbalance!r}"),
+            (self.conflict_policy in ("drop", "keep", "first"), f"unknown conflict policy {self.conflict_policy!r}"),
+            (0.0 < self.target_sensitivity <= 1.0, f"target sensitivity must be in (0, 1], got {self.target_sensitivity}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def load_config(path=None, **overrides) -> TrainConfig:
+    """Read a YAML file of TrainConfig fields (unknown keys are an error), then apply non-None overrides."""
+    values: dict = {}
+    if path:
+        try:
+            values = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read config ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: config must be a mapping of field: value")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown config field(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+def save_config(cfg: TrainConfig, path) -> None:
+    from melanoma.artifacts import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def config_from_args(args) -> TrainConfig:
+    """Build the config of `melanoma train`: --resume reads RUN/config.yaml, else --config then flags."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in fields and k not in ("resume",)}
+    if args.resume:
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise ConfigError(f"{saved}: missing; --resume needs a run folder written by `melanoma train`")
+        cfg = load_config(saved)
+        cfg.resume, cfg.out = str(args.resume), str(args.resume)
+        return cfg.validate()
+    return load_config(args.config, **overrides).validate()
