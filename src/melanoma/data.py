@@ -1,0 +1,356 @@
+"""Dataset layer: discovery of the supported layouts, image loading, scanning, leak-free splits.
+
+Public API (see docs/DESIGN.md): discover, load_image, scan, audit, format_audit, prepare_training_table,
+stratified_group_split, stratified_group_kfold, Sample, DatasetTable (+ ScanEntry).
+Image decoding lives in images.py and the audit report in audit.py; both are re-exported here.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.audit import audit, connected_components, format_audit
+from melanoma.errors import ConfigError, DataError
+from melanoma.images import DEFAULT_MAX_PIXELS, ScanEntry, is_image_file, load_image, scan_paths
+
+__all__ = ["Sample", "DatasetTable", "ScanEntry", "discover", "load_image", "scan", "audit", "format_audit",
+           "prepare_training_table", "stratified_group_split", "stratified_group_kfold", "CONFLICT_POLICIES"]
+
+HAM_METADATA = "HAM10000_metadata.csv"
+AUGMENTED_DIR = "output"  # Augmentor writes its copies to <class folder>/output/
+# Augmentor names a copy "<class>_original_<source file name>_<uuid4>.<ext>"
+_AUGMENTED_NAME = re.compile(
+    r"^.+?_original_(?P<source>.+)_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.\w+$", re.I)
+CONFLICT_POLICIES = ("drop", "keep", "first")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image: absolute path, class name (None if unlabelled), leak group, and source image for a copy."""
+
+    path: Path
+    label: str | None
+    group: str
+    source: Path | None = None
+
+
+@dataclass
+class DatasetTable:
+    """The images of one dataset with their labels; `classes` is the sorted list of class names."""
+
+    root: Path
+    kind: str  # "folders" | "manifest" | "isic-csv" | "ham10000" | "files"
+    classes: list[str]
+    samples: list[Sample] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def label_indices(self) -> np.ndarray:
+        """Index of each sample's label in `classes` (int64). DataError if a sample is unlabelled."""
+        index = {name: i for i, name in enumerate(self.classes)}
+        try:
+            return np.array([index[s.label] for s in self.samples], dtype=np.int64)
+        except KeyError as exc:
+            raise DataError(f"{self.root}: sample label {exc.args[0]!r} is not one of the classes") from None
+
+    def subset(self, indices) -> DatasetTable:
+        """A table with the samples at `indices` (same root, kind and class list, so label indices still match)."""
+        return DatasetTable(self.root, self.kind, list(self.classes), [self.samples[int(i)] for i in indices])
+
+
+# ---------------------------------------------------------------- discovery
+
+def discover(path) -> DatasetTable:
+    """Read a dataset in any supported layout and return its table (samples sorted by path).
+
+    Accepts: a folder of class folders (optionally with Augmentor `output/` copies inside them); a CSV manifest
+    `image,label[,group,source]` (paths relative to the CSV); an ISIC ground-truth CSV with one-hot class columns
+    (images beside it or in a sibling folder); a HAM10000 folder or its `HAM10000_metadata.csv`; a plain folder
+    of images or a single image (kind "files", label None). Raises DataError with a one-line message.
+    """
+    root = Path(path).expanduser().resolve()
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return _discover_csv(root)
+        if is_image_file(root):
+            return DatasetTable(root.parent, "files", [], [Sample(root, None, root.name)])
+        raise DataError(f"{root}: not a dataset (expected a folder, a .csv file or an image)")
+    if (root / HAM_METADATA).is_file():
+        return _discover_ham(root / HAM_METADATA)
+    return _discover_folder(root)
+
+
+def _discover_folder(root: Path) -> DatasetTable:
+    """Class folders, else a recognised CSV beside loose images, else a plain folder of images."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    loose = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
+    class_dirs = [d for d in subdirs if _has_images(d)]
+    if class_dirs and loose:
+        raise DataError(f"{root}: has both loose images ({loose[0].name}...) and class folders; "
+                        "move the images into class folders")
+    if class_dirs:
+        return _discover_class_folders(root, subdirs)
+    for csv_path in sorted(root.glob("*.csv")):
+        try:
+            return _discover_csv(csv_path)
+        except DataError:
+            continue  # not a dataset CSV (e.g. a predictions file): fall through
+    if not loose:
+        raise DataError(f"{root}: no images, class folders or dataset CSV found")
+    return DatasetTable(root, "files", [], [Sample(p, None, p.name) for p in loose])
+
+
+def _has_images(folder: Path) -> bool:
+    return any(is_image_file(p) for p in folder.rglob("*"))
+
+
+def _discover_class_folders(root: Path, class_dirs: list[Path]) -> DatasetTable:
+    samples: list[Sample] = []
+    for class_dir in class_dirs:
+        originals = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p))
+        copies = _augmented_copies(root, class_dir)
+        if not originals and not copies:
+            raise DataError(f"{class_dir}: empty class folder (no .jpg/.jpeg/.png/.bmp/.tif images)")
+        label = class_dir.name
+        samples += [Sample(p, label, p.relative_to(root).as_posix()) for p in originals]
+        samples += [replace(c, label=label) for c in copies]
+    return DatasetTable(root, "folders", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
+
+
+def _augmented_copies(root: Path, class_dir: Path) -> list[Sample]:
+    """Samples for the Augmentor copies in <class_dir>/output/, grouped with the image they were made from."""
+    out_dir = class_dir / AUGMENTED_DIR
+    if not out_dir.is_dir():
+        return []
+    copies = []
+    for p in sorted(q for q in out_dir.rglob("*") if q.is_file() and is_image_file(q)):
+        match = _AUGMENTED_NAME.match(p.name)
+        if not match:
+            raise DataError(f"{p}: file in an augmentation output/ folder whose name does not say its source image "
+                            "(expected <class>_original_<source file>_<uuid>.<ext>)")
+        # The source may be missing from the class folder; its would-be path still keeps its copies together.
+        source = class_dir / match["source"]
+        copies.append(Sample(p, None, source.relative_to(root).as_posix(), source=source))
+    return copies
+
+
+def _sort_key(sample: Sample):
+    return str(sample.path)
+
+
+def _read_csv(csv_path: Path) -> tuple[list[str], list[dict]]:
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            rows = list(reader)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{csv_path}: cannot read CSV ({exc})") from None
+    rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
+    if not rows:
+        raise DataError(f"{csv_path}: CSV has no data rows")
+    return header, rows
+
+
+def _discover_csv(csv_path: Path) -> DatasetTable:
+    """Dispatch on the CSV header: HAM10000 metadata, image/label manifest, or ISIC one-hot ground truth."""
+    header, rows = _read_csv(csv_path)
+    columns = set(header)
+    if {"lesion_id", "image_id", "dx"} <= columns:
+        return _discover_ham(csv_path, header_rows=(header, rows))
+    if {"image", "label"} <= columns:
+        return _discover_manifest(csv_path, rows)
+    if "image" in columns and len(header) > 2 and _is_one_hot(header, rows):
+        return _discover_isic_csv(csv_path, header, rows)
+    raise DataError(f"{csv_path}: CSV lacks the needed columns: expected image,label (manifest), "
+                    "image + one-hot class columns (ISIC ground truth) or lesion_id,image_id,dx (HAM10000); "
+                    f"found {','.join(header)}")
+
+
+def _discover_manifest(csv_path: Path, rows: list[dict]) -> DatasetTable:
+    samples = []
+    for n, row in enumerate(rows, start=2):  # line 1 is the header
+        if not row["image"] or not row["label"]:
+            raise DataError(f"{csv_path}: line {n}: empty image or label")
+        path = (csv_path.parent / row["image"]).resolve()
+        if not path.is_file():
+            raise DataError(f"{csv_path}: line {n}: missing file {row['image']}")
+        source = (csv_path.parent / row["source"]).resolve() if row.get("source") else None
+        group = row.get("group") or (source.relative_to(csv_path.parent).as_posix() if source else row["image"])
+        samples.append(Sample(path, row["label"], group, source))
+    return DatasetTable(csv_path, "manifest", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
+
+
+def _is_one_hot(header: list[str], rows: list[dict]) -> bool:
+    try:
+        return all(float(row[c] or "nan") in (0.0, 1.0) for row in rows for c in header if c != "image")
+    except ValueError:
+        return False
+
+
+def _discover_isic_csv(csv_path: Path, header: list[str], rows: list[dict]) -> DatasetTable:
+    class_cols = [c for c in header if c != "image"]
+    images = _find_image_index(csv_path, [r["image"] for r in rows])
+    samples = []
+    for n, row in enumerate(rows, start=2):
+        marked = [c for c in class_cols if float(row[c]) == 1.0]
+        if len(marked) != 1:
+            raise DataError(f"{csv_path}: line {n}: image {row['image']} has {len(marked)} classes marked "
+                            f"({','.join(marked) or 'none'}); expected exactly one")
+        samples.append(Sample(images[row["image"]], marked[0], row["image"]))
+    # Class columns never marked (e.g. ISIC 2019 "UNK") are not classes of this data.
+    return DatasetTable(csv_path, "isic-csv", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
+
+
+def _find_image_index(csv_path: Path, stems: list[str]) -> dict[str, Path]:
+    """Map each image id of a CSV to its file: beside the CSV, in `images/`, or in any sibling folder."""
+    folders = [csv_path.parent] + sorted(p for p in csv_path.parent.iterdir() if p.is_dir())
+    index: dict[str, Path] = {}
+    for folder in folders:
+        for p in sorted(folder.iterdir()):
+            if is_image_file(p):
+                index.setdefault(p.stem, p)
+                index.setdefault(p.name, p)  # manifests sometimes keep the extension
+    missing = [s for s in stems if s not in index]
+    if missing:
+        raise DataError(f"{csv_path}: {len(missing)} image(s) not found beside the CSV or in a sibling folder, "
+                        f"e.g. {missing[0]}")
+    return index
+
+
+def _discover_ham(csv_path: Path, header_rows=None) -> DatasetTable:
+    header, rows = header_rows or _read_csv(csv_path)
+    if not {"lesion_id", "image_id", "dx"} <= set(header):
+        raise DataError(f"{csv_path}: HAM10000 metadata needs columns lesion_id,image_id,dx; found {','.join(header)}")
+    images = _find_image_index(csv_path, [r["image_id"] for r in rows])
+    samples = []
+    for n, row in enumerate(rows, start=2):
+        if not row["dx"] or not row["lesion_id"]:
+            raise DataError(f"{csv_path}: line {n}: empty dx or lesion_id for {row['image_id']}")
+        samples.append(Sample(images[row["image_id"]], row["dx"], row["lesion_id"]))
+    return DatasetTable(csv_path.parent, "ham10000", sorted({s.label for s in samples}),
+                        sorted(samples, key=_sort_key))
+
+
+# ---------------------------------------------------------------- scanning
+
+def scan(table: DatasetTable, max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None
+         ) -> list[ScanEntry]:
+    """Decode every image of `table` once (process pool, default os.cpu_count()); one ScanEntry per sample,
+    in sample order, with pixel hash, phash, size, mode, file size, or the error reason."""
+    return scan_paths([s.path for s in table.samples], max_pixels=max_pixels, workers=workers)
+
+
+# ---------------------------------------------------------------- leak-free training table
+
+def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
+                           max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None,
+                           scan_entries: list[ScanEntry] | None = None) -> tuple[DatasetTable, dict]:
+    """Make a table safe to split: drop unreadable files, merge leak groups, resolve conflicting labels.
+
+    Groups are merged (connected components) over the existing `group` (lesion_id, augmented copy -> source) and
+    identical decoded pixels, so every copy of a picture ends up on one side of a split. A merged group whose
+    images carry different labels is handled by `conflict_policy`: "drop" removes it, "keep" keeps every copy,
+    "first" keeps the copies with the first label in sorted class order. Returns (table, JSON-able summary).
+    """
+    if conflict_policy not in CONFLICT_POLICIES:
+        raise ConfigError(f"conflict policy {conflict_policy!r}: expected one of {', '.join(CONFLICT_POLICIES)}")
+    entries = scan_entries if scan_entries is not None else scan(table, max_pixels=max_pixels, workers=workers)
+    if len(entries) != len(table):
+        raise DataError(f"{table.root}: {len(entries)} scan entries for {len(table)} samples")
+    unreadable = [{"path": str(s.path), "reason": e.error} for s, e in zip(table.samples, entries) if e.error]
+    good = [i for i, e in enumerate(entries) if not e.error]
+    samples = [table.samples[i] for i in good]
+    hashes = [entries[i].pixel_hash for i in good]
+    merged = _merge_groups(samples, hashes)
+    kept, n_conflict_groups, n_conflict_images = _apply_conflict_policy(merged, table.classes, conflict_policy)
+    classes = sorted({s.label for s in kept})
+    summary = {
+        "policy": conflict_policy,
+        "n_images_in": len(table),
+        "n_images": len(kept),
+        "counts": {c: sum(s.label == c for s in kept) for c in classes},
+        "n_unreadable": len(unreadable),
+        "unreadable": unreadable,
+        "n_exact_duplicate_groups": sum(n > 1 for n in Counter(hashes).values()),
+        "n_groups": len({s.group for s in kept}),
+        "n_conflict_groups": n_conflict_groups,
+        "n_conflict_images": n_conflict_images,
+        "n_images_dropped": len(table) - len(kept),
+        "classes_removed": [c for c in table.classes if c not in classes],
+    }
+    return DatasetTable(table.root, table.kind, classes, kept), summary
+
+
+def _merge_groups(samples: list[Sample], hashes: list[str]) -> list[Sample]:
+    """Give samples that share a group or a pixel hash one group name (the smallest of the merged names)."""
+    keys = {}
+    edges = []
+    for i, (s, h) in enumerate(zip(samples, hashes)):
+        for key in (("group", s.group), ("pixels", h)):
+            node = keys.setdefault(key, len(samples) + len(keys))
+            edges.append((i, node))
+    component = connected_components(len(samples) + len(keys), edges)
+    name: dict[int, str] = {}
+    for i, s in enumerate(samples):
+        c = component[i]
+        name[c] = min(name.get(c, s.group), s.group)
+    return [replace(s, group=name[component[i]]) for i, s in enumerate(samples)]
+
+
+def _apply_conflict_policy(samples: list[Sample], classes: list[str], policy: str
+                           ) -> tuple[list[Sample], int, int]:
+    """Returns (kept samples, number of groups with several labels, number of images in those groups)."""
+    labels_by_group: dict[str, set] = {}
+    for s in samples:
+        labels_by_group.setdefault(s.group, set()).add(s.label)
+    conflicts = {g for g, labels in labels_by_group.items() if len(labels) > 1}
+    n_images = sum(s.group in conflicts for s in samples)
+    order = {c: i for i, c in enumerate(classes)}
+    first = {g: min(labels_by_group[g], key=lambda c: order.get(c, len(order))) for g in conflicts}
+    if policy == "keep":
+        kept = samples
+    elif policy == "drop":
+        kept = [s for s in samples if s.group not in conflicts]
+    else:  # "first"
+        kept = [s for s in samples if s.group not in conflicts or s.label == first[s.group]]
+    return kept, len(conflicts), n_images
+
+
+# ---------------------------------------------------------------- splits
+
+def stratified_group_kfold(table: DatasetTable, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K folds (train_idx, val_idx) stratified by label, with every `group` on one side only (sklearn
+    StratifiedGroupKFold, shuffled with `seed`). DataError if a class has fewer groups than k."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    if k < 2:
+        raise ConfigError(f"number of folds {k}: need at least 2")
+    y = table.label_indices()
+    groups = np.unique([s.group for s in table.samples], return_inverse=True)[1]
+    for ci, name in enumerate(table.classes):
+        n_groups = len(np.unique(groups[y == ci]))
+        if 0 < n_groups < k:
+            raise DataError(f"class {name!r} has only {n_groups} independent group(s) (images/lesions); "
+                            f"need at least {k} for {k} folds")
+    splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
+    x = np.zeros((len(y), 1))
+    return [(tr.astype(np.int64), va.astype(np.int64)) for tr, va in splitter.split(x, y, groups)]
+
+
+def stratified_group_split(table: DatasetTable, val_fraction: float, seed: int = 0
+                           ) -> tuple[np.ndarray, np.ndarray]:
+    """One (train_idx, val_idx) split: fold 0 of round(1/val_fraction) stratified group folds."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ConfigError(f"validation fraction {val_fraction}: expected a number between 0 and 1")
+    k = max(2, round(1.0 / val_fraction))
+    return stratified_group_kfold(table, k, seed)[0]
