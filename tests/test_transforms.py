@@ -1,0 +1,84 @@
+"""Train/eval presets and TTA views."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from melanoma.errors import ConfigError
+from melanoma.transforms import (TTA_VIEW_NAMES, RandomRot90, eval_transform, invert_tta_views, train_transform,
+                                 tta_views)
+
+PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
+
+
+@pytest.fixture
+def pil_image():
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
+
+
+def as_uint8_tensor(image):
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
+
+
+@pytest.mark.parametrize("make", [train_transform, eval_transform])
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_presets_shape_and_dtype(pil_image, make, as_tensor):
+    x = as_uint8_tensor(pil_image) if as_tensor else pil_image
+    out = make(PRE)(x)
+    assert out.shape == (3, 64, 64) and out.dtype == torch.float32
+    assert -1.0 - 1e-6 <= out.min() and out.max() <= 1.0 + 1e-6  # mean/std 0.5 -> [-1, 1]
+
+
+def test_eval_is_deterministic_and_same_for_pil_and_tensor(pil_image):
+    t = eval_transform(PRE)
+    a, b = t(pil_image), t(pil_image)
+    assert torch.equal(a, b)
+    assert torch.equal(a, t(as_uint8_tensor(pil_image)))
+
+
+def test_eval_uses_shorter_side_resize_then_centre_crop():
+    image = torch.zeros(3, 100, 200, dtype=torch.uint8)
+    image[:, :, 50:150] = 255  # a white centre band exactly as wide as the crop after resize to 100
+    out = eval_transform({**PRE, "input_size": 100, "resize": 100, "mean": [0] * 3, "std": [1] * 3})(image)
+    assert out.shape == (3, 100, 100) and out.min() > 0.99
+
+
+def test_train_is_random(pil_image):
+    t = train_transform(PRE)
+    torch.manual_seed(0)
+    assert not torch.equal(t(pil_image), t(pil_image))
+
+
+def test_random_rot90_is_exact_for_pil_and_tensor(pil_image):
+    tensor = as_uint8_tensor(pil_image)
+    seen = set()
+    for seed in range(12):
+        torch.manual_seed(seed)
+        rotated_pil = RandomRot90()(pil_image)
+        torch.manual_seed(seed)
+        rotated = RandomRot90()(tensor)
+        assert torch.equal(as_uint8_tensor(rotated_pil), rotated)
+        seen.add(tuple(rotated.shape))
+    assert seen == {(3, 90, 120), (3, 120, 90)}
+
+
+def test_tta_views_count_distinct_and_invertible():
+    x = torch.randn(2, 3, 8, 8)
+    for n in range(1, 9):
+        views = tta_views(x, n)
+        assert len(views) == n and all(v.shape == x.shape for v in views)
+    views = tta_views(x, 8)
+    assert torch.equal(views[0], x)
+    assert len({v.numpy().tobytes() for v in views}) == 8 == len(TTA_VIEW_NAMES)
+    assert all(torch.equal(v, x) for v in invert_tta_views(views))
+    with pytest.raises(ConfigError):
+        tta_views(x, 9)
+    with pytest.raises(ConfigError):
+        tta_views(x, 0)
+
+
+def test_unknown_interpolation_is_config_error():
+    with pytest.raises(ConfigError, match="interpolation"):
+        eval_transform({**PRE, "interpolation": "lanczos3"})
