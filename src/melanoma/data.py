@@ -70,7 +70,7 @@ class DatasetTable:
 def discover(path) -> DatasetTable:
     """Read a dataset in any supported layout and return its table (samples sorted by path).
 
-    Accepts: a folder of class folders (optionally with Augmentor `output/` copies inside them); a CSV manifest
+    Accepts (a dataset CSV inside a given folder wins over its sub-folders): a folder of class folders (optionally with Augmentor `output/` copies inside them); a CSV manifest
     `image,label[,group,source]` (paths relative to the CSV); an ISIC ground-truth CSV with one-hot class columns
     (images beside it or in a sibling folder); a HAM10000 folder or its `HAM10000_metadata.csv`; a plain folder
     of images or a single image (kind "files", label None). Raises DataError with a one-line message.
@@ -90,7 +90,12 @@ def discover(path) -> DatasetTable:
 
 
 def _discover_folder(root: Path) -> DatasetTable:
-    """Class folders, else a recognised CSV beside loose images, else a plain folder of images."""
+    """A dataset CSV in the folder (it says more than folder names), else class folders, else loose images."""
+    for csv_path in sorted(root.glob("*.csv")):
+        try:
+            return _discover_csv(csv_path)
+        except DataError:
+            continue  # not a dataset CSV (e.g. a predictions file): look at the folders
     subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     loose = sorted(p for p in root.iterdir() if p.is_file() and is_image_file(p))
     class_dirs = [d for d in subdirs if _has_images(d)]
@@ -99,11 +104,6 @@ def _discover_folder(root: Path) -> DatasetTable:
                         "move the images into class folders")
     if class_dirs:
         return _discover_class_folders(root, subdirs)
-    for csv_path in sorted(root.glob("*.csv")):
-        try:
-            return _discover_csv(csv_path)
-        except DataError:
-            continue  # not a dataset CSV (e.g. a predictions file): fall through
     if not loose:
         raise DataError(f"{root}: no images, class folders or dataset CSV found")
     return DatasetTable(root, "files", [], [Sample(p, None, p.name) for p in loose])
@@ -185,7 +185,7 @@ def _discover_manifest(csv_path: Path, rows: list[dict]) -> DatasetTable:
         if not path.is_file():
             raise DataError(f"{csv_path}: line {n}: missing file {row['image']}")
         source = (csv_path.parent / row["source"]).resolve() if row.get("source") else None
-        group = row.get("group") or (source.relative_to(csv_path.parent).as_posix() if source else row["image"])
+        group = row.get("group") or row.get("source") or row["image"]  # a copy without a group joins its source
         samples.append(Sample(path, row["label"], group, source))
     return DatasetTable(csv_path, "manifest", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
 
