@@ -246,7 +246,9 @@ def _overlap_match(table, other_table, j, entry, by_hash, by_id, near: dict) -> 
 
 # ---------------------------------------------------------------- terminal text
 
-def _more(items: list, limit: int = LIST_LIMIT) -> tuple[list, str | None]:
+def _more(items: list, limit: int | None = None) -> tuple[list, str | None]:
+    """The first `limit` items (default LIST_LIMIT) and the "... and N more" line, or None."""
+    limit = LIST_LIMIT if limit is None else limit
     extra = len(items) - limit
     return items[:limit], (f"  ... and {extra} more" if extra > 0 else None)
 
