@@ -10,7 +10,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image, ImageEnhance
 
 from melanoma import audit as audit_module

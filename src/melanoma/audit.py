@@ -66,7 +66,8 @@ def audit(table, against=None, near_distance: int = 4, max_pixels: int | None = 
     Each image is decoded once. Exact duplicates share the decoded-pixel hash; near duplicates are
     phash-Hamming-distance <= near_distance (pairs that are exact duplicates excluded). With `against`, lists the
     images of `against` that also occur in `table`: same pixels, same ISIC id in the file name, or phash distance
-    <= cross_distance (default: min(near_distance, CROSS_SET_PHASH_DISTANCE)). Bad files become entries of "unreadable", never exceptions.
+    <= cross_distance (default: min(near_distance, CROSS_SET_PHASH_DISTANCE)). Bad files become entries of
+    "unreadable", never exceptions.
     """
     if not 0 <= near_distance <= 64:
         from melanoma.errors import ConfigError

@@ -70,7 +70,8 @@ class DatasetTable:
 def discover(path) -> DatasetTable:
     """Read a dataset in any supported layout and return its table (samples sorted by path).
 
-    Accepts (a dataset CSV inside a given folder wins over its sub-folders): a folder of class folders (optionally with Augmentor `output/` copies inside them); a CSV manifest
+    Accepts (a dataset CSV inside a given folder wins over its sub-folders): a folder of class folders
+    (optionally with Augmentor `output/` copies inside them); a CSV manifest
     `image,label[,group,source]` (paths relative to the CSV); an ISIC ground-truth CSV with one-hot class columns
     (images beside it or in a sibling folder); a HAM10000 folder or its `HAM10000_metadata.csv`; a plain folder
     of images or a single image (kind "files", label None). Raises DataError with a one-line message.
