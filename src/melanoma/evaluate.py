@@ -1,0 +1,237 @@
+"""`melanoma evaluate`: predict a labelled dataset once, score it, write metrics.json, predictions.csv and plots.
+
+Output folder (default `<model folder>/eval-<data name>`):
+  metrics.json                     `metrics.compute_metrics` + model, data, label map, calibration context;
+                                   computed from the probabilities as written to predictions.csv (6 decimals)
+  predictions.csv                  the shared prediction CSV layout (model classes) + the dataset's own `label`
+  confusion_matrix.png             counts;  confusion_matrix_normalised.png: rows divided by the class total
+  roc_melanoma.png, pr_melanoma.png   melanoma vs rest with the alert operating point
+  roc_per_class.png, reliability.png
+Unreadable images are reported one line each on stderr, skipped, and counted in metrics.json. Dataset labels a
+label map does not cover are counted in `uncovered_labels` and left out of the metrics (their predictions are
+still in predictions.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from melanoma import labelmaps, metrics, plots
+from melanoma.errors import DataError
+
+MAX_LISTED_ERRORS = 200  # unreadable files listed by name in metrics.json (all are counted)
+
+
+@dataclass
+class PredictionTable:
+    """A prediction CSV read back: one row per image, probabilities in `class_names` order."""
+
+    class_names: list[str]
+    images: list[str]
+    paths: list[str]  # "" where the CSV has no path column
+    labels: list[str | None]  # None where the CSV has no label (or an empty one)
+    probs: np.ndarray  # [N, C] float64
+
+
+def read_predictions_csv(path, class_names=None) -> PredictionTable:
+    """Read the shared prediction CSV layout (predictions.csv, val_predictions.csv).
+
+    class_names: the probability columns to read (model.json's class_names); None = every column between
+    `image`/`path` and `prediction`. DataError (one line) on a missing column or a non-numeric probability.
+    """
+    path = Path(path)
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = list(reader)
+    if class_names is None:
+        if "prediction" not in header:
+            raise DataError(f"{path}: no 'prediction' column; not a prediction CSV")
+        class_names = [c for c in header[:header.index("prediction")] if c not in ("image", "path")]
+    missing = [c for c in class_names if c not in header]
+    if missing:
+        raise DataError(f"{path}: missing probability column(s) {', '.join(missing)}")
+    try:
+        probs = np.array([[float(r[c]) for c in class_names] for r in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise DataError(f"{path}: non-numeric probability ({exc})") from None
+    return PredictionTable(list(class_names), [r.get("image", "") for r in rows], [r.get("path", "") for r in rows],
+                           [r.get("label") or None for r in rows], probs.reshape(len(rows), len(class_names)))
+
+
+def default_output_dir(model, data) -> Path:
+    """`<model folder>/eval-<data name>`: the run folder itself, or the folder holding the model file."""
+    model_path = Path(model).expanduser()
+    folder = model_path if model_path.is_dir() else model_path.parent
+    data_path = Path(data).expanduser().resolve()
+    return folder / f"eval-{data_path.stem if data_path.is_file() else data_path.name}"
+
+
+def _alert_threshold(predictor) -> tuple[float | None, str]:
+    """The melanoma alert threshold the model serves with, and where it came from."""
+    value = ((predictor.meta.get("thresholds") or {}).get("melanoma_alert"))
+    if value is not None:
+        return float(value), "model.json thresholds.melanoma_alert"
+    fallback = getattr(predictor, "alert_threshold", None)
+    return (None if fallback is None else float(fallback)), "predictor default (model.json has none)"
+
+
+def _labelled_table(data):
+    """The dataset table; DataError when it carries no labels (nothing to score against)."""
+    from melanoma.data import discover
+
+    table = discover(data)
+    if not table.samples or all(s.label is None for s in table.samples):
+        raise DataError(f"{data}: no labelled images to evaluate on (use `melanoma predict` for unlabelled images)")
+    return table
+
+
+def _print_errors(errors) -> None:
+    for path, reason in errors:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+
+
+def _plot_all(out: Path, y, probs, classes, melanoma_class, threshold, result: dict) -> list[str]:
+    """All evaluation PNGs; returns their file names."""
+    cm = result["confusion_matrix"]
+    written = [plots.confusion_matrix_figure(cm, classes, out / "confusion_matrix.png"),
+               plots.confusion_matrix_figure(cm, classes, out / "confusion_matrix_normalised.png", normalize=True),
+               plots.per_class_roc_figure(y, probs, classes, out / "roc_per_class.png"),
+               plots.reliability_figure(result["calibration"]["reliability"], out / "reliability.png",
+                                        ece=result["calibration"]["ece"])]
+    if melanoma_class is not None:
+        is_mel, p_mel = y == classes.index(melanoma_class), probs[:, classes.index(melanoma_class)]
+        if is_mel.any() and not is_mel.all():
+            written.append(plots.roc_figure(is_mel, p_mel, out / "roc_melanoma.png", threshold=threshold,
+                                            title=f"{melanoma_class} vs rest: ROC"))
+            written.append(plots.pr_figure(is_mel, p_mel, out / "pr_melanoma.png", threshold=threshold,
+                                           title=f"{melanoma_class} vs rest: precision-recall"))
+    return [p.name for p in written]
+
+
+def _context(predictor, model, table, data, resolved, errors, uncovered, n_scored, tta, tta_views) -> dict:
+    """What was evaluated: model, data, label map, calibration stored by training."""
+    meta = predictor.meta
+    return {
+        "model": {"path": str(model), "architecture": meta.get("architecture"),
+                  "class_names": list(predictor.class_names), "temperature": meta.get("temperature", 1.0),
+                  "thresholds": meta.get("thresholds")},
+        "data": {"path": str(data), "kind": table.kind, "n_images": len(table), "n_scored": n_scored,
+                 "unreadable": len(errors),
+                 "unreadable_files": [{"path": p, "reason": r} for p, r in errors[:MAX_LISTED_ERRORS]]},
+        "label_map": {"name": resolved.name, "targets": {t: [predictor.class_names[i] for i in g]
+                                                         for t, g in zip(resolved.target_classes, resolved.groups)}},
+        "uncovered_labels": uncovered,
+        "unreadable_images": len(errors),
+        "tta": {"enabled": bool(tta), "views": int(tta_views) if tta else 1},
+        # training stores the ECE before/after temperature scaling on validation data in model.json
+        "training_calibration": meta.get("calibration"),
+    }
+
+
+def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label_map=None, bootstrap: int = 1000,
+             seed: int = 0, batch_size: int = 32) -> dict:
+    """Evaluate `model` (run folder, model.json/.safetensors or .onnx) on labelled `data`; returns metrics.json's
+    content (see module docstring for the files written)."""
+    from melanoma.predict import Predictor, write_predictions_csv
+
+    predictor = Predictor.load(model)
+    table = _labelled_table(data)
+    resolved = labelmaps.resolve_label_map(label_map, predictor.class_names, predictor.meta.get("melanoma_class"))
+    out = Path(out) if out else default_output_dir(model, data)
+    out.mkdir(parents=True, exist_ok=True)
+
+    result = predictor.predict_paths([s.path for s in table.samples], tta=tta, tta_views=tta_views,
+                                     batch_size=batch_size, progress=sys.stderr.isatty())
+    _print_errors(result.errors)
+    label_of = {str(s.path): s.label for s in table.samples}
+    labels = [label_of[str(p)] for p in result.paths]
+    y, uncovered = labelmaps.map_dataset_labels(labels, resolved)
+    keep = y >= 0
+    if not keep.any():
+        raise DataError(f"{data}: none of its labels ({', '.join(sorted(uncovered)[:8])}) is a class of the model "
+                        f"or of label map {resolved.name!r}; try --label-map isic2018|isic2017|binary or a YAML map")
+    # score the probabilities exactly as written (6 decimals): metrics.json is reproducible from the CSV
+    write_predictions_csv(result, out / "predictions.csv", labels=labels)
+    written = read_predictions_csv(out / "predictions.csv", predictor.class_names)
+    probs = written.probs @ resolved.matrix(len(predictor.class_names))
+    threshold, source = _alert_threshold(predictor)
+    report = metrics.compute_metrics(y[keep], probs[keep], resolved.target_classes,
+                                     melanoma_class=resolved.melanoma_class, alert_threshold=threshold,
+                                     bootstrap=bootstrap, seed=seed)
+    report.update(_context(predictor, model, table, data, resolved, result.errors, uncovered, int(keep.sum()),
+                           tta, tta_views))
+    report["calibration"]["temperature"] = report["model"]["temperature"]
+    if report["melanoma"] is not None:
+        report["melanoma"]["alert_threshold_source"] = source
+
+    pngs = _plot_all(out, y[keep], probs[keep], resolved.target_classes, resolved.melanoma_class, threshold, report)
+    report["files"] = {"out": str(out), "metrics": "metrics.json", "predictions": "predictions.csv", "plots": pngs}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    return report
+
+
+# ------------------------------------------------------------------------------------------------ terminal
+
+
+def _ci(entry, digits: int = 3) -> str:
+    """'0.871 [0.842, 0.897]' for a {"value", "ci"} entry; 'n/a' for None."""
+    if entry is None:
+        return "n/a"
+    value = f"{entry['value']:.{digits}f}"
+    if not entry.get("ci"):
+        return value
+    lo, hi = entry["ci"]
+    return f"{value} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def _melanoma_lines(mel: dict) -> list[str]:
+    lines = [f"{mel['class']} vs rest ({mel['n_melanoma']} vs {mel['n_other']} images)",
+             f"  AUC                          {_ci(mel['auc'])}",
+             f"  pAUC above 80% sensitivity   {_ci(mel['pauc_above_80_sensitivity'])}  (raw, max 0.2)",
+             f"  average precision            {_ci(mel['average_precision'])}"]
+    if mel.get("alert_threshold") is not None:
+        alert = f"alert >= {mel['alert_threshold']:.3g}:"
+        lines += [f"  {alert} sensitivity {_ci(mel['sensitivity'])}",
+                  f"  {'':<{len(alert)}} specificity {_ci(mel['specificity'])}"]
+    lines.append(f"  specificity at 90% / 95% sensitivity: {_ci(mel['specificity_at_90_sensitivity'])} / "
+                 f"{_ci(mel['specificity_at_95_sensitivity'])}")
+    return lines
+
+
+def _class_table(result: dict) -> list[str]:
+    width = max(len("class"), *(len(c) for c in result["classes"]))
+    lines = [f"{'class':<{width}}  {'n':>5}  {'recall (sensitivity) [95% CI]':<28}  {'AUC [95% CI]':<25}"]
+    for name, row in result["per_class"].items():
+        lines.append(f"{name:<{width}}  {row['support']:>5}  {_ci(row['recall']):<28}  {_ci(row['auc']):<25}")
+    return lines
+
+
+def format_metrics(result: dict) -> str:
+    """A short terminal summary of `evaluate`'s result: headline numbers with 95% CIs and a per-class table."""
+    data, cal = result.get("data", {}), result["calibration"]
+    head = (f"{result['n_images']} images scored"
+            + (f" of {data['n_images']} ({data['unreadable']} unreadable, "
+               f"{sum(result.get('uncovered_labels', {}).values())} with labels the map does not cover)"
+               if data else "")
+            + (f"; label map {result['label_map']['name']}" if result.get("label_map") else ""))
+    lines = [head,
+             f"accuracy            {_ci(result['accuracy'])}",
+             f"balanced accuracy   {_ci(result['balanced_accuracy'])}   (mean recall, ISIC ranking metric)"]
+    if result.get("melanoma"):
+        lines += _melanoma_lines(result["melanoma"])
+    temp = cal.get("temperature")
+    lines.append(f"ECE {cal['ece']:.3f} ({cal['n_bins']} bins)" + (f", temperature {temp:.3g}" if temp else ""))
+    if result.get("uncovered_labels"):
+        lines.append("uncovered labels: " + ", ".join(f"{k} ({v})" for k, v in result["uncovered_labels"].items()))
+    lines += [""] + _class_table(result)
+    if result.get("files"):
+        lines.append(f"\nwrote {result['files']['out']}: metrics.json, predictions.csv, "
+                     f"{len(result['files']['plots'])} plots")
+    return "\n".join(lines)

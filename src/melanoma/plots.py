@@ -1,0 +1,161 @@
+"""Matplotlib figures for `evaluate` and `report`, written as PNG files.
+
+Uses `matplotlib.figure.Figure` directly (Agg canvas, no pyplot): no global state, no display needed, safe in
+threads. Class names are long ("pigmented benign keratosis"): axes that show them are horizontal or rotated,
+and every figure uses the constrained layout so nothing is clipped. Each function returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from sklearn import metrics as skm
+
+DPI = 110
+ALERT_STYLE = {"marker": "o", "markersize": 9, "color": "crimson", "zorder": 5}
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig: Figure, out) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=DPI)
+    return out
+
+
+def _wrap(name: str, width: int = 16) -> str:
+    """Break a long class name over lines ("pigmented benign\\nkeratosis")."""
+    return "\n".join(textwrap.wrap(str(name), width)) or str(name)
+
+
+def confusion_matrix_figure(cm, class_names, out, normalize: bool = False, title: str | None = None) -> Path:
+    """Confusion matrix heat map (rows = true class). normalize=True divides each row by its total (recall on
+    the diagonal); rows without images stay empty."""
+    cm = np.asarray(cm, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shown = cm / cm.sum(axis=1, keepdims=True) if normalize else cm
+    n = len(class_names)
+    size = max(5.0, 0.75 * n + 3.0)
+    fig = _figure(size + 1.0, size)
+    ax = fig.add_subplot()
+    im = ax.imshow(np.nan_to_num(shown), cmap="Blues", vmin=0, vmax=1 if normalize else max(cm.max(), 1))
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of true class" if normalize else "images")
+    limit = (1 if normalize else max(cm.max(), 1)) * 0.6
+    for i in range(n):
+        for j in range(n):
+            if np.isnan(shown[i, j]):
+                continue
+            text = f"{shown[i, j]:.2f}" if normalize else f"{int(cm[i, j])}"
+            ax.text(j, i, text, ha="center", va="center", fontsize=8 if n > 7 else 10,
+                    color="white" if shown[i, j] > limit else "black")
+    labels = [_wrap(c) for c in class_names]
+    ax.set_xticks(range(n), labels, rotation=45, ha="right", rotation_mode="anchor", fontsize=9)
+    ax.set_yticks(range(n), labels, fontsize=9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title or ("Confusion matrix (row-normalised)" if normalize else "Confusion matrix (counts)"))
+    return _save(fig, out)
+
+
+def _operating_point(y, scores, threshold):
+    """(fpr, tpr, precision) of the decision scores >= threshold, or None."""
+    if threshold is None:
+        return None
+    y, flagged = np.asarray(y, bool), np.asarray(scores) >= threshold
+    tp, fp = (flagged & y).sum(), (flagged & ~y).sum()
+    return fp / max((~y).sum(), 1), tp / max(y.sum(), 1), tp / (tp + fp) if tp + fp else 1.0
+
+
+def roc_figure(y_true, scores, out, threshold=None, title="Melanoma vs rest: ROC", min_tpr: float = 0.8) -> Path:
+    """ROC curve of one binary task with its AUC, the ISIC pAUC region (TPR >= min_tpr) shaded and the alert
+    operating point marked."""
+    y = np.asarray(y_true, bool)
+    fpr, tpr, _ = skm.roc_curve(y, scores)
+    fig = _figure(6.0, 5.5)
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, lw=2, label=f"ROC (AUC {skm.roc_auc_score(y, scores):.3f})")
+    # the ISIC pAUC is the area between the curve and the line TPR = min_tpr, where the curve is above it
+    ax.fill_between(fpr, min_tpr, np.maximum(tpr, min_tpr), alpha=0.25,
+                    label=f"pAUC region (sensitivity >= {min_tpr:.0%})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1, label="chance")
+    point = _operating_point(y, scores, threshold)
+    if point:
+        ax.plot(point[0], point[1], ls="none", **ALERT_STYLE,
+                label=f"alert >= {threshold:.3g}: sens {point[1]:.2f}, spec {1 - point[0]:.2f}")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="1 - specificity (false positive rate)",
+           ylabel="sensitivity (true positive rate)", title=title)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def pr_figure(y_true, scores, out, threshold=None, title="Melanoma vs rest: precision-recall") -> Path:
+    """Precision-recall curve with average precision, prevalence baseline and the alert operating point."""
+    y = np.asarray(y_true, bool)
+    precision, recall, _ = skm.precision_recall_curve(y, scores)
+    fig = _figure(6.0, 5.5)
+    ax = fig.add_subplot()
+    ax.step(recall, precision, where="post", lw=2,
+            label=f"PR (AP {skm.average_precision_score(y, scores):.3f})")
+    ax.axhline(y.mean(), ls=":", color="grey", lw=1, label=f"prevalence {y.mean():.2f}")
+    point = _operating_point(y, scores, threshold)
+    if point:
+        ax.plot(point[1], point[2], ls="none", **ALERT_STYLE,
+                label=f"alert >= {threshold:.3g}: recall {point[1]:.2f}, precision {point[2]:.2f}")
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.05), xlabel="recall (sensitivity)", ylabel="precision (PPV)",
+           title=title)
+    ax.legend(loc="lower left", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def per_class_roc_figure(y_true, probs, class_names, out, title="One-vs-rest ROC per class") -> Path:
+    """One ROC curve per class (classes without positives or negatives are listed as 'not scorable')."""
+    y, probs = np.asarray(y_true), np.asarray(probs)
+    fig = _figure(8.5, 6.0)
+    ax = fig.add_subplot()
+    colours = [f"C{k % 10}" for k in range(len(class_names))]
+    for k, name in enumerate(class_names):
+        pos = y == k
+        if not pos.any() or pos.all():
+            ax.plot([], [], color=colours[k], label=f"{name}: not scorable (no positives)")
+            continue
+        fpr, tpr, _ = skm.roc_curve(pos, probs[:, k])
+        ax.plot(fpr, tpr, color=colours[k], lw=1.5, ls="-" if k < 10 else "--",
+                label=f"{name} (AUC {skm.roc_auc_score(pos, probs[:, k]):.3f})")
+    ax.plot([0, 1], [0, 1], ls=":", color="grey", lw=1)
+    ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), xlabel="false positive rate", ylabel="true positive rate",
+           title=title)
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    ax.grid(alpha=0.3)
+    return _save(fig, out)
+
+
+def reliability_figure(reliability: dict, out, ece: float | None = None, title="Reliability diagram") -> Path:
+    """Top-label reliability diagram from `metrics.reliability_curve` data: accuracy per confidence bin against
+    the diagonal, with the image count per bin underneath."""
+    edges = np.asarray(reliability["edges"])
+    centres, width = (edges[:-1] + edges[1:]) / 2, np.diff(edges)
+    acc = np.array([np.nan if a is None else a for a in reliability["accuracy"]])
+    conf = np.array([np.nan if c is None else c for c in reliability["confidence"]])
+    fig = _figure(6.0, 6.5)
+    ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    ax.bar(centres, np.nan_to_num(acc), width=width, edgecolor="black", alpha=0.7, label="accuracy in bin")
+    ax.bar(centres, np.nan_to_num(conf - acc), bottom=np.nan_to_num(acc), width=width, color="crimson",
+           alpha=0.3, label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
+    ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
+           title=title + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.legend(loc="upper left", fontsize=8)
+    ax_n.bar(centres, reliability["count"], width=width, color="grey", edgecolor="black")
+    ax_n.set(xlabel="confidence (top-class probability)", ylabel="images")
+    return _save(fig, out)

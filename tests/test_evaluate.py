@@ -1,0 +1,150 @@
+"""`melanoma evaluate` end to end on real images (tiny_isic) with a random-weight test model artifact."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from melanoma import cli
+from melanoma.errors import DataError
+from melanoma.evaluate import evaluate, format_metrics, read_predictions_csv
+
+PLOTS = {"confusion_matrix.png", "confusion_matrix_normalised.png", "roc_per_class.png", "reliability.png",
+         "roc_melanoma.png", "pr_melanoma.png"}
+
+
+@pytest.fixture(scope="module")
+def test_model(tmp_path_factory):
+    from melanoma.artifacts import build_test_model
+
+    return build_test_model(tmp_path_factory.mktemp("model") / "run", image_size=64)
+
+
+@pytest.fixture(scope="module")
+def evaluated(test_model, tiny_isic, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval")
+    return evaluate(test_model, tiny_isic, out=out, bootstrap=200, seed=3), out
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_writes_metrics_predictions_and_plots(evaluated):
+    result, out = evaluated
+    assert {p.name for p in out.iterdir()} >= PLOTS | {"metrics.json", "predictions.csv"}
+    assert set(result["files"]["plots"]) == PLOTS
+    assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(result))
+    assert result["n_images"] == 45 and result["data"]["unreadable"] == 0 and result["uncovered_labels"] == {}
+    rows = _rows(out / "predictions.csv")
+    classes = result["classes"]
+    assert list(rows[0])[:2] == ["image", "path"] and list(rows[0])[2:2 + len(classes)] == classes
+    assert {"prediction", "confidence", "melanoma_probability", "melanoma_alert", "refer", "label"} <= set(rows[0])
+    assert all(r["image"] == r["path"].rsplit("/", 1)[-1] for r in rows)
+
+
+def test_numbers_equal_sklearn_on_the_written_csv(evaluated):
+    result, out = evaluated
+    classes = result["classes"]
+    rows = _rows(out / "predictions.csv")
+    y = np.array([classes.index(r["label"]) for r in rows])
+    pred = np.array([classes.index(r["prediction"]) for r in rows])
+    probs = np.array([[float(r[c]) for c in classes] for r in rows])
+    assert result["accuracy"]["value"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert result["balanced_accuracy"]["value"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert result["confusion_matrix"] == skm.confusion_matrix(y, pred, labels=range(len(classes))).tolist()
+    for k, name in enumerate(classes):
+        assert result["per_class"][name]["auc"]["value"] == pytest.approx(skm.roc_auc_score(y == k, probs[:, k]))
+    mel = classes.index("melanoma")
+    p_mel = np.array([float(r["melanoma_probability"]) for r in rows])
+    alert = np.array([r["melanoma_alert"] == "true" for r in rows])
+    threshold = result["melanoma"]["alert_threshold"]
+    assert threshold == result["model"]["thresholds"]["melanoma_alert"]  # the model's own alert threshold
+    np.testing.assert_array_equal(alert, p_mel >= threshold)
+    assert result["melanoma"]["auc"]["value"] == pytest.approx(skm.roc_auc_score(y == mel, p_mel))
+    assert result["melanoma"]["sensitivity"]["value"] == pytest.approx(skm.recall_score(y == mel, alert))
+    assert result["melanoma"]["specificity"]["value"] == pytest.approx(skm.recall_score(y != mel, ~alert))
+    table = read_predictions_csv(out / "predictions.csv")
+    assert table.class_names == classes and table.labels == [r["label"] for r in rows]
+
+
+def test_format_metrics_is_a_short_table(evaluated):
+    text = format_metrics(evaluated[0])
+    assert "balanced accuracy" in text and "pigmented benign keratosis" in text and "pAUC" in text
+    assert len(text.splitlines()) < 40
+
+
+def test_unreadable_images_are_skipped_and_counted(test_model, tiny_isic, tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("melanoma", "nevus"):
+        shutil.copytree(tiny_isic / name, data / name)
+    (data / "melanoma" / "broken.jpg").write_bytes(b"not a jpeg")
+    result = evaluate(test_model, data, out=tmp_path / "out", bootstrap=20)
+    assert result["unreadable_images"] == 1 and result["n_images"] == 10
+    assert result["data"]["unreadable_files"][0]["path"].endswith("broken.jpg")
+    err = capsys.readouterr().err
+    assert err.count("broken.jpg") == 1
+
+
+def test_uncovered_labels_are_counted_not_dropped(test_model, tiny_isic, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_isic / "melanoma", data / "melanoma")
+    shutil.copytree(tiny_isic / "nevus", data / "solar lentigo")  # a class the model does not know
+    result = evaluate(test_model, data, out=tmp_path / "out", bootstrap=20)
+    assert result["uncovered_labels"] == {"solar lentigo": 5}
+    assert result["n_images"] == 5 and result["data"]["n_images"] == 10
+    assert len(_rows(tmp_path / "out" / "predictions.csv")) == 10  # every image is still predicted
+
+
+def test_isic2018_label_map_on_the_9_class_folders(test_model, tiny_isic, tmp_path):
+    result = evaluate(test_model, tiny_isic, out=tmp_path / "out", label_map="isic2018", bootstrap=20)
+    assert result["classes"] == ["MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert result["per_class"]["AKIEC"]["support"] == 10 and result["per_class"]["BKL"]["support"] == 10
+    assert result["melanoma"]["class"] == "MEL" and result["label_map"]["name"] == "isic2018"
+
+
+def test_ham10000_dx_codes_with_isic2018(test_model, ham_dir, tmp_path):
+    """A small HAM10000-layout copy (2 images per dx) evaluates with --label-map isic2018."""
+    with open(ham_dir / "HAM10000_metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    picked = [r for dx in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc") for r in [x for x in rows if x["dx"] == dx][:2]]
+    ham = tmp_path / "ham"
+    (ham / "images").mkdir(parents=True)
+    for r in picked:
+        shutil.copy2(ham_dir / "images" / f"{r['image_id']}.jpg", ham / "images")
+    with open(ham / "HAM10000_metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(picked)
+    result = evaluate(test_model, ham, label_map="isic2018", bootstrap=20)
+    assert result["uncovered_labels"] == {} and result["n_images"] == 14
+    assert all(row["support"] == 2 for row in result["per_class"].values())
+    assert (test_model / "eval-ham" / "metrics.json").is_file()  # default output folder
+
+
+def test_unknown_labels_without_a_map_explain_the_fix(test_model, ham_dir, tmp_path):
+    ham = tmp_path / "ham"
+    (ham / "images").mkdir(parents=True)
+    with open(ham_dir / "HAM10000_metadata.csv", newline="") as f:
+        rows = list(csv.DictReader(f))[:3]
+    for r in rows:
+        shutil.copy2(ham_dir / "images" / f"{r['image_id']}.jpg", ham / "images")
+    with open(ham / "HAM10000_metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match="--label-map"):
+        evaluate(test_model, ham, out=tmp_path / "out", bootstrap=0)
+
+
+def test_cli_evaluate(test_model, tiny_isic, tmp_path, capsys):
+    assert cli.main(["evaluate", "--model", str(test_model), "--data", str(tiny_isic),
+                     "--out", str(tmp_path / "out"), "--bootstrap", "30", "--label-map", "binary"]) == 0
+    out = capsys.readouterr().out
+    assert "melanoma vs rest" in out and "wrote" in out
+    assert cli.main(["evaluate", "--model", str(test_model), "--data", str(tiny_isic),
+                     "--out", str(tmp_path / "o2"), "--label-map", "nope"]) == 2
