@@ -355,13 +355,19 @@ def test_single_split_is_fold_zero_and_deterministic(ham_dir, tmp_path):
     assert np.array_equal(val_idx, again[1]) and val_idx.dtype == np.int64
 
 
-def test_split_fails_clearly_when_a_class_has_too_few_groups(tmp_path):
+def test_split_warns_when_a_class_has_fewer_groups_than_folds(tmp_path):
     for i in range(6):
         _jpeg(tmp_path / "nevus" / f"n{i}.jpg")
     _jpeg(tmp_path / "melanoma" / "m0.jpg")
     _jpeg(tmp_path / "melanoma" / "m1.jpg")
     table = data.discover(tmp_path)
-    with pytest.raises(DataError, match="class 'melanoma' has only 2 independent group"):
-        data.stratified_group_kfold(table, k=3, seed=0)
+    assert data.sparse_classes(table, 3) == {"melanoma": 2}
+    with pytest.warns(data.SparseClassWarning, match="class 'melanoma' has only 2 independent group"):
+        folds = data.stratified_group_kfold(table, k=3, seed=0)
+    assert len(folds) == 3
+    for train_idx, val_idx in folds:
+        _assert_groups_disjoint(table, train_idx, val_idx)
+    with pytest.raises(DataError, match="only 8 independent group"):
+        data.stratified_group_kfold(table, k=9, seed=0)
     with pytest.raises(ConfigError):
         data.stratified_group_split(table, val_fraction=1.5, seed=0)

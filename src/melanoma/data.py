@@ -7,6 +7,8 @@ Image decoding lives in images.py and the audit report in audit.py; both are re-
 
 from __future__ import annotations
 
+import warnings
+
 import csv
 import re
 from collections import Counter
@@ -329,23 +331,42 @@ def _apply_conflict_policy(samples: list[Sample], classes: list[str], policy: st
 
 # ---------------------------------------------------------------- splits
 
+class SparseClassWarning(UserWarning):
+    """A class has fewer independent groups than folds (it cannot be in every validation fold)."""
+
+
+def sparse_classes(table: DatasetTable, k: int) -> dict[str, int]:
+    """Classes with fewer independent groups than `k` folds: {class: number of groups}. Such a class can only
+    appear in the validation side of some folds (e.g. seborrheic keratosis of the ISIC 9-class Train split keeps
+    2 images once its 75 copies filed under melanoma are dropped)."""
+    y = table.label_indices()
+    groups = np.unique([s.group for s in table.samples], return_inverse=True)[1]
+    counts = {name: len(np.unique(groups[y == ci])) for ci, name in enumerate(table.classes)}
+    return {name: n for name, n in counts.items() if 0 < n < k}
+
+
 def stratified_group_kfold(table: DatasetTable, k: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
     """K folds (train_idx, val_idx) stratified by label, with every `group` on one side only (sklearn
-    StratifiedGroupKFold, shuffled with `seed`). DataError if a class has fewer groups than k."""
+    StratifiedGroupKFold, shuffled with `seed`). A class with fewer groups than k is warned about (see
+    `sparse_classes`), not refused; fewer groups in total than k is a DataError."""
     from sklearn.model_selection import StratifiedGroupKFold
 
     if k < 2:
         raise ConfigError(f"number of folds {k}: need at least 2")
     y = table.label_indices()
     groups = np.unique([s.group for s in table.samples], return_inverse=True)[1]
-    for ci, name in enumerate(table.classes):
-        n_groups = len(np.unique(groups[y == ci]))
-        if 0 < n_groups < k:
-            raise DataError(f"class {name!r} has only {n_groups} independent group(s) (images/lesions); "
-                            f"need at least {k} for {k} folds")
+    if groups.size == 0 or groups.max() + 1 < k:
+        raise DataError(f"{table.root}: only {0 if groups.size == 0 else groups.max() + 1} independent "
+                        f"group(s) (images/lesions); need at least {k} for {k} folds")
+    for name, n_groups in sparse_classes(table, k).items():
+        warnings.warn(f"class {name!r} has only {n_groups} independent group(s) (images/lesions): it appears in "
+                      f"the validation side of at most {n_groups} of {k} folds and its metrics rest on "
+                      f"{n_groups} group(s)", SparseClassWarning, stacklevel=2)
     splitter = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     x = np.zeros((len(y), 1))
-    return [(tr.astype(np.int64), va.astype(np.int64)) for tr, va in splitter.split(x, y, groups)]
+    with warnings.catch_warnings():  # sklearn repeats our warning in its own words
+        warnings.simplefilter("ignore", UserWarning)
+        return [(tr.astype(np.int64), va.astype(np.int64)) for tr, va in splitter.split(x, y, groups)]
 
 
 def stratified_group_split(table: DatasetTable, val_fraction: float, seed: int = 0
