@@ -1,0 +1,122 @@
+"""Training data: images decoded ONCE into uint8 tensors, a seeded class-balanced sampler that is DDP-aware, and a
+Lightning DataModule. Augmentation randomness is a pure function of (seed, epoch, index) so a resumed run sees
+exactly the batches an uninterrupted run would have seen."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from melanoma.data import DatasetTable, load_image
+from melanoma.transforms import eval_transform, train_transform
+
+
+def _decode_resized(path, shorter_side: int) -> torch.Tensor:
+    """Decode one image and resize its shorter side to `shorter_side` px (PIL, antialiased); uint8 CHW tensor."""
+    image = load_image(path)
+    w, h = image.size
+    scale = shorter_side / min(w, h)
+    if abs(scale - 1.0) > 1e-6:
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    array = np.asarray(image, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_cache(table: DatasetTable, preprocessing: dict, workers: int = 4) -> list[torch.Tensor]:
+    """Decode every image of `table` once, at the preset's resize size (what both presets start from)."""
+    size = int(preprocessing["resize"])
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: _decode_resized(s.path, size), table.samples))
+
+
+class CachedImages(Dataset):
+    """(image tensor, label) pairs from the decoded cache; transforms seeded by (seed, epoch, index)."""
+
+    def __init__(self, images: list[torch.Tensor], labels: np.ndarray, transform, seed: int = 0):
+        self.images, self.labels, self.transform, self.seed = images, np.asarray(labels), transform, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + int(index))
+            x = self.transform(self.images[index])
+        return x, int(self.labels[index])
+
+
+class SeededSampler(Sampler[int]):
+    """Draws one epoch of indices from a generator seeded by (seed, epoch), then keeps this rank's share.
+
+    balanced=True: sampling with replacement, each class equally likely (weights 1/class count).
+    Every rank computes the same permutation and takes indices[rank::world_size], so ranks see disjoint draws.
+    """
+
+    def __init__(self, labels, balanced: bool, seed: int, rank: int = 0, world_size: int = 1, dataset=None):
+        self.labels = torch.as_tensor(np.asarray(labels))
+        self.balanced, self.seed, self.rank, self.world_size = balanced, seed, rank, world_size
+        self.dataset, self.epoch = dataset, 0
+        self.num_samples = -(-len(self.labels) // world_size)  # ceil: every rank gets the same count
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at each epoch start; also re-seeds the dataset's augmentation."""
+        self.epoch = epoch
+        if self.dataset is not None:
+            self.dataset.epoch = epoch
+
+    def epoch_indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
+        total = self.num_samples * self.world_size
+        if self.balanced:
+            counts = torch.bincount(self.labels).double()
+            weights = 1.0 / counts[self.labels]
+            drawn = torch.multinomial(weights, total, replacement=True, generator=g)
+        else:
+            drawn = torch.randperm(len(self.labels), generator=g)
+            drawn = torch.cat([drawn, drawn[: total - len(drawn)]])
+        return drawn[self.rank::self.world_size].tolist()
+
+    def __iter__(self):
+        return iter(self.epoch_indices())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+class LesionDataModule(L.LightningDataModule):
+    """Train/validation loaders over the decoded cache for one split (hold-out or one CV fold)."""
+
+    def __init__(self, images, labels, train_idx, val_idx, preprocessing: dict, batch_size: int,
+                 balanced: bool, seed: int, num_workers: int):
+        super().__init__()
+        self.images, self.labels = images, np.asarray(labels)
+        self.train_idx, self.val_idx = np.asarray(train_idx), np.asarray(val_idx)
+        self.pre, self.batch_size, self.balanced = preprocessing, batch_size, balanced
+        self.seed, self.num_workers = seed, num_workers
+        self.train_sampler: SeededSampler | None = None
+
+    def _subset(self, idx, transform) -> CachedImages:
+        return CachedImages([self.images[i] for i in idx], self.labels[idx], transform, self.seed)
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        dataset = self._subset(self.train_idx, train_transform(self.pre))
+        self.train_sampler = SeededSampler(dataset.labels, self.balanced, self.seed, rank, world, dataset)
+        return DataLoader(dataset, batch_size=self.batch_size, sampler=self.train_sampler,
+                          num_workers=self.num_workers, persistent_workers=False, drop_last=len(dataset) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        shard = self.val_idx[rank::world]  # each rank validates its own share; torchmetrics syncs the totals
+        return DataLoader(self._subset(shard, eval_transform(self.pre)), batch_size=self.batch_size * 2,
+                          shuffle=False, num_workers=self.num_workers)

@@ -1,0 +1,214 @@
+"""After a split is trained: pick the best checkpoint, calibrate (temperature), choose the melanoma alert threshold,
+fit the referral statistics, score the validation predictions, and write the model artifact. Also pools K folds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from melanoma import metrics
+from melanoma.artifacts import atomic_write_text, save_model
+from melanoma.predict import PredictionResult, write_predictions_csv
+from melanoma.referral import Referrer, embed, fit_referral
+from melanoma.transforms import eval_transform
+
+
+def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_size: int = 64):
+    """Eval-preset logits and pre-logit features for cached uint8 images; returns numpy (logits, features)."""
+    transform = eval_transform(pre)
+    logits, features = [], []
+    model.eval()
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            x = torch.stack([transform(im) for im in images[start:start + batch_size]])
+            feats, out = embed(model, x)
+            logits.append(out.float().numpy())
+            features.append(feats.float().numpy())
+    return np.concatenate(logits), np.concatenate(features)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = logits / temperature
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _best_epoch(run: Path) -> dict:
+    """Epoch count and best validation balanced accuracy read from the CSV log (for the model card)."""
+    log = run / "logs" / "metrics.csv"
+    if not log.exists():
+        return {}
+    import csv
+
+    rows = [r for r in csv.DictReader(log.open()) if r.get("val/bal_acc")]
+    if not rows:
+        return {}
+    best = max(rows, key=lambda r: float(r["val/bal_acc"]))
+    return {"epochs_run": int(float(rows[-1]["epoch"])) + 1, "best_epoch": int(float(best["epoch"])) + 1}
+
+
+def calibrate_and_threshold(logits, labels, class_names, melanoma_class, target_sensitivity):
+    """Temperature (NLL on validation), ECE before/after, and the melanoma alert threshold on calibrated probs."""
+    temperature = float(metrics.fit_temperature(logits, labels))
+    probs = softmax(logits, temperature)
+    calibration = {"temperature": temperature,
+                   "ece_before": float(metrics.expected_calibration_error(softmax(logits), labels)),
+                   "ece_after": float(metrics.expected_calibration_error(probs, labels))}
+    threshold = None
+    if melanoma_class is not None:
+        mel = class_names.index(melanoma_class)
+        threshold = float(metrics.choose_alert_threshold(labels == mel, probs[:, mel], target_sensitivity))
+    return probs, calibration, threshold
+
+
+def write_predictions(path: Path, table, idx, probs, refer, reasons, threshold, melanoma_class) -> None:
+    """Validation predictions in the shared CSV layout (predict.write_predictions_csv), with the true label."""
+    mel = table.classes.index(melanoma_class) if melanoma_class else None
+    p_mel = probs[:, mel] if mel is not None else np.zeros(len(probs))
+    alert = p_mel >= threshold if threshold is not None else np.zeros(len(probs), bool)
+    result = PredictionResult(paths=[str(table.samples[i].path) for i in idx], probs=probs, class_names=table.classes,
+                              melanoma_probability=p_mel, alert=alert, refer=np.asarray(refer),
+                              refer_reason=list(reasons), errors=[])
+    write_predictions_csv(result, path, labels=[table.samples[i].label for i in idx])
+
+
+def model_metadata(cfg, table, calibration, threshold, referral_meta, headline, run) -> dict:
+    """model.json content (the single source of truth read by evaluate, predict, export and serve)."""
+    from melanoma.training import find_melanoma_class
+    from melanoma.models import default_preprocessing
+
+    summary_path = Path(cfg.out) / "data_summary.json"
+    data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    return {
+        "architecture": cfg.model,
+        "class_names": list(table.classes),
+        "melanoma_class": find_melanoma_class(table.classes),
+        "preprocessing": default_preprocessing(cfg.model, image_size=cfg.image_size),
+        "temperature": calibration["temperature"],
+        "calibration": calibration,
+        "thresholds": {"melanoma_alert": threshold, "target_sensitivity": cfg.target_sensitivity,
+                       **referral_meta.get("thresholds", {})},
+        "referral": referral_meta,
+        "data": {"source": str(cfg.data), "images": len(table), "class_counts": data_summary.get("class_counts"),
+                 "summary": data_summary},
+        "metrics": headline,
+        "training": {**cfg.to_dict(), **_best_epoch(run)},
+        "model_card": {
+            "input": "RGB dermoscopic image of one lesion (JPEG/PNG), any size; resized and centre-cropped as in "
+                     "`preprocessing`",
+            "output": "probability per class (temperature-scaled), melanoma alert, referral flag",
+            "limitations": "Trained on ISIC archive images; other clinics, devices, skin types and non-dermoscopic "
+                           "photos may degrade it. Thresholds were chosen on validation data of the training source.",
+        },
+    }
+
+
+def headline_metrics(m: dict) -> dict:
+    """The few numbers shown in summaries (point values; the CIs stay in val_metrics.json)."""
+    def value(entry):
+        return entry.get("value") if isinstance(entry, dict) else entry
+
+    mel = m.get("melanoma") or {}
+    return {"balanced_accuracy": value(m.get("balanced_accuracy")), "accuracy": value(m.get("accuracy")),
+            "melanoma_auc": value(mel.get("auc")), "melanoma_pauc": value(mel.get("pauc_above_80_sensitivity")),
+            "melanoma_sensitivity": value(mel.get("sensitivity")),
+            "melanoma_specificity": value(mel.get("specificity")), "n": m.get("n_images")}
+
+
+def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, train_idx, val_idx,
+                   seconds: float) -> dict:
+    """Best weights -> calibration, alert threshold, referral, metrics, model artifact and result.json."""
+    state = torch.load(best_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    model = module.model.eval()
+    labels = table.label_indices()[val_idx]
+    logits, features = infer(model, [images[i] for i in val_idx], pre)
+    from melanoma.training import find_melanoma_class
+
+    mel_class = find_melanoma_class(table.classes)
+    probs, calibration, threshold = calibrate_and_threshold(logits, labels, table.classes, mel_class,
+                                                            cfg.target_sensitivity)
+    referral_meta, tensors = fit_referral(features, logits, labels, calibration["temperature"], seed=cfg.seed)
+    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features)
+    full = metrics.compute_metrics(labels, probs, table.classes, melanoma_class=mel_class,
+                                   alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
+                                   seed=cfg.seed)
+    atomic_write_text(run / "val_metrics.json", json.dumps(full, indent=2))
+    head = headline_metrics(full)
+    save_model(model, model_metadata(cfg, table, calibration, threshold, referral_meta, head, run), run, tensors)
+    write_predictions(run / "val_predictions.csv", table, val_idx, probs, refer, reasons, threshold, mel_class)
+    np.savez(run / "val_outputs.npz", val_idx=np.asarray(val_idx), logits=logits, probs=probs, refer=refer)
+    result = {"run": str(run), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), **head,
+              "temperature": calibration["temperature"], "melanoma_alert": threshold,
+              "seconds": round(seconds, 1), **_best_epoch(run)}
+    atomic_write_text(run / "result.json", json.dumps(result, indent=2))
+    print(f"{run}: balanced accuracy {head['balanced_accuracy']:.3f}, melanoma AUC {head['melanoma_auc']}, "
+          f"{result['seconds']:.0f} s")
+    return {"summary": result, **result}
+
+
+def _mean_sd(values) -> dict:
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    return {"mean": float(arr.mean()) if len(arr) else None,
+            "sd": float(arr.std(ddof=1)) if len(arr) > 1 else None, "per_fold": [float(v) for v in arr]}
+
+
+def summarize_cv(cfg, run: Path, table, fold_results: list[dict]) -> dict:
+    """Pool out-of-fold predictions, score them with CIs, report mean ± sd over folds, ship the best fold's model."""
+    n, classes = len(table), table.classes
+    oof = np.full((n, len(classes)), np.nan)
+    for r in fold_results:
+        saved = np.load(Path(r["run"]) / "val_outputs.npz")
+        oof[saved["val_idx"]] = saved["probs"]
+    covered = ~np.isnan(oof).any(axis=1)
+    labels = table.label_indices()
+    from melanoma.training import find_melanoma_class
+
+    mel_class = find_melanoma_class(classes)
+    threshold = None
+    if mel_class is not None:
+        mel = classes.index(mel_class)
+        threshold = float(metrics.choose_alert_threshold(labels[covered] == mel, oof[covered, mel],
+                                                         cfg.target_sensitivity))
+    pooled = metrics.compute_metrics(labels[covered], oof[covered], classes, melanoma_class=mel_class,
+                                     alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
+                                     seed=cfg.seed)
+    from melanoma.data import sparse_classes
+
+    summary = {"folds": len(fold_results), "images": int(covered.sum()),
+               "sparse_classes": sparse_classes(table, cfg.folds),
+               "balanced_accuracy": _mean_sd(r["balanced_accuracy"] for r in fold_results),
+               "melanoma_auc": _mean_sd(r["melanoma_auc"] for r in fold_results),
+               "accuracy": _mean_sd(r["accuracy"] for r in fold_results),
+               "seconds": round(sum(r["seconds"] for r in fold_results), 1),
+               "out_of_fold": headline_metrics(pooled), "out_of_fold_alert_threshold": threshold}
+    atomic_write_text(run / "cv_summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run / "val_metrics.json", json.dumps(pooled, indent=2))
+    _ship_best_fold(run, fold_results, summary, threshold)
+    _concat_fold_predictions(run, fold_results)
+    return {"summary": summary, "folds": fold_results}
+
+
+def _ship_best_fold(run: Path, fold_results, summary: dict, threshold) -> None:
+    """Root model = the fold with the best validation balanced accuracy; alert threshold from pooled OOF."""
+    best = max(fold_results, key=lambda r: r["balanced_accuracy"] or 0)
+    src = Path(best["run"])
+    shutil.copyfile(src / "model.safetensors", run / "model.safetensors")
+    meta = json.loads((src / "model.json").read_text())
+    meta["thresholds"]["melanoma_alert"] = threshold
+    meta["cv"] = {**summary, "shipped_fold": src.name}
+    atomic_write_text(run / "model.json", json.dumps(meta, indent=2))
+
+
+def _concat_fold_predictions(run: Path, fold_results) -> None:
+    """RUN/val_predictions.csv = all folds' validation predictions (out-of-fold), one header."""
+    lines: list[str] = []
+    for r in fold_results:
+        text = (Path(r["run"]) / "val_predictions.csv").read_text().splitlines()
+        lines.extend(text if not lines else text[1:])
+    atomic_write_text(run / "val_predictions.csv", "\n".join(lines) + "\n")

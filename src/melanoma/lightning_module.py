@@ -1,0 +1,92 @@
+"""The LightningModule: loss (label smoothing, optional class weights, seed-cnn's Keras-style L2), optimiser with
+linear warm-up and cosine decay, and the metrics logged for progress bars, CSV logs and checkpoint choice."""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
+
+from melanoma.models import create_model
+
+
+class LesionClassifier(L.LightningModule):
+    """Wraps a registry model; hyper-parameters are saved in every checkpoint so it rebuilds itself."""
+
+    def __init__(self, architecture: str, num_classes: int, melanoma_index: int | None, lr: float,
+                 weight_decay: float, optimizer: str = "adamw", warmup_fraction: float = 0.1,
+                 label_smoothing: float = 0.1, class_weights: list[float] | None = None,
+                 pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = create_model(architecture, num_classes=num_classes, pretrained=pretrained, weights=weights,
+                                  image_size=image_size)
+        weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weight", weight, persistent=False)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_bal_acc = MulticlassAccuracy(num_classes, average="macro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_bal_acc = MulticlassAccuracy(num_classes, average="macro")  # mean per-class recall
+        self.val_mel_auc = BinaryAUROC() if melanoma_index is not None else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def _l2_penalty(self) -> torch.Tensor | float:
+        """Keras kernel_regularizer=l2(c) adds c * sum(w^2) to the loss (seed-cnn's Dense512)."""
+        spec = getattr(self.model, "l2_penalty", None)
+        if not spec:
+            return 0.0
+        params = dict(self.model.named_parameters())
+        return spec["coef"] * sum(params[name].pow(2).sum() for name in spec["param_names"])
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing)
+        loss = loss + self._l2_penalty()
+        self.train_acc(logits, y)
+        self.train_bal_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train/bal_acc", self.train_bal_acc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        self.val_acc(logits, y)
+        self.val_bal_acc(logits, y)
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=len(y))
+        self.log("val/acc", self.val_acc, on_epoch=True)
+        self.log("val/bal_acc", self.val_bal_acc, on_epoch=True, prog_bar=True)
+        if self.val_mel_auc is not None:
+            mel = self.hparams.melanoma_index
+            self.val_mel_auc(logits.softmax(-1)[:, mel], (y == mel).long())
+            self.log("val/mel_auc", self.val_mel_auc, on_epoch=True, prog_bar=True)
+
+    def on_train_epoch_start(self) -> None:
+        # Dropout draws from the global RNG: re-seed per epoch so a resumed run continues identically.
+        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        if hp.optimizer == "adam":  # the notebooks' seed-cnn recipe (Keras Adam 1e-3, no decoupled decay)
+            opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, int(total * hp.warmup_fraction))
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 1% of the peak
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,0 +1,167 @@
+"""`train(cfg)`: hold-out or group-aware K-fold training on Lightning, then calibration, thresholds, referral
+statistics and the model artifact. Returns its results so tests and other code can call it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from melanoma import data as datalib
+from melanoma.artifacts import atomic_write_text
+from melanoma.config import TrainConfig, save_config
+from melanoma.datamodule import LesionDataModule, decode_cache
+from melanoma.errors import ConfigError
+from melanoma.finalize import finalize_split, summarize_cv
+from melanoma.lightning_module import LesionClassifier
+from melanoma.models import default_preprocessing
+
+RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
+MELANOMA_NAMES = ("melanoma", "mel")
+
+
+def find_melanoma_class(class_names: list[str]) -> str | None:
+    """The class that triggers the alert: 'melanoma' or 'MEL'/'mel' (ISIC/HAM10000 codes), else None."""
+    return next((c for c in class_names if c.lower() in MELANOMA_NAMES), None)
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """Fill the model-dependent defaults (pretrained, learning rate, optimiser) in place."""
+    is_seed = cfg.model == "seed-cnn"
+    if cfg.pretrained is None:
+        cfg.pretrained = cfg.model == "efficientnet_lite0" and cfg.weights is None
+    if cfg.lr is None:
+        cfg.lr = 1e-3
+    cfg.extra.setdefault("optimizer", "adam" if is_seed else "adamw")
+    if is_seed:
+        cfg.weight_decay = 0.0
+    return cfg
+
+
+def prepare_run_dir(cfg: TrainConfig) -> Path:
+    """Create (or, with --resume, reopen) the run folder; never overwrite a finished or started run."""
+    out = cfg.out or os.environ.get(RUN_DIR_ENV) or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run = Path(out)
+    os.environ[RUN_DIR_ENV] = str(run)
+    is_ddp_child = int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    if (run / "config.yaml").exists() and not cfg.resume and not is_ddp_child:
+        raise ConfigError(f"{run}: run folder already exists; continue it with --resume {run} or choose another --out")
+    run.mkdir(parents=True, exist_ok=True)
+    cfg.out = str(run)
+    if not is_ddp_child:
+        save_config(cfg, run / "config.yaml")
+    return run
+
+
+def load_training_table(cfg: TrainConfig, run: Path):
+    """Discover, validate and de-duplicate the data (conflict policy applied); summary written to the run."""
+    table = datalib.discover(cfg.data)
+    table, summary = datalib.prepare_training_table(table, conflict_policy=cfg.conflict_policy)
+    for path, reason in summary.get("unreadable", []):
+        print(f"skipped {path}: {reason}")
+    atomic_write_text(run / "data_summary.json", json.dumps(summary, indent=2, default=str))
+    return table, summary
+
+
+def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
+    """A Lightning Trainer checkpointing every epoch (last.ckpt) and the best validation balanced accuracy."""
+    checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor="val/bal_acc", mode="max",
+                                 save_last=True)
+    stopper = EarlyStopping(monitor="val/bal_acc", mode="max", patience=cfg.patience)
+    precision = cfg.precision or ("bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu"
+                                  else "32-true")
+    devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
+    return L.Trainer(
+        max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices, num_nodes=cfg.num_nodes,
+        strategy=cfg.strategy, precision=precision, default_root_dir=run,
+        logger=CSVLogger(save_dir=run, name="logs", version=""),
+        callbacks=[checkpoint, stopper, LearningRateMonitor("epoch"), *extra_callbacks],
+        limit_train_batches=cfg.max_train_batches or 1.0, use_distributed_sampler=False,
+        num_sanity_val_steps=0, log_every_n_steps=5, enable_model_summary=False,
+    )
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
+    """Inverse-frequency weights N / (C * n_c) for the weighted-loss imbalance mode."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    return (len(labels) / (num_classes * np.maximum(counts, 1))).tolist()
+
+
+def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndarray) -> LesionClassifier:
+    mel = find_melanoma_class(class_names)
+    weights = class_weights(train_labels, len(class_names)) if cfg.imbalance == "weighted-loss" else None
+    return LesionClassifier(
+        cfg.model, len(class_names), class_names.index(mel) if mel else None, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, optimizer=cfg.extra["optimizer"],
+        warmup_fraction=min(0.5, cfg.warmup_epochs / cfg.epochs), label_smoothing=cfg.label_smoothing,
+        class_weights=weights, pretrained=cfg.pretrained, weights=cfg.weights, seed=cfg.seed,
+        image_size=cfg.image_size)
+
+
+def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
+    """Train on one split in `run`; on global rank 0 finalise (calibrate, thresholds, save). Resumes last.ckpt."""
+    labels = table.label_indices()
+    run.mkdir(parents=True, exist_ok=True)
+    module = build_module(cfg, table.classes, labels[train_idx])
+    cores = os.cpu_count() or 1
+    # Augmenting cached uint8 tensors costs ~2 ms an image: on <= 2 cores worker processes only steal the CPU
+    # the model needs, so load in the main process there.
+    workers = cfg.num_workers if cfg.num_workers is not None else (0 if cores <= 2 else min(4, cores - 1))
+    dm = LesionDataModule(images, labels, train_idx, val_idx, pre, cfg.batch_size,
+                          balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers)
+    trainer = make_trainer(cfg, run, callbacks)
+    last = run / "checkpoints" / "last.ckpt"
+    started = time.time()
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if (cfg.resume and last.exists()) else None)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"training interrupted; continue with: melanoma train --resume {cfg.out}")
+    if not trainer.is_global_zero:
+        return None
+    best = trainer.checkpoint_callback.best_model_path or str(last)
+    return finalize_split(cfg, run, module, best, table, images, pre, train_idx, val_idx,
+                          seconds=time.time() - started)
+
+
+def train(cfg: TrainConfig, callbacks=()) -> dict:
+    """Train as configured; returns {"run": path, "summary": headline numbers, ...}. See docs/DESIGN.md."""
+    cfg = resolve_defaults(cfg.validate())
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run = prepare_run_dir(cfg)
+    table, summary = load_training_table(cfg, run)
+    pre = default_preprocessing(cfg.model, image_size=cfg.image_size)
+    cfg.image_size = int(pre["input_size"])
+    started = time.time()
+    images = decode_cache(table, pre)
+    print(f"decoded {len(images)} images once into memory in {time.time() - started:.1f} s")
+    if cfg.folds:
+        return train_cross_validation(cfg, run, table, images, pre, callbacks)
+    train_idx, val_idx = datalib.stratified_group_split(table, cfg.val_fraction, cfg.seed)
+    result = fit_split(cfg, run, table, images, pre, train_idx, val_idx, callbacks)
+    return {"run": str(run), **(result or {})}
+
+
+def train_cross_validation(cfg, run: Path, table, images, pre, callbacks=()) -> dict:
+    """Group-aware stratified K-fold: one run folder per fold (finished folds are skipped on resume)."""
+    fold_results = []
+    for k, (train_idx, val_idx) in enumerate(datalib.stratified_group_kfold(table, cfg.folds, cfg.seed)):
+        fold_dir = run / f"fold-{k}"
+        done = fold_dir / "result.json"
+        if done.exists():
+            print(f"fold {k}: already finished, reusing {done}")
+            fold_results.append(json.loads(done.read_text()))
+            continue
+        print(f"fold {k + 1}/{cfg.folds}: {len(train_idx)} train / {len(val_idx)} validation images")
+        result = fit_split(cfg, fold_dir, table, images, pre, train_idx, val_idx, callbacks)
+        if result is None:  # not rank 0
+            continue
+        fold_results.append(result)
+    if not fold_results:
+        return {"run": str(run)}
+    return {"run": str(run), **summarize_cv(cfg, run, table, fold_results)}
