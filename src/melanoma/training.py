@@ -18,7 +18,7 @@ from melanoma import data as datalib
 from melanoma.artifacts import atomic_write_text
 from melanoma.config import TrainConfig, save_config
 from melanoma.datamodule import LesionDataModule, decode_cache
-from melanoma.errors import ConfigError
+from melanoma.errors import ConfigError, MelanomaError
 from melanoma.finalize import finalize_split, summarize_cv
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing
@@ -47,10 +47,10 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
 
 def prepare_run_dir(cfg: TrainConfig) -> Path:
     """Create (or, with --resume, reopen) the run folder; never overwrite a finished or started run."""
-    out = cfg.out or os.environ.get(RUN_DIR_ENV) or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run = Path(out)
-    os.environ[RUN_DIR_ENV] = str(run)
     is_ddp_child = int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
+    inherited = os.environ.get(RUN_DIR_ENV) if is_ddp_child else None
+    run = Path(cfg.out or inherited or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    os.environ[RUN_DIR_ENV] = str(run)  # DDP children re-run this command: they must find the same folder
     if (run / "config.yaml").exists() and not cfg.resume and not is_ddp_child:
         raise ConfigError(f"{run}: run folder already exists; continue it with --resume {run} or choose another --out")
     run.mkdir(parents=True, exist_ok=True)
@@ -70,6 +70,24 @@ def load_training_table(cfg: TrainConfig, run: Path):
     return table, summary
 
 
+class TrainingInterrupted(MelanomaError):
+    """Ctrl-C or SIGTERM during training: the last finished epoch is checkpointed."""
+
+
+class RecordSampledIndices(L.Callback):
+    """Writes, per rank and epoch, the table indices this rank's sampler yields (checks DDP sharding)."""
+
+    def __init__(self, run: Path, train_idx: np.ndarray):
+        self.run, self.train_idx = run, np.asarray(train_idx)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sampler = trainer.datamodule.train_sampler
+        seen = self.train_idx[sampler.epoch_indices()].tolist()
+        path = self.run / f"sampled-rank{trainer.global_rank}-epoch{trainer.current_epoch}.json"
+        atomic_write_text(path, json.dumps({"rank": trainer.global_rank, "world_size": trainer.world_size,
+                                            "indices": seen}))
+
+
 def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
     """A Lightning Trainer checkpointing every epoch (last.ckpt) and the best validation balanced accuracy."""
     checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor="val/bal_acc", mode="max",
@@ -86,6 +104,33 @@ def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
         limit_train_batches=cfg.max_train_batches or 1.0, use_distributed_sampler=False,
         num_sanity_val_steps=0, log_every_n_steps=5, enable_model_summary=False,
     )
+
+
+def set_aside_log(run: Path) -> Path | None:
+    """Lightning's CSVLogger deletes an existing metrics.csv: keep the interrupted run's rows aside."""
+    log = run / "logs" / "metrics.csv"
+    if not log.exists():
+        return None
+    kept = log.with_name("metrics-before-resume.csv")
+    os.replace(log, kept)
+    return kept
+
+
+def merge_resumed_log(run: Path, earlier: Path) -> None:
+    """metrics.csv = earlier rows of the epochs finished before the resume + the resumed run's rows."""
+    import csv
+
+    log = run / "logs" / "metrics.csv"
+    new_rows = list(csv.DictReader(log.open())) if log.exists() else []
+    old_rows = list(csv.DictReader(earlier.open()))
+    first_new = min((float(r["epoch"]) for r in new_rows if r.get("epoch")), default=float("inf"))
+    rows = [r for r in old_rows if r.get("epoch") and float(r["epoch"]) < first_new] + new_rows
+    fields = sorted({k for r in rows for k in r})
+    with log.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    earlier.unlink()
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
@@ -116,14 +161,24 @@ def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=
     workers = cfg.num_workers if cfg.num_workers is not None else (0 if cores <= 2 else min(4, cores - 1))
     dm = LesionDataModule(images, labels, train_idx, val_idx, pre, cfg.batch_size,
                           balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers)
-    trainer = make_trainer(cfg, run, callbacks)
+    if cfg.extra.get("record_samples"):
+        callbacks = [*callbacks, RecordSampledIndices(run, train_idx)]
     last = run / "checkpoints" / "last.ckpt"
+    resuming = bool(cfg.resume and last.exists())
+    earlier_log = set_aside_log(run) if resuming else None
+    trainer = make_trainer(cfg, run, callbacks)
     started = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if (cfg.resume and last.exists()) else None)
-    if trainer.interrupted:
-        raise KeyboardInterrupt(f"training interrupted; continue with: melanoma train --resume {cfg.out}")
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+    except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown + sys.exit(1)
+        if trainer.interrupted:
+            raise TrainingInterrupted(f"training interrupted; completed epochs are kept in {last}: continue with "
+                                      f"`melanoma train --resume {cfg.out}`") from None
+        raise
     if not trainer.is_global_zero:
         return None
+    if earlier_log is not None:
+        merge_resumed_log(run, earlier_log)
     best = trainer.checkpoint_callback.best_model_path or str(last)
     return finalize_split(cfg, run, module, best, table, images, pre, train_idx, val_idx,
                           seconds=time.time() - started)

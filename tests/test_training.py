@@ -1,0 +1,108 @@
+"""train(): both registry models for an epoch on ~45 real images, resume equivalence, 2-process DDP (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from melanoma.artifacts import load_model
+from melanoma.config import TrainConfig, load_config
+from melanoma.errors import ConfigError
+from melanoma.training import find_melanoma_class, train
+
+pytestmark = pytest.mark.slow
+
+
+def tiny_config(data, out, **overrides) -> TrainConfig:
+    """A real config shrunk to a few small batches on CPU."""
+    values = dict(data=str(data), out=str(out), model="seed-cnn", image_size=64, epochs=1, batch_size=8,
+                  max_train_batches=3, num_workers=0, seed=3, extra={"bootstrap": 50})
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.mark.parametrize("model,size", [("seed-cnn", 64), ("efficientnet_lite0", 96)])
+def test_train_one_epoch_writes_a_usable_model(tiny_isic, tmp_path, model, size):
+    result = train(tiny_config(tiny_isic, tmp_path / "run", model=model, image_size=size))
+    run = Path(result["run"])
+    for name in ("config.yaml", "data_summary.json", "model.json", "model.safetensors", "val_predictions.csv",
+                 "logs/metrics.csv", "checkpoints/last.ckpt"):
+        assert (run / name).is_file(), name
+    net, meta = load_model(run)
+    assert meta["architecture"] == model and len(meta["class_names"]) == 9
+    assert meta["preprocessing"]["input_size"] == size
+    assert 0.0 <= meta["thresholds"]["melanoma_alert"] <= 1.0 and meta["temperature"] > 0
+    assert meta["model_card"]["intended_use"].startswith("Decision support")
+    assert 0.0 <= result["balanced_accuracy"] <= 1.0
+    with torch.no_grad():
+        assert net(torch.zeros(2, 3, size, size)).shape == (2, 9)
+
+
+class CrashAtEpoch(L.Callback):
+    """Simulates a kill after `epoch` finished epochs (their checkpoint is on disk)."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_isic, tmp_path):
+    train(tiny_config(tiny_isic, tmp_path / "full", epochs=2))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(tiny_config(tiny_isic, tmp_path / "cut", epochs=2), callbacks=[CrashAtEpoch(1)])
+    assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").exists()
+    assert not (tmp_path / "cut" / "model.json").exists()
+    resumed = load_config(tmp_path / "cut" / "config.yaml", resume=str(tmp_path / "cut"))
+    train(resumed)
+    epochs = {row.split(",")[0] for row in (tmp_path / "cut" / "logs" / "metrics.csv").read_text().splitlines()[1:]}
+    assert {"0", "1"} <= epochs, "the epochs logged before the interruption survive the resume"
+    full, cut = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "cut" / "model.safetensors")
+    assert full.keys() == cut.keys()
+    for key in full:
+        torch.testing.assert_close(full[key], cut[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_existing_run_folder_is_never_overwritten(tiny_isic, tmp_path):
+    cfg = tiny_config(tiny_isic, tmp_path / "run")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("model: seed-cnn\n")
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg)
+
+
+def test_find_melanoma_class():
+    assert find_melanoma_class(["melanoma", "nevus"]) == "melanoma"
+    assert find_melanoma_class(["MEL", "NV"]) == "MEL"
+    assert find_melanoma_class(["nevus"]) is None
+
+
+def test_ddp_two_cpu_processes_see_disjoint_samples_and_write_one_model(tiny_isic, tmp_path):
+    run = tmp_path / "ddp"
+    config = tmp_path / "ddp.yaml"
+    config.write_text("extra: {record_samples: true, bootstrap: 20}\n")
+    cmd = [sys.executable, "-m", "melanoma", "train", "--data", str(tiny_isic), "--config", str(config),
+           "--model", "seed-cnn", "--image-size", "64", "--epochs", "1", "--batch-size", "4",
+           "--max-train-batches", "2", "--num-workers", "0", "--accelerator", "cpu", "--devices", "2",
+           "--strategy", "ddp", "--out", str(run)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((run / f"sampled-rank{r}-epoch0.json").read_text()) for r in (0, 1)]
+    assert all(r["world_size"] == 2 for r in ranks)
+    # Balanced sampling draws with replacement, so compare draw positions: rank r gets draws r, r+2, r+4...
+    seen0, seen1 = ranks[0]["indices"], ranks[1]["indices"]
+    assert len(seen0) == len(seen1) > 0
+    assert seen0 != seen1
+    assert sorted(p.name for p in run.glob("**/model.json")) == ["model.json"]
+    assert json.loads((run / "model.json").read_text())["training"]["devices"] == "2"
