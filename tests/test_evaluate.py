@@ -111,7 +111,8 @@ def test_ham10000_dx_codes_with_isic2018(test_model, ham_dir, tmp_path):
     """A small HAM10000-layout copy (2 images per dx) evaluates with --label-map isic2018."""
     with open(ham_dir / "HAM10000_metadata.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    picked = [r for dx in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc") for r in [x for x in rows if x["dx"] == dx][:2]]
+    picked = [r for dx in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+              for r in [x for x in rows if x["dx"] == dx][:2]]
     ham = tmp_path / "ham"
     (ham / "images").mkdir(parents=True)
     for r in picked:

@@ -41,7 +41,8 @@ def test_isic2017_has_an_explicit_other_bucket_and_leaves_bkl_uncovered():
     np.testing.assert_allclose(mapped.sum(axis=1), 1.0)  # nothing vanished into thin air
     others = [MODEL.index(c) for c in MODEL if c not in ("melanoma", "seborrheic keratosis", "nevus")]
     np.testing.assert_allclose(mapped[:, 3], p[:, others].sum(axis=1))
-    idx, uncovered = L.map_dataset_labels(HAM_DX + ["bkl", "seborrheic_keratosis"], L.resolve_label_map("isic2017", MODEL))
+    resolved = L.resolve_label_map("isic2017", MODEL)
+    idx, uncovered = L.map_dataset_labels(HAM_DX + ["bkl", "seborrheic_keratosis"], resolved)
     assert uncovered == {"bkl": 2}
     assert targets[idx[-1]] == "seborrheic keratosis" and targets[idx[1]] == "other"
 

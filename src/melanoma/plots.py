@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from sklearn import metrics as skm
 
 DPI = 110
@@ -149,13 +150,91 @@ def reliability_figure(reliability: dict, out, ece: float | None = None, title="
     conf = np.array([np.nan if c is None else c for c in reliability["confidence"]])
     fig = _figure(6.0, 6.5)
     ax, ax_n = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
-    ax.bar(centres, np.nan_to_num(acc), width=width, edgecolor="black", alpha=0.7, label="accuracy in bin")
-    ax.bar(centres, np.nan_to_num(conf - acc), bottom=np.nan_to_num(acc), width=width, color="crimson",
-           alpha=0.3, label="gap to mean confidence")
+    ax.bar(centres, np.nan_to_num(acc), width=width, color="steelblue", edgecolor="black", alpha=0.8,
+           label="accuracy in bin")
+    # the gap is drawn hatched, unfilled, between accuracy and mean confidence (above or below the bar)
+    ax.bar(centres, np.nan_to_num(np.abs(conf - acc)), bottom=np.nan_to_num(np.minimum(acc, conf)), width=width,
+           fill=False, hatch="///", edgecolor="crimson", linewidth=0.8, label="gap to mean confidence")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", label="perfect calibration")
     ax.set(xlim=(0, 1), ylim=(0, 1), ylabel="accuracy",
            title=title + (f" (ECE {ece:.3f})" if ece is not None else ""))
     ax.legend(loc="upper left", fontsize=8)
     ax_n.bar(centres, reliability["count"], width=width, color="grey", edgecolor="black")
     ax_n.set(xlabel="confidence (top-class probability)", ylabel="images")
+    return _save(fig, out)
+
+
+def class_distribution_figure(counts: dict, out, title="Images per class") -> Path:
+    """Horizontal bar chart of images per class (horizontal so long class names stay readable)."""
+    names, values = list(counts), [int(v) for v in counts.values()]
+    fig = _figure(7.5, 0.45 * len(names) + 1.5)
+    ax = fig.add_subplot()
+    bars = ax.barh(range(len(names)), values, color="steelblue")
+    ax.bar_label(bars, padding=3, fontsize=9)
+    ax.set_yticks(range(len(names)), names, fontsize=9)
+    ax.invert_yaxis()
+    ax.set_xlim(0, max(values + [1]) * 1.15)
+    ax.set(xlabel="images", title=f"{title} (total {sum(values)})")
+    return _save(fig, out)
+
+
+def image_grid_figure(images, titles, out, ncols: int = 5, cell: float = 2.4, title: str | None = None) -> Path:
+    """Thumbnails in a grid with a (wrapped) caption under each; `images` are PIL images or None (missing)."""
+    n = max(len(images), 1)
+    ncols = min(ncols, n)
+    nrows = (n + ncols - 1) // ncols
+    width = max(12, int(cell * 11))  # caption characters per line at fontsize 8
+    captions = ["\n".join(_wrap(line, width) for line in str(c).split("\n")) for c in titles]
+    lines = max((c.count("\n") + 1 for c in captions), default=1)
+    # room for the captions: about 0.17 inch per line at fontsize 8, else constrained layout clips the top row
+    fig = _figure(cell * ncols, (cell + 0.17 * lines + 0.25) * nrows + (0.4 if title else 0))
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, caption in zip(axes, images, captions):
+        if image is None:
+            ax.text(0.5, 0.5, "image not available", ha="center", va="center", fontsize=8, color="grey")
+        else:
+            ax.imshow(image)
+        ax.set_title(caption, fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, out)
+
+
+CURVE_PANELS = (("loss", "loss"), ("acc", "accuracy"), ("bal_acc", "balanced accuracy"))
+
+
+def training_curves_figure(curves: dict, out) -> Path:
+    """Loss, accuracy and balanced accuracy per epoch, train (solid) vs validation (dashed).
+
+    curves: {run name: {"train/loss": {epoch: value}, "val/loss": {...}, ...}}; one colour per run (CV folds).
+    """
+    fig = _figure(13.0, 4.2)
+    axes = fig.subplots(1, len(CURVE_PANELS))
+    last_epoch = 1
+    for colour, (run, series) in enumerate(curves.items()):
+        for ax, (key, label) in zip(axes, CURVE_PANELS):
+            for split, style, marker in (("train", "-", "o"), ("val", "--", "s")):
+                points = series.get(f"{split}/{key}") or {}
+                if points:
+                    epochs = sorted(points)
+                    last_epoch = max(last_epoch, epochs[-1] + 1)
+                    prefix = f"{run} " if len(curves) > 1 else ""
+                    ax.plot([e + 1 for e in epochs], [points[e] for e in epochs], style, marker=marker,
+                            markersize=4, color=f"C{colour % 10}",
+                            label=f"{prefix}{'train' if split == 'train' else 'validation'}")
+    for ax, (key, label) in zip(axes, CURVE_PANELS):
+        ax.set(xlabel="epoch", title=label, xlim=(0.5, last_epoch + 0.5))
+        ax.grid(alpha=0.3)
+        # whole epochs only (MaxNLocator alone falls back to fractions when the range holds one integer)
+        if last_epoch <= 15:
+            ax.set_xticks(range(1, last_epoch + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if key != "loss":
+            ax.set_ylim(0, 1)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     return _save(fig, out)

@@ -1,0 +1,507 @@
+"""`melanoma report RUN`: one self-contained HTML page (RUN/report.html, PNGs embedded as base64, opens offline)
+plus the same PNGs in RUN/report/.
+
+Sections: model card (model.json), data (class distribution, one sample per class, the audit summary from
+data_summary.json), training curves (logs/metrics.csv; CV: fold-*/logs/metrics.csv) with a fit diagnosis, and
+validation results from val_predictions.csv (confusion matrix, ROC/PR with the alert operating point,
+reliability diagram, per-class table with 95% CIs, most confident errors). A missing piece (no log yet, no
+predictions, dataset not reachable) is stated in its section; the report is still written.
+
+Fit diagnosis rules (`diagnose_fit`, on per-epoch means; "bal. acc." = balanced accuracy, else accuracy):
+1. fewer than MIN_EPOCHS epochs                                             -> "not enough epochs to judge"
+2. train bal. acc. - val bal. acc. > OVERFIT_GAP at the last epoch, or
+   val loss at the end > (1 + VAL_LOSS_RISE) x its minimum, reached >= 2 epochs before the end, while the
+   train loss kept falling                                                  -> "over-fitting"
+3. train bal. acc. at the last epoch < UNDERFIT_TRAIN_SCORE (cannot even fit the training data), or
+   val bal. acc. of the last epoch > best of the epochs before the last two + STILL_IMPROVING
+   (stopped while still improving)                                          -> "under-fitting"
+4. otherwise                                                                -> "good fit"
+Training metrics are measured on augmented, class-balanced batches, so they read a little low.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from melanoma import metrics, plots
+from melanoma.errors import DataError, MelanomaError
+
+MIN_EPOCHS = 3
+OVERFIT_GAP = 0.15
+VAL_LOSS_RISE = 0.10
+UNDERFIT_TRAIN_SCORE = 0.60
+STILL_IMPROVING = 0.02
+GALLERY_SIZE = 12
+THUMBNAIL = 200  # pixels, longest side
+REPORT_BOOTSTRAP = 1000
+
+
+# --------------------------------------------------------------------------------------------- small helpers
+
+
+def _esc(value) -> str:
+    return html.escape(str(value))
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{_esc(text)}</p>'
+
+
+def _img(path: Path, alt: str) -> str:
+    """An <img> with the PNG embedded as a base64 data URI (the page works offline, as one file)."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
+
+
+def _table(header, rows) -> str:
+    """An HTML table (every cell escaped); header None = no header row (key/value tables)."""
+    head = "" if header is None else "<thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr></thead>"
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def _read_json(path: Path):
+    """Parsed JSON or None when the file is missing."""
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _ci(entry, digits: int = 3) -> str:
+    """'0.871 (0.842-0.897)' for a {"value", "ci"} entry."""
+    if entry is None:
+        return "n/a"
+    if isinstance(entry, (int, float)):
+        return _fmt(float(entry), digits)
+    text = _fmt(entry["value"], digits)
+    if entry.get("ci"):
+        text += f" ({entry['ci'][0]:.{digits}f}-{entry['ci'][1]:.{digits}f})"
+    return text
+
+
+def _section(title: str, body: str, anchor: str) -> str:
+    return f'<section id="{anchor}"><h2>{_esc(title)}</h2>{body}</section>'
+
+
+def _guarded(build, *args) -> str:
+    """Run a section builder; a problem with one input becomes a note instead of a crash of the whole report."""
+    try:
+        return build(*args)
+    except (MelanomaError, OSError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        return _note(f"This part could not be built: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+
+
+# ------------------------------------------------------------------------------------------------ model card
+
+
+def _model_card(meta: dict | None, run: Path) -> str:
+    """Intended use, limitations and the facts of the model (architecture, classes, thresholds, training)."""
+    if meta is None:
+        return _note(f"No model.json in {run} yet: the model card appears once training has finished.")
+    card = dict(meta.get("model_card") or {})
+    intended = card.pop("intended_use", "decision support for dermatologists, not a diagnosis")
+    training = meta.get("training") or {}
+    thresholds = meta.get("thresholds") or {}
+    rows = [("intended use", intended)] + [(k.replace("_", " "), v) for k, v in card.items()]
+    rows += [("architecture", meta.get("architecture")),
+             ("classes", ", ".join(meta.get("class_names", []))),
+             ("melanoma class", meta.get("melanoma_class")),
+             ("input size", (meta.get("preprocessing") or {}).get("input_size")),
+             ("temperature", _fmt(meta.get("temperature"))),
+             ("melanoma alert threshold", f"{_fmt(thresholds.get('melanoma_alert'))} (chosen for "
+                                          f"{_fmt(thresholds.get('target_sensitivity'), 2)} melanoma sensitivity)"),
+             ("referral confidence threshold", _fmt(thresholds.get("refer_confidence"))),
+             ("training", ", ".join(f"{k} {training[k]}" for k in ("epochs", "epochs_run", "best_epoch", "lr",
+                                                                   "batch_size", "folds", "imbalance", "seed")
+                                    if training.get(k) is not None))]
+    return ('<p class="warning">Decision support for dermatologists, not a diagnosis.</p>'
+            + _table(None, rows))
+
+
+def _summary_rows(summary: dict) -> list[tuple[str, str]]:
+    """Flatten cv_summary.json-like dicts into readable rows: 'metric: mean ± sd (per fold ...)'."""
+    rows = []
+    for key, value in summary.items():
+        name = key.replace("_", " ")
+        if isinstance(value, dict) and "mean" in value:
+            folds = ", ".join(_fmt(v) for v in value.get("per_fold", []))
+            rows.append((name, f"{_fmt(value['mean'])} ± {_fmt(value.get('sd'))} (folds: {folds})"))
+        elif isinstance(value, dict):
+            rows += [(f"{name}: {k.replace('_', ' ')}", _fmt(v)) for k, v in value.items()]
+        else:
+            rows.append((name, _fmt(value) if not isinstance(value, list) else ", ".join(map(str, value))))
+    return rows
+
+
+def _cv_section(run: Path) -> str:
+    summary = _read_json(run / "cv_summary.json")
+    if not summary:
+        return ""
+    return "<h3>Cross-validation (cv_summary.json)</h3>" + _table(None, _summary_rows(summary))
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def _dataset_location(run: Path, meta: dict | None, data) -> str | None:
+    """The dataset to show: --data, else the one the run was trained on (model.json, then config.yaml)."""
+    if data:
+        return str(data)
+    source = ((meta or {}).get("data") or {}).get("source")
+    if source:
+        return source
+    config = run / "config.yaml"
+    if config.is_file():
+        import yaml
+
+        return (yaml.safe_load(config.read_text()) or {}).get("data")
+    return None
+
+
+def _class_counts(table, summary: dict | None) -> dict | None:
+    """Images per class: the discovered dataset, else the training summary (after de-duplication)."""
+    if table is not None and table.classes:
+        return {c: sum(s.label == c for s in table.samples) for c in table.classes}
+    summary = summary or {}
+    return summary.get("counts") or summary.get("class_counts")
+
+
+def _sample_grid(table, out_dir: Path) -> str:
+    """One image per class (the first by file name), as the notebooks showed."""
+    from melanoma.data import load_image
+
+    images, titles = [], []
+    for name in table.classes:
+        sample = next(s for s in table.samples if s.label == name)
+        images.append(_thumbnail(load_image, sample.path))
+        titles.append(f"{name}\n{Path(sample.path).name}")
+    png = plots.image_grid_figure(images, titles, out_dir / "samples.png", ncols=5, title="One image per class")
+    return _img(png, "one sample image per class")
+
+
+def _thumbnail(load_image, path):
+    """A small RGB thumbnail, or None when the file cannot be read."""
+    try:
+        image = load_image(path)
+    except (MelanomaError, OSError):
+        return None
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return image
+
+
+def _audit_summary(summary: dict | None) -> str:
+    if not summary:
+        return _note("No data_summary.json in the run (written at the start of training).")
+    scalars = [(k.replace("_", " "), v if not isinstance(v, list) else ", ".join(map(str, v)) or "none")
+               for k, v in summary.items() if not isinstance(v, dict) and k != "unreadable"]
+    body = "<h3>Audit summary (data_summary.json)</h3>" + _table(None, scalars)
+    unreadable = summary.get("unreadable") or []
+    if unreadable:
+        body += _table(["unreadable file", "reason"], [(u.get("path"), u.get("reason")) for u in unreadable[:20]])
+    return body
+
+
+def _data_section(run: Path, meta: dict | None, data, out_dir: Path) -> str:
+    from melanoma.data import discover
+
+    summary = _read_json(run / "data_summary.json")
+    location, table, parts = _dataset_location(run, meta, data), None, []
+    if location and Path(location).exists():
+        table = discover(location)
+        parts.append(f"<p>Dataset: <code>{_esc(location)}</code> ({len(table)} images).</p>")
+    else:
+        parts.append(_note(f"Dataset {location or '(unknown)'} is not reachable from here: pass --data to show "
+                           "its images."))
+    counts = _class_counts(table, summary)
+    if counts:
+        parts.append(_img(plots.class_distribution_figure(counts, out_dir / "class_distribution.png"),
+                          "images per class"))
+    if table is not None and table.classes:
+        parts.append(_guarded(_sample_grid, table, out_dir))
+    parts.append(_audit_summary(summary))
+    return "".join(parts)
+
+
+# -------------------------------------------------------------------------------------------------- training
+
+# the logged names of each curve, first found wins (Lightning adds _epoch when a metric is logged per step too)
+_LOG_COLUMNS = {"train/loss": ("train/loss_epoch", "train/loss"), "val/loss": ("val/loss_epoch", "val/loss"),
+                "train/acc": ("train/acc_epoch", "train/acc"), "val/acc": ("val/acc_epoch", "val/acc"),
+                "train/bal_acc": ("train/bal_acc_epoch", "train/bal_acc"),
+                "val/bal_acc": ("val/bal_acc_epoch", "val/bal_acc")}
+
+
+def read_training_log(path) -> dict[str, dict[int, float]]:
+    """Per-epoch curves from a Lightning CSVLogger metrics.csv: {"train/loss": {epoch: mean value}, ...}.
+
+    Rows without an epoch (learning-rate rows) are ignored; several values in one epoch are averaged.
+    """
+    with Path(path).open(newline="") as f:
+        rows = [r for r in csv.DictReader(f) if (r.get("epoch") or "").strip()]
+    curves = {}
+    for name, candidates in _LOG_COLUMNS.items():
+        column = next((c for c in candidates if any((r.get(c) or "").strip() for r in rows)), None)
+        if column is None:
+            continue
+        values: dict[int, list[float]] = {}
+        for r in rows:
+            if (r.get(column) or "").strip():
+                values.setdefault(int(float(r["epoch"])), []).append(float(r[column]))
+        curves[name] = {epoch: float(np.mean(v)) for epoch, v in sorted(values.items())}
+    return curves
+
+
+def _last(series: dict | None):
+    return series[max(series)] if series else None
+
+
+def _overfit_reasons(curves: dict, score: str) -> list[str]:
+    reasons = []
+    train_s, val_s = _last(curves.get(f"train/{score}")), _last(curves.get(f"val/{score}"))
+    if train_s is not None and val_s is not None and train_s - val_s > OVERFIT_GAP:
+        reasons.append(f"train {score} {train_s:.3f} exceeds validation {val_s:.3f} by more than {OVERFIT_GAP}")
+    val_loss, train_loss = curves.get("val/loss") or {}, curves.get("train/loss") or {}
+    if len(val_loss) >= MIN_EPOCHS:
+        best = min(val_loss, key=val_loss.get)
+        end = max(val_loss)
+        rising = val_loss[end] > (1 + VAL_LOSS_RISE) * val_loss[best] and end - best >= 2
+        train_falling = best in train_loss and end in train_loss and train_loss[end] < train_loss[best]
+        if rising and train_falling:
+            reasons.append(f"validation loss rose from {val_loss[best]:.3f} (epoch {best + 1}) to "
+                           f"{val_loss[end]:.3f} (epoch {end + 1}) while the training loss kept falling")
+    return reasons
+
+
+def _underfit_reasons(curves: dict, score: str) -> list[str]:
+    reasons = []
+    train_s = _last(curves.get(f"train/{score}"))
+    if train_s is not None and train_s < UNDERFIT_TRAIN_SCORE:
+        reasons.append(f"train {score} is only {train_s:.3f} (< {UNDERFIT_TRAIN_SCORE}): the model does not fit "
+                       "even its training data")
+    val = curves.get(f"val/{score}") or {}
+    epochs = sorted(val)
+    if len(epochs) > 2:
+        earlier = max(val[e] for e in epochs[:-2])
+        if val[epochs[-1]] > earlier + STILL_IMPROVING:
+            reasons.append(f"validation {score} was still improving at the end ({earlier:.3f} -> "
+                           f"{val[epochs[-1]]:.3f} over the last two epochs): train longer")
+    return reasons
+
+
+def diagnose_fit(curves: dict) -> tuple[str, list[str]]:
+    """(verdict, reasons) from per-epoch curves, by the rules in the module docstring."""
+    score = "bal_acc" if curves.get("val/bal_acc") else "acc"
+    n_epochs = max((len(s) for s in curves.values()), default=0)
+    if n_epochs < MIN_EPOCHS:
+        return "not enough epochs to judge", [f"{n_epochs} epoch(s) logged; the rules need {MIN_EPOCHS}"]
+    reasons = _overfit_reasons(curves, score)
+    if reasons:
+        return "over-fitting", reasons
+    reasons = _underfit_reasons(curves, score)
+    if reasons:
+        return "under-fitting", reasons
+    train_s, val_s = _last(curves.get(f"train/{score}")), _last(curves.get(f"val/{score}"))
+    return "good fit", [f"train and validation {score} end close together ({_fmt(train_s)} vs {_fmt(val_s)}), "
+                        "validation loss did not rise and the curves have levelled off"]
+
+
+def _training_logs(run: Path) -> dict[str, Path]:
+    """{run name: metrics.csv}: the run's own log, or one per CV fold."""
+    logs = {}
+    if (run / "logs" / "metrics.csv").is_file():
+        logs["run"] = run / "logs" / "metrics.csv"
+    for fold in sorted(run.glob("fold-*")):
+        if (fold / "logs" / "metrics.csv").is_file():
+            logs[fold.name] = fold / "logs" / "metrics.csv"
+    return logs
+
+
+def _training_section(run: Path, out_dir: Path) -> str:
+    logs = _training_logs(run)
+    if not logs:
+        return _note("No training log yet (logs/metrics.csv or fold-*/logs/metrics.csv not found).")
+    curves = {name: read_training_log(path) for name, path in logs.items()}
+    parts = [_img(plots.training_curves_figure(curves, out_dir / "training_curves.png"), "training curves")]
+    rows = []
+    for name, series in curves.items():
+        verdict, reasons = diagnose_fit(series)
+        rows.append((name, verdict, "; ".join(reasons)))
+    parts.append("<h3>Fit diagnosis</h3>" + _table(["run", "verdict", "why"], rows))
+    parts.append(_note(f"Rules: over-fitting when the final train-validation gap in balanced accuracy exceeds "
+                       f"{OVERFIT_GAP} or the validation loss ends {VAL_LOSS_RISE:.0%} above its minimum while the "
+                       f"training loss falls; under-fitting when train balanced accuracy ends below "
+                       f"{UNDERFIT_TRAIN_SCORE} or validation is still improving by more than {STILL_IMPROVING} "
+                       f"over the last two epochs; needs {MIN_EPOCHS}+ epochs. Train metrics come from augmented, "
+                       "class-balanced batches, so they read slightly low."))
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+
+def _validation_data(run: Path, meta: dict | None):
+    """(prediction table, y, class names, melanoma class, threshold, skipped labels) from val_predictions.csv;
+    rows whose label is not one of the model's classes are left out (and their labels returned)."""
+    from melanoma.evaluate import read_predictions_csv
+
+    names = (meta or {}).get("class_names")
+    table = read_predictions_csv(run / "val_predictions.csv", names)
+    names = table.class_names
+    index = {c: i for i, c in enumerate(names)}
+    y = np.array([index.get(label, -1) for label in table.labels], dtype=np.int64)
+    skipped = sorted({str(label) for label, k in zip(table.labels, y) if k < 0})
+    keep = np.flatnonzero(y >= 0)
+    table = replace(table, images=[table.images[i] for i in keep], paths=[table.paths[i] for i in keep],
+                    labels=[table.labels[i] for i in keep], probs=table.probs[keep])
+    melanoma = (meta or {}).get("melanoma_class", "melanoma")
+    threshold = ((meta or {}).get("thresholds") or {}).get("melanoma_alert")
+    return table, y[y >= 0], names, melanoma if melanoma in names else None, threshold, skipped
+
+
+def _headline(result: dict, meta: dict | None) -> str:
+    cal, mel = result["calibration"], result["melanoma"] or {}
+    training_cal = (meta or {}).get("calibration") or {}
+    rows = [("images", result["n_images"]),
+            ("balanced accuracy (ISIC ranking metric)", _ci(result["balanced_accuracy"])),
+            ("accuracy", _ci(result["accuracy"]))]
+    if mel:
+        rows += [("melanoma AUC", _ci(mel["auc"])),
+                 ("melanoma pAUC above 80% sensitivity (raw, max 0.2)", _ci(mel["pauc_above_80_sensitivity"])),
+                 ("melanoma average precision", _ci(mel["average_precision"])),
+                 (f"alert >= {_fmt(mel['alert_threshold'])}: sensitivity", _ci(mel["sensitivity"])),
+                 (f"alert >= {_fmt(mel['alert_threshold'])}: specificity", _ci(mel["specificity"])),
+                 ("specificity at 90% / 95% sensitivity", f"{_ci(mel['specificity_at_90_sensitivity'])} / "
+                                                         f"{_ci(mel['specificity_at_95_sensitivity'])}")]
+    rows.append(("ECE (15 bins), probabilities as served", _fmt(cal["ece"])))
+    if training_cal:
+        rows.append(("temperature; ECE before / after (training)",
+                     f"{_fmt(training_cal.get('temperature'))}; {_fmt(training_cal.get('ece_before'))} / "
+                     f"{_fmt(training_cal.get('ece_after'))}"))
+    return _table(["metric", "value (95% bootstrap CI)"], rows)
+
+
+def _per_class_table(result: dict) -> str:
+    rows = [(name, r["support"], _fmt(r["precision"]), _ci(r["recall"]), _fmt(r["specificity"]), _fmt(r["f1"]),
+             _ci(r["auc"]), _fmt(r["average_precision"])) for name, r in result["per_class"].items()]
+    return "<h3>Per class</h3>" + _table(["class", "n", "precision", "recall / sensitivity (95% CI)",
+                                          "specificity", "F1", "AUC one-vs-rest (95% CI)", "AP"], rows)
+
+
+def _validation_plots(result, y, probs, names, melanoma, threshold, out_dir: Path) -> str:
+    cm = result["confusion_matrix"]
+    pngs = [(plots.confusion_matrix_figure(cm, names, out_dir / "confusion_matrix.png"), "confusion matrix"),
+            (plots.confusion_matrix_figure(cm, names, out_dir / "confusion_matrix_normalised.png", normalize=True),
+             "row-normalised confusion matrix")]
+    if melanoma is not None and result["melanoma"]["auc"] is not None:
+        is_mel, p_mel = y == names.index(melanoma), probs[:, names.index(melanoma)]
+        pngs += [(plots.roc_figure(is_mel, p_mel, out_dir / "roc_melanoma.png", threshold=threshold), "ROC"),
+                 (plots.pr_figure(is_mel, p_mel, out_dir / "pr_melanoma.png", threshold=threshold), "PR")]
+    pngs += [(plots.per_class_roc_figure(y, probs, names, out_dir / "roc_per_class.png"), "per-class ROC"),
+             (plots.reliability_figure(result["calibration"]["reliability"], out_dir / "reliability.png",
+                                       ece=result["calibration"]["ece"]), "reliability diagram")]
+    return '<div class="grid">' + "".join(_img(p, alt) for p, alt in pngs) + "</div>"
+
+
+def _error_gallery(table, y, probs, names, out_dir: Path) -> str:
+    """The most confident wrong predictions (thumbnails with true and predicted class)."""
+    from melanoma.data import load_image
+
+    pred, conf = probs.argmax(axis=1), probs.max(axis=1)
+    wrong = np.flatnonzero(pred != y)
+    if not len(wrong):
+        return _note("No misclassified validation images.")
+    worst = wrong[np.argsort(-conf[wrong], kind="stable")][:GALLERY_SIZE]
+    images = [_thumbnail(load_image, table.paths[i]) if table.paths[i] else None for i in worst]
+    titles = [f"true: {names[y[i]]}\npred: {names[pred[i]]} ({conf[i]:.2f})\n{table.images[i]}" for i in worst]
+    png = plots.image_grid_figure(images, titles, out_dir / "confident_errors.png", ncols=4, cell=2.8)
+    return (f"<h3>Most confident errors ({len(worst)} of {len(wrong)} misclassified)</h3>"
+            + _img(png, "most confident errors"))
+
+
+def _validation_section(run: Path, meta: dict | None, out_dir: Path) -> str:
+    if not (run / "val_predictions.csv").is_file():
+        return _note("No val_predictions.csv yet: validation results appear once training has finished.")
+    table, y, names, melanoma, threshold, skipped = _validation_data(run, meta)
+    if not len(y):
+        return _note("val_predictions.csv has no rows with a label among the model's classes.")
+    result = metrics.compute_metrics(y, table.probs, names, melanoma_class=melanoma, alert_threshold=threshold,
+                                     bootstrap=REPORT_BOOTSTRAP, seed=0)
+    kind = "out-of-fold predictions of all folds" if any(run.glob("fold-*")) else "hold-out validation split"
+    parts = [f"<p>From <code>val_predictions.csv</code> ({_esc(kind)}, {len(y)} images).</p>"]
+    if skipped:
+        parts.append(_note(f"Rows with labels outside the model's classes were left out: {', '.join(skipped)}"))
+    parts += [_headline(result, meta),
+              _validation_plots(result, y, table.probs, names, melanoma, threshold, out_dir),
+              _per_class_table(result), _guarded(_error_gallery, table, y, table.probs, names, out_dir)]
+    return "".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------------ page
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1200px;margin:2em auto;
+padding:0 1em;color:#222;line-height:1.45}
+h1{margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.8em 0;font-size:.92em}th,td{border:1px solid #ccc;padding:.3em .6em;
+text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;height:auto;margin:.4em 0}
+.grid{display:grid;grid-template-columns:repeat(auto-fit,minmax(480px,1fr));gap:1em;align-items:start}
+.note{color:#555;font-style:italic}.warning{background:#fff4e5;border-left:4px solid #f0a020;padding:.5em 1em}
+nav a{margin-right:1em}code{background:#f5f5f5;padding:0 .2em}
+"""
+
+_SECTIONS = (("model", "Model card"), ("data", "Data"), ("training", "Training"), ("validation", "Validation"))
+
+
+def _page(run: Path, meta: dict | None, bodies: dict[str, str]) -> str:
+    title = f"melanoma report: {run.name}"
+    nav = "".join(f'<a href="#{key}">{_esc(label)}</a>' for key, label in _SECTIONS)
+    architecture = (meta or {}).get("architecture", "model not finished")
+    subtitle = f"{_esc(architecture)} &middot; run folder <code>{_esc(run)}</code>"
+    sections = "".join(_section(label, bodies[key], key) for key, label in _SECTIONS)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+            f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1><p>{subtitle}</p><nav>{nav}</nav>"
+            f"{sections}</body></html>\n")
+
+
+def build_report(run_dir, data=None) -> Path:
+    """Write RUN/report.html (self-contained) and its PNGs in RUN/report/; returns the HTML path.
+
+    data: dataset for the class distribution and sample images (default: the dataset the run was trained on).
+    """
+    run = Path(run_dir).expanduser()
+    if not run.is_dir():
+        raise DataError(f"{run}: no such run folder")
+    out_dir = run / "report"
+    out_dir.mkdir(exist_ok=True)
+    meta = _guarded_json(run / "model.json")
+    bodies = {"model": _guarded(_model_card, meta, run) + _guarded(_cv_section, run),
+              "data": _guarded(_data_section, run, meta, data, out_dir),
+              "training": _guarded(_training_section, run, out_dir),
+              "validation": _guarded(_validation_section, run, meta, out_dir)}
+    path = run / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(_page(run.resolve(), meta, bodies), encoding="utf-8")
+    tmp.replace(path)  # atomic: a browser never sees half a report
+    return path
+
+
+def _guarded_json(path: Path) -> dict | None:
+    """model.json as a dict; None when missing or unreadable (the sections then say so)."""
+    try:
+        value = _read_json(path)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,0 +1,145 @@
+"""The HTML report renders from a tiny fake run folder (written here), and says so when pieces are missing."""
+
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+
+from melanoma import cli
+from melanoma.report import build_report, diagnose_fit, read_training_log
+
+LOG_HEADER = ["epoch", "lr-AdamW", "step", "train/acc", "train/bal_acc", "train/loss_epoch", "train/loss_step",
+              "val/acc", "val/bal_acc", "val/loss", "val/mel_auc"]
+
+
+def _write_log(path, train_acc, val_acc, train_loss, val_loss):
+    """A Lightning CSVLogger-style metrics.csv: lr rows without epoch, step rows, val rows, train epoch rows."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, LOG_HEADER)
+        w.writeheader()
+        for e, (ta, va, tl, vl) in enumerate(zip(train_acc, val_acc, train_loss, val_loss)):
+            w.writerow({"lr-AdamW": 1e-3, "step": e * 10})
+            w.writerow({"epoch": e, "step": e * 10 + 5, "train/loss_step": tl + 0.3})
+            w.writerow({"epoch": e, "step": e * 10 + 9, "val/acc": va, "val/bal_acc": va - 0.02, "val/loss": vl,
+                        "val/mel_auc": 0.8})
+            w.writerow({"epoch": e, "step": e * 10 + 9, "train/acc": ta, "train/bal_acc": ta - 0.02,
+                        "train/loss_epoch": tl})
+
+
+def _overfitting_log(path, epochs=10):
+    t = np.arange(epochs)
+    _write_log(path, 0.5 + 0.45 * (1 - np.exp(-t / 2)), 0.45 + 0.15 * (1 - np.exp(-t / 1.5)),
+               1.5 * np.exp(-t / 3) + 0.1, 1.2 - 0.4 * (1 - np.exp(-t)) + 0.06 * np.maximum(t - 3, 0))
+
+
+def _fake_run(root, tiny_isic, classes):
+    """model.json, data_summary.json, logs/metrics.csv and val_predictions.csv (paths to real tiny images)."""
+    run = root / "run"
+    run.mkdir()
+    meta = {"architecture": "seed-cnn", "class_names": classes, "melanoma_class": "melanoma",
+            "preprocessing": {"input_size": 64}, "temperature": 1.3,
+            "calibration": {"temperature": 1.3, "ece_before": 0.12, "ece_after": 0.04},
+            "thresholds": {"melanoma_alert": 0.3, "target_sensitivity": 0.9, "refer_confidence": 0.4},
+            "training": {"epochs": 10, "lr": 0.001, "batch_size": 32, "seed": 0},
+            "model_card": {"intended_use": "Decision support for dermatologists, not a diagnosis.",
+                           "limitations": "ISIC archive images only."}}
+    (run / "model.json").write_text(json.dumps(meta))
+    (run / "data_summary.json").write_text(json.dumps({"policy": "drop", "n_images_in": 46, "n_images": 45,
+                                                       "counts": {c: 5 for c in classes}, "n_unreadable": 1,
+                                                       "unreadable": [{"path": "x.jpg", "reason": "truncated"}]}))
+    _overfitting_log(run / "logs" / "metrics.csv")
+    rng = np.random.default_rng(0)
+    with (run / "val_predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "path", *classes, "prediction", "confidence", "melanoma_probability",
+                    "melanoma_alert", "refer", "refer_reason", "label"])
+        for k, name in enumerate(classes):
+            for image in sorted((tiny_isic / name).glob("*.jpg")):
+                logits = rng.normal(size=len(classes))
+                logits[k] += 1.0
+                p = np.exp(logits) / np.exp(logits).sum()
+                mel = p[classes.index("melanoma")]
+                w.writerow([image.name, str(image), *(f"{v:.6f}" for v in p), classes[int(p.argmax())],
+                            f"{p.max():.6f}", f"{mel:.6f}", str(mel >= 0.3).lower(), "false", "", name])
+    return run
+
+
+@pytest.fixture()
+def fake_run(tmp_path, tiny_isic):
+    classes = sorted(p.name for p in tiny_isic.iterdir())
+    return _fake_run(tmp_path, tiny_isic, classes)
+
+
+def test_report_is_one_self_contained_html_with_every_section(fake_run, tiny_isic):
+    path = build_report(fake_run, data=tiny_isic)
+    assert path == fake_run / "report.html"
+    page = path.read_text()
+    assert not re.search(r'(src|href)="(?!data:|#)', page)  # nothing loaded from outside the file
+    assert page.count("data:image/png;base64,") >= 10
+    for text in ("Decision support", "Model card", "over-fitting", "pigmented benign keratosis",
+                 "Most confident errors", "Audit summary", "truncated", "balanced accuracy", "0.040"):
+        assert text in page, text
+    assert "could not be built" not in page
+    pngs = {p.name for p in (fake_run / "report").glob("*.png")}
+    assert pngs >= {"class_distribution.png", "samples.png", "training_curves.png", "confusion_matrix.png",
+                    "confusion_matrix_normalised.png", "roc_melanoma.png", "pr_melanoma.png", "reliability.png",
+                    "roc_per_class.png", "confident_errors.png"}
+
+
+def test_report_with_nothing_yet_says_so(tmp_path):
+    run = tmp_path / "empty"
+    run.mkdir()
+    page = build_report(run).read_text()
+    assert "No model.json" in page and "No training log yet" in page and "No val_predictions.csv" in page
+    assert "No data_summary.json" in page and "could not be built" not in page
+
+
+def test_cv_run_diagnoses_each_fold(fake_run, tmp_path):
+    (fake_run / "logs" / "metrics.csv").unlink()
+    _overfitting_log(fake_run / "fold-0" / "logs" / "metrics.csv")
+    _write_log(fake_run / "fold-1" / "logs" / "metrics.csv", [0.3, 0.35, 0.4], [0.3, 0.33, 0.38], [2, 1.9, 1.8],
+               [2, 1.9, 1.85])
+    page = build_report(fake_run).read_text()
+    assert "fold-0" in page and "fold-1" in page and "under-fitting" in page and "over-fitting" in page
+    assert "out-of-fold" in page
+
+
+def test_read_training_log_takes_epoch_values(tmp_path):
+    _overfitting_log(tmp_path / "metrics.csv", epochs=4)
+    curves = read_training_log(tmp_path / "metrics.csv")
+    assert set(curves) == {"train/loss", "val/loss", "train/acc", "val/acc", "train/bal_acc", "val/bal_acc"}
+    assert sorted(curves["train/loss"]) == [0, 1, 2, 3]
+    assert curves["train/loss"][0] == pytest.approx(1.6)  # the epoch value, not the step values
+
+
+def _curves(train, val, train_loss, val_loss):
+    as_dict = lambda xs: dict(enumerate(xs))  # noqa: E731
+    return {"train/bal_acc": as_dict(train), "val/bal_acc": as_dict(val), "train/loss": as_dict(train_loss),
+            "val/loss": as_dict(val_loss)}
+
+
+@pytest.mark.parametrize("curves,verdict", [
+    (_curves([0.5, 0.6], [0.5, 0.55], [1, 0.9], [1, 0.95]), "not enough epochs to judge"),
+    (_curves([0.6, 0.8, 0.9, 0.97], [0.55, 0.65, 0.66, 0.66], [1, 0.6, 0.4, 0.2], [1, 0.8, 0.85, 0.9]),
+     "over-fitting"),
+    (_curves([0.6, 0.7, 0.75, 0.76, 0.77], [0.58, 0.7, 0.72, 0.72, 0.72], [1, 0.6, 0.4, 0.3, 0.25],
+             [1, 0.7, 0.6, 0.75, 0.95]), "over-fitting"),  # val loss 0.6 -> 0.95 while train loss falls
+    (_curves([0.3, 0.4, 0.45, 0.5], [0.3, 0.4, 0.45, 0.48], [2, 1.8, 1.7, 1.6], [2, 1.8, 1.7, 1.65]),
+     "under-fitting"),
+    (_curves([0.6, 0.7, 0.75, 0.85], [0.6, 0.65, 0.7, 0.78], [1, 0.7, 0.6, 0.5], [1, 0.8, 0.7, 0.6]),
+     "under-fitting"),
+    (_curves([0.6, 0.75, 0.8, 0.81], [0.6, 0.755, 0.76, 0.765], [1, 0.6, 0.5, 0.48], [1, 0.7, 0.62, 0.61]),
+     "good fit"),
+])
+def test_diagnose_fit_rules(curves, verdict):
+    got, reasons = diagnose_fit(curves)
+    assert got == verdict and reasons
+
+
+def test_cli_report(fake_run, capsys):
+    assert cli.main(["report", str(fake_run)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    assert cli.main(["report", str(fake_run / "nope")]) == 2
