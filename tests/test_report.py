@@ -89,6 +89,17 @@ def test_report_is_one_self_contained_html_with_every_section(fake_run, tiny_isi
                     "roc_per_class.png", "confident_errors.png"}
 
 
+def test_alert_threshold_is_compared_at_csv_precision(fake_run):
+    """Training's threshold is one melanoma's exact probability; its 6-decimal CSV copy must still be flagged."""
+    with (fake_run / "val_predictions.csv").open(newline="") as f:
+        lowest = min(float(r["melanoma_probability"]) for r in csv.DictReader(f) if r["label"] == "melanoma")
+    meta = json.loads((fake_run / "model.json").read_text())
+    meta["thresholds"]["melanoma_alert"] = lowest + 3e-7  # the unrounded value behind the CSV's digits
+    (fake_run / "model.json").write_text(json.dumps(meta))
+    page = build_report(fake_run).read_text()
+    assert re.search(r"sensitivity</td><td>1\.000 ", page)
+
+
 def test_report_with_nothing_yet_says_so(tmp_path):
     run = tmp_path / "empty"
     run.mkdir()

@@ -65,6 +65,17 @@ def read_predictions_csv(path, class_names=None) -> PredictionTable:
                            [r.get("label") or None for r in rows], probs.reshape(len(rows), len(class_names)))
 
 
+def threshold_at_csv_precision(threshold: float | None) -> float | None:
+    """The alert threshold rounded like the CSV's probabilities (6 decimals).
+
+    Trap: training picks the threshold as one validation melanoma's exact probability; compared with that
+    image's value as written ("0.123370" < 0.1233701333) the image would no longer be flagged and the
+    sensitivity read back from the CSV would drop below the target. Rounding both sides the same way keeps
+    every p >= threshold flagged (rounding is monotone).
+    """
+    return None if threshold is None else float(f"{threshold:.6f}")
+
+
 def default_output_dir(model, data) -> Path:
     """`<model folder>/eval-<data name>`: the run folder itself, or the folder holding the model file."""
     model_path = Path(model).expanduser()
@@ -162,16 +173,19 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     written = read_predictions_csv(out / "predictions.csv", predictor.class_names)
     probs = written.probs @ resolved.matrix(len(predictor.class_names))
     threshold, source = _alert_threshold(predictor)
+    csv_threshold = threshold_at_csv_precision(threshold)
     report = metrics.compute_metrics(y[keep], probs[keep], resolved.target_classes,
-                                     melanoma_class=resolved.melanoma_class, alert_threshold=threshold,
+                                     melanoma_class=resolved.melanoma_class, alert_threshold=csv_threshold,
                                      bootstrap=bootstrap, seed=seed)
     report.update(_context(predictor, model, table, data, resolved, result.errors, uncovered, int(keep.sum()),
                            tta, tta_views))
     report["calibration"]["temperature"] = report["model"]["temperature"]
     if report["melanoma"] is not None:
+        report["melanoma"]["alert_threshold"] = threshold  # the model's exact value (compared at 6 decimals)
         report["melanoma"]["alert_threshold_source"] = source
 
-    pngs = _plot_all(out, y[keep], probs[keep], resolved.target_classes, resolved.melanoma_class, threshold, report)
+    pngs = _plot_all(out, y[keep], probs[keep], resolved.target_classes, resolved.melanoma_class, csv_threshold,
+                     report)
     report["files"] = {"out": str(out), "metrics": "metrics.json", "predictions": "predictions.csv", "plots": pngs}
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))
     return report

@@ -103,7 +103,7 @@ def pr_figure(y_true, scores, out, threshold=None, title="Melanoma vs rest: prec
     """Precision-recall curve with average precision, prevalence baseline and the alert operating point."""
     y = np.asarray(y_true, bool)
     precision, recall, _ = skm.precision_recall_curve(y, scores)
-    fig = _figure(6.0, 5.5)
+    fig = _figure(6.0, 6.3)
     ax = fig.add_subplot()
     ax.step(recall, precision, where="post", lw=2,
             label=f"PR (AP {skm.average_precision_score(y, scores):.3f})")
@@ -114,7 +114,8 @@ def pr_figure(y_true, scores, out, threshold=None, title="Melanoma vs rest: prec
                 label=f"alert >= {threshold:.3g}: recall {point[1]:.2f}, precision {point[2]:.2f}")
     ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.05), xlabel="recall (sensitivity)", ylabel="precision (PPV)",
            title=title)
-    ax.legend(loc="lower left", fontsize=8)
+    # below the axes: inside, it hides the curve of a weak model (which hugs the bottom)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
     return _save(fig, out)
 

@@ -355,7 +355,7 @@ def _training_section(run: Path, out_dir: Path) -> str:
 def _validation_data(run: Path, meta: dict | None):
     """(prediction table, y, class names, melanoma class, threshold, skipped labels) from val_predictions.csv;
     rows whose label is not one of the model's classes are left out (and their labels returned)."""
-    from melanoma.evaluate import read_predictions_csv
+    from melanoma.evaluate import read_predictions_csv, threshold_at_csv_precision
 
     names = (meta or {}).get("class_names")
     table = read_predictions_csv(run / "val_predictions.csv", names)
@@ -367,7 +367,8 @@ def _validation_data(run: Path, meta: dict | None):
     table = replace(table, images=[table.images[i] for i in keep], paths=[table.paths[i] for i in keep],
                     labels=[table.labels[i] for i in keep], probs=table.probs[keep])
     melanoma = (meta or {}).get("melanoma_class", "melanoma")
-    threshold = ((meta or {}).get("thresholds") or {}).get("melanoma_alert")
+    # compared at the CSV's 6 decimals (see threshold_at_csv_precision: else the threshold image is lost)
+    threshold = threshold_at_csv_precision(((meta or {}).get("thresholds") or {}).get("melanoma_alert"))
     return table, y[y >= 0], names, melanoma if melanoma in names else None, threshold, skipped
 
 
