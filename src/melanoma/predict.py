@@ -1,0 +1,479 @@
+"""Batch prediction with a model artifact or an exported ONNX file: probabilities, melanoma alert, referral.
+
+Everything model-specific (class names, preprocessing, temperature, thresholds, referral statistics) comes from
+the model's `model.json` (for ONNX: the copy embedded by `melanoma export` in the ONNX metadata).
+
+    probabilities = softmax(logits / temperature)      (TTA: mean of the per-view softmax)
+    melanoma_alert = p(melanoma) >= thresholds.melanoma_alert
+    refer          = see melanoma.referral (low confidence or not like the training images)
+"""
+
+from __future__ import annotations
+
+import base64
+import glob
+import json
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from melanoma import referral
+from melanoma.errors import ImageError, MelanomaError, ModelError
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
+ONNX_EXTRA_KEY = "melanoma.extra"       # base64 safetensors of the referral.* tensors
+ONNX_CLASSES_KEY = "class_names"        # JSON list, for tools that only want the labels
+ISIC2018_COLUMNS = {                    # ISIC 2018 task 3 column -> our class names summed into it
+    "MEL": ("melanoma",),
+    "NV": ("nevus",),
+    "BCC": ("basal cell carcinoma",),
+    "AKIEC": ("actinic keratosis", "squamous cell carcinoma"),
+    "BKL": ("pigmented benign keratosis", "seborrheic keratosis"),
+    "DF": ("dermatofibroma",),
+    "VASC": ("vascular lesion",),
+}
+
+
+# ------------------------------------------------------------------------------------------------ results
+@dataclass(frozen=True)
+class Prediction:
+    """One image's prediction (probabilities are temperature-scaled; melanoma_probability is NaN without a
+    melanoma class)."""
+
+    image: str
+    probabilities: dict[str, float]
+    prediction: str
+    confidence: float
+    melanoma_probability: float
+    melanoma_alert: bool
+    refer: bool
+    refer_reason: str
+
+
+@dataclass
+class PredictionResult:
+    """Predictions for many files, as arrays (row i = paths[i]); unreadable files are in `errors`."""
+
+    paths: list[str]
+    probs: np.ndarray                     # [N, C] float
+    class_names: list[str]
+    melanoma_probability: np.ndarray      # [N] float (NaN without a melanoma class)
+    alert: np.ndarray                     # [N] bool
+    refer: np.ndarray                     # [N] bool
+    refer_reason: list[str]               # [N] "" when not referred
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def prediction(self) -> list[str]:
+        return [self.class_names[i] for i in self.probs.argmax(axis=1)] if len(self) else []
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probs.max(axis=1) if len(self) else np.zeros(0)
+
+    def predictions(self) -> list[Prediction]:
+        """The rows as typed `Prediction` objects."""
+        conf, pred = self.confidence, self.prediction
+        return [Prediction(image=p, probabilities={c: float(v) for c, v in zip(self.class_names, self.probs[i])},
+                           prediction=pred[i], confidence=float(conf[i]),
+                           melanoma_probability=float(self.melanoma_probability[i]),
+                           melanoma_alert=bool(self.alert[i]), refer=bool(self.refer[i]),
+                           refer_reason=self.refer_reason[i]) for i, p in enumerate(self.paths)]
+
+
+# ------------------------------------------------------------------------------------------------ backends
+class _TorchBackend:
+    """PyTorch eager model -> (logits, pre-logit features) as numpy."""
+
+    kind = "pytorch"
+
+    def __init__(self, model: torch.nn.Module):
+        self.model = model.eval()
+
+    def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        with torch.inference_mode():
+            features, logits = referral.embed(self.model, x)
+        return logits.numpy(), features.numpy()
+
+
+class _OnnxBackend:
+    """onnxruntime session of a file written by `melanoma export` (outputs "logits", "features")."""
+
+    kind = "onnx"
+
+    def __init__(self, session):
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(["logits", "features"], {self.input_name: x.numpy()})
+        return logits, features
+
+
+def _onnx_session(path: Path, threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)  # 0 / None: onnxruntime's default (all physical cores)
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+        raise ModelError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0][:200]})") from None
+
+
+def read_onnx_meta(path: Path, session=None) -> dict:
+    """model.json as embedded by `melanoma export`, with the referral tensors back in meta["extra"]."""
+    props = (session or _onnx_session(path, 1)).get_modelmeta().custom_metadata_map
+    if ONNX_META_KEY not in props:
+        raise ModelError(f"{path}: ONNX file has no melanoma metadata (export it with `melanoma export`)")
+    meta = json.loads(props[ONNX_META_KEY])
+    meta["extra"] = {}
+    if props.get(ONNX_EXTRA_KEY):
+        from safetensors.torch import load as load_tensors
+
+        meta["extra"] = load_tensors(base64.b64decode(props[ONNX_EXTRA_KEY]))
+    return meta
+
+
+def resolve_model(path) -> Path:
+    """The model path to use: `path`, or the shipped default model (ModelError when none is shipped)."""
+    if path:
+        return Path(path)
+    if (DEFAULT_MODEL_DIR / "model.json").is_file():
+        return DEFAULT_MODEL_DIR
+    onnx_default = DEFAULT_MODEL_DIR / "model.onnx"
+    if onnx_default.is_file():
+        return onnx_default
+    raise ModelError(f"no default model is shipped yet ({DEFAULT_MODEL_DIR} is empty); pass --model RUN_FOLDER "
+                     "(a trained run, model.json) or --model FILE.onnx")
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def _to_image(item) -> Image.Image | torch.Tensor:
+    """A PIL image, a path, an HxW(x3/4) uint8 numpy array or a uint8 CHW tensor -> what eval_transform takes."""
+    from melanoma.data import load_image
+
+    if isinstance(item, Image.Image):
+        return item.convert("RGB") if item.mode != "RGB" else item
+    if isinstance(item, (str, os.PathLike)):
+        return load_image(item)
+    if isinstance(item, torch.Tensor):
+        if item.dtype != torch.uint8 or item.ndim != 3 or item.shape[0] != 3:
+            raise ImageError("<tensor>", f"expected a uint8 (3, H, W) tensor, got {item.dtype} {tuple(item.shape)}")
+        return item
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3):
+            raise ImageError("<array>", f"expected a uint8 HxW or HxWxC array, got {item.dtype} {item.shape}")
+        return Image.fromarray(item).convert("RGB")
+    raise ImageError(repr(item)[:60], f"unsupported image type {type(item).__name__}")
+
+
+def _name_of(item, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    return getattr(item, "filename", "") or f"image-{index}"
+
+
+# ------------------------------------------------------------------------------------------------ predictor
+class Predictor:
+    """A loaded model (PyTorch artifact or ONNX) plus everything model.json says about using it."""
+
+    def __init__(self, backend, meta: dict, source: str = ""):
+        from melanoma.transforms import eval_transform
+
+        self.backend, self.meta, self.source = backend, meta, source
+        self.class_names: list[str] = list(meta["class_names"])
+        mel = meta.get("melanoma_class")
+        self.melanoma_index: int | None = self.class_names.index(mel) if mel in self.class_names else None
+        self.temperature = float(meta.get("temperature") or 1.0)
+        thresholds = meta.get("thresholds") or {}
+        alert = thresholds.get("melanoma_alert")
+        self.alert_threshold = 0.5 if alert is None else float(alert)
+        # model.json's top-level thresholds are the single source; the referral section supplies the method.
+        ref_meta = dict(meta.get("referral") or {})
+        ref_meta["thresholds"] = {**ref_meta.get("thresholds", {}),
+                                  **{k: v for k, v in thresholds.items()
+                                     if k in ("refer_confidence", "ood_score") and v is not None}}
+        self.referrer = referral.Referrer(ref_meta, meta.get("extra"))
+        self.transform = eval_transform(meta["preprocessing"])
+
+    @classmethod
+    def load(cls, path=None, threads: int | None = None) -> Predictor:
+        """Load a run folder / model.json / model.safetensors (PyTorch) or an .onnx file (onnxruntime with
+        `threads` intra-op threads). path=None: the shipped default model."""
+        path = resolve_model(path)
+        if path.suffix.lower() == ".onnx":
+            if not path.is_file():
+                raise ModelError(f"{path}: no such ONNX file")
+            session = _onnx_session(path, threads)
+            return cls(_OnnxBackend(session), read_onnx_meta(path, session), str(path))
+        from melanoma.artifacts import load_model
+
+        model, meta = load_model(path)
+        return cls(_TorchBackend(model), meta, str(path))
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """The PyTorch model (ModelError for an ONNX predictor)."""
+        if self.backend.kind != "pytorch":
+            raise ModelError(f"{self.source}: this needs the PyTorch model; an ONNX file has no gradients "
+                             "(use the run folder / model.json instead)")
+        return self.backend.model
+
+    def infer(self, x: torch.Tensor, tta: bool = False, tta_views: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised batch [N,3,S,S] -> (probabilities [N,C], features [N,D] of the un-augmented view)."""
+        from melanoma import transforms
+
+        views = transforms.tta_views(x, tta_views) if tta else [x]  # view 0 is the identity
+        probs, features = None, None
+        for view in views:
+            logits, feats = self.backend(view)
+            p = referral.softmax(logits, self.temperature)
+            probs = p if probs is None else probs + p
+            features = feats if features is None else features
+        return probs / len(views), features
+
+    def _result(self, names, probs, features, errors) -> PredictionResult:
+        n = len(names)
+        probs = np.zeros((0, len(self.class_names))) if probs is None else probs
+        if self.melanoma_index is None:
+            p_mel, alert = np.full(n, np.nan), np.zeros(n, bool)
+        else:
+            p_mel = probs[:, self.melanoma_index]
+            alert = p_mel >= self.alert_threshold
+        refer, reasons = self.referrer.decide(probs, features) if n else (np.zeros(0, bool), [])
+        return PredictionResult(paths=list(names), probs=probs, class_names=self.class_names,
+                                melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
+                                errors=list(errors))
+
+    def predict(self, images, tta: bool = False, tta_views: int = 8) -> list[Prediction]:
+        """Predict PIL images / paths / uint8 arrays (one image or a list). A bad image raises ImageError."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            return []
+        x = torch.stack([self.transform(_to_image(im)) for im in images])
+        probs, features = self.infer(x, tta, tta_views)
+        names = [_name_of(im, i) for i, im in enumerate(images)]
+        return self._result(names, probs, features, []).predictions()
+
+    def _decode(self, path: str):
+        """Decode + eval-transform one file; returns the tensor or the one-line reason it was skipped."""
+        from melanoma.data import load_image
+
+        try:
+            return self.transform(load_image(path))
+        except ImageError as exc:
+            return exc.reason
+        except Exception as exc:  # noqa: BLE001 - e.g. an image too small/odd for the transform: skip it
+            return f"cannot preprocess image: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
+
+    def predict_paths(self, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
+                      progress: bool = False, workers: int = 4) -> PredictionResult:
+        """Predict image files in batches; unreadable files go to `result.errors`, the rest go on.
+
+        Decoding runs in a small thread pool (PIL releases the GIL while decoding), one batch ahead of the model.
+        """
+        from tqdm import tqdm
+
+        paths = [str(p) for p in paths]
+        batches = [paths[i:i + batch_size] for i in range(0, len(paths), max(1, batch_size))]
+        names, probs, feats, errors = [], [], [], []
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool, \
+                tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not progress) as bar:
+            pending = [pool.submit(self._decode, p) for p in batches[0]] if batches else []
+            for index, batch in enumerate(batches):
+                decoded = [f.result() for f in pending]
+                if index + 1 < len(batches):  # start decoding the next batch while the model runs
+                    pending = [pool.submit(self._decode, p) for p in batches[index + 1]]
+                good = [(p, t) for p, t in zip(batch, decoded) if isinstance(t, torch.Tensor)]
+                errors += [(p, t) for p, t in zip(batch, decoded) if not isinstance(t, torch.Tensor)]
+                if good:
+                    p, f = self.infer(torch.stack([t for _, t in good]), tta, tta_views)
+                    names += [path for path, _ in good]
+                    probs.append(p)
+                    feats.append(f)
+                bar.update(len(batch))
+        return self._result(names, np.concatenate(probs) if probs else None,
+                            np.concatenate(feats) if feats else None, errors)
+
+
+# ------------------------------------------------------------------------------------------------ files
+def expand_paths(inputs) -> tuple[list[str], list[tuple[str, str]]]:
+    """Files, folders (recursive, images by extension in any case) and globs -> (image paths, problems).
+
+    A file named explicitly is kept whatever its extension (the decoder decides); a missing path or a glob
+    matching nothing is reported as a problem.
+    """
+    found, problems = [], []
+    for item in map(str, inputs):
+        path = Path(item)
+        if path.is_dir():
+            found += sorted(str(p) for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+        elif path.exists():
+            found.append(item)
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            found += [m for m in matches if Path(m).is_file()]
+            if not matches:
+                problems.append((item, "no file matches this pattern"))
+        else:
+            problems.append((item, "no such file or folder"))
+    unique = list(dict.fromkeys(found))  # a file named twice (folder + glob) is predicted once
+    return unique, problems
+
+
+# ------------------------------------------------------------------------------------------------ writers
+def _fmt(value: float) -> str:
+    return "" if value is None or np.isnan(value) else f"{value:.6f}"
+
+
+def _bool(value) -> str:
+    return "true" if bool(value) else "false"
+
+
+def prediction_rows(result: PredictionResult, labels=None) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the shared prediction CSV layout (docs/DESIGN.md), `label` last when given."""
+    header = ["image", "path", *result.class_names, "prediction", "confidence", "melanoma_probability",
+              "melanoma_alert", "refer", "refer_reason"] + (["label"] if labels is not None else [])
+    conf, pred = result.confidence, result.prediction
+    rows = []
+    for i, path in enumerate(result.paths):
+        row = [Path(path).name, str(path), *(_fmt(v) for v in result.probs[i]), pred[i], _fmt(conf[i]),
+               _fmt(result.melanoma_probability[i]), _bool(result.alert[i]), _bool(result.refer[i]),
+               result.refer_reason[i]]
+        rows.append(row + ([str(labels[i]) if labels[i] is not None else ""] if labels is not None else []))
+    return header, rows
+
+
+def _csv_text(header, rows) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def _emit(text: str, out) -> None:
+    """Write `text` atomically to `out`, or to stdout when out is None or "-"."""
+    if out in (None, "-"):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from melanoma.artifacts import atomic_write_text
+
+    atomic_write_text(Path(out), text)
+
+
+def write_predictions_csv(result: PredictionResult, out, labels=None) -> None:
+    """The prediction CSV (image, path, one column per class, prediction, confidence, melanoma_probability,
+    melanoma_alert, refer, refer_reason[, label]); booleans are written true/false, probabilities to 6 places."""
+    _emit(_csv_text(*prediction_rows(result, labels)), out)
+
+
+def isic_matrix(result: PredictionResult) -> tuple[list[str], np.ndarray]:
+    """ISIC 2018 columns (MEL, NV, BCC, AKIEC, BKL, DF, VASC) by summing our class probabilities into them."""
+    index = {c.strip().lower(): i for i, c in enumerate(result.class_names)}
+    missing = [name for names in ISIC2018_COLUMNS.values() for name in names if name not in index]
+    unmapped = sorted(set(index) - {n for names in ISIC2018_COLUMNS.values() for n in names})
+    if missing or unmapped:
+        raise ModelError("--format isic needs the 9 ISIC lesion classes (AKIEC = actinic keratosis + squamous cell "
+                         "carcinoma, BKL = pigmented benign keratosis + seborrheic keratosis); this model "
+                         f"lacks {missing or 'none'} and has unmapped {unmapped or 'none'}; use --format csv")
+    cols = [result.probs[:, [index[n] for n in names]].sum(axis=1) for names in ISIC2018_COLUMNS.values()]
+    return list(ISIC2018_COLUMNS), np.stack(cols, axis=1) if len(result) else np.zeros((0, len(cols)))
+
+
+def write_isic_csv(result: PredictionResult, out) -> None:
+    """ISIC challenge submission CSV: `image` = file name without extension, then the 7 ISIC 2018 columns."""
+    columns, matrix = isic_matrix(result)
+    rows = [[Path(p).stem, *(_fmt(v) for v in matrix[i])] for i, p in enumerate(result.paths)]
+    _emit(_csv_text(["image", *columns], rows), out)
+
+
+def write_json(result: PredictionResult, out, predictor: Predictor | None = None) -> None:
+    """{"model": {...}, "predictions": [Prediction fields + path], "skipped": [{"path", "reason"}]}."""
+    model = {}
+    if predictor is not None:
+        model = {"source": predictor.source, "backend": predictor.backend.kind,
+                 "architecture": predictor.meta.get("architecture"), "class_names": predictor.class_names,
+                 "temperature": predictor.temperature, "melanoma_alert_threshold": predictor.alert_threshold}
+    preds = []
+    for p in result.predictions():
+        row = asdict(p)
+        row["melanoma_probability"] = None if np.isnan(p.melanoma_probability) else p.melanoma_probability
+        preds.append({"image": Path(p.image).name, "path": p.image, **{k: v for k, v in row.items() if k != "image"}})
+    doc = {"model": model, "predictions": preds,
+           "skipped": [{"path": path, "reason": reason} for path, reason in result.errors]}
+    _emit(json.dumps(doc, indent=2) + "\n", out)
+
+
+# ------------------------------------------------------------------------------------------------ command
+def _check_format(predictor: Predictor, fmt: str) -> None:
+    """Fail before predicting anything when the output format cannot be written for this model."""
+    from melanoma.errors import ConfigError
+
+    if fmt not in ("csv", "isic", "json"):
+        raise ConfigError(f"unknown --format {fmt!r} (use csv, isic or json)")
+    if fmt == "isic":
+        empty = PredictionResult([], np.zeros((0, len(predictor.class_names))), predictor.class_names,
+                                 np.zeros(0), np.zeros(0, bool), np.zeros(0, bool), [])
+        isic_matrix(empty)
+
+
+def _summary(result: PredictionResult, skipped: int) -> str:
+    return (f"{len(result)} predicted, {skipped} skipped, {int(result.alert.sum())} melanoma alerts, "
+            f"{int(result.refer.sum())} referred")
+
+
+def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False, tta_views: int = 8,
+                explain_dir=None, batch_size: int = 32) -> int:
+    """`melanoma predict`: expand inputs, predict, write csv/isic/json, optional Grad-CAM PNGs.
+
+    Every unreadable file gets one `skipped <path>: <reason>` line on stderr and the rest go on. Exit status
+    0, or 1 when not a single image could be read.
+    """
+    from melanoma.errors import ConfigError
+
+    if tta and not 1 <= tta_views <= 8:
+        raise ConfigError(f"--tta-views must be between 1 and 8, got {tta_views}")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    predictor = Predictor.load(model)
+    _check_format(predictor, fmt)
+    files, problems = expand_paths(paths)
+    result = predictor.predict_paths(files, tta=tta, tta_views=tta_views, batch_size=batch_size,
+                                     progress=sys.stderr.isatty())
+    result.errors = problems + result.errors
+    for path, reason in result.errors:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(result):
+        {"csv": write_predictions_csv, "isic": write_isic_csv}.get(fmt, lambda r, o: write_json(r, o, predictor))(
+            result, out)
+        if explain_dir:
+            from melanoma.explain import write_explanations
+
+            written = write_explanations(predictor, result.paths, explain_dir)
+            print(f"wrote {len(written)} Grad-CAM images to {explain_dir}", file=sys.stderr)
+    print(_summary(result, len(result.errors)), file=sys.stderr)
+    if not len(result):
+        print("error: no image could be read", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,185 @@
+"""Predictor and `melanoma predict`: typed results, probabilities/alert from model.json, bad files, formats, TTA."""
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from melanoma import cli, referral
+from melanoma.artifacts import build_test_model, load_model
+from melanoma.errors import ModelError
+from melanoma.predict import Prediction, Predictor, expand_paths, write_predictions_csv
+
+CLASSES = ["actinic keratosis", "basal cell carcinoma", "dermatofibroma", "melanoma", "nevus",
+           "pigmented benign keratosis", "seborrheic keratosis", "squamous cell carcinoma", "vascular lesion"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    return build_test_model(tmp_path_factory.mktemp("model"), class_names=CLASSES, image_size=64)
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir) -> Predictor:
+    return Predictor.load(model_dir)
+
+
+def _edit_meta(model_dir: Path, out: Path, **changes) -> Path:
+    shutil.copytree(model_dir, out)
+    meta = json.loads((out / "model.json").read_text())
+    for key, value in changes.items():
+        meta[key] = value
+    (out / "model.json").write_text(json.dumps(meta))
+    return out
+
+
+def _images(tiny_isic) -> list[Path]:
+    return sorted(tiny_isic.rglob("*.jpg"))
+
+
+def test_predictor_on_tiny_isic(predictor, tiny_isic):
+    paths = _images(tiny_isic)
+    result = predictor.predict_paths(paths, batch_size=16)
+    assert len(result) == len(paths) == 45 and not result.errors
+    assert result.probs.shape == (45, 9)
+    np.testing.assert_allclose(result.probs.sum(axis=1), 1.0, atol=1e-6)
+    assert predictor.class_names == CLASSES and predictor.melanoma_index == 3
+    np.testing.assert_array_equal(result.melanoma_probability, result.probs[:, 3])
+    rows = result.predictions()
+    assert isinstance(rows[0], Prediction) and rows[0].image == str(paths[0])
+    assert rows[0].prediction == max(rows[0].probabilities, key=rows[0].probabilities.get)
+    with pytest.raises(Exception):
+        rows[0].refer = True  # frozen
+
+
+def test_predict_accepts_pil_path_and_array_alike(predictor, tiny_isic):
+    path = _images(tiny_isic)[0]
+    pil = Image.open(path).convert("RGB")
+    by_path, by_pil, by_array = predictor.predict([path, pil, np.asarray(pil)])
+    assert by_path.probabilities == pytest.approx(by_pil.probabilities, abs=1e-6)
+    assert by_array.probabilities == pytest.approx(by_pil.probabilities, abs=1e-6)
+
+
+def test_probabilities_use_temperature_and_alert_threshold(model_dir, tiny_isic, tmp_path):
+    edited = _edit_meta(model_dir, tmp_path / "m", temperature=2.0,
+                        thresholds={"melanoma_alert": 0.0, "refer_confidence": 1.01})
+    paths = _images(tiny_isic)[:4]
+    result = Predictor.load(edited).predict_paths(paths)
+    model, meta = load_model(edited)
+    x = torch.stack([Predictor.load(edited).transform(Image.open(p).convert("RGB")) for p in paths])
+    _, logits = referral.embed(model, x)
+    np.testing.assert_allclose(result.probs, referral.softmax(logits.numpy(), 2.0), atol=1e-6)
+    assert result.alert.all(), "threshold 0 -> every image alerts"
+    assert result.refer.all() and set(result.refer_reason) == {referral.REASON_LOW_CONFIDENCE}
+
+
+def test_tta(predictor, tiny_isic):
+    paths = _images(tiny_isic)[:6]
+    plain = predictor.predict_paths(paths)
+    one_view = predictor.predict_paths(paths, tta=True, tta_views=1)
+    eight = predictor.predict_paths(paths, tta=True, tta_views=8)
+    np.testing.assert_allclose(one_view.probs, plain.probs, atol=1e-7)
+    np.testing.assert_allclose(eight.probs.sum(axis=1), 1.0, atol=1e-6)
+    assert not np.allclose(eight.probs, plain.probs, atol=1e-9), "8 views should average to something else"
+
+
+def _folder_with_bad_files(tiny_isic, tmp_path) -> tuple[Path, list[Path]]:
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    good = _images(tiny_isic)[:5]
+    for i, src in enumerate(good):
+        shutil.copy(src, (folder / "sub" if i % 2 else folder) / (src.stem + (".JPG" if i == 0 else ".jpg")))
+    data = good[0].read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "text.jpg").write_text("this is not an image")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+    return folder, good
+
+
+def test_cli_predict_skips_bad_files(model_dir, tiny_isic, tmp_path, capsys):
+    folder, good = _folder_with_bad_files(tiny_isic, tmp_path)
+    out = tmp_path / "preds.csv"
+    assert cli.main(["predict", str(folder), "--model", str(model_dir), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(Path(r["image"]).stem for r in rows) == sorted(p.stem for p in good)
+    assert list(rows[0])[:3] == ["image", "path", CLASSES[0]]
+    assert list(rows[0])[-6:] == ["prediction", "confidence", "melanoma_probability", "melanoma_alert", "refer",
+                                  "refer_reason"]
+    err = capsys.readouterr().err
+    skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
+    assert len(skipped) == 3 and all(name in err for name in ("truncated.jpg", "text.jpg", "empty.png"))
+    assert "5 predicted, 3 skipped" in err
+
+
+def test_cli_predict_exit_1_when_nothing_readable(model_dir, tmp_path, capsys):
+    (tmp_path / "bad.jpg").write_text("nope")
+    assert cli.main(["predict", str(tmp_path / "bad.jpg"), str(tmp_path / "missing.png"),
+                     "--model", str(model_dir)]) == 1
+    err = capsys.readouterr().err
+    assert "skipped" in err and "no such file" in err
+
+
+def test_isic_and_json_formats(model_dir, tiny_isic, tmp_path, capsys):
+    paths = [str(p) for p in _images(tiny_isic)[:3]]
+    out = tmp_path / "isic.csv"
+    assert cli.main(["predict", *paths, "--model", str(model_dir), "--format", "isic", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert list(rows[0]) == ["image", "MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC"]
+    assert rows[0]["image"] == Path(paths[0]).stem
+    probs = Predictor.load(model_dir).predict_paths(paths).probs
+    assert float(rows[0]["AKIEC"]) == pytest.approx(probs[0, 0] + probs[0, 7], abs=2e-6)
+    assert float(rows[0]["BKL"]) == pytest.approx(probs[0, 5] + probs[0, 6], abs=2e-6)
+    assert sum(float(v) for k, v in rows[0].items() if k != "image") == pytest.approx(1.0, abs=1e-5)
+
+    assert cli.main(["predict", *paths, "--model", str(model_dir), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["predictions"]) == 3 and doc["model"]["class_names"] == CLASSES
+    assert set(doc["predictions"][0]) >= {"image", "path", "probabilities", "melanoma_alert", "refer", "refer_reason"}
+
+
+def test_isic_format_needs_the_isic_classes(tmp_path, tiny_isic, capsys):
+    other = build_test_model(tmp_path / "m2", class_names=["benign", "melanoma"])
+    code = cli.main(["predict", str(_images(tiny_isic)[0]), "--model", str(other), "--format", "isic"])
+    assert code == 2
+    assert "error: --format isic needs" in capsys.readouterr().err
+
+
+def test_default_model_missing_is_a_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr("melanoma.predict.DEFAULT_MODEL_DIR", tmp_path / "nothing")
+    assert cli.main(["predict", "x.jpg"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: no default model") and "--model" in err and "\n" not in err
+
+
+def test_expand_paths(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/x.JPG", "a/b/y.tiff", "a/b/z.txt", "a/.hidden.jpg", "w.png"):
+        (tmp_path / name).write_bytes(b"")
+    files, problems = expand_paths([tmp_path / "a", str(tmp_path / "*.png"), tmp_path / "missing.jpg",
+                                    str(tmp_path / "none*.bmp"), tmp_path / "w.png"])
+    assert [Path(f).name for f in files] == ["y.tiff", "x.JPG", "w.png"]
+    assert [reason for _, reason in problems] == ["no such file or folder", "no file matches this pattern"]
+
+
+def test_write_predictions_csv_with_labels(predictor, tiny_isic):
+    result = predictor.predict_paths(_images(tiny_isic)[:2])
+    buf = io.StringIO()
+    import contextlib
+
+    with contextlib.redirect_stdout(buf):
+        write_predictions_csv(result, None, labels=["melanoma", None])
+    rows = list(csv.DictReader(io.StringIO(buf.getvalue())))
+    assert [r["label"] for r in rows] == ["melanoma", ""]
+    assert rows[0]["melanoma_alert"] in ("true", "false")
+
+
+def test_missing_model_path_is_a_model_error(tmp_path):
+    with pytest.raises(ModelError):
+        Predictor.load(tmp_path / "nope.onnx")
