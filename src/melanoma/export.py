@@ -1,0 +1,138 @@
+"""ONNX export of a model artifact: outputs (logits, features), dynamic batch, model.json embedded, parity-checked.
+
+The graph has one input "input" [batch, 3, S, S] (eval-preprocessed, normalised, float32) and two outputs:
+"logits" [batch, C] (before temperature) and "features" [batch, D] (pre-logits, for the referral check).
+The whole model.json is stored in the ONNX metadata_props under "melanoma" (JSON), the class names under
+"class_names", and the referral statistics tensors under "melanoma.extra" (base64 safetensors), so an .onnx file
+alone is enough for `Predictor.load("model.onnx")`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import copy
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from melanoma.errors import ModelError
+from melanoma.predict import ONNX_CLASSES_KEY, ONNX_EXTRA_KEY, ONNX_META_KEY
+from melanoma.referral import classifier_module, embed
+
+PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch eager
+
+
+class _ConcatHead(nn.Module):
+    """Classifier replacement returning [logits | features] so the exported graph exposes both."""
+
+    def __init__(self, head: nn.Module):
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.head(x), x.flatten(1)], dim=1)
+
+
+class LogitsAndFeatures(nn.Module):
+    """Wraps a classifier so forward returns (logits, pre-logit features) without hooks (export-friendly).
+
+    Works when the model's output IS its classifier's output (timm models, seed-cnn); checked against
+    `referral.embed` by the parity test in `export_onnx`.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int):
+        super().__init__()
+        self.model = copy.deepcopy(model).eval()
+        self.num_classes = num_classes
+        head = classifier_module(self.model)
+        parent, attr = _parent_of(self.model, head)
+        setattr(parent, attr, _ConcatHead(head))
+        self.eval()  # a fresh nn.Module is in training mode; dropout/BN must be in eval for export
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.model(x)
+        return out[:, : self.num_classes], out[:, self.num_classes:]
+
+
+def _parent_of(root: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
+    """(parent module, attribute name) of `target` inside `root`."""
+    for name, module in root.named_modules():
+        if module is target and name:
+            parent_name, _, attr = name.rpartition(".")
+            return root.get_submodule(parent_name) if parent_name else root, attr
+    raise ModelError(f"cannot locate the classifier inside {type(root).__name__}")
+
+
+def _metadata(meta: dict) -> dict[str, str]:
+    """ONNX metadata_props: model.json (minus tensors), class names, referral tensors as base64 safetensors."""
+    from safetensors.torch import save as save_tensors
+
+    extra = {k: v.contiguous() for k, v in (meta.get("extra") or {}).items()}
+    plain = {k: v for k, v in meta.items() if k != "extra"}
+    props = {ONNX_META_KEY: json.dumps(plain), ONNX_CLASSES_KEY: json.dumps(plain["class_names"])}
+    if extra:
+        props[ONNX_EXTRA_KEY] = base64.b64encode(save_tensors(extra)).decode("ascii")
+    return props
+
+
+def _export_proto(wrapper: nn.Module, size: int, opset: int):
+    """torch.onnx dynamo exporter (torch >= 2.9 default) with a dynamic batch axis; returns an onnx ModelProto."""
+    example = torch.randn(2, 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines
+        program = torch.onnx.export(wrapper, (example,), input_names=["input"], output_names=["logits", "features"],
+                                    opset_version=opset, dynamic_shapes={"x": {0: batch}}, dynamo=True,
+                                    external_data=False, verbose=False)
+    return program.model_proto
+
+
+def _check_parity(model: nn.Module, data: bytes, size: int, num_classes: int) -> float:
+    """Max |logit difference| onnxruntime vs PyTorch on a random batch of 3; features are compared too."""
+    import onnxruntime as ort
+
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    features, logits = embed(model, x)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    onnx_logits, onnx_features = session.run(["logits", "features"], {"input": x.numpy()})
+    if onnx_logits.shape != (3, num_classes) or onnx_features.shape != tuple(features.shape):
+        raise ModelError(f"ONNX outputs have shapes {onnx_logits.shape}, {onnx_features.shape}; expected "
+                         f"{(3, num_classes)}, {tuple(features.shape)}")
+    diff = float(np.abs(onnx_logits - logits.numpy()).max())
+    feature_diff = float(np.abs(onnx_features - features.numpy()).max() / (features.abs().max().item() + 1e-12))
+    if not diff <= PARITY_TOLERANCE or not feature_diff <= PARITY_TOLERANCE:
+        raise ModelError(f"ONNX export does not match PyTorch: max |logit diff| {diff:.2e}, relative feature diff "
+                         f"{feature_diff:.2e} (limit {PARITY_TOLERANCE:g})")
+    return diff
+
+
+def export_onnx(model_path, out, opset: int = 18) -> dict:
+    """Export the model artifact at `model_path` to `out` (.onnx), check it, and return
+    {"path", "max_abs_diff", "opset", "size_mb"}. ModelError when the export does not match PyTorch."""
+    import onnx
+
+    from melanoma.artifacts import atomic_write_bytes, load_model
+
+    model, meta = load_model(model_path)
+    size, num_classes = int(meta["preprocessing"]["input_size"]), len(meta["class_names"])
+    try:
+        proto = _export_proto(LogitsAndFeatures(model, num_classes), size, opset)
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types; keep one line for the user
+        raise ModelError(f"ONNX export of {meta['architecture']} failed: {str(exc).splitlines()[0][:200]}") from None
+    onnx.helper.set_model_props(proto, _metadata(meta))
+    proto.doc_string = f"melanoma {meta['architecture']}: inputs normalised per model.json preprocessing"
+    onnx.checker.check_model(proto, full_check=True)
+    data = proto.SerializeToString()
+    diff = _check_parity(model, data, size, num_classes)
+    print(f"ONNX parity: max |logit diff| vs PyTorch = {diff:.2e}")
+    out = Path(out)
+    atomic_write_bytes(out, data)
+    actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
+    return {"path": str(out), "max_abs_diff": diff, "opset": int(actual_opset),
+            "size_mb": round(len(data) / 1e6, 3)}

@@ -1,0 +1,101 @@
+"""ONNX export: parity with PyTorch, dynamic batch, embedded metadata, and ONNX Predictor == PyTorch Predictor."""
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from melanoma import cli, export, referral
+from melanoma.artifacts import build_test_model, load_model, save_model
+from melanoma.errors import ModelError
+from melanoma.predict import Predictor
+
+
+def _with_referral(src, out, images) -> str:
+    """Copy of the test model with referral statistics fitted on `images` (so ONNX must carry the tensors)."""
+    model, meta = load_model(src)
+    predictor = Predictor.load(src)
+    x = torch.stack([predictor.transform(Image.open(p).convert("RGB")) for p in images])
+    features, logits = referral.embed(model, x)
+    labels = np.arange(len(images)) % 3
+    ref_meta, tensors = referral.fit_referral(features.numpy(), logits.numpy(), labels, 1.0)
+    meta.pop("extra")
+    meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "package_version")}
+    meta["referral"] = ref_meta
+    meta["thresholds"].update(ref_meta["thresholds"])
+    save_model(model, meta, out, tensors)
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, tiny_isic):
+    root = tmp_path_factory.mktemp("export")
+    images = sorted(tiny_isic.rglob("*.jpg"))
+    model_dir = _with_referral(build_test_model(root / "raw", image_size=64), root / "model", images)
+    result = export.export_onnx(model_dir, root / "model.onnx")
+    return model_dir, result, images
+
+
+def test_export_result_and_metadata(exported):
+    model_dir, result, _ = exported
+    assert set(result) == {"path", "max_abs_diff", "opset", "size_mb"}
+    assert result["opset"] == 18 and result["max_abs_diff"] <= export.PARITY_TOLERANCE and result["size_mb"] > 0
+    proto = onnx.load(result["path"])
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta = json.loads(props["melanoma"])
+    assert meta["class_names"] == json.loads(props["class_names"]) == load_model(model_dir)[1]["class_names"]
+    assert "referral" in meta and props["melanoma.extra"]
+
+
+def test_dynamic_batch(exported):
+    session = ort.InferenceSession(exported[1]["path"], providers=["CPUExecutionProvider"])
+    for n in (1, 5):
+        logits, features = session.run(["logits", "features"], {"input": np.random.rand(n, 3, 64, 64)
+                                                                .astype(np.float32)})
+        assert logits.shape == (n, 9) and features.shape[0] == n
+
+
+def test_onnx_predictor_matches_pytorch_predictor(exported):
+    model_dir, result, images = exported
+    torch_result = Predictor.load(model_dir).predict_paths(images)
+    onnx_predictor = Predictor.load(result["path"], threads=1)
+    onnx_result = onnx_predictor.predict_paths(images)
+    assert onnx_predictor.backend.kind == "onnx" and onnx_predictor.class_names == torch_result.class_names
+    np.testing.assert_allclose(onnx_result.probs, torch_result.probs, atol=1e-5)
+    np.testing.assert_array_equal(onnx_result.alert, torch_result.alert)
+    np.testing.assert_array_equal(onnx_result.refer, torch_result.refer)
+    assert onnx_predictor.referrer.needs_features, "referral statistics must travel inside the ONNX file"
+    noise = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+    a, b = Predictor.load(model_dir).predict([noise])[0], onnx_predictor.predict([noise])[0]
+    assert a.refer == b.refer and a.refer_reason == b.refer_reason
+
+
+def test_parity_failure_is_a_model_error_and_writes_nothing(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(ModelError, match="does not match PyTorch"):
+        export.export_onnx(exported[0], tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_cli_export(exported, tmp_path, capsys):
+    assert cli.main(["export", exported[0], "--out", str(tmp_path / "m.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out[out.index("{"):])["path"] == str(tmp_path / "m.onnx")
+
+
+def test_onnx_file_without_metadata_is_refused(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 2)).eval()
+    torch.onnx.export(model, (torch.randn(1, 3, 2, 2),), str(tmp_path / "plain.onnx"), dynamo=False)
+    with pytest.raises(ModelError, match="melanoma metadata"):
+        Predictor.load(tmp_path / "plain.onnx")
+
+
+@pytest.mark.slow
+def test_export_efficientnet_lite0(tmp_path):
+    model_dir = build_test_model(tmp_path / "lite0", architecture="efficientnet_lite0", image_size=224)
+    result = export.export_onnx(model_dir, tmp_path / "lite0.onnx")
+    assert result["max_abs_diff"] <= export.PARITY_TOLERANCE
