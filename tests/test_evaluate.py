@@ -149,3 +149,23 @@ def test_cli_evaluate(test_model, tiny_isic, tmp_path, capsys):
     assert "melanoma vs rest" in out and "wrote" in out
     assert cli.main(["evaluate", "--model", str(test_model), "--data", str(tiny_isic),
                      "--out", str(tmp_path / "o2"), "--label-map", "nope"]) == 2
+
+
+def test_images_seen_in_training_are_excluded(test_model, tiny_isic, tmp_path):
+    """The model's training data (model.json data.source) is checked: overlapping images are never scored."""
+    train_part = tmp_path / "train_part"
+    for class_dir in sorted(p for p in tiny_isic.iterdir() if p.is_dir())[:3]:
+        shutil.copytree(class_dir, train_part / class_dir.name)
+    n_train = sum(1 for _ in train_part.glob("*/*.jpg"))
+    model = tmp_path / "model"
+    shutil.copytree(test_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["data"] = {"source": str(train_part)}
+    (model / "model.json").write_text(json.dumps(meta))
+    result = evaluate(model, tiny_isic, out=tmp_path / "eval", bootstrap=20)
+    assert result["training_overlap"]["n_excluded"] == n_train
+    assert result["n_images"] == 45 - n_train
+    unchecked = evaluate(model, tiny_isic, out=tmp_path / "eval2", bootstrap=20, exclude_overlap_with=False)
+    assert unchecked["training_overlap"]["n_excluded"] == 0 and unchecked["n_images"] == 45
+    with pytest.raises(DataError, match="also occurs in the model's training data"):
+        evaluate(model, train_part, out=tmp_path / "eval3", bootstrap=20)

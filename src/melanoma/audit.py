@@ -88,6 +88,15 @@ def audit(table, against=None, near_distance: int = 4, max_pixels: int | None = 
     return report
 
 
+def find_overlap(table, other, distance: int = CROSS_SET_PHASH_DISTANCE, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 workers: int | None = None) -> dict:
+    """The images of `other` that also occur in `table` (same rule as `audit --against`), without the rest of the
+    audit; each match carries `index`, the sample's position in `other`."""
+    entries = scan_paths([s.path for s in table.samples], max_pixels=max_pixels, workers=workers)
+    other_entries = scan_paths([s.path for s in other.samples], max_pixels=max_pixels, workers=workers)
+    return _overlap(table, entries, other, other_entries, distance)
+
+
 def _describe(table) -> dict:
     return {"root": str(table.root), "kind": table.kind, "n_images": len(table), "classes": list(table.classes)}
 
@@ -239,7 +248,7 @@ def _overlap_match(table, other_table, j, entry, by_hash, by_id, near: dict) -> 
         return None
     how = "+".join(name for name, hit in (("pixels", exact), ("phash", set(near) - exact), ("isic-id", same_id)) if hit)
     hits = sorted(exact | set(near) | same_id)
-    return {"path": _rel(other_table, sample.path), "label_other": sample.label, "matched_by": how,
+    return {"index": j, "path": _rel(other_table, sample.path), "label_other": sample.label, "matched_by": how,
             "phash_distance": min((near[i] for i in hits if i in near), default=None) if not exact else 0,
             "data": [_rel(table, table.samples[i].path) for i in hits],
             "labels_data": sorted({str(table.samples[i].label) for i in hits})}

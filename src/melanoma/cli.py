@@ -121,6 +121,10 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--exclude-overlap-with", metavar="TRAIN",
+                   help="leave out images that also occur in TRAIN (default: the training data named in model.json)")
+    p.add_argument("--no-overlap-check", action="store_true",
+                   help="score every image even if the model may have been trained on it")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -129,7 +133,8 @@ def _run_evaluate(args) -> int:
 
     result = evaluate(args.model, args.data, out=args.out, tta=args.tta, tta_views=args.tta_views,
                       label_map=args.label_map, bootstrap=args.bootstrap, seed=args.seed,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size,
+                      exclude_overlap_with=False if args.no_overlap_check else args.exclude_overlap_with)
     print(format_metrics(result))
     return 0
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma import labelmaps, metrics, plots
+from melanoma.data import discover
 from melanoma.errors import DataError
 
 MAX_LISTED_ERRORS = 200  # unreadable files listed by name in metrics.json (all are counted)
@@ -146,14 +147,36 @@ def _context(predictor, model, table, data, resolved, errors, uncovered, n_score
     }
 
 
+def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[object, dict]:
+    """Drop the images of `table` that also occur in the model's training data (`exclude_with`, default the
+    `data.source` recorded in model.json): same pixels, phash within 2 or same ISIC id. Returns (table, summary)."""
+    from melanoma.audit import find_overlap
+
+    source = exclude_with or (meta.get("data") or {}).get("source")
+    if exclude_with is False or not source or not Path(source).exists():
+        return table, {"checked_against": None, "n_excluded": 0,
+                       "note": "training data not available: overlap with it was NOT checked"}
+    overlap = find_overlap(discover(source), table)
+    drop = {m["index"] for m in overlap["images"]}
+    if drop:
+        print(f"excluded {len(drop)} image(s) that also occur in the training data {source} "
+              f"({overlap['rule']})", file=sys.stderr)
+    kept = table.subset([i for i in range(len(table)) if i not in drop])
+    return kept, {"checked_against": str(source), "n_excluded": len(drop), "rule": overlap["rule"],
+                  "matched_by": overlap["matched_by"]}
+
+
 def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label_map=None, bootstrap: int = 1000,
-             seed: int = 0, batch_size: int = 32) -> dict:
+             seed: int = 0, batch_size: int = 32, exclude_overlap_with=None) -> dict:
     """Evaluate `model` (run folder, model.json/.safetensors or .onnx) on labelled `data`; returns metrics.json's
-    content (see module docstring for the files written)."""
+    content (see module docstring for the files written). Images that also occur in the model's training data are
+    excluded first (`exclude_overlap_with`: a dataset path, None = model.json's data.source, False = no check)."""
     from melanoma.predict import Predictor, write_predictions_csv
 
     predictor = Predictor.load(model)
-    table = _labelled_table(data)
+    table, overlap = exclude_training_overlap(_labelled_table(data), predictor.meta, exclude_overlap_with)
+    if len(table) == 0:
+        raise DataError(f"{data}: every image also occurs in the model's training data; nothing left to evaluate")
     resolved = labelmaps.resolve_label_map(label_map, predictor.class_names, predictor.meta.get("melanoma_class"))
     out = Path(out) if out else default_output_dir(model, data)
     out.mkdir(parents=True, exist_ok=True)
@@ -180,6 +203,7 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     report.update(_context(predictor, model, table, data, resolved, result.errors, uncovered, int(keep.sum()),
                            tta, tta_views))
     report["calibration"]["temperature"] = report["model"]["temperature"]
+    report["training_overlap"] = overlap
     if report["melanoma"] is not None:
         report["melanoma"]["alert_threshold"] = threshold  # the model's exact value (compared at 6 decimals)
         report["melanoma"]["alert_threshold_source"] = source

@@ -155,10 +155,9 @@ def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=
     labels = table.label_indices()
     run.mkdir(parents=True, exist_ok=True)
     module = build_module(cfg, table.classes, labels[train_idx])
-    cores = os.cpu_count() or 1
-    # Augmenting cached uint8 tensors costs ~2 ms an image: on <= 2 cores worker processes only steal the CPU
-    # the model needs, so load in the main process there.
-    workers = cfg.num_workers if cfg.num_workers is not None else (0 if cores <= 2 else min(4, cores - 1))
+    # Augmentation runs in DataLoader workers: torch gives each worker one thread, and on a busy CPU a
+    # 2-thread torch process augments 10-30x slower (OpenMP spin-waits) than a 1-thread worker.
+    workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
     dm = LesionDataModule(images, labels, train_idx, val_idx, pre, cfg.batch_size,
                           balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers)
     if cfg.extra.get("record_samples"):
