@@ -1,0 +1,133 @@
+"""Measure the referral: share of lesion images (wrongly) referred vs share of non-dermoscopic inputs referred.
+
+Two modes:
+
+* ``--model RUN`` (a trained model with a fitted referral in model.json): lesion share on the images listed in
+  RUN/val_predictions.csv (the validation lesions the thresholds were fitted on; model.json also records the
+  honest out-of-fold shares) or on ``--data``; non-dermoscopic share on synthetic/natural images.
+* no ``--model``: ImageNet-pretrained efficientnet_lite0 features (random 9-class head): referral statistics are
+  fitted on half of ``--per-class`` lesion images per class of the shared Train split and checked on the other half
+  plus the synthetic images. This tests the mechanism before a trained model exists.
+
+    python bench/referral_check.py [--model runs/cv] [--data ../shared/data/isic-9class/Train] [--per-class 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from melanoma import referral
+from melanoma.predict import Predictor
+
+SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-9class" / "Train"
+
+
+def _lesion_paths(data: Path, per_class: int, seed: int) -> tuple[list[str], list[int], list[str]]:
+    """Up to `per_class` random image paths per class folder -> (paths, label indices, class names)."""
+    rng = np.random.default_rng(seed)
+    classes = sorted(p.name for p in data.iterdir() if p.is_dir())
+    paths, labels = [], []
+    for i, name in enumerate(classes):
+        files = sorted(str(f) for f in (data / name).glob("*.jpg"))
+        for f in rng.permutation(files)[:per_class]:
+            paths.append(str(f))
+            labels.append(i)
+    return paths, labels, classes
+
+
+def _pretrained_lite0_predictor(fit_paths, fit_labels, classes, size: int) -> Predictor:
+    """A Predictor over ImageNet lite0 features with referral statistics fitted on `fit_paths`."""
+    from melanoma.models import create_model, default_preprocessing
+
+    model = create_model("efficientnet_lite0", len(classes), pretrained=True).eval()
+    meta = {"architecture": "efficientnet_lite0", "class_names": classes, "melanoma_class": "melanoma",
+            "preprocessing": default_preprocessing("efficientnet_lite0", image_size=size), "temperature": 1.0,
+            "thresholds": {"melanoma_alert": 0.5}}
+    from melanoma.predict import _TorchBackend
+
+    predictor = Predictor(_TorchBackend(model), meta, "efficientnet_lite0 (ImageNet features)")
+    x_logits, x_feats = _embed_paths(predictor, fit_paths)
+    ref_meta, tensors = referral.fit_referral(x_feats, x_logits, np.asarray(fit_labels), 1.0)
+    predictor.meta["referral"] = ref_meta
+    predictor.referrer = referral.Referrer(ref_meta, tensors)
+    return predictor
+
+
+def _embed_paths(predictor: Predictor, paths, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    from melanoma.data import load_image
+
+    logits, feats = [], []
+    for i in range(0, len(paths), batch):
+        x = torch.stack([predictor.transform(load_image(p)) for p in paths[i:i + batch]])
+        lg, ft = predictor.backend(x)
+        logits.append(lg)
+        feats.append(ft)
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def _val_paths(run: Path) -> list[str]:
+    csv_path = run / "val_predictions.csv"
+    if not csv_path.is_file():
+        return []
+    with csv_path.open() as fh:
+        return [row["path"] for row in csv.DictReader(fh)]
+
+
+def _print_shares(title: str, kinds: list[str], refer: np.ndarray, reasons: list[str]) -> None:
+    print(f"\n{title}")
+    print(f"{'kind':<18}{'n':>5}{'referred':>10}{'low conf':>10}{'not like':>10}")
+    groups = defaultdict(list)
+    for i, kind in enumerate(kinds):
+        groups[kind].append(i)
+    for kind, idx in [*sorted(groups.items()), ("ALL", list(range(len(kinds))))]:
+        low = np.mean([referral.REASON_LOW_CONFIDENCE in reasons[i] for i in idx])
+        ood = np.mean([referral.REASON_OOD in reasons[i] for i in idx])
+        print(f"{kind:<18}{len(idx):>5}{refer[idx].mean():>10.1%}{low:>10.1%}{ood:>10.1%}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model")
+    ap.add_argument("--data", default=str(SHARED_TRAIN))
+    ap.add_argument("--per-class", type=int, default=40)
+    ap.add_argument("--image-size", type=int, default=224, help="pretrained mode only")
+    ap.add_argument("--ood-per-kind", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    if args.model:
+        predictor = Predictor.load(args.model)
+        lesions = _val_paths(Path(args.model)) or _lesion_paths(Path(args.data), args.per_class, args.seed)[0]
+        print(f"model {args.model}; lesions: {len(lesions)} images; referral section:",
+              predictor.meta.get("referral", {}).get("validation"))
+    else:
+        paths, labels, classes = _lesion_paths(Path(args.data), args.per_class, args.seed)
+        fit = np.arange(len(paths)) % 2 == 0
+        predictor = _pretrained_lite0_predictor([p for p, f in zip(paths, fit) if f],
+                                                [lab for lab, f in zip(labels, fit) if f], classes, args.image_size)
+        lesions = [p for p, f in zip(paths, fit) if not f]
+        print(f"ImageNet lite0 features: fitted on {int(fit.sum())} lesions, held-out {len(lesions)};",
+              predictor.meta["referral"]["validation"])
+    res = predictor.predict_paths(lesions)
+    _print_shares("lesion images (share wrongly referred)", ["lesion"] * len(res), res.refer, res.refer_reason)
+
+    ood = referral.synthetic_ood_images(int(predictor.meta["preprocessing"]["input_size"]), args.ood_per_kind,
+                                        args.seed)
+    preds = predictor.predict([im for _, im in ood])
+    print("counts:", dict(Counter(k for k, _ in ood)))
+    _print_shares("non-dermoscopic images (share referred)", [k for k, _ in ood],
+                  np.array([p.refer for p in preds]), [p.refer_reason for p in preds])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
