@@ -89,3 +89,35 @@ def test_missing_stats_tensors_is_a_model_error():
 def test_fit_referral_rejects_mismatched_inputs():
     with pytest.raises(ModelError):
         referral.fit_referral(np.zeros((5, 4)), np.zeros((4, 2)), np.zeros(5), 1.0)
+
+
+@pytest.mark.slow
+def test_imagenet_features_refer_non_dermoscopic_images(shared_train):
+    """Mechanism on real images: statistics fitted on lesions (ImageNet lite0 features, random head) refer most
+    noise / text / photo inputs and few held-out lesions."""
+    from melanoma.data import load_image
+    from melanoma.models import create_model, default_preprocessing
+    from melanoma.transforms import eval_transform
+
+    model = create_model("efficientnet_lite0", 9, pretrained=True).eval()
+    transform = eval_transform(default_preprocessing("efficientnet_lite0"))
+    classes = sorted(p for p in shared_train.iterdir() if p.is_dir())
+    files = [sorted(c.glob("*.jpg")) for c in classes]
+    fit = [(f, i) for i, fs in enumerate(files) for f in fs[:12]]
+    held = [f for fs in files for f in fs[12:16]]
+
+    def features(images):
+        return referral.embed(model, torch.stack([transform(im) for im in images]))
+
+    f_fit, l_fit = features([load_image(f) for f, _ in fit])
+    meta, tensors = referral.fit_referral(f_fit.numpy(), l_fit.numpy(), np.array([i for _, i in fit]), 1.0)
+    referrer = referral.Referrer({"thresholds": {"ood_score": meta["thresholds"]["ood_score"]}}, tensors)
+
+    def share_ood(images):
+        f, _ = features(images)
+        return float((referral.ood_score(f.numpy(), referrer.stats) > referrer.ood_threshold).mean())
+
+    ood = [im for kind, im in referral.synthetic_ood_images(224, per_kind=3)
+           if kind in ("gaussian noise", "uniform noise", "text", "natural photo")]
+    assert share_ood([load_image(f) for f in held]) <= 0.15
+    assert share_ood(ood) >= 0.8

@@ -32,6 +32,7 @@ REASON_LOW_CONFIDENCE = "low confidence"
 REASON_OOD = "not like the training images"
 TENSOR_NAMES = ("class_means", "components", "variances", "residual_variance")
 _PREFIX = "referral."
+METHOD = "confidence+mahalanobis-ppca-ledoit-wolf"
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -160,7 +161,7 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
     low = confidence < refer_confidence
     ood = oof_scores > ood_threshold
     meta_part = {
-        "method": "confidence+mahalanobis-ppca-ledoit-wolf",
+        "method": METHOD,
         "version": 1,
         "thresholds": {"refer_confidence": refer_confidence, "ood_score": ood_threshold},
         "confidence_quantile": confidence_quantile,
@@ -199,8 +200,9 @@ class Referrer:
         self.ood_threshold = thresholds.get("ood_score")
         self.stats = _find_stats(tensors or {}) if self.ood_threshold is not None else None
         if self.ood_threshold is not None and self.stats is None:
-            raise ModelError("model.json has a referral 'ood_score' threshold but the model file lacks the "
-                             "referral.* statistics tensors")
+            raise ModelError(f"model.json has a referral 'ood_score' threshold but the model file lacks the "
+                             f"statistics tensors referral.{{{', '.join(TENSOR_NAMES)}}} (referral method "
+                             f"{self.meta.get('method')!r}, this package fits {METHOD!r}): retrain the model")
 
     @property
     def needs_features(self) -> bool:
