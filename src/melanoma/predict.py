@@ -31,15 +31,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
 ONNX_EXTRA_KEY = "melanoma.extra"       # base64 safetensors of the referral.* tensors
 ONNX_CLASSES_KEY = "class_names"        # JSON list, for tools that only want the labels
-ISIC2018_COLUMNS = {                    # ISIC 2018 task 3 column -> our class names summed into it
-    "MEL": ("melanoma",),
-    "NV": ("nevus",),
-    "BCC": ("basal cell carcinoma",),
-    "AKIEC": ("actinic keratosis", "squamous cell carcinoma"),
-    "BKL": ("pigmented benign keratosis", "seborrheic keratosis"),
-    "DF": ("dermatofibroma",),
-    "VASC": ("vascular lesion",),
-}
 
 
 # ------------------------------------------------------------------------------------------------ results
@@ -394,16 +385,19 @@ def write_predictions_csv(result: PredictionResult, out, labels=None) -> None:
 
 
 def isic_matrix(result: PredictionResult) -> tuple[list[str], np.ndarray]:
-    """ISIC 2018 columns (MEL, NV, BCC, AKIEC, BKL, DF, VASC) by summing our class probabilities into them."""
-    index = {c.strip().lower(): i for i, c in enumerate(result.class_names)}
-    missing = [name for names in ISIC2018_COLUMNS.values() for name in names if name not in index]
-    unmapped = sorted(set(index) - {n for names in ISIC2018_COLUMNS.values() for n in names})
-    if missing or unmapped:
-        raise ModelError("--format isic needs the 9 ISIC lesion classes (AKIEC = actinic keratosis + squamous cell "
-                         "carcinoma, BKL = pigmented benign keratosis + seborrheic keratosis); this model "
-                         f"lacks {missing or 'none'} and has unmapped {unmapped or 'none'}; use --format csv")
-    cols = [result.probs[:, [index[n] for n in names]].sum(axis=1) for names in ISIC2018_COLUMNS.values()]
-    return list(ISIC2018_COLUMNS), np.stack(cols, axis=1) if len(result) else np.zeros((0, len(cols)))
+    """ISIC 2018 columns (MEL, NV, BCC, AKIEC, BKL, DF, VASC) by summing our class probabilities into them
+    (the `isic2018` label map: AKIEC = actinic keratosis + squamous cell carcinoma, BKL = pigmented benign
+    keratosis + seborrheic keratosis). ModelError when the model's classes do not cover the 7 columns."""
+    from melanoma.errors import ConfigError
+    from melanoma.labelmaps import resolve_label_map
+
+    try:
+        resolved = resolve_label_map("isic2018", result.class_names)
+    except ConfigError as exc:
+        raise ModelError(f"--format isic needs classes that cover MEL, NV, BCC, AKIEC, BKL, DF, VASC; {exc}; "
+                         "use --format csv") from None
+    matrix = np.asarray(result.probs, dtype=np.float64).reshape(-1, len(result.class_names))
+    return list(resolved.target_classes), matrix @ resolved.matrix(len(result.class_names))
 
 
 def write_isic_csv(result: PredictionResult, out) -> None:
@@ -463,6 +457,8 @@ def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     predictor = Predictor.load(model)
     _check_format(predictor, fmt)
+    if explain_dir:
+        _ = predictor.model  # ModelError now (ONNX has no gradients), not after predicting everything
     files, problems = expand_paths(paths)
     result = predictor.predict_paths(files, tta=tta, tta_views=tta_views, batch_size=batch_size,
                                      progress=sys.stderr.isatty())
