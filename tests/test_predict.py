@@ -183,3 +183,11 @@ def test_write_predictions_csv_with_labels(predictor, tiny_isic):
 def test_missing_model_path_is_a_model_error(tmp_path):
     with pytest.raises(ModelError):
         Predictor.load(tmp_path / "nope.onnx")
+
+
+def test_cli_predict_explain_writes_pngs(model_dir, tiny_isic, tmp_path):
+    image = _images(tiny_isic)[0]
+    assert cli.main(["predict", str(image), "--model", str(model_dir), "--out", str(tmp_path / "p.csv"),
+                     "--explain", str(tmp_path / "cams")]) == 0
+    assert sorted(p.name for p in (tmp_path / "cams").glob("*.png"))[0].startswith(image.stem + "_")
+    assert len(list((tmp_path / "cams").glob("*.png"))) == 2
