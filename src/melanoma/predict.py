@@ -255,16 +255,19 @@ class Predictor:
                                 melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
                                 errors=list(errors))
 
-    def predict(self, images, tta: bool = False, tta_views: int = 8) -> list[Prediction]:
-        """Predict PIL images / paths / uint8 arrays (one image or a list). A bad image raises ImageError."""
+    def predict(self, images, tta: bool = False, tta_views: int = 8, batch_size: int = 32) -> list[Prediction]:
+        """Predict PIL images / paths / uint8 arrays (one image or a list). A bad image raises ImageError
+        (use `predict_paths` to skip bad files instead)."""
         if not isinstance(images, (list, tuple)):
             images = [images]
-        if not images:
-            return []
-        x = torch.stack([self.transform(_to_image(im)) for im in images])
-        probs, features = self.infer(x, tta, tta_views)
-        names = [_name_of(im, i) for i, im in enumerate(images)]
-        return self._result(names, probs, features, []).predictions()
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = images[start:start + batch_size]
+            x = torch.stack([self.transform(_to_image(im)) for im in chunk])
+            probs, features = self.infer(x, tta, tta_views)
+            names = [_name_of(im, start + i) for i, im in enumerate(chunk)]
+            out += self._result(names, probs, features, []).predictions()
+        return out
 
     def _decode(self, path: str):
         """Decode + eval-transform one file; returns the tensor or the one-line reason it was skipped."""
