@@ -371,3 +371,47 @@ def test_split_warns_when_a_class_has_fewer_groups_than_folds(tmp_path):
         data.stratified_group_kfold(table, k=9, seed=0)
     with pytest.raises(ConfigError):
         data.stratified_group_split(table, val_fraction=1.5, seed=0)
+
+
+def _recompressed(src: Path, dst: Path, quality: int) -> Path:
+    """The same picture saved again at another JPEG quality: other pixels, same perceptual hash."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    Image.open(src).save(dst, "JPEG", quality=quality)
+    return dst
+
+
+def test_near_duplicates_share_a_group(shared_train, tmp_path):
+    real = sorted((shared_train / "nevus").glob("*.jpg"))[:3]
+    for f in real:
+        _recompressed(f, tmp_path / "nevus" / f.name, 95)
+    _recompressed(real[0], tmp_path / "nevus" / "copy_q60.jpg", 60)
+    table = data.discover(tmp_path)
+    near, _ = data.prepare_training_table(table, near_distance=4)
+    off, _ = data.prepare_training_table(table, near_distance=None)
+    group = {s.path.name: s.group for s in near.samples}
+    assert group["copy_q60.jpg"] == group[real[0].name]
+    assert len({s.group for s in near.samples}) == 3 and len({s.group for s in off.samples}) == 4
+
+
+def test_lesion_metadata_keeps_photos_of_one_lesion_together(tmp_path):
+    for i in range(8):
+        _noise_jpeg(tmp_path / "data" / ("nevus" if i % 2 else "melanoma") / f"ISIC_000000{i}.jpg", seed=i)
+    meta = tmp_path / "meta.csv"
+    meta.write_text("lesion_id,image_id,dx\nHAM_A,ISIC_0000001,nv\nHAM_A,ISIC_0000003,nv\nHAM_A,ISIC_0000005,nv\n"
+                    "HAM_B,ISIC_0000000,mel\nHAM_B,ISIC_0000002,mel\n")
+    table = data.discover(tmp_path / "data")
+    prepared, summary = data.prepare_training_table(table, lesion_ids=data.read_lesion_ids(meta))
+    assert summary["n_images_with_lesion_id"] == 5 and summary["n_lesions_with_several_images"] == 2
+    group = {s.path.stem: s.group for s in prepared.samples}
+    assert group["ISIC_0000001"] == group["ISIC_0000003"] == group["ISIC_0000005"]
+    assert group["ISIC_0000000"] == group["ISIC_0000002"] != group["ISIC_0000001"]
+    for train_idx, val_idx in data.stratified_group_kfold(prepared, k=2, seed=0):
+        _assert_groups_disjoint(prepared, train_idx, val_idx)
+    with pytest.raises(DataError, match="image_id and lesion_id"):
+        data.read_lesion_ids(_bad_csv(tmp_path))
+
+
+def _bad_csv(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.csv"
+    path.write_text("image,label\na.jpg,nevus\n")
+    return path

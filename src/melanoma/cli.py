@@ -94,6 +94,11 @@ def _add_train(sub) -> None:
                    help="class imbalance handling (default: class-balanced sampler)")
     p.add_argument("--conflict-policy", choices=["drop", "keep", "first"],
                    help="images filed under two classes: drop (default), keep, or first")
+    p.add_argument("--lesion-metadata", metavar="CSV",
+                   help="HAM10000-style metadata (image_id, lesion_id): all photos of a lesion stay on one side of "
+                        "every split, e.g. ../shared/data/ham10000/HAM10000_metadata.csv")
+    p.add_argument("--near-distance", type=int,
+                   help="pictures within this perceptual-hash distance share a split group (default 4)")
     p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
     p.set_defaults(func=_run_train)

@@ -39,6 +39,8 @@ class TrainConfig:
     num_workers: int | None = None        # None: min(4, cores - 1)
     imbalance: str = "sampler"            # sampler | weighted-loss | none
     conflict_policy: str = "drop"         # drop | keep | first
+    near_distance: int | None = 4         # pictures within this phash distance share a split group (None: off)
+    lesion_metadata: str | None = None    # HAM10000-style CSV (image_id, lesion_id): photos of a lesion share a group
     target_sensitivity: float = 0.90      # melanoma alert threshold keeps at least this validation sensitivity
     patience: int = 6                     # early stopping on validation balanced accuracy (epochs)
     max_train_batches: int | None = None  # cap batches per epoch (tests, smoke runs)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.audit import audit, connected_components, format_audit
+from melanoma.audit import ISIC_ID, audit, connected_components, format_audit, hamming_pairs
 from melanoma.errors import ConfigError, DataError
-from melanoma.images import DEFAULT_MAX_PIXELS, ScanEntry, is_image_file, load_image, scan_paths
+from melanoma.images import DEFAULT_MAX_PIXELS, ScanEntry, is_image_file, load_image, phashes_as_uint64, scan_paths
 
 __all__ = ["Sample", "DatasetTable", "ScanEntry", "discover", "load_image", "scan", "audit", "format_audit",
            "prepare_training_table", "stratified_group_split", "stratified_group_kfold", "CONFLICT_POLICIES"]
@@ -255,13 +255,24 @@ def scan(table: DatasetTable, max_pixels: int | None = DEFAULT_MAX_PIXELS, worke
 
 # ---------------------------------------------------------------- leak-free training table
 
+def read_lesion_ids(csv_path) -> dict[str, str]:
+    """{ISIC id: lesion_id} from a HAM10000-style metadata CSV (columns image_id, lesion_id)."""
+    header, rows = _read_csv(Path(csv_path))
+    if not {"image_id", "lesion_id"} <= set(header):
+        raise DataError(f"{csv_path}: lesion metadata needs the columns image_id and lesion_id")
+    return {Path(r["image_id"]).stem: r["lesion_id"] for r in rows if r.get("image_id") and r.get("lesion_id")}
+
+
 def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
                            max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None,
-                           scan_entries: list[ScanEntry] | None = None) -> tuple[DatasetTable, dict]:
+                           scan_entries: list[ScanEntry] | None = None, near_distance: int | None = 4,
+                           lesion_ids: dict[str, str] | None = None) -> tuple[DatasetTable, dict]:
     """Make a table safe to split: drop unreadable files, merge leak groups, resolve conflicting labels.
 
-    Groups are merged (connected components) over the existing `group` (lesion_id, augmented copy -> source) and
-    identical decoded pixels, so every copy of a picture ends up on one side of a split. A merged group whose
+    Groups are merged (connected components) over the existing `group` (lesion_id, augmented copy -> source),
+    identical decoded pixels, near-identical pictures (phash Hamming distance <= near_distance; None: off) and,
+    with `lesion_ids` ({ISIC id: lesion_id}, see `read_lesion_ids`), other photos of the same lesion, so every
+    picture of a lesion ends up on one side of a split. A merged group whose
     images carry different labels is handled by `conflict_policy`: "drop" removes it, "keep" keeps every copy,
     "first" keeps the copies with the first label in sorted class order. Returns (table, JSON-able summary).
     """
@@ -274,7 +285,9 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     good = [i for i, e in enumerate(entries) if not e.error]
     samples = [table.samples[i] for i in good]
     hashes = [entries[i].pixel_hash for i in good]
-    merged = _merge_groups(samples, hashes)
+    near_pairs = _near_pairs([entries[i] for i in good], near_distance)
+    lesions = _lesion_keys(samples, lesion_ids or {})
+    merged = _merge_groups(samples, hashes, near_pairs, lesions)
     kept, n_conflict_groups, n_conflict_images = _apply_conflict_policy(merged, table.classes, conflict_policy)
     classes = sorted({s.label for s in kept})
     summary = {
@@ -285,6 +298,10 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
         "n_unreadable": len(unreadable),
         "unreadable": unreadable,
         "n_exact_duplicate_groups": sum(n > 1 for n in Counter(hashes).values()),
+        "near_distance": near_distance,
+        "n_near_duplicate_pairs": len(near_pairs),
+        "n_images_with_lesion_id": sum(k is not None for k in lesions),
+        "n_lesions_with_several_images": sum(n > 1 for k, n in Counter(lesions).items() if k is not None),
         "n_groups": len({s.group for s in kept}),
         "n_conflict_groups": n_conflict_groups,
         "n_conflict_images": n_conflict_images,
@@ -294,12 +311,33 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     return DatasetTable(table.root, table.kind, classes, kept), summary
 
 
-def _merge_groups(samples: list[Sample], hashes: list[str]) -> list[Sample]:
-    """Give samples that share a group or a pixel hash one group name (the smallest of the merged names)."""
+def _near_pairs(entries: list[ScanEntry], near_distance: int | None) -> list[tuple[int, int]]:
+    """Index pairs of near-identical pictures (phash distance <= near_distance, exact copies included)."""
+    if near_distance is None or len(entries) < 2:
+        return []
+    i, j, _ = hamming_pairs(phashes_as_uint64(entries), max_distance=near_distance)
+    return list(zip(i.tolist(), j.tolist()))
+
+
+def _lesion_keys(samples: list[Sample], lesion_ids: dict[str, str]) -> list[str | None]:
+    """The lesion_id of each sample whose file name carries a known ISIC id, else None."""
+    keys = []
+    for s in samples:
+        found = [lesion_ids[isic] for isic in ISIC_ID.findall(s.path.stem) if isic in lesion_ids]
+        keys.append(found[0] if found else None)
+    return keys
+
+
+def _merge_groups(samples: list[Sample], hashes: list[str], near_pairs=(), lesions=None) -> list[Sample]:
+    """Give samples linked by a group, a pixel hash, a near-duplicate pair or a lesion id one group name (the
+    smallest of the merged names)."""
     keys = {}
-    edges = []
+    edges = list(near_pairs)
     for i, (s, h) in enumerate(zip(samples, hashes)):
-        for key in (("group", s.group), ("pixels", h)):
+        lesion = lesions[i] if lesions else None
+        for key in (("group", s.group), ("pixels", h), ("lesion", lesion)):
+            if key[1] is None:
+                continue
             node = keys.setdefault(key, len(samples) + len(keys))
             edges.append((i, node))
     component = connected_components(len(samples) + len(keys), edges)

@@ -13,7 +13,7 @@ import torch
 from melanoma import metrics
 from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.predict import PredictionResult, write_predictions_csv
-from melanoma.referral import Referrer, embed, fit_referral
+from melanoma.referral import Referrer, embed, fit_referral, softmax
 from melanoma.transforms import eval_transform
 
 
@@ -32,13 +32,6 @@ def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_s
             logits.append(out.float().numpy())
             features.append(feats.float().numpy())
     return np.concatenate(logits), np.concatenate(features)
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = logits / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _best_epoch(run: Path) -> dict:

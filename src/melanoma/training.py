@@ -63,7 +63,9 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 def load_training_table(cfg: TrainConfig, run: Path):
     """Discover, validate and de-duplicate the data (conflict policy applied); summary written to the run."""
     table = datalib.discover(cfg.data)
-    table, summary = datalib.prepare_training_table(table, conflict_policy=cfg.conflict_policy)
+    lesions = datalib.read_lesion_ids(cfg.lesion_metadata) if cfg.lesion_metadata else None
+    table, summary = datalib.prepare_training_table(table, conflict_policy=cfg.conflict_policy,
+                                                    near_distance=cfg.near_distance, lesion_ids=lesions)
     for path, reason in summary.get("unreadable", []):
         print(f"skipped {path}: {reason}")
     atomic_write_text(run / "data_summary.json", json.dumps(summary, indent=2, default=str))
