@@ -10,6 +10,10 @@ Two modes:
   plus the synthetic images. This tests the mechanism before a trained model exists.
 
     python bench/referral_check.py [--model runs/cv] [--data ../shared/data/isic-9class/Train] [--per-class 40]
+        [--extra-lesions ../shared/data/ham10000/images --extra-n 300]
+
+``--extra-lesions``: a folder of other dermoscopic images (e.g. HAM10000); a random sample of those whose file
+name is NOT in ``--data`` is predicted too: lesions from another source that a trained model has never seen.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def _embed_paths(predictor: Predictor, paths, batch: int = 32) -> tuple[np.ndarr
 
     logits, feats = [], []
     for i in range(0, len(paths), batch):
-        x = torch.stack([predictor.transform(load_image(p)) for p in paths[i:i + batch]])
+        x = torch.stack([predictor.preprocess(load_image(p)) for p in paths[i:i + batch]])
         lg, ft = predictor.backend(x)
         logits.append(lg)
         feats.append(ft)
@@ -78,6 +82,13 @@ def _val_paths(run: Path) -> list[str]:
         return []
     with csv_path.open() as fh:
         return [row["path"] for row in csv.DictReader(fh)]
+
+
+def _extra_lesions(folder: Path, data: Path, n: int, seed: int) -> list[str]:
+    """Random `n` images of `folder` whose file names do not occur in `data` (no training/validation images)."""
+    seen = {p.name for p in data.rglob("*.jpg")}
+    files = sorted(str(p) for p in folder.rglob("*.jpg") if p.name not in seen)
+    return [str(f) for f in np.random.default_rng(seed).permutation(files)[:n]]
 
 
 def _print_shares(title: str, kinds: list[str], refer: np.ndarray, reasons: list[str]) -> None:
@@ -101,6 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ood-per-kind", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--extra-lesions", help="folder of other dermoscopic images (e.g. HAM10000 images/)")
+    ap.add_argument("--extra-n", type=int, default=300)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -120,6 +133,11 @@ def main(argv=None) -> int:
     res = predictor.predict_paths(lesions)
     _print_shares("lesion images (share wrongly referred)", ["lesion"] * len(res), res.refer, res.refer_reason)
 
+    if args.extra_lesions:
+        extra = predictor.predict_paths(_extra_lesions(Path(args.extra_lesions), Path(args.data), args.extra_n,
+                                                       args.seed))
+        _print_shares(f"other-source lesions from {args.extra_lesions} (not in --data)", ["lesion"] * len(extra),
+                      extra.refer, extra.refer_reason)
     ood = referral.synthetic_ood_images(int(predictor.meta["preprocessing"]["input_size"]), args.ood_per_kind,
                                         args.seed)
     preds = predictor.predict([im for _, im in ood])

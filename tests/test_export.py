@@ -7,7 +7,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from PIL import Image
 
 from melanoma import cli, export, referral
 from melanoma.artifacts import build_test_model, load_model, save_model
@@ -19,7 +18,7 @@ def _with_referral(src, out, images) -> str:
     """Copy of the test model with referral statistics fitted on `images` (so ONNX must carry the tensors)."""
     model, meta = load_model(src)
     predictor = Predictor.load(src)
-    x = torch.stack([predictor.transform(Image.open(p).convert("RGB")) for p in images])
+    x = torch.stack([predictor.preprocess(p) for p in images])
     features, logits = referral.embed(model, x)
     labels = np.arange(len(images)) % 3
     ref_meta, tensors = referral.fit_referral(features.numpy(), logits.numpy(), labels, 1.0)

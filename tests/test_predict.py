@@ -72,7 +72,7 @@ def test_probabilities_use_temperature_and_alert_threshold(model_dir, tiny_isic,
     paths = _images(tiny_isic)[:4]
     result = Predictor.load(edited).predict_paths(paths)
     model, meta = load_model(edited)
-    x = torch.stack([Predictor.load(edited).transform(Image.open(p).convert("RGB")) for p in paths])
+    x = torch.stack([Predictor.load(edited).preprocess(p) for p in paths])
     _, logits = referral.embed(model, x)
     np.testing.assert_allclose(result.probs, referral.softmax(logits.numpy(), 2.0), atol=1e-6)
     assert result.alert.all(), "threshold 0 -> every image alerts"
@@ -191,3 +191,16 @@ def test_cli_predict_explain_writes_pngs(model_dir, tiny_isic, tmp_path):
                      "--explain", str(tmp_path / "cams")]) == 0
     assert sorted(p.name for p in (tmp_path / "cams").glob("*.png"))[0].startswith(image.stem + "_")
     assert len(list((tmp_path / "cams").glob("*.png"))) == 2
+
+
+@pytest.mark.parametrize("size", [(180, 180), (200, 150)], ids=["square", "landscape"])
+def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size):
+    """Predict must feed the model the pixels validation (thresholds, temperature, referral) was computed on:
+    the trainer decodes at pre["resize"] with PIL, then applies eval_transform."""
+    from melanoma.datamodule import _decode_resized  # the trainer's cache decoder (private; pinned here)
+
+    predictor = Predictor.load(build_test_model(tmp_path / "m", image_size=64))
+    path = tmp_path / "img.png"
+    Image.open(_images(tiny_isic)[0]).convert("RGB").resize(size).save(path)
+    cached = predictor.transform(_decode_resized(path, predictor.meta["preprocessing"]["resize"]))
+    torch.testing.assert_close(predictor.preprocess(path), cached, atol=0, rtol=0)

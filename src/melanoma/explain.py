@@ -56,9 +56,7 @@ def _overlays(predictor, image, targets: dict[str, int]) -> dict[str, tuple[Imag
     """{target name: (overlay at model input size, map_is_empty)}."""
     from pytorch_grad_cam.utils.image import show_cam_on_image
 
-    from melanoma.predict import _to_image
-
-    x = predictor.transform(_to_image(image))
+    x = predictor.preprocess(image)
     maps = gradcam_maps(predictor, x, list(targets.values()))
     rgb = _denormalise(x, predictor.meta["preprocessing"])
     return {name: (Image.fromarray(show_cam_on_image(rgb, m, use_rgb=True)), float(m.max()) < 1e-6)
@@ -100,7 +98,7 @@ def write_explanations(predictor, paths, out_dir) -> list[Path]:
         seen[path.stem] = seen.get(path.stem, 0) + 1
         stem = path.stem if seen[path.stem] == 1 else f"{path.stem}_{seen[path.stem]}"
         targets = _targets(predictor, prediction)
-        view = Image.fromarray((_denormalise(predictor.transform(image), predictor.meta["preprocessing"]) * 255)
+        view = Image.fromarray((_denormalise(predictor.preprocess(image), predictor.meta["preprocessing"]) * 255)
                                .round().astype(np.uint8))
         for name, (overlay, empty) in _overlays(predictor, image, targets).items():
             cls = predictor.class_names[targets[name]]
