@@ -111,15 +111,27 @@ def test_choose_alert_threshold_is_the_highest_threshold_meeting_the_target(seed
     is_mel, p_mel = y == 1, p[:, 1]
     for target in (0.8, 0.9, 0.95, 1.0):
         t = m.choose_alert_threshold(is_mel, p_mel, target)
+        best = _brute_force_threshold(is_mel, p_mel, target)
         assert (p_mel[is_mel] >= t).mean() >= target
-        assert t == _brute_force_threshold(is_mel, p_mel, target)
+        # flags exactly the images the highest qualifying threshold flags ...
+        assert np.array_equal(p_mel >= t, p_mel >= best)
+        # ... with a margin: halfway to the next lower score, so a recomputed melanoma score keeps its alert
+        lower = p_mel[p_mel < best]
+        assert t == (pytest.approx((best + lower.max()) / 2) if len(lower) else best)
+
+
+def test_alert_survives_a_recomputed_probability_a_few_ulps_lower():
+    y = np.array([1, 1, 0, 0], bool)
+    p = np.array([0.7, 0.3, 0.2, 0.1])
+    t = m.choose_alert_threshold(y, p, 1.0)
+    assert np.nextafter(0.3, 0.0) >= t and t > 0.2
 
 
 def test_choose_alert_threshold_float_trap_and_no_melanoma():
     # 0.9 * 10 = 9.000000000000002: we need 9 of 10 melanomas, not all 10
     y = np.array([1] * 10 + [0] * 5, bool)
     p = np.r_[np.linspace(0.1, 1.0, 10), np.zeros(5)]
-    assert m.choose_alert_threshold(y, p, 0.9) == pytest.approx(0.2)
+    assert m.choose_alert_threshold(y, p, 0.9) == pytest.approx(0.15)  # halfway between 0.2 and 0.1
     with pytest.raises(DataError):
         m.choose_alert_threshold(np.zeros(5, bool), np.ones(5), 0.9)
 

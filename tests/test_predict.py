@@ -197,10 +197,10 @@ def test_cli_predict_explain_writes_pngs(model_dir, tiny_isic, tmp_path):
 def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size):
     """Predict must feed the model the pixels validation (thresholds, temperature, referral) was computed on:
     the trainer decodes at pre["resize"] with PIL, then applies eval_transform."""
-    from melanoma.datamodule import _decode_resized  # the trainer's cache decoder (private; pinned here)
+    from melanoma.datamodule import decode_resized  # the trainer's cache decoder
 
     predictor = Predictor.load(build_test_model(tmp_path / "m", image_size=64))
     path = tmp_path / "img.png"
     Image.open(_images(tiny_isic)[0]).convert("RGB").resize(size).save(path)
-    cached = predictor.transform(_decode_resized(path, predictor.meta["preprocessing"]["resize"]))
+    cached = predictor.transform(decode_resized(path, predictor.meta["preprocessing"]["resize"]))
     torch.testing.assert_close(predictor.preprocess(path), cached, atol=0, rtol=0)

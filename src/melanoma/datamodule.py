@@ -9,20 +9,15 @@ from concurrent.futures import ThreadPoolExecutor
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from melanoma.data import DatasetTable, load_image
-from melanoma.transforms import eval_transform, train_transform
+from melanoma.transforms import eval_transform, resize_shorter_side, train_transform
 
 
-def _decode_resized(path, shorter_side: int) -> torch.Tensor:
-    """Decode one image and resize its shorter side to `shorter_side` px (PIL, antialiased); uint8 CHW tensor."""
-    image = load_image(path)
-    w, h = image.size
-    scale = shorter_side / min(w, h)
-    if abs(scale - 1.0) > 1e-6:
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+def decode_resized(path, shorter_side: int) -> torch.Tensor:
+    """Decode one image and resize its shorter side (transforms.resize_shorter_side); uint8 CHW tensor."""
+    image = resize_shorter_side(load_image(path), shorter_side)
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
@@ -31,7 +26,7 @@ def decode_cache(table: DatasetTable, preprocessing: dict, workers: int = 4) -> 
     """Decode every image of `table` once, at the preset's resize size (what both presets start from)."""
     size = int(preprocessing["resize"])
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda s: _decode_resized(s.path, size), table.samples))
+        return list(pool.map(lambda s: decode_resized(s.path, size), table.samples))
 
 
 class CachedImages(Dataset):

@@ -100,8 +100,10 @@ def expected_calibration_error(probs, labels, n_bins: int = 15) -> float:
 def choose_alert_threshold(y_is_melanoma, p_melanoma, target_sensitivity: float = 0.90) -> float:
     """Highest threshold t such that flagging `p_melanoma >= t` keeps melanoma sensitivity >= target.
 
-    The highest such t is the k-th largest melanoma score with k = ceil(target * positives): any higher t flags
-    fewer than k melanomas. Higher t = fewer false alarms, so this is the most specific qualifying threshold.
+    The k-th largest melanoma score s_k (k = ceil(target * positives)) is the highest such t: any higher t flags
+    fewer than k melanomas. Every t in (s_below, s_k], s_below = the largest score of ANY image below s_k, flags
+    the same images; the midpoint of that interval is returned so that a melanoma whose probability is recomputed
+    a few ulps lower (another backend, CSV rounding) keeps its alert.
     """
     y = np.asarray(y_is_melanoma).astype(bool)
     p = np.asarray(p_melanoma, dtype=np.float64)
@@ -112,7 +114,9 @@ def choose_alert_threshold(y_is_melanoma, p_melanoma, target_sensitivity: float 
         raise DataError("cannot choose a melanoma alert threshold: the data holds no melanoma image")
     # trap: 0.9 * 10 == 9.000000000000002 in floats, whose ceil is 10; subtract a tiny slack first
     k = max(1, math.ceil(target_sensitivity * len(pos_scores) - _EPS))
-    return float(pos_scores[k - 1])
+    s_k = float(pos_scores[k - 1])
+    below = p[p < s_k]
+    return s_k if len(below) == 0 else float((s_k + below.max()) / 2.0)
 
 
 # ------------------------------------------------------------------------------------------ binary curve helpers

@@ -25,6 +25,7 @@ from PIL import Image
 
 from melanoma import referral
 from melanoma.errors import ImageError, MelanomaError, ModelError
+from melanoma.transforms import resize_shorter_side
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
@@ -176,22 +177,6 @@ def _to_image(item) -> Image.Image:
     raise ImageError(repr(item)[:60], f"unsupported image type {type(item).__name__}")
 
 
-def resize_like_training(image: Image.Image, shorter_side: int) -> Image.Image:
-    """Resize the shorter side to `shorter_side` px with PIL bicubic, exactly as the trainer's decode cache does
-    (melanoma.datamodule._decode_resized) before eval_transform.
-
-    Trap: eval_transform alone resizes a *tensor* (torchvision's bicubic), which differs from PIL's bicubic by up
-    to 0.025 in probability (measured on 394 validation images of a lite0 model: 3 melanoma alerts, 2 referrals
-    and 2 predictions flipped). Doing the PIL resize first makes eval_transform's own resize a no-op, so
-    predict/evaluate/Grad-CAM see exactly the pixels the thresholds were fitted on (tests/test_predict.py).
-    """
-    w, h = image.size
-    scale = shorter_side / min(w, h)
-    if abs(scale - 1.0) > 1e-6:
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
-    return image
-
-
 def _name_of(item, index: int) -> str:
     if isinstance(item, (str, os.PathLike)):
         return str(item)
@@ -240,7 +225,7 @@ class Predictor:
 
     def preprocess(self, image) -> torch.Tensor:
         """Any accepted image (PIL, path, uint8 array/tensor) -> the normalised model input [3, S, S]."""
-        return self.transform(resize_like_training(_to_image(image), self._resize))
+        return self.transform(resize_shorter_side(_to_image(image), self._resize))
 
     @property
     def model(self) -> torch.nn.Module:
