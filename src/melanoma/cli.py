@@ -113,6 +113,23 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_threshold(sub) -> None:
+    p = _command(sub, "threshold", "Re-choose the melanoma alert threshold of a run for another sensitivity target, "
+                 "from its stored validation / out-of-fold predictions (no retraining); updates model.json.",
+                 "melanoma threshold runs/cv-lite0 --target-sensitivity 0.95")
+    p.add_argument("run")
+    p.add_argument("--target-sensitivity", type=float, required=True,
+                   help="the highest threshold keeping at least this validation melanoma sensitivity is chosen")
+    p.set_defaults(func=_run_threshold)
+
+
+def _run_threshold(args) -> int:
+    from melanoma.finalize import rethreshold
+
+    print(json.dumps(rethreshold(args.run, args.target_sensitivity), indent=2))
+    return 0
+
+
 def _add_evaluate(sub) -> None:
     p = _command(sub, "evaluate", "Evaluate a model on labelled data: ISIC metrics with bootstrap 95% CIs, "
                  "predictions.csv, metrics.json and plots.",
@@ -205,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "second look. Decision support, not a diagnosis.")
     parser.add_argument("--version", action="version", version=f"melanoma {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_audit, _add_augment, _add_train, _add_evaluate, _add_report, _add_predict, _add_export):
+    for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_evaluate, _add_report, _add_predict, _add_export):
         add(sub)
     return parser
 

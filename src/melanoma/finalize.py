@@ -208,3 +208,31 @@ def _concat_fold_predictions(run: Path, fold_results) -> None:
         text = (Path(r["run"]) / "val_predictions.csv").read_text().splitlines()
         lines.extend(text if not lines else text[1:])
     atomic_write_text(run / "val_predictions.csv", "\n".join(lines) + "\n")
+
+
+def rethreshold(run, target_sensitivity: float) -> dict:
+    """Re-choose the melanoma alert threshold of a run from its stored validation (CV: out-of-fold) predictions,
+    for another operating point, without retraining. Updates RUN/model.json; returns old and new values."""
+    from melanoma.errors import ModelError
+    from melanoma.evaluate import read_predictions_csv
+
+    run = Path(run)
+    meta_path, preds_path = run / "model.json", run / "val_predictions.csv"
+    for needed in (meta_path, preds_path):
+        if not needed.is_file():
+            raise ModelError(f"{needed}: missing; `melanoma threshold` needs a run folder written by `melanoma train`")
+    meta = json.loads(meta_path.read_text())
+    mel = meta.get("melanoma_class")
+    if mel is None:
+        raise ModelError(f"{meta_path}: the model has no melanoma class, so it has no alert threshold")
+    table = read_predictions_csv(preds_path, meta["class_names"])
+    is_mel = np.array([label == mel for label in table.labels])
+    p_mel = table.probs[:, meta["class_names"].index(mel)]
+    new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
+    old = meta["thresholds"].get("melanoma_alert")
+    meta["thresholds"].update(melanoma_alert=new, target_sensitivity=target_sensitivity)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    flagged = p_mel >= new
+    return {"model": str(meta_path), "target_sensitivity": target_sensitivity, "old": old, "new": new,
+            "sensitivity": float(flagged[is_mel].mean()), "specificity": float((~flagged[~is_mel]).mean()),
+            "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum())}
