@@ -157,12 +157,16 @@ def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[obje
         return table, {"checked_against": None, "n_excluded": 0,
                        "note": "training data not available: overlap with it was NOT checked"}
     overlap = find_overlap(discover(source), table)
-    drop = {m["index"] for m in overlap["images"]}
+    shared = {m["index"] for m in overlap["images"]}
+    # other photos of a lesion that was trained on are not independent either (HAM10000: group = lesion_id)
+    seen_groups = {table.samples[i].group for i in shared}
+    drop = {i for i, s in enumerate(table.samples) if i in shared or (table.kind == "ham10000" and s.group in seen_groups)}
     if drop:
-        print(f"excluded {len(drop)} image(s) that also occur in the training data {source} "
-              f"({overlap['rule']})", file=sys.stderr)
+        print(f"excluded {len(drop)} image(s) that also occur in the training data {source}, or show a lesion "
+              f"that does ({len(shared)} shared images; {overlap['rule']})", file=sys.stderr)
     kept = table.subset([i for i in range(len(table)) if i not in drop])
-    return kept, {"checked_against": str(source), "n_excluded": len(drop), "rule": overlap["rule"],
+    return kept, {"checked_against": str(source), "n_excluded": len(drop), "n_shared_images": len(shared),
+                  "n_same_lesion_images": len(drop) - len(shared), "rule": overlap["rule"],
                   "matched_by": overlap["matched_by"]}
 
 
