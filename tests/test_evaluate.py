@@ -169,3 +169,31 @@ def test_images_seen_in_training_are_excluded(test_model, tiny_isic, tmp_path):
     assert unchecked["training_overlap"]["n_excluded"] == 0 and unchecked["n_images"] == 45
     with pytest.raises(DataError, match="also occurs in the model's training data"):
         evaluate(model, train_part, out=tmp_path / "eval3", bootstrap=20)
+
+
+def test_other_photos_of_a_trained_lesion_are_excluded_too(test_model, ham_dir, tmp_path):
+    """HAM10000: a lesion with one photo in the training data is left out whole (group = lesion_id)."""
+    rows = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()
+    by_lesion = {}
+    for row in rows[1:]:
+        by_lesion.setdefault(row.split(",")[0], []).append(row)
+    twins = [v for v in by_lesion.values() if len(v) == 2][:3]
+    singles = [v for v in by_lesion.values() if len(v) == 1][:5]
+    ham = tmp_path / "ham"
+    ham.mkdir()
+    (ham / "images").symlink_to(ham_dir / "images")
+    (ham / "HAM10000_metadata.csv").write_text("\n".join([rows[0]] + [r for v in twins + singles for r in v]) + "\n")
+    train = tmp_path / "train" / "nevus"
+    train.mkdir(parents=True)
+    for lesion in twins:  # only the FIRST photo of each twin lesion was trained on
+        image_id = lesion[0].split(",")[1]
+        shutil.copy(ham_dir / "images" / f"{image_id}.jpg", train / f"{image_id}.jpg")
+    model = tmp_path / "model"
+    shutil.copytree(test_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["data"] = {"source": str(tmp_path / "train")}
+    (model / "model.json").write_text(json.dumps(meta))
+    result = evaluate(model, ham, out=tmp_path / "eval", bootstrap=20, label_map="isic2018")
+    overlap = result["training_overlap"]
+    assert overlap["n_shared_images"] == 3 and overlap["n_same_lesion_images"] == 3
+    assert result["n_images"] == 5
