@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 def tiny_config(data, out, **overrides) -> TrainConfig:
     """A real config shrunk to a few small batches on CPU."""
     values = dict(data=str(data), out=str(out), model="seed-cnn", image_size=64, epochs=1, batch_size=8,
-                  max_train_batches=3, num_workers=0, seed=3, extra={"bootstrap": 50})
+                  max_train_batches=3, num_workers=0, seed=3, extra={"bootstrap": 50, "progress_bar": False})
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -90,7 +90,7 @@ def test_find_melanoma_class():
 def test_ddp_two_cpu_processes_see_disjoint_samples_and_write_one_model(tiny_isic, tmp_path):
     run = tmp_path / "ddp"
     config = tmp_path / "ddp.yaml"
-    config.write_text("extra: {record_samples: true, bootstrap: 20}\n")
+    config.write_text("extra: {record_samples: true, bootstrap: 20, progress_bar: false}\n")
     cmd = [sys.executable, "-m", "melanoma", "train", "--data", str(tiny_isic), "--config", str(config),
            "--model", "seed-cnn", "--image-size", "64", "--epochs", "1", "--batch-size", "4",
            "--max-train-batches", "2", "--num-workers", "0", "--accelerator", "cpu", "--devices", "2",

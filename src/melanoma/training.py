@@ -105,6 +105,7 @@ def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
         callbacks=[checkpoint, stopper, LearningRateMonitor("epoch"), *extra_callbacks],
         limit_train_batches=cfg.max_train_batches or 1.0, use_distributed_sampler=False,
         num_sanity_val_steps=0, log_every_n_steps=5, enable_model_summary=False,
+        enable_progress_bar=bool(cfg.extra.get("progress_bar", True)),
     )
 
 
