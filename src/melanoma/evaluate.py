@@ -152,8 +152,10 @@ def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[obje
     `data.source` recorded in model.json): same pixels, phash within 2 or same ISIC id. Returns (table, summary)."""
     from melanoma.audit import find_overlap
 
+    if exclude_with is False:
+        return table, {"checked_against": None, "n_excluded": 0, "note": "overlap check disabled by the user"}
     source = exclude_with or (meta.get("data") or {}).get("source")
-    if exclude_with is False or not source or not Path(source).exists():
+    if not source or not Path(source).exists():
         return table, {"checked_against": None, "n_excluded": 0,
                        "note": "training data not available: overlap with it was NOT checked"}
     overlap = find_overlap(discover(source), table)
