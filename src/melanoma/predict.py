@@ -25,10 +25,10 @@ from PIL import Image
 
 from melanoma import referral
 from melanoma.errors import ImageError, MelanomaError, ModelError
+from melanoma.images import is_image_file
 from melanoma.transforms import resize_shorter_side
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
 ONNX_EXTRA_KEY = "melanoma.extra"       # base64 safetensors of the referral.* tensors
 ONNX_CLASSES_KEY = "class_names"        # JSON list, for tools that only want the labels
@@ -327,8 +327,7 @@ def expand_paths(inputs) -> tuple[list[str], list[tuple[str, str]]]:
     for item in map(str, inputs):
         path = Path(item)
         if path.is_dir():
-            found += sorted(str(p) for p in path.rglob("*")
-                            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
+            found += sorted(str(p) for p in path.rglob("*") if p.is_file() and is_image_file(p))
         elif path.exists():
             found.append(item)
         elif glob.has_magic(item):
