@@ -16,7 +16,8 @@ from safetensors.torch import load_file
 from melanoma.artifacts import load_model
 from melanoma.config import TrainConfig, load_config
 from melanoma.errors import ConfigError
-from melanoma.training import find_melanoma_class, train
+from melanoma.labelmaps import find_melanoma_class
+from melanoma.training import train
 
 pytestmark = pytest.mark.slow
 

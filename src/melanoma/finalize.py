@@ -12,6 +12,7 @@ import torch
 
 from melanoma import metrics
 from melanoma.artifacts import atomic_write_text, save_model
+from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, write_predictions_csv
 from melanoma.referral import Referrer, embed, fit_referral, softmax
 from melanoma.transforms import eval_transform
@@ -73,18 +74,15 @@ def write_predictions(path: Path, table, idx, probs, refer, reasons, threshold, 
     write_predictions_csv(result, path, labels=[table.samples[i].label for i in idx])
 
 
-def model_metadata(cfg, table, calibration, threshold, referral_meta, headline, run) -> dict:
+def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headline, epochs: dict) -> dict:
     """model.json content (the single source of truth read by evaluate, predict, export and serve)."""
-    from melanoma.training import find_melanoma_class
-    from melanoma.models import default_preprocessing
-
     summary_path = Path(cfg.out) / "data_summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     return {
         "architecture": cfg.model,
         "class_names": list(table.classes),
         "melanoma_class": find_melanoma_class(table.classes),
-        "preprocessing": default_preprocessing(cfg.model, image_size=cfg.image_size),
+        "preprocessing": pre,
         "temperature": calibration["temperature"],
         "calibration": calibration,
         "thresholds": {"melanoma_alert": threshold, "target_sensitivity": cfg.target_sensitivity,
@@ -93,7 +91,7 @@ def model_metadata(cfg, table, calibration, threshold, referral_meta, headline, 
         "data": {"source": str(cfg.data), "images": len(table), "class_counts": data_summary.get("counts"),
                  "summary": data_summary},
         "metrics": headline,
-        "training": {**cfg.to_dict(), **_best_epoch(run)},
+        "training": {**cfg.to_dict(), **epochs},
         "model_card": {
             "input": "RGB dermoscopic image of one lesion (JPEG/PNG), any size; resized and centre-cropped as in "
                      "`preprocessing`",
@@ -124,8 +122,6 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     model = module.model.eval()
     labels = table.label_indices()[val_idx]
     logits, features = infer(model, [images[i] for i in val_idx], pre)
-    from melanoma.training import find_melanoma_class
-
     mel_class = find_melanoma_class(table.classes)
     probs, calibration, threshold = calibrate_and_threshold(logits, labels, table.classes, mel_class,
                                                             cfg.target_sensitivity)
@@ -136,12 +132,14 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
                                    seed=cfg.seed)
     atomic_write_text(run / "val_metrics.json", json.dumps(full, indent=2))
     head = headline_metrics(full)
-    save_model(model, model_metadata(cfg, table, calibration, threshold, referral_meta, head, run), run, tensors)
+    epochs = _best_epoch(run)
+    save_model(model, model_metadata(cfg, table, pre, calibration, threshold, referral_meta, head, epochs), run,
+               tensors)
     write_predictions(run / "val_predictions.csv", table, val_idx, probs, refer, reasons, threshold, mel_class)
     np.savez(run / "val_outputs.npz", val_idx=np.asarray(val_idx), logits=logits, probs=probs, refer=refer)
     result = {"run": str(run), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), **head,
               "temperature": calibration["temperature"], "melanoma_alert": threshold,
-              "seconds": round(seconds, 1), **_best_epoch(run)}
+              "seconds": round(seconds, 1), **epochs}
     atomic_write_text(run / "result.json", json.dumps(result, indent=2))
     print(f"{run}: balanced accuracy {head['balanced_accuracy']:.3f}, melanoma AUC {head['melanoma_auc']}, "
           f"{result['seconds']:.0f} s")
@@ -163,8 +161,6 @@ def summarize_cv(cfg, run: Path, table, fold_results: list[dict]) -> dict:
         oof[saved["val_idx"]] = saved["probs"]
     covered = ~np.isnan(oof).any(axis=1)
     labels = table.label_indices()
-    from melanoma.training import find_melanoma_class
-
     mel_class = find_melanoma_class(classes)
     threshold = None
     if mel_class is not None:

@@ -36,6 +36,13 @@ import yaml
 
 from melanoma.errors import ConfigError
 
+MELANOMA_NAMES = ("melanoma", "mel")
+
+
+def find_melanoma_class(class_names) -> str | None:
+    """The class that triggers the alert: 'melanoma' or 'MEL'/'mel' (ISIC/HAM10000 codes), else None."""
+    return next((c for c in class_names if c.lower() in MELANOMA_NAMES), None)
+
 WILDCARD = "*"
 _HAM_DX = {"mel": "melanoma", "nv": "nevus", "bcc": "basal cell carcinoma", "akiec": "actinic keratosis",
            "bkl": "pigmented benign keratosis", "df": "dermatofibroma", "vasc": "vascular lesion"}

@@ -20,18 +20,11 @@ from melanoma.config import TrainConfig, save_config
 from melanoma.datamodule import LesionDataModule, decode_cache
 from melanoma.errors import ConfigError, MelanomaError
 from melanoma.finalize import finalize_split, summarize_cv
+from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing
 
 RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
-MELANOMA_NAMES = ("melanoma", "mel")
-
-
-def find_melanoma_class(class_names: list[str]) -> str | None:
-    """The class that triggers the alert: 'melanoma' or 'MEL'/'mel' (ISIC/HAM10000 codes), else None."""
-    return next((c for c in class_names if c.lower() in MELANOMA_NAMES), None)
-
-
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """Fill the model-dependent defaults (pretrained, learning rate, optimiser) in place."""
     is_seed = cfg.model == "seed-cnn"
