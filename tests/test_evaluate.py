@@ -29,6 +29,23 @@ def evaluated(test_model, tiny_isic, tmp_path_factory):
     return evaluate(test_model, tiny_isic, out=out, bootstrap=200, seed=3), out
 
 
+def _ham_rows(ham_dir):
+    with open(ham_dir / "HAM10000_metadata.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _mini_ham(ham_dir, target, rows):
+    """A HAM10000-layout folder holding only `rows` (metadata dicts) and copies of their images."""
+    (target / "images").mkdir(parents=True)
+    for r in rows:
+        shutil.copy2(ham_dir / "images" / f"{r['image_id']}.jpg", target / "images")
+    with open(target / "HAM10000_metadata.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return target
+
+
 def _rows(path):
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -109,18 +126,10 @@ def test_isic2018_label_map_on_the_9_class_folders(test_model, tiny_isic, tmp_pa
 
 def test_ham10000_dx_codes_with_isic2018(test_model, ham_dir, tmp_path):
     """A small HAM10000-layout copy (2 images per dx) evaluates with --label-map isic2018."""
-    with open(ham_dir / "HAM10000_metadata.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = _ham_rows(ham_dir)
     picked = [r for dx in ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
               for r in [x for x in rows if x["dx"] == dx][:2]]
-    ham = tmp_path / "ham"
-    (ham / "images").mkdir(parents=True)
-    for r in picked:
-        shutil.copy2(ham_dir / "images" / f"{r['image_id']}.jpg", ham / "images")
-    with open(ham / "HAM10000_metadata.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(picked)
+    ham = _mini_ham(ham_dir, tmp_path / "ham", picked)
     result = evaluate(test_model, ham, label_map="isic2018", bootstrap=20)
     assert result["uncovered_labels"] == {} and result["n_images"] == 14
     assert all(row["support"] == 2 for row in result["per_class"].values())
@@ -128,16 +137,7 @@ def test_ham10000_dx_codes_with_isic2018(test_model, ham_dir, tmp_path):
 
 
 def test_unknown_labels_without_a_map_explain_the_fix(test_model, ham_dir, tmp_path):
-    ham = tmp_path / "ham"
-    (ham / "images").mkdir(parents=True)
-    with open(ham_dir / "HAM10000_metadata.csv", newline="") as f:
-        rows = list(csv.DictReader(f))[:3]
-    for r in rows:
-        shutil.copy2(ham_dir / "images" / f"{r['image_id']}.jpg", ham / "images")
-    with open(ham / "HAM10000_metadata.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    ham = _mini_ham(ham_dir, tmp_path / "ham", _ham_rows(ham_dir)[:3])
     with pytest.raises(DataError, match="--label-map"):
         evaluate(test_model, ham, out=tmp_path / "out", bootstrap=0)
 
@@ -173,20 +173,16 @@ def test_images_seen_in_training_are_excluded(test_model, tiny_isic, tmp_path):
 
 def test_other_photos_of_a_trained_lesion_are_excluded_too(test_model, ham_dir, tmp_path):
     """HAM10000: a lesion with one photo in the training data is left out whole (group = lesion_id)."""
-    rows = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()
     by_lesion = {}
-    for row in rows[1:]:
-        by_lesion.setdefault(row.split(",")[0], []).append(row)
+    for row in _ham_rows(ham_dir):
+        by_lesion.setdefault(row["lesion_id"], []).append(row)
     twins = [v for v in by_lesion.values() if len(v) == 2][:3]
     singles = [v for v in by_lesion.values() if len(v) == 1][:5]
-    ham = tmp_path / "ham"
-    ham.mkdir()
-    (ham / "images").symlink_to(ham_dir / "images")
-    (ham / "HAM10000_metadata.csv").write_text("\n".join([rows[0]] + [r for v in twins + singles for r in v]) + "\n")
+    ham = _mini_ham(ham_dir, tmp_path / "ham", [r for v in twins + singles for r in v])
     train = tmp_path / "train" / "nevus"
     train.mkdir(parents=True)
     for lesion in twins:  # only the FIRST photo of each twin lesion was trained on
-        image_id = lesion[0].split(",")[1]
+        image_id = lesion[0]["image_id"]
         shutil.copy(ham_dir / "images" / f"{image_id}.jpg", train / f"{image_id}.jpg")
     model = tmp_path / "model"
     shutil.copytree(test_model, model)
