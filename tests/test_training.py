@@ -107,3 +107,28 @@ def test_ddp_two_cpu_processes_see_disjoint_samples_and_write_one_model(tiny_isi
     assert seen0 != seen1
     assert sorted(p.name for p in run.glob("**/model.json")) == ["model.json"]
     assert json.loads((run / "model.json").read_text())["training"]["devices"] == "2"
+
+
+def _mini_ham(ham_dir: Path, target: Path, n: int) -> Path:
+    """A HAM10000 folder with the first n metadata rows (images symlinked from the shared copy)."""
+    target.mkdir()
+    (target / "images").symlink_to(ham_dir / "images")
+    lines = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()
+    (target / "HAM10000_metadata.csv").write_text("\n".join(lines[: n + 1]) + "\n")
+    return target
+
+
+def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
+    ham = _mini_ham(ham_dir, tmp_path / "ham", 40)
+    cfg = tiny_config(tiny_isic, tmp_path / "run", extra_data=[str(ham)], samples_per_epoch=16,
+                      max_train_batches=None, lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
+    result = train(cfg)
+    run = Path(result["run"])
+    summary = json.loads((run / "data_summary.json").read_text())["extra"]
+    assert 0 < summary["n_images"] <= 40 and summary["sources"][0]["mapped"] == 40
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["data"]["extra_sources"] == [str(ham.resolve())] and Path(meta["data"]["source"]).is_absolute()
+    predicted = (run / "val_predictions.csv").read_text()
+    assert str(tiny_isic) in predicted and str(ham) not in predicted and "/images/" not in predicted
+    rows = [r for r in (run / "logs" / "metrics.csv").read_text().splitlines() if r.startswith("0,")]
+    assert max(int(r.split(",")[2]) for r in rows) <= 2  # 16 samples per epoch = 2 steps of 8

@@ -87,13 +87,21 @@ def _add_train(sub) -> None:
     for flag, typ in [("--epochs", int), ("--image-size", int), ("--batch-size", int), ("--lr", float),
                       ("--val-fraction", float), ("--folds", int), ("--seed", int), ("--devices", str),
                       ("--num-nodes", int), ("--strategy", str), ("--precision", str), ("--num-workers", int),
-                      ("--target-sensitivity", float), ("--max-train-batches", int), ("--patience", int)]:
+                      ("--target-sensitivity", float), ("--max-train-batches", int), ("--patience", int),
+                      ("--samples-per-epoch", int)]:
         p.add_argument(flag, type=typ)
     p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"])
     p.add_argument("--imbalance", choices=["sampler", "weighted-loss", "none"],
                    help="class imbalance handling (default: class-balanced sampler)")
-    p.add_argument("--conflict-policy", choices=["drop", "keep", "first"],
-                   help="images filed under two classes: drop (default), keep, or first")
+    p.add_argument("--conflict-policy", choices=["drop", "keep", "first", "reference"],
+                   help="images filed under two classes: drop (default), keep, first, or reference (the label "
+                        "--extra-data gives the same image or lesion decides)")
+    p.add_argument("--extra-data", action="append", metavar="DIR",
+                   help="extra dataset that only ever trains, never validates (repeatable), e.g. "
+                        "../shared/data/ham10000; its copies of training images and lesions are left out")
+    p.add_argument("--extra-labels", metavar="MAP",
+                   help="label map of --extra-data into the training classes: auto (default: HAM10000 dx codes "
+                        "-> 9-class names), ham10000, or a YAML file 'label: class | [classes] | null'")
     p.add_argument("--lesion-metadata", metavar="CSV",
                    help="HAM10000-style metadata (image_id, lesion_id): all photos of a lesion stay on one side of "
                         "every split, e.g. ../shared/data/ham10000/HAM10000_metadata.csv")

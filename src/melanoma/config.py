@@ -38,7 +38,10 @@ class TrainConfig:
     precision: str | None = None          # None: bf16-mixed on GPU, 32-true on CPU
     num_workers: int | None = None        # None: min(4, cores - 1)
     imbalance: str = "sampler"            # sampler | weighted-loss | none
-    conflict_policy: str = "drop"         # drop | keep | first
+    conflict_policy: str = "drop"         # drop | keep | first | reference (labels of --extra-data settle them)
+    extra_data: list = field(default_factory=list)  # extra datasets that only ever train (e.g. HAM10000)
+    extra_labels: str = "auto"            # their label map into our classes: auto | ham10000 | YAML (sources.py)
+    samples_per_epoch: int | None = None  # sampler draws per epoch (None: the size of the training side)
     near_distance: int | None = 4         # pictures within this phash distance share a split group (None: off)
     lesion_metadata: str | None = None    # HAM10000-style CSV (image_id, lesion_id): photos of a lesion share a group
     target_sensitivity: float = 0.90      # melanoma alert threshold keeps at least this validation sensitivity
@@ -57,7 +60,12 @@ class TrainConfig:
             (0.0 < self.val_fraction < 0.5, f"val fraction must be in (0, 0.5), got {self.val_fraction}"),
             (self.folds is None or self.folds >= 2, f"folds must be >= 2, got {self.folds}"),
             (self.imbalance in ("sampler", "weighted-loss", "none"), f"unknown imbalance mode {self.imbalance!r}"),
-            (self.conflict_policy in ("drop", "keep", "first"), f"unknown conflict policy {self.conflict_policy!r}"),
+            (self.conflict_policy in ("drop", "keep", "first", "reference"),
+             f"unknown conflict policy {self.conflict_policy!r}"),
+            (self.conflict_policy != "reference" or bool(self.extra_data),
+             "conflict policy 'reference' needs --extra-data, whose labels settle the conflicts"),
+            (self.samples_per_epoch is None or self.samples_per_epoch >= 1,
+             f"samples per epoch must be >= 1, got {self.samples_per_epoch}"),
             (0.0 < self.target_sensitivity <= 1.0, f"target sensitivity must be in (0, 1], got {self.target_sensitivity}"),
         ]
         for ok, message in checks:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from melanoma import sources
 from melanoma.audit import ISIC_ID, audit, connected_components, format_audit, hamming_pairs
 from melanoma.errors import ConfigError, DataError
 from melanoma.images import DEFAULT_MAX_PIXELS, ScanEntry, is_image_file, load_image, phashes_as_uint64, scan_paths
@@ -29,17 +30,19 @@ AUGMENTED_DIR = "output"  # Augmentor writes its copies to <class folder>/output
 # Augmentor names a copy "<class>_original_<source file name>_<uuid4>.<ext>"
 _AUGMENTED_NAME = re.compile(
     r"^.+?_original_(?P<source>.+)_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.\w+$", re.I)
-CONFLICT_POLICIES = ("drop", "keep", "first")
+CONFLICT_POLICIES = ("drop", "keep", "first", "reference")
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One image: absolute path, class name (None if unlabelled), leak group, and source image for a copy."""
+    """One image: absolute path, class name (None if unlabelled), leak group, source image for a copy, and origin
+    (None: the primary dataset; else the extra dataset it comes from, which only ever trains, see sources.py)."""
 
     path: Path
     label: str | None
     group: str
     source: Path | None = None
+    origin: str | None = None
 
 
 @dataclass
@@ -266,7 +269,7 @@ def read_lesion_ids(csv_path) -> dict[str, str]:
 def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
                            max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None,
                            scan_entries: list[ScanEntry] | None = None, near_distance: int | None = 4,
-                           lesion_ids: dict[str, str] | None = None) -> tuple[DatasetTable, dict]:
+                           lesion_ids: dict[str, str] | None = None, extras=()) -> tuple[DatasetTable, dict]:
     """Make a table safe to split: drop unreadable files, merge leak groups, resolve conflicting labels.
 
     Groups are merged (connected components) over the existing `group` (lesion_id, augmented copy -> source),
@@ -274,22 +277,36 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     with `lesion_ids` ({ISIC id: lesion_id}, see `read_lesion_ids`), other photos of the same lesion, so every
     picture of a lesion ends up on one side of a split. A merged group whose
     images carry different labels is handled by `conflict_policy`: "drop" removes it, "keep" keeps every copy,
-    "first" keeps the copies with the first label in sorted class order. Returns (table, JSON-able summary).
+    "first" keeps the copies with the first label in sorted class order, "reference" keeps the copies whose label
+    the `extras` (sources.ExtraSource list) in the same group allow and drops the group when they allow none or
+    several (it also drops a one-label group its references contradict). Extra samples join the table (origin set)
+    unless they share a group with a primary one. Returns (table, JSON-able summary).
     """
     if conflict_policy not in CONFLICT_POLICIES:
         raise ConfigError(f"conflict policy {conflict_policy!r}: expected one of {', '.join(CONFLICT_POLICIES)}")
+    extra_samples = [s for src in extras for s in src.samples]
     entries = scan_entries if scan_entries is not None else scan(table, max_pixels=max_pixels, workers=workers)
     if len(entries) != len(table):
         raise DataError(f"{table.root}: {len(entries)} scan entries for {len(table)} samples")
-    unreadable = [{"path": str(s.path), "reason": e.error} for s, e in zip(table.samples, entries) if e.error]
+    if extra_samples:
+        entries = entries + scan_paths([s.path for s in extra_samples], max_pixels=max_pixels, workers=workers)
+    everything = table.samples + extra_samples
+    unreadable = [{"path": str(s.path), "reason": e.error} for s, e in zip(everything, entries) if e.error]
     good = [i for i, e in enumerate(entries) if not e.error]
-    samples = [table.samples[i] for i in good]
+    samples = [everything[i] for i in good]
     hashes = [entries[i].pixel_hash for i in good]
     near_pairs = _near_pairs([entries[i] for i in good], near_distance)
     lesions = _lesion_keys(samples, lesion_ids or {})
     merged = _merge_groups(samples, hashes, near_pairs, lesions)
-    kept, n_conflict_groups, n_conflict_images = _apply_conflict_policy(merged, table.classes, conflict_policy)
+    primary = [s for s in merged if s.origin is None]
+    extra = [s for s in merged if s.origin is not None]
+    refs = sources.reference_classes(extra, {p: c for src in extras for p, c in src.compatible.items()})
+    kept, conflicts = _apply_conflict_policy(primary, table.classes, conflict_policy, refs)
+    extra_kept, extra_removed = sources.extras_for_training(extra, {s.group for s in primary})
     classes = sorted({s.label for s in kept})
+    if len(extra_kept) > len(in_classes := [s for s in extra_kept if s.label in classes]):
+        extra_removed["class_not_in_primary"] = len(extra_kept) - len(in_classes)
+    extra_kept = in_classes
     summary = {
         "policy": conflict_policy,
         "n_images_in": len(table),
@@ -303,12 +320,18 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
         "n_images_with_lesion_id": sum(k is not None for k in lesions),
         "n_lesions_with_several_images": sum(n > 1 for k, n in Counter(lesions).items() if k is not None),
         "n_groups": len({s.group for s in kept}),
-        "n_conflict_groups": n_conflict_groups,
-        "n_conflict_images": n_conflict_images,
+        **conflicts,
         "n_images_dropped": len(table) - len(kept),
         "classes_removed": [c for c in table.classes if c not in classes],
     }
-    return DatasetTable(table.root, table.kind, classes, kept), summary
+    if extras:
+        summary["extra"] = _extra_summary(extras, extra_kept, extra_removed, classes)
+    return DatasetTable(table.root, table.kind, classes, kept + extra_kept), summary
+
+
+def _extra_summary(extras, kept: list[Sample], removed: dict, classes: list[str]) -> dict:
+    return {"sources": [src.summary for src in extras], "n_images": len(kept),
+            "counts": {c: sum(s.label == c for s in kept) for c in classes}, "removed": removed}
 
 
 def _near_pairs(entries: list[ScanEntry], near_distance: int | None) -> list[tuple[int, int]]:
@@ -348,23 +371,37 @@ def _merge_groups(samples: list[Sample], hashes: list[str], near_pairs=(), lesio
     return [replace(s, group=name[component[i]]) for i, s in enumerate(samples)]
 
 
-def _apply_conflict_policy(samples: list[Sample], classes: list[str], policy: str
-                           ) -> tuple[list[Sample], int, int]:
-    """Returns (kept samples, number of groups with several labels, number of images in those groups)."""
+def _apply_conflict_policy(samples: list[Sample], classes: list[str], policy: str, refs: dict | None = None
+                           ) -> tuple[list[Sample], dict]:
+    """Returns (kept samples, counts): groups with several labels and their images, and with reference labels
+    (`refs`: {group: allowed classes}) the groups they settle and the one-label groups they contradict."""
+    refs = refs or {}
     labels_by_group: dict[str, set] = {}
     for s in samples:
         labels_by_group.setdefault(s.group, set()).add(s.label)
     conflicts = {g for g, labels in labels_by_group.items() if len(labels) > 1}
-    n_images = sum(s.group in conflicts for s in samples)
     order = {c: i for i, c in enumerate(classes)}
-    first = {g: min(labels_by_group[g], key=lambda c: order.get(c, len(order))) for g in conflicts}
+    # the label each group keeps (None: dropped); a group without references keeps its label unless conflicting
+    chosen = {g: (min(ls, key=lambda c: order.get(c, len(order))) if policy == "first" else
+                  next(iter(ls)) if len(ls) == 1 else None) for g, ls in labels_by_group.items()}
+    settled = contradicted = 0
+    for g, allowed in refs.items():
+        if g not in labels_by_group:
+            continue
+        candidates = labels_by_group[g] & allowed
+        contradicted += len(labels_by_group[g]) == 1 and not candidates
+        if policy == "reference":
+            chosen[g] = next(iter(candidates)) if len(candidates) == 1 else None
+            settled += g in conflicts and chosen[g] is not None
     if policy == "keep":
         kept = samples
-    elif policy == "drop":
-        kept = [s for s in samples if s.group not in conflicts]
-    else:  # "first"
-        kept = [s for s in samples if s.group not in conflicts or s.label == first[s.group]]
-    return kept, len(conflicts), n_images
+    else:
+        kept = [s for s in samples if s.label == chosen[s.group]]
+    counts = {"n_conflict_groups": len(conflicts), "n_conflict_images": sum(s.group in conflicts for s in samples)}
+    if refs:
+        counts.update(n_conflict_groups_settled_by_reference=settled,
+                      n_groups_contradicted_by_reference=contradicted)
+    return kept, counts
 
 
 # ---------------------------------------------------------------- splits

@@ -49,15 +49,20 @@ class CachedImages(Dataset):
 class SeededSampler(Sampler[int]):
     """Draws one epoch of indices from a generator seeded by (seed, epoch), then keeps this rank's share.
 
-    balanced=True: sampling with replacement, each class equally likely (weights 1/class count).
+    balanced=True: sampling with replacement, each class equally likely and, within a class, each data source
+    (`sources`: one integer per sample, e.g. 0 = primary dataset, 1 = HAM10000) equally likely, so a big extra
+    source widens a class without drowning the primary data in it. One source: weights 1/class count.
     Every rank computes the same permutation and takes indices[rank::world_size], so ranks see disjoint draws.
     """
 
-    def __init__(self, labels, balanced: bool, seed: int, rank: int = 0, world_size: int = 1, dataset=None):
+    def __init__(self, labels, balanced: bool, seed: int, rank: int = 0, world_size: int = 1, dataset=None,
+                 samples_per_epoch: int | None = None, sources=None):
         self.labels = torch.as_tensor(np.asarray(labels))
+        self.sources = torch.as_tensor(np.zeros(len(labels), np.int64) if sources is None else np.asarray(sources))
         self.balanced, self.seed, self.rank, self.world_size = balanced, seed, rank, world_size
         self.dataset, self.epoch = dataset, 0
-        self.num_samples = -(-len(self.labels) // world_size)  # ceil: every rank gets the same count
+        per_epoch = samples_per_epoch or len(self.labels)
+        self.num_samples = -(-per_epoch // world_size)  # ceil: every rank gets the same count
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at each epoch start; also re-seeds the dataset's augmentation."""
@@ -65,16 +70,23 @@ class SeededSampler(Sampler[int]):
         if self.dataset is not None:
             self.dataset.epoch = epoch
 
+    def sample_weights(self) -> torch.Tensor:
+        """1 / (number of sources in the sample's class * count of its (class, source) cell)."""
+        cell = self.labels * (int(self.sources.max()) + 1) + self.sources
+        cell_counts = torch.bincount(cell).double()
+        sources_per_class = torch.zeros(int(self.labels.max()) + 1, dtype=torch.float64)
+        sources_per_class.index_add_(0, torch.unique(cell) // (int(self.sources.max()) + 1),
+                                     torch.ones(len(torch.unique(cell)), dtype=torch.float64))
+        return 1.0 / (sources_per_class[self.labels] * cell_counts[cell])
+
     def epoch_indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
         total = self.num_samples * self.world_size
         if self.balanced:
-            counts = torch.bincount(self.labels).double()
-            weights = 1.0 / counts[self.labels]
-            drawn = torch.multinomial(weights, total, replacement=True, generator=g)
+            drawn = torch.multinomial(self.sample_weights(), total, replacement=True, generator=g)
         else:
             drawn = torch.randperm(len(self.labels), generator=g)
-            drawn = torch.cat([drawn, drawn[: total - len(drawn)]])
+            drawn = drawn.repeat(-(-total // len(drawn)))[:total]  # an epoch longer than the data wraps around
         return drawn[self.rank::self.world_size].tolist()
 
     def __iter__(self):
@@ -88,12 +100,14 @@ class LesionDataModule(L.LightningDataModule):
     """Train/validation loaders over the decoded cache for one split (hold-out or one CV fold)."""
 
     def __init__(self, images, labels, train_idx, val_idx, preprocessing: dict, batch_size: int,
-                 balanced: bool, seed: int, num_workers: int):
+                 balanced: bool, seed: int, num_workers: int, samples_per_epoch: int | None = None,
+                 sources=None):
         super().__init__()
         self.images, self.labels = images, np.asarray(labels)
         self.train_idx, self.val_idx = np.asarray(train_idx), np.asarray(val_idx)
         self.pre, self.batch_size, self.balanced = preprocessing, batch_size, balanced
-        self.seed, self.num_workers = seed, num_workers
+        self.seed, self.num_workers, self.samples_per_epoch = seed, num_workers, samples_per_epoch
+        self.sources = None if sources is None else np.asarray(sources)
         self.train_sampler: SeededSampler | None = None
 
     def _subset(self, idx, transform) -> CachedImages:
@@ -106,7 +120,9 @@ class LesionDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         dataset = self._subset(self.train_idx, train_transform(self.pre))
-        self.train_sampler = SeededSampler(dataset.labels, self.balanced, self.seed, rank, world, dataset)
+        self.train_sampler = SeededSampler(dataset.labels, self.balanced, self.seed, rank, world, dataset,
+                                           self.samples_per_epoch,
+                                           None if self.sources is None else self.sources[self.train_idx])
         return DataLoader(dataset, batch_size=self.batch_size, sampler=self.train_sampler,
                           num_workers=self.num_workers, persistent_workers=False, drop_last=len(dataset) > self.batch_size)
 

@@ -88,7 +88,8 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
         "thresholds": {"melanoma_alert": threshold, "target_sensitivity": cfg.target_sensitivity,
                        **referral_meta.get("thresholds", {})},
         "referral": referral_meta,
-        "data": {"source": str(cfg.data), "images": len(table), "class_counts": data_summary.get("counts"),
+        "data": {"source": str(Path(cfg.data).resolve()), "extra_sources": [str(Path(p).resolve()) for p in cfg.extra_data],
+                 "images": len(table), "class_counts": data_summary.get("counts"),
                  "summary": data_summary},
         "metrics": headline,
         "training": {**cfg.to_dict(), **epochs},
@@ -171,9 +172,10 @@ def summarize_cv(cfg, run: Path, table, fold_results: list[dict]) -> dict:
                                      alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
                                      seed=cfg.seed)
     from melanoma.data import sparse_classes
+    from melanoma.sources import primary_indices
 
     summary = {"folds": len(fold_results), "images": int(covered.sum()),
-               "sparse_classes": sparse_classes(table, cfg.folds),
+               "sparse_classes": sparse_classes(table.subset(primary_indices(table)), cfg.folds),
                "balanced_accuracy": _mean_sd(r["balanced_accuracy"] for r in fold_results),
                "melanoma_auc": _mean_sd(r["melanoma_auc"] for r in fold_results),
                "accuracy": _mean_sd(r["accuracy"] for r in fold_results),

@@ -23,6 +23,7 @@ from melanoma.finalize import finalize_split, summarize_cv
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing
+from melanoma.sources import load_extra_sources, splits_with_extras
 
 RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
@@ -57,10 +58,14 @@ def load_training_table(cfg: TrainConfig, run: Path):
     """Discover, validate and de-duplicate the data (conflict policy applied); summary written to the run."""
     table = datalib.discover(cfg.data)
     lesions = datalib.read_lesion_ids(cfg.lesion_metadata) if cfg.lesion_metadata else None
+    extras = load_extra_sources(cfg.extra_data, cfg.extra_labels, table.classes)
     table, summary = datalib.prepare_training_table(table, conflict_policy=cfg.conflict_policy,
-                                                    near_distance=cfg.near_distance, lesion_ids=lesions)
-    for path, reason in summary.get("unreadable", []):
-        print(f"skipped {path}: {reason}")
+                                                    near_distance=cfg.near_distance, lesion_ids=lesions,
+                                                    extras=extras)
+    for item in summary.get("unreadable", []):
+        print(f"skipped {item['path']}: {item['reason']}")
+    if "extra" in summary:
+        print(f"extra training data: {summary['extra']['n_images']} images ({summary['extra']['removed']} left out)")
     atomic_write_text(run / "data_summary.json", json.dumps(summary, indent=2, default=str))
     return table, summary
 
@@ -135,6 +140,12 @@ def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
     return (len(labels) / (num_classes * np.maximum(counts, 1))).tolist()
 
 
+def source_codes(table) -> np.ndarray:
+    """0 for the primary dataset's samples, 1, 2, ... for each extra source (for source-balanced sampling)."""
+    names = sorted({s.origin for s in table.samples if s.origin is not None})
+    return np.array([0 if s.origin is None else 1 + names.index(s.origin) for s in table.samples], dtype=np.int64)
+
+
 def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndarray) -> LesionClassifier:
     mel = find_melanoma_class(class_names)
     weights = class_weights(train_labels, len(class_names)) if cfg.imbalance == "weighted-loss" else None
@@ -155,7 +166,8 @@ def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=
     # 2-thread torch process augments 10-30x slower (OpenMP spin-waits) than a 1-thread worker.
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
     dm = LesionDataModule(images, labels, train_idx, val_idx, pre, cfg.batch_size,
-                          balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers)
+                          balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers,
+                          samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table))
     if cfg.extra.get("record_samples"):
         callbacks = [*callbacks, RecordSampledIndices(run, train_idx)]
     last = run / "checkpoints" / "last.ckpt"
@@ -192,7 +204,7 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
     print(f"decoded {len(images)} images once into memory in {time.time() - started:.1f} s")
     if cfg.folds:
         return train_cross_validation(cfg, run, table, images, pre, callbacks)
-    train_idx, val_idx = datalib.stratified_group_split(table, cfg.val_fraction, cfg.seed)
+    train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.seed)[0]
     result = fit_split(cfg, run, table, images, pre, train_idx, val_idx, callbacks)
     return {"run": str(run), **(result or {})}
 
@@ -200,7 +212,7 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
 def train_cross_validation(cfg, run: Path, table, images, pre, callbacks=()) -> dict:
     """Group-aware stratified K-fold: one run folder per fold (finished folds are skipped on resume)."""
     fold_results = []
-    for k, (train_idx, val_idx) in enumerate(datalib.stratified_group_kfold(table, cfg.folds, cfg.seed)):
+    for k, (train_idx, val_idx) in enumerate(splits_with_extras(table, cfg.folds, cfg.val_fraction, cfg.seed)):
         fold_dir = run / f"fold-{k}"
         done = fold_dir / "result.json"
         if done.exists():

@@ -1,0 +1,159 @@
+"""Training on several sources: one PRIMARY dataset (split into train / validation folds, so every reported number
+is on it) plus EXTRA datasets (e.g. HAM10000) that only ever join the training side.
+
+Extra labels are mapped into the primary's class names by a training label map: `dataset label: class` (a
+training target), `dataset label: [class, class]` (ambiguous: the image is a *reference* only, never a target),
+or `dataset label: null` (left out). References settle the primary's conflicting labels
+(`--conflict-policy reference`, see `data.prepare_training_table`).
+
+Leakage: extra images are grouped with the primary ones (identical pixels, near-duplicates, lesion ids); an extra
+image that shares a group with any primary image is removed (the primary copy is already there, and a same-lesion
+photo on the training side of the fold that validates its twin would leak).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from melanoma.errors import ConfigError
+from melanoma.labelmaps import normalise_label
+
+# HAM10000 dx codes -> ISIC 9-class names, following what the 9-class set itself did with the HAM10000 images it
+# contains (measured on the shared Train split): its 462 HAM 'bkl' images are all filed as pigmented benign
+# keratosis, but its HAM 'akiec' images are split between actinic keratosis (114) and squamous cell carcinoma (181),
+# so 'akiec' is ambiguous: a reference (it tells a nevus/actinic keratosis duplicate apart), never a target.
+HAM10000_TO_ISIC9 = {
+    "mel": "melanoma", "nv": "nevus", "bcc": "basal cell carcinoma", "df": "dermatofibroma",
+    "vasc": "vascular lesion", "bkl": "pigmented benign keratosis",
+    "akiec": ["actinic keratosis", "squamous cell carcinoma"],
+}
+TRAINING_LABEL_PRESETS = {"ham10000": HAM10000_TO_ISIC9}
+
+
+@dataclass
+class ExtraSource:
+    """Samples of one extra dataset, labels already mapped (None = reference only), origin = the source name."""
+
+    name: str
+    samples: list = field(default_factory=list)
+    compatible: dict = field(default_factory=dict)  # path -> classes the source's own label allows
+    summary: dict = field(default_factory=dict)
+
+
+def _preset_within(preset: dict, classes: list[str]) -> dict:
+    """A preset restricted to the training classes (a target the training data lacks leaves that label out)."""
+    out = {}
+    for label, target in preset.items():
+        names = [n for n in (target if isinstance(target, list) else [target]) if n in classes]
+        out[label] = None if not names else names if isinstance(target, list) and len(names) > 1 else names[0]
+    return out
+
+
+def load_training_labels(spec, table, classes: list[str]) -> dict:
+    """{normalised dataset label: class | [classes] | None} from "auto" (HAM10000 layout -> the `ham10000`
+    preset, otherwise labels must already be class names), a preset name, or a YAML file (whose targets must
+    all be training classes; a preset's targets missing from `classes` just leave those labels out)."""
+    if spec in (None, "auto"):
+        raw = (_preset_within(HAM10000_TO_ISIC9, classes) if table.kind == "ham10000"
+               else {c: c for c in table.classes if c in classes})
+    elif str(spec).lower() in TRAINING_LABEL_PRESETS:
+        raw = _preset_within(TRAINING_LABEL_PRESETS[str(spec).lower()], classes)
+    else:
+        path = Path(spec).expanduser()
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"training label map {spec!r}: not a preset ({', '.join(TRAINING_LABEL_PRESETS)}) "
+                              f"and not a readable YAML file ({str(exc).splitlines()[0]})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: a training label map is a mapping 'dataset label: class'")
+    return {normalise_label(k): v for k, v in raw.items()}
+
+
+def _check_targets(mapping: dict, classes: list[str], where: str) -> None:
+    for label, target in mapping.items():
+        for name in ([] if target is None else target if isinstance(target, list) else [target]):
+            if name not in classes:
+                raise ConfigError(f"{where}: label {label!r} maps to {name!r}, which is not a class of the "
+                                  f"training data ({', '.join(classes)})")
+
+
+def load_extra_source(path, spec, classes: list[str]) -> ExtraSource:
+    """Discover an extra dataset and map its labels into `classes`; unmapped labels are left out and counted."""
+    from melanoma.data import discover
+
+    table = discover(path)
+    mapping = load_training_labels(spec, table, classes)
+    _check_targets(mapping, classes, str(path))
+    source = ExtraSource(name=str(path))
+    unmapped: Counter = Counter()
+    for s in table.samples:
+        target = mapping.get(normalise_label(s.label)) if s.label is not None else None
+        if target is None:
+            unmapped[str(s.label)] += 1
+            continue
+        allowed = tuple(target) if isinstance(target, list) else (target,)
+        source.samples.append(replace(s, label=allowed[0] if len(allowed) == 1 else None, origin=source.name))
+        source.compatible[s.path] = allowed
+    if not source.samples:
+        raise ConfigError(f"{path}: none of its labels ({', '.join(table.classes)}) maps to a training class; "
+                          f"give a training label map (--extra-labels)")
+    source.summary = {"source": str(Path(path).resolve()), "images": len(table), "mapped": len(source.samples),
+                      "reference_only": sum(s.label is None for s in source.samples),
+                      "unmapped_labels": dict(unmapped)}
+    return source
+
+
+def load_extra_sources(paths, spec, classes: list[str]) -> list[ExtraSource]:
+    return [load_extra_source(p, spec, classes) for p in paths or []]
+
+
+def primary_indices(table) -> np.ndarray:
+    """Indices of the primary dataset's samples (the ones that may be validated on)."""
+    return np.flatnonzero([s.origin is None for s in table.samples]).astype(np.int64)
+
+
+def splits_with_extras(table, folds: int | None, val_fraction: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train_idx, val_idx) pairs: the primary samples split group-aware and stratified (K folds, or one hold-out
+    split), every extra sample added to each training side. Without extras this is exactly the plain split."""
+    from melanoma.data import stratified_group_kfold, stratified_group_split
+
+    primary = primary_indices(table)
+    extra = np.setdiff1d(np.arange(len(table)), primary)
+    sub = table.subset(primary)
+    pairs = (stratified_group_kfold(sub, folds, seed) if folds
+             else [stratified_group_split(sub, val_fraction, seed)])
+    return [(np.concatenate([primary[tr], extra]), primary[va]) for tr, va in pairs]
+
+
+def reference_classes(extra_samples, compatible: dict) -> dict[str, frozenset]:
+    """{group: classes every extra sample of that group allows} (intersection of their mapped labels)."""
+    refs: dict[str, frozenset] = {}
+    for s in extra_samples:
+        allowed = frozenset(compatible.get(s.path, (s.label,)))
+        refs[s.group] = refs[s.group] & allowed if s.group in refs else allowed
+    return refs
+
+
+def extras_for_training(extra_samples, primary_groups: set) -> tuple[list, dict]:
+    """Extra samples that may train: a training target, no primary sample in their group, no conflict inside
+    their own group. Returns (samples, counts of what was removed and why)."""
+    labels_by_group: dict[str, set] = {}
+    for s in extra_samples:
+        labels_by_group.setdefault(s.group, set()).add(s.label)
+    kept, removed = [], Counter()
+    for s in extra_samples:
+        if s.group in primary_groups:
+            removed["shares_a_group_with_primary"] += 1
+        elif s.label is None:
+            removed["reference_only"] += 1
+        elif len(labels_by_group[s.group]) > 1:
+            removed["conflicting_labels"] += 1
+        else:
+            kept.append(s)
+    return kept, dict(removed)

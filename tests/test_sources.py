@@ -1,0 +1,129 @@
+"""Extra training sources: label mapping, reference labels settling conflicts, leak-free joining, splits, sampling."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from melanoma import data
+from melanoma.config import TrainConfig
+from melanoma.datamodule import SeededSampler
+from melanoma.errors import ConfigError
+from melanoma.sources import load_extra_sources, primary_indices, splits_with_extras
+
+
+def _jpeg(path: Path, seed: int) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(path, "JPEG", quality=95)
+    return path
+
+
+def _two_sources(tmp_path: Path) -> tuple[Path, Path]:
+    """A 9-class-style primary folder and a HAM10000-style extra folder that share some images and lesions.
+
+    ISIC_0000100 is filed under actinic keratosis AND nevus (HAM: akiec); ISIC_0000101 is squamous cell carcinoma
+    (HAM: akiec, compatible); ISIC_0000102 is filed as nevus but HAM says akiec (contradicted); ISIC_0000103 is a
+    primary melanoma whose lesion HAM_M has a second, different photo ISIC_0000203 in HAM.
+    """
+    primary, ham = tmp_path / "primary", tmp_path / "ham"
+    dup = _jpeg(primary / "actinic keratosis" / "ISIC_0000100.jpg", seed=100)
+    shutil.copy(dup, _parent(primary / "nevus" / "ISIC_0000100.jpg"))
+    _jpeg(primary / "squamous cell carcinoma" / "ISIC_0000101.jpg", seed=101)
+    _jpeg(primary / "nevus" / "ISIC_0000102.jpg", seed=102)
+    _jpeg(primary / "melanoma" / "ISIC_0000103.jpg", seed=103)
+    for i, cls in enumerate(["actinic keratosis", "melanoma", "nevus", "squamous cell carcinoma"] * 3):
+        _jpeg(primary / cls / f"ISIC_00000{10 + i}.jpg", seed=10 + i)
+    rows = ["lesion_id,image_id,dx"]
+    for stem in ("ISIC_0000100", "ISIC_0000101", "ISIC_0000102"):  # HAM's copies of primary images
+        shutil.copy(next(primary.glob(f"*/{stem}.jpg")), _parent(ham / "images" / f"{stem}.jpg"))
+        rows.append(f"HAM_{stem[-3:]},{stem},akiec")
+    _jpeg(ham / "images" / "ISIC_0000203.jpg", seed=203)
+    rows.append("HAM_M,ISIC_0000203,mel")
+    rows.append("HAM_M,ISIC_0000103,mel")  # the primary melanoma's lesion (its image file is not in this HAM copy)
+    for i, dx in enumerate(["nv", "nv", "mel", "akiec", "bkl"]):
+        _jpeg(ham / "images" / f"ISIC_00003{i:02d}.jpg", seed=300 + i)
+        rows.append(f"HAM_X{i},ISIC_00003{i:02d},{dx}")
+    (ham / "HAM10000_metadata.csv").write_text("\n".join(r for r in rows if "ISIC_0000103" not in r) + "\n")
+    (tmp_path / "lesions.csv").write_text("\n".join(rows) + "\n")
+    return primary, ham
+
+
+def _parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _prepare(tmp_path, policy):
+    primary, ham = _two_sources(tmp_path)
+    table = data.discover(primary)
+    extras = load_extra_sources([ham], "auto", table.classes)
+    lesions = data.read_lesion_ids(tmp_path / "lesions.csv")
+    return data.prepare_training_table(table, conflict_policy=policy, workers=1, lesion_ids=lesions,
+                                       near_distance=None, extras=extras)
+
+
+def test_reference_labels_settle_conflicts_and_extras_join_without_leaks(tmp_path):
+    prepared, summary = _prepare(tmp_path, "reference")
+    by_stem = {}
+    for s in prepared.samples:
+        by_stem.setdefault(s.path.stem, []).append(s)
+    assert [s.label for s in by_stem["ISIC_0000100"]] == ["actinic keratosis"]  # nevus copy lost to HAM's akiec
+    assert [s.label for s in by_stem["ISIC_0000101"]] == ["squamous cell carcinoma"]  # akiec allows it
+    assert "ISIC_0000102" not in by_stem  # a nevus that HAM calls akiec is dropped, not trained on
+    assert summary["n_conflict_groups_settled_by_reference"] == 1
+    assert summary["n_groups_contradicted_by_reference"] == 1
+    # HAM copies of primary images and HAM photos of a primary lesion never join; akiec is reference only
+    extra = {s.path.stem: s for s in by_stem_values(by_stem) if s.origin is not None}
+    assert set(extra) == {"ISIC_0000300", "ISIC_0000301", "ISIC_0000302"}
+    assert extra["ISIC_0000302"].label == "melanoma" and extra["ISIC_0000300"].label == "nevus"
+    assert summary["extra"]["removed"] == {"shares_a_group_with_primary": 4, "reference_only": 1}
+    # bkl would be pigmented benign keratosis, a class this primary set lacks: left out and counted
+    assert summary["extra"]["sources"][0]["unmapped_labels"] == {"bkl": 1}
+    assert summary["extra"]["counts"]["nevus"] == 2 and summary["n_images"] == len(primary_indices(prepared))
+
+
+def by_stem_values(by_stem):
+    return [s for samples in by_stem.values() for s in samples]
+
+
+def test_drop_policy_still_drops_the_conflict_and_extras_only_ever_train(tmp_path):
+    prepared, summary = _prepare(tmp_path, "drop")
+    assert not any(s.path.stem == "ISIC_0000100" for s in prepared.samples)
+    assert any(s.path.stem == "ISIC_0000102" for s in prepared.samples)  # reported, not acted on
+    assert summary["n_groups_contradicted_by_reference"] == 1
+    extra = set(np.setdiff1d(np.arange(len(prepared)), primary_indices(prepared)))
+    assert len(extra) == 3
+    for train_idx, val_idx in splits_with_extras(prepared, 2, 0.2, seed=0):
+        assert extra <= set(train_idx.tolist()) and not extra & set(val_idx.tolist())
+        assert all(prepared.samples[i].origin is None for i in val_idx)
+    plain = data.stratified_group_kfold(prepared.subset(primary_indices(prepared)), 2, 0)
+    with_extras = splits_with_extras(prepared, 2, 0.2, seed=0)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(plain, with_extras))  # same validation folds
+
+
+def test_source_balanced_sampler_gives_each_source_half_of_a_shared_class():
+    labels = np.array([0] * 10 + [1] * 90 + [1] * 10)  # class 1: 90 extra images, 10 primary ones
+    sources = np.array([0] * 10 + [1] * 90 + [0] * 10)
+    sampler = SeededSampler(labels, balanced=True, seed=0, sources=sources, samples_per_epoch=20_000)
+    drawn = np.array(sampler.epoch_indices())
+    assert len(drawn) == 20_000
+    assert abs((labels[drawn] == 0).mean() - 0.5) < 0.02
+    assert abs((drawn >= 100).mean() - 0.25) < 0.02  # the 10 primary images of class 1 get a quarter
+
+
+def test_bad_maps_and_reference_without_extras_are_config_errors(tmp_path):
+    primary, ham = _two_sources(tmp_path)
+    classes = data.discover(primary).classes
+    bad = tmp_path / "map.yaml"
+    bad.write_text("nv: naevus\n")
+    with pytest.raises(ConfigError, match="'naevus', which is not a class"):
+        load_extra_sources([ham], bad, classes)
+    with pytest.raises(ConfigError, match="not a preset"):
+        load_extra_sources([ham], tmp_path / "missing.yaml", classes)
+    with pytest.raises(ConfigError, match="needs --extra-data"):
+        TrainConfig(data=str(primary), conflict_policy="reference").validate()
