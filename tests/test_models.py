@@ -129,10 +129,10 @@ def test_pretrained_download_failure_is_one_line_model_error(monkeypatch):
 def test_default_preprocessing():
     lite = default_preprocessing("efficientnet_lite0")
     assert lite == {"input_size": 224, "resize": 256, "interpolation": "bicubic",
-                    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]}
+                    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "color_constancy": "none"}
     seed = default_preprocessing("seed-cnn")
     assert seed == {"input_size": 180, "resize": 180, "interpolation": "bilinear",
-                    "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+                    "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "color_constancy": "none"}
     assert default_preprocessing("efficientnet_lite0", image_size=180)["resize"] == round(180 / 0.875)
     assert default_preprocessing("resnet18")["mean"] == pytest.approx([0.485, 0.456, 0.406])
 

@@ -193,14 +193,16 @@ def test_cli_predict_explain_writes_pngs(model_dir, tiny_isic, tmp_path):
     assert len(list((tmp_path / "cams").glob("*.png"))) == 2
 
 
+@pytest.mark.parametrize("constancy", ["none", "shades_of_gray"])
 @pytest.mark.parametrize("size", [(180, 180), (200, 150)], ids=["square", "landscape"])
-def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size):
+def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size, constancy):
     """Predict must feed the model the pixels validation (thresholds, temperature, referral) was computed on:
-    the trainer decodes at pre["resize"] with PIL, then applies eval_transform."""
-    from melanoma.datamodule import decode_resized  # the trainer's cache decoder
+    the trainer decodes through transforms.prepare_image (PIL resize, colour constancy), then eval_transform."""
+    from melanoma.datamodule import decode_prepared  # the trainer's cache decoder
 
     predictor = Predictor.load(build_test_model(tmp_path / "m", image_size=64))
+    predictor.meta["preprocessing"]["color_constancy"] = constancy
     path = tmp_path / "img.png"
     Image.open(_images(tiny_isic)[0]).convert("RGB").resize(size).save(path)
-    cached = predictor.transform(decode_resized(path, predictor.meta["preprocessing"]["resize"]))
+    cached = predictor.transform(decode_prepared(path, predictor.meta["preprocessing"]))
     torch.testing.assert_close(predictor.preprocess(path), cached, atol=0, rtol=0)

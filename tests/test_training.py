@@ -121,6 +121,7 @@ def _mini_ham(ham_dir: Path, target: Path, n: int) -> Path:
 def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
     ham = _mini_ham(ham_dir, tmp_path / "ham", 40)
     cfg = tiny_config(tiny_isic, tmp_path / "run", extra_data=[str(ham)], samples_per_epoch=16,
+                      color_constancy="shades_of_gray",
                       max_train_batches=None, lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
     result = train(cfg)
     run = Path(result["run"])
@@ -128,6 +129,7 @@ def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
     assert 0 < summary["n_images"] <= 40 and summary["sources"][0]["mapped"] == 40
     meta = json.loads((run / "model.json").read_text())
     assert meta["data"]["extra_sources"] == [str(ham.resolve())] and Path(meta["data"]["source"]).is_absolute()
+    assert meta["preprocessing"]["color_constancy"] == "shades_of_gray"
     predicted = (run / "val_predictions.csv").read_text()
     assert str(tiny_isic) in predicted and str(ham) not in predicted and "/images/" not in predicted
     rows = [r for r in (run / "logs" / "metrics.csv").read_text().splitlines() if r.startswith("0,")]

@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from melanoma.errors import ConfigError
-from melanoma.transforms import (TTA_VIEW_NAMES, RandomRot90, eval_transform, invert_tta_views, train_transform,
-                                 tta_views)
+from melanoma.transforms import (TTA_VIEW_NAMES, RandomRot90, eval_transform, invert_tta_views, prepare_image,
+                                 shades_of_gray, train_transform, tta_views)
 
 PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -82,3 +82,33 @@ def test_tta_views_count_distinct_and_invertible():
 def test_unknown_interpolation_is_config_error():
     with pytest.raises(ConfigError, match="interpolation"):
         eval_transform({**PRE, "interpolation": "lanczos3"})
+
+
+def _lesion_like(cast=(1.0, 1.0, 1.0)) -> Image.Image:
+    """Skin-toned background with a darker blob, under an illuminant `cast` (per-channel gain)."""
+    yy, xx = np.mgrid[:90, :120]
+    blob = ((yy - 45) ** 2 + (xx - 60) ** 2 < 25 ** 2)[..., None]
+    base = np.where(blob, [90.0, 60.0, 50.0], [200.0, 160.0, 140.0])
+    return Image.fromarray(np.clip(base * np.asarray(cast), 0, 255).astype(np.uint8))
+
+
+def _chromaticity(image) -> np.ndarray:
+    x = np.asarray(image, dtype=float) + 1.0
+    return x / x.sum(axis=-1, keepdims=True)  # colour without brightness (the method keeps overall intensity)
+
+
+def test_shades_of_gray_removes_a_colour_cast():
+    plain = _chromaticity(shades_of_gray(_lesion_like()))
+    for cast in [(1.0, 0.8, 0.6), (0.7, 0.9, 1.0)]:  # a warm and a cold light source
+        corrected = _chromaticity(shades_of_gray(_lesion_like(cast)))
+        assert np.abs(corrected - plain).max() < 0.01  # same colours whatever the light
+        assert np.abs(_chromaticity(_lesion_like(cast)) - _chromaticity(_lesion_like())).mean() > 0.03
+
+
+def test_prepare_image_resizes_then_applies_the_named_constancy(pil_image):
+    assert prepare_image(pil_image, PRE).size == (97, 73)  # shorter side 90 -> 73
+    assert prepare_image(pil_image, {**PRE, "color_constancy": "shades_of_gray"}).size == (97, 73)
+    assert np.array_equal(np.asarray(prepare_image(pil_image, {**PRE, "color_constancy": "none"})),
+                          np.asarray(prepare_image(pil_image, PRE)))
+    with pytest.raises(ConfigError, match="colour constancy 'grey-world'"):
+        prepare_image(pil_image, {**PRE, "color_constancy": "grey-world"})

@@ -96,6 +96,9 @@ def _add_train(sub) -> None:
     p.add_argument("--conflict-policy", choices=["drop", "keep", "first", "reference"],
                    help="images filed under two classes: drop (default), keep, first, or reference (the label "
                         "--extra-data gives the same image or lesion decides)")
+    p.add_argument("--color-constancy", choices=["none", "shades_of_gray"],
+                   help="colour normalisation before the network, stored in model.json and applied on every path "
+                        "(default none; shades_of_gray evens out clinic / device colour casts)")
     p.add_argument("--extra-data", action="append", metavar="DIR",
                    help="extra dataset that only ever trains, never validates (repeatable), e.g. "
                         "../shared/data/ham10000; its copies of training images and lesions are left out")

@@ -12,21 +12,21 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from melanoma.data import DatasetTable, load_image
-from melanoma.transforms import eval_transform, resize_shorter_side, train_transform
+from melanoma.transforms import eval_transform, prepare_image, train_transform
 
 
-def decode_resized(path, shorter_side: int) -> torch.Tensor:
-    """Decode one image and resize its shorter side (transforms.resize_shorter_side); uint8 CHW tensor."""
-    image = resize_shorter_side(load_image(path), shorter_side)
+def decode_prepared(path, preprocessing: dict) -> torch.Tensor:
+    """Decode one image through the shared PIL stage (transforms.prepare_image: resize, colour constancy);
+    uint8 CHW tensor."""
+    image = prepare_image(load_image(path), preprocessing)
     array = np.asarray(image, dtype=np.uint8)
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
 
 
 def decode_cache(table: DatasetTable, preprocessing: dict, workers: int = 4) -> list[torch.Tensor]:
-    """Decode every image of `table` once, at the preset's resize size (what both presets start from)."""
-    size = int(preprocessing["resize"])
+    """Decode every image of `table` once, through the shared PIL stage (what both presets start from)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda s: decode_resized(s.path, size), table.samples))
+        return list(pool.map(lambda s: decode_prepared(s.path, preprocessing), table.samples))
 
 
 class CachedImages(Dataset):

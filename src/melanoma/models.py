@@ -351,10 +351,11 @@ def _timm_data_config(name: str) -> dict:
     return resolve_data_config(pretrained_cfg=cfg.to_dict())
 
 
-def default_preprocessing(name: str, image_size: int | None = None) -> dict:
+def default_preprocessing(name: str, image_size: int | None = None, color_constancy: str = "none") -> dict:
     """The eval/train preprocessing for model `name`, in the form stored in model.json:
     {"input_size": int, "resize": int (shorter side before the centre crop), "interpolation": str,
-    "mean": [3 floats], "std": [3 floats]}. `image_size` overrides input_size (resize scales with it)."""
+    "mean": [3 floats], "std": [3 floats], "color_constancy": "none" | "shades_of_gray"}.
+    `image_size` overrides input_size (resize scales with it)."""
     if name in _REGISTRY:
         cfg = dict(_REGISTRY[name].default_cfg)
     elif _is_timm_model(name):
@@ -370,6 +371,7 @@ def default_preprocessing(name: str, image_size: int | None = None) -> dict:
         "interpolation": "bicubic" if cfg.get("interpolation") == "bicubic" else "bilinear",
         "mean": [float(v) for v in cfg["mean"]],
         "std": [float(v) for v in cfg["std"]],
+        "color_constancy": color_constancy,
     }
 
 

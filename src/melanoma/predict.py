@@ -26,7 +26,7 @@ from PIL import Image
 from melanoma import referral
 from melanoma.errors import ImageError, MelanomaError, ModelError
 from melanoma.images import is_image_file
-from melanoma.transforms import resize_shorter_side
+from melanoma.transforms import prepare_image
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
@@ -205,7 +205,6 @@ class Predictor:
                                      if k in ("refer_confidence", "ood_score") and v is not None}}
         self.referrer = referral.Referrer(ref_meta, meta.get("extra"))
         self.transform = eval_transform(meta["preprocessing"])
-        self._resize = int(meta["preprocessing"].get("resize", meta["preprocessing"]["input_size"]))
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, spinning: bool = True) -> Predictor:
@@ -225,7 +224,7 @@ class Predictor:
 
     def preprocess(self, image) -> torch.Tensor:
         """Any accepted image (PIL, path, uint8 array/tensor) -> the normalised model input [3, S, S]."""
-        return self.transform(resize_shorter_side(_to_image(image), self._resize))
+        return self.transform(prepare_image(_to_image(image), self.meta["preprocessing"]))
 
     @property
     def model(self) -> torch.nn.Module:

@@ -197,7 +197,7 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = prepare_run_dir(cfg)
     table, summary = load_training_table(cfg, run)
-    pre = default_preprocessing(cfg.model, image_size=cfg.image_size)
+    pre = default_preprocessing(cfg.model, image_size=cfg.image_size, color_constancy=cfg.color_constancy)
     cfg.image_size = int(pre["input_size"])
     started = time.time()
     images = decode_cache(table, pre)

@@ -95,6 +95,34 @@ def resize_shorter_side(image, shorter_side: int):
     return image
 
 
+COLOR_CONSTANCY = ("none", "shades_of_gray")
+
+
+def shades_of_gray(image, power: int = 6):
+    """Shades-of-Gray colour constancy (Finlayson & Trezzi 2004; Barata et al. 2015 for dermoscopy): estimate the
+    illuminant per channel as the Minkowski p-norm mean of the pixels, then scale each channel so that illuminant
+    becomes neutral grey. Removes much of the colour cast that differs between clinics, devices and light sources.
+    PIL RGB in, PIL RGB out (uint8, clipped)."""
+    import numpy as np
+
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)  # per channel, in [0, 1]
+    illuminant = illuminant / max(float(np.linalg.norm(illuminant)), 1e-6)
+    gains = 1.0 / (np.maximum(illuminant, 1e-6) * np.sqrt(3.0))  # a grey illuminant (1,1,1)/sqrt(3) -> gains 1
+    out = np.clip(x * gains, 0.0, 1.0) * 255.0
+    return Image.fromarray(np.round(out).astype(np.uint8), mode="RGB")
+
+
+def prepare_image(image, pre: dict):
+    """The deterministic PIL stage EVERY path shares (training cache, predict, evaluate, explain, export parity):
+    resize the shorter side to pre["resize"], then the colour constancy pre["color_constancy"] names (if any)."""
+    method = pre.get("color_constancy") or "none"
+    if method not in COLOR_CONSTANCY:
+        raise ConfigError(f"unknown colour constancy {method!r} in preprocessing (use {' or '.join(COLOR_CONSTANCY)})")
+    image = resize_shorter_side(image, int(pre.get("resize", pre["input_size"])))
+    return shades_of_gray(image) if method == "shades_of_gray" else image
+
+
 def eval_transform(pre: dict) -> v2.Compose:
     """Deterministic view: resize the shorter side to pre["resize"], centre-crop pre["input_size"], normalise.
     Input: PIL image or uint8 CHW tensor; output float32 (3, S, S)."""
