@@ -64,12 +64,22 @@ def test_fit_referral_refers_a_modest_share_of_validation_and_far_inputs(pca_dim
     referrer = referral.Referrer(meta, {"extra." + k: v for k, v in tensors.items()})
     _, new_l, _, _ = _clusters(seed=1)
     new_f = centres[labels] + np.random.default_rng(2).normal(0, 1, features.shape)
-    refer, _ = referrer.decide(referral.softmax(new_l, 1.5), new_f)
+    refer, _ = referrer.decide(referral.softmax(new_l, 1.5), new_f, new_l)
     assert refer.mean() <= 0.15, "fresh in-distribution samples must rarely be referred"
 
     far = np.random.default_rng(3).normal(0, 1, (20, 32)) * 10 + 40
-    refer, reasons = referrer.decide(referral.softmax(new_l[:20], 1.5), far)
+    refer, reasons = referrer.decide(referral.softmax(new_l[:20], 1.5), far, new_l[:20])
     assert refer.all() and all(referral.REASON_OOD in r for r in reasons)
+
+    # a weak network response (all logits near 0: high energy) on lesion-like features is referred too
+    flat = np.random.default_rng(4).normal(0, 0.01, new_l[:20].shape)
+    ood = referrer.out_of_distribution(new_f[:20], flat) > meta["thresholds"]["ood_score"]
+    assert ood.mean() >= 0.9
+    with pytest.raises(ModelError, match="needs the logits"):
+        referrer.decide(referral.softmax(new_l, 1.5), new_f)
+    # a version-1 referral (no energy term) still works from the distance alone
+    old = referral.Referrer({k: v for k, v in meta.items() if k != "score_normalisation"}, tensors)
+    assert old.out_of_distribution(far, None).min() > old.out_of_distribution(new_f, None).max()
 
 
 def test_low_confidence_reason_and_no_stats():
@@ -111,11 +121,11 @@ def test_imagenet_features_refer_non_dermoscopic_images(shared_train):
 
     f_fit, l_fit = features([load_image(f) for f, _ in fit])
     meta, tensors = referral.fit_referral(f_fit.numpy(), l_fit.numpy(), np.array([i for _, i in fit]), 1.0)
-    referrer = referral.Referrer({"thresholds": {"ood_score": meta["thresholds"]["ood_score"]}}, tensors)
+    referrer = referral.Referrer(meta, tensors)
 
     def share_ood(images):
-        f, _ = features(images)
-        return float((referral.ood_score(f.numpy(), referrer.stats) > referrer.ood_threshold).mean())
+        f, logits = features(images)
+        return float((referrer.out_of_distribution(f.numpy(), logits.numpy()) > referrer.ood_threshold).mean())
 
     ood = [im for kind, im in referral.synthetic_ood_images(224, per_kind=3)
            if kind in ("gaussian noise", "uniform noise", "text", "natural photo")]

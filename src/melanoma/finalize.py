@@ -127,7 +127,7 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     probs, calibration, threshold = calibrate_and_threshold(logits, labels, table.classes, mel_class,
                                                             cfg.target_sensitivity)
     referral_meta, tensors = fit_referral(features, logits, labels, calibration["temperature"], seed=cfg.seed)
-    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features)
+    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits)
     full = metrics.compute_metrics(labels, probs, table.classes, melanoma_class=mel_class,
                                    alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
                                    seed=cfg.seed)

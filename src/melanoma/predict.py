@@ -234,20 +234,23 @@ class Predictor:
                              "(use the run folder / model.json instead)")
         return self.backend.model
 
-    def infer(self, x: torch.Tensor, tta: bool = False, tta_views: int = 8) -> tuple[np.ndarray, np.ndarray]:
-        """Normalised batch [N,3,S,S] -> (probabilities [N,C], features [N,D] of the un-augmented view)."""
+    def infer(self, x: torch.Tensor, tta: bool = False, tta_views: int = 8
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised batch [N,3,S,S] -> (probabilities [N,C] averaged over the views, features [N,D] and
+        logits [N,C] of the un-augmented view, which the referral scores)."""
         from melanoma import transforms
 
         views = transforms.tta_views(x, tta_views) if tta else [x]  # view 0 is the identity
-        probs, features = None, None
+        probs, features, first_logits = None, None, None
         for view in views:
             logits, feats = self.backend(view)
             p = referral.softmax(logits, self.temperature)
             probs = p if probs is None else probs + p
             features = feats if features is None else features
-        return probs / len(views), features
+            first_logits = logits if first_logits is None else first_logits
+        return probs / len(views), features, first_logits
 
-    def _result(self, names, probs, features, errors) -> PredictionResult:
+    def _result(self, names, probs, features, logits, errors) -> PredictionResult:
         n = len(names)
         probs = np.zeros((0, len(self.class_names))) if probs is None else probs
         if self.melanoma_index is None:
@@ -255,7 +258,7 @@ class Predictor:
         else:
             p_mel = probs[:, self.melanoma_index]
             alert = p_mel >= self.alert_threshold
-        refer, reasons = self.referrer.decide(probs, features) if n else (np.zeros(0, bool), [])
+        refer, reasons = self.referrer.decide(probs, features, logits) if n else (np.zeros(0, bool), [])
         return PredictionResult(paths=list(names), probs=probs, class_names=self.class_names,
                                 melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
                                 errors=list(errors))
@@ -269,9 +272,9 @@ class Predictor:
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
             x = torch.stack([self.preprocess(im) for im in chunk])
-            probs, features = self.infer(x, tta, tta_views)
+            probs, features, logits = self.infer(x, tta, tta_views)
             names = [_name_of(im, start + i) for i, im in enumerate(chunk)]
-            out += self._result(names, probs, features, []).predictions()
+            out += self._result(names, probs, features, logits, []).predictions()
         return out
 
     def _decode(self, path: str):
@@ -295,7 +298,7 @@ class Predictor:
 
         paths = [str(p) for p in paths]
         batches = [paths[i:i + batch_size] for i in range(0, len(paths), max(1, batch_size))]
-        names, probs, feats, errors = [], [], [], []
+        names, probs, feats, logits, errors = [], [], [], [], []
         with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool, \
                 tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not progress) as bar:
             pending = [pool.submit(self._decode, p) for p in batches[0]] if batches else []
@@ -306,13 +309,15 @@ class Predictor:
                 good = [(p, t) for p, t in zip(batch, decoded) if isinstance(t, torch.Tensor)]
                 errors += [(p, t) for p, t in zip(batch, decoded) if not isinstance(t, torch.Tensor)]
                 if good:
-                    p, f = self.infer(torch.stack([t for _, t in good]), tta, tta_views)
+                    p, f, z = self.infer(torch.stack([t for _, t in good]), tta, tta_views)
                     names += [path for path, _ in good]
                     probs.append(p)
                     feats.append(f)
+                    logits.append(z)
                 bar.update(len(batch))
         return self._result(names, np.concatenate(probs) if probs else None,
-                            np.concatenate(feats) if feats else None, errors)
+                            np.concatenate(feats) if feats else None,
+                            np.concatenate(logits) if logits else None, errors)
 
 
 # ------------------------------------------------------------------------------------------------ files

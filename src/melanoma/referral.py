@@ -6,8 +6,10 @@ Two independent reasons, both calibrated on the validation set by `fit_referral`
   `thresholds.refer_confidence` = the `confidence_quantile` (default 5%) quantile of validation confidences,
   so about 5% of validation lesions are referred for this reason -- those are also where the model is wrong
   most often (the achieved accuracies are recorded in `meta["referral"]["validation"]`).
-* "not like the training images": out-of-distribution input (a photo, a screenshot, noise...). Score =
-  class-conditional Mahalanobis distance (Lee et al. 2018: per-class means, one shared within-class covariance)
+* "not like the training images": out-of-distribution input (a photo, a screenshot, noise...). Score = the
+  larger of two robustly standardised scores (either may raise the alarm; a sum would let one dilute the other) (median / IQR on validation): the energy of the logits (Liu et al. 2020;
+  catches inputs on which the network simply responds weakly, e.g. noise and flat colours, which sit close to
+  the lesion features), and the class-conditional Mahalanobis distance (Lee et al. 2018: per-class means, one shared within-class covariance)
   of the pre-logit features, the covariance Ledoit-Wolf-shrunk and stored as its top 64 eigenpairs plus one
   variance for the remaining directions (probabilistic-PCA style: small, close to the full-dimensional distance;
   plain "PCA to 64 dims" separated noise/photos from lesions much worse because they differ mostly OUTSIDE the
@@ -32,7 +34,8 @@ REASON_LOW_CONFIDENCE = "low confidence"
 REASON_OOD = "not like the training images"
 TENSOR_NAMES = ("class_means", "components", "variances", "residual_variance")
 _PREFIX = "referral."
-METHOD = "confidence+mahalanobis-ppca-ledoit-wolf"
+METHOD = "confidence+mahalanobis-ppca-ledoit-wolf+energy"
+METHOD_VERSION = 2  # version 1 (no energy term) models still load and use the distance alone
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -134,6 +137,18 @@ def _out_of_fold_scores(features, labels, pca_dims: int, folds: int, seed: int) 
     return scores
 
 
+def _robust_scale(scores: np.ndarray) -> list[float]:
+    """[median, IQR / 1.349] (the IQR of a normal distribution is 1.349 sd); scale floored to stay positive."""
+    q25, q50, q75 = np.quantile(np.asarray(scores, dtype=np.float64), [0.25, 0.5, 0.75])
+    return [float(q50), float(max((q75 - q25) / 1.349, 1e-6))]
+
+
+def combined_ood_score(distance: np.ndarray, energy: np.ndarray, normalisation: dict) -> np.ndarray:
+    """The larger of the robustly standardised Mahalanobis distance and energy (HIGHER = less like training data)."""
+    (m_d, s_d), (m_e, s_e) = normalisation["mahalanobis"], normalisation["energy"]
+    return np.maximum((np.asarray(distance) - m_d) / s_d, (np.asarray(energy) - m_e) / s_e)
+
+
 # --------------------------------------------------------------------------------------------- fitting
 def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, temperature: float, *,
                  confidence_quantile: float = 0.05, ood_quantile: float = 0.975, pca_dims: int = 64,
@@ -154,7 +169,10 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
     confidence = probs.max(axis=1)
     refer_confidence = float(np.quantile(confidence, confidence_quantile))
 
-    oof_scores = _out_of_fold_scores(features, labels, pca_dims, folds, seed)
+    oof_distance = _out_of_fold_scores(features, labels, pca_dims, folds, seed)
+    energy = energy_score(logits, temperature)
+    normalisation = {"mahalanobis": _robust_scale(oof_distance), "energy": _robust_scale(energy)}
+    oof_scores = combined_ood_score(oof_distance, energy, normalisation)
     ood_threshold = float(np.quantile(oof_scores, ood_quantile))
     stats = _fit_ood_stats(features, labels, pca_dims)
 
@@ -162,7 +180,8 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
     ood = oof_scores > ood_threshold
     meta_part = {
         "method": METHOD,
-        "version": 1,
+        "version": METHOD_VERSION,
+        "score_normalisation": normalisation,
         "thresholds": {"refer_confidence": refer_confidence, "ood_score": ood_threshold},
         "confidence_quantile": confidence_quantile,
         "ood_quantile": ood_quantile,
@@ -209,13 +228,26 @@ class Referrer:
         """True when the OOD check is active (the caller must pass pre-logit features)."""
         return self.stats is not None
 
-    def decide(self, probs: np.ndarray, features: np.ndarray | None) -> tuple[np.ndarray, list[str]]:
-        """(refer [N] bool, reason [N] str: "", "low confidence", "not like the training images" or both "; ")."""
+    def out_of_distribution(self, features: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
+        """OOD score [N] as fitted: distance + energy (version 2), or the distance alone (version 1 models)."""
+        distance = ood_score(features, self.stats)
+        normalisation = self.meta.get("score_normalisation")
+        if normalisation is None:
+            return distance
+        if logits is None:
+            raise ModelError("this model's referral combines distance and energy: decide() needs the logits")
+        return combined_ood_score(distance, energy_score(logits, float(self.meta.get("temperature", 1.0))),
+                                  normalisation)
+
+    def decide(self, probs: np.ndarray, features: np.ndarray | None, logits: np.ndarray | None = None
+               ) -> tuple[np.ndarray, list[str]]:
+        """(refer [N] bool, reason [N] str: "", "low confidence", "not like the training images" or both "; ").
+        `features`, `logits`: of the un-augmented view (from `embed`); without features only confidence counts."""
         n = len(probs)
         low = np.zeros(n, bool) if self.refer_confidence is None else probs.max(axis=1) < self.refer_confidence
         ood = np.zeros(n, bool)
         if self.stats is not None and features is not None:
-            ood = ood_score(features, self.stats) > float(self.ood_threshold)
+            ood = self.out_of_distribution(features, logits) > float(self.ood_threshold)
         reasons = ["; ".join(r for r, on in ((REASON_LOW_CONFIDENCE, lo), (REASON_OOD, od)) if on)
                    for lo, od in zip(low, ood)]
         return low | ood, reasons
