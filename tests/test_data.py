@@ -222,6 +222,20 @@ def test_isic_ground_truth_csv_with_sibling_image_folder(tmp_path):
         data.discover(gt)
 
 
+def test_isic2017_ground_truth_csv_neither_column_means_nevus(tmp_path):
+    for name in ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]:
+        _jpeg(tmp_path / "ISIC-2017_Test_v2_Data" / f"{name}.jpg")
+    header = ["image_id", "melanoma", "seborrheic_keratosis"]
+    gt = _write_csv(tmp_path / "ISIC-2017_Test_v2_Part3_GroundTruth.csv", header, [
+        ["ISIC_0000001", "1.0", "0.0"], ["ISIC_0000002", "0.0", "1.0"], ["ISIC_0000003", "0.0", "0.0"]])
+    table = data.discover(tmp_path)
+    assert [s.label for s in table.samples] == ["melanoma", "seborrheic keratosis", "nevus"]
+    assert table.classes == ["melanoma", "nevus", "seborrheic keratosis"]
+    _write_csv(gt, header, [["ISIC_0000001", "1", "1"]])
+    with pytest.raises(DataError, match="line 2: image ISIC_0000001 needs .* at most one of them 1"):
+        data.discover(gt)
+
+
 def _ham_subset(ham_dir: Path, target: Path, every: int) -> Path:
     """A HAM10000 folder with every `every`-th lesion (all its images) and a symlink to the shared images."""
     target.mkdir()

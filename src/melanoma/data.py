@@ -175,10 +175,13 @@ def _discover_csv(csv_path: Path) -> DatasetTable:
         return _discover_ham(csv_path, header_rows=(header, rows))
     if {"image", "label"} <= columns:
         return _discover_manifest(csv_path, rows)
+    if set(ISIC2017_COLUMNS) <= columns:
+        return _discover_isic2017(csv_path, rows)
     if "image" in columns and len(header) > 2 and _is_one_hot(header, rows):
         return _discover_isic_csv(csv_path, header, rows)
     raise DataError(f"{csv_path}: CSV lacks the needed columns: expected image,label (manifest), "
-                    "image + one-hot class columns (ISIC ground truth) or lesion_id,image_id,dx (HAM10000); "
+                    "image + one-hot class columns (ISIC ground truth), image_id,melanoma,seborrheic_keratosis "
+                    "(ISIC 2017) or lesion_id,image_id,dx (HAM10000); "
                     f"found {','.join(header)}")
 
 
@@ -214,6 +217,26 @@ def _discover_isic_csv(csv_path: Path, header: list[str], rows: list[dict]) -> D
                             f"({','.join(marked) or 'none'}); expected exactly one")
         samples.append(Sample(images[row["image"]], marked[0], row["image"]))
     # Class columns never marked (e.g. ISIC 2019 "UNK") are not classes of this data.
+    return DatasetTable(csv_path, "isic-csv", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
+
+
+ISIC2017_COLUMNS = ("image_id", "melanoma", "seborrheic_keratosis")
+
+
+def _discover_isic2017(csv_path: Path, rows: list[dict]) -> DatasetTable:
+    """ISIC 2017 Part 3 ground truth: two 0/1 columns; neither marked means nevus."""
+    images = _find_image_index(csv_path, [r["image_id"] for r in rows])
+    samples = []
+    for n, row in enumerate(rows, start=2):
+        try:
+            mel, sk = (float(row["melanoma"]), float(row["seborrheic_keratosis"]))
+        except ValueError:
+            raise DataError(f"{csv_path}: line {n}: melanoma / seborrheic_keratosis must be 0 or 1") from None
+        if mel not in (0.0, 1.0) or sk not in (0.0, 1.0) or mel + sk > 1:
+            raise DataError(f"{csv_path}: line {n}: image {row['image_id']} needs melanoma, seborrheic_keratosis "
+                            f"= 0 or 1 and at most one of them 1; found {row['melanoma']},{row['seborrheic_keratosis']}")
+        label = "melanoma" if mel else "seborrheic keratosis" if sk else "nevus"
+        samples.append(Sample(images[row["image_id"]], label, row["image_id"]))
     return DatasetTable(csv_path, "isic-csv", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
 
 

@@ -88,7 +88,8 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
         "thresholds": {"melanoma_alert": threshold, "target_sensitivity": cfg.target_sensitivity,
                        **referral_meta.get("thresholds", {})},
         "referral": referral_meta,
-        "data": {"source": str(Path(cfg.data).resolve()), "extra_sources": [str(Path(p).resolve()) for p in cfg.extra_data],
+        "data": {"source": str(Path(cfg.data).resolve()),
+                 "extra_sources": [str(Path(p).resolve()) for p in cfg.extra_data],
                  "images": len(table), "class_counts": data_summary.get("counts"),
                  "summary": data_summary},
         "metrics": headline,
@@ -97,8 +98,12 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
             "input": "RGB dermoscopic image of one lesion (JPEG/PNG), any size; resized and centre-cropped as in "
                      "`preprocessing`",
             "output": "probability per class (temperature-scaled), melanoma alert, referral flag",
-            "limitations": "Trained on ISIC archive images; other clinics, devices, skin types and non-dermoscopic "
-                           "photos may degrade it. Thresholds were chosen on validation data of the training source.",
+            "training_data": [Path(p).name or str(p) for p in [cfg.data, *cfg.extra_data]],
+            "limitations": "Trained on ISIC archive images (the sources above); other clinics, devices, skin types "
+                           "and non-dermoscopic photos may degrade it. Validation, thresholds and calibration use "
+                           "the first source only (extra sources only train).",
+            "licence": "The training images are CC-BY-NC (ISIC Archive; HAM10000: Tschandl et al. 2018, Sci. Data "
+                       "5:180161): use these weights non-commercially and cite the sources.",
         },
     }
 
