@@ -171,6 +171,27 @@ def test_images_seen_in_training_are_excluded(test_model, tiny_isic, tmp_path):
         evaluate(model, train_part, out=tmp_path / "eval3", bootstrap=20)
 
 
+def test_extra_training_sources_are_checked_too(test_model, tiny_isic, tmp_path):
+    """A model trained with --extra-data: images of every recorded source are left out, each source named."""
+    classes = sorted(p for p in tiny_isic.iterdir() if p.is_dir())
+    parts = [tmp_path / "primary", tmp_path / "extra"]
+    for part, chosen in zip(parts, (classes[:2], classes[2:3])):
+        for class_dir in chosen:
+            shutil.copytree(class_dir, part / class_dir.name)
+    model = tmp_path / "model"
+    shutil.copytree(test_model, model)
+    meta = json.loads((model / "model.json").read_text())
+    meta["data"] = {"source": str(parts[0]), "extra_sources": [str(parts[1])]}
+    (model / "model.json").write_text(json.dumps(meta))
+    result = evaluate(model, tiny_isic, out=tmp_path / "eval", bootstrap=20)
+    assert result["training_overlap"]["n_excluded"] == 15 and result["n_images"] == 30
+    assert result["training_overlap"]["checked_against"] == f"{parts[0]}, {parts[1]}"
+    meta["data"]["extra_sources"] = [str(tmp_path / "gone")]
+    (model / "model.json").write_text(json.dumps(meta))
+    unchecked = evaluate(model, tiny_isic, out=tmp_path / "eval2", bootstrap=20)
+    assert "gone" in unchecked["training_overlap"]["note"] and unchecked["n_images"] == 45
+
+
 def test_other_photos_of_a_trained_lesion_are_excluded_too(test_model, ham_dir, tmp_path):
     """HAM10000: a lesion with one photo in the training data is left out whole (group = lesion_id)."""
     by_lesion = {}

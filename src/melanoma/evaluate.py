@@ -147,29 +147,53 @@ def _context(predictor, model, table, data, resolved, errors, uncovered, n_score
     }
 
 
-def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[object, dict]:
-    """Drop the images of `table` that also occur in the model's training data (`exclude_with`, default the
-    `data.source` recorded in model.json): same pixels, phash within 2 or same ISIC id. Returns (table, summary)."""
-    from melanoma.audit import find_overlap
+def training_sources(meta: dict) -> list[str]:
+    """Every dataset the model was trained on, as recorded in model.json (primary + extra sources)."""
+    data = meta.get("data") or {}
+    return [s for s in [data.get("source"), *(data.get("extra_sources") or [])] if s]
 
+
+def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[object, dict]:
+    """Drop the images of `table` that also occur in the model's training data (`exclude_with`, default every
+    source recorded in model.json: `data.source` and `data.extra_sources`): same pixels, phash within 2 or same
+    ISIC id, and (HAM10000 layout) other photos of those lesions. Returns (table, summary)."""
     if exclude_with is False:
         return table, {"checked_against": None, "n_excluded": 0, "note": "overlap check disabled by the user"}
-    source = exclude_with or (meta.get("data") or {}).get("source")
-    if not source or not Path(source).exists():
+    sources = [exclude_with] if exclude_with else training_sources(meta)
+    missing = [s for s in sources if not Path(s).exists()]
+    if not sources or missing:
         return table, {"checked_against": None, "n_excluded": 0,
-                       "note": "training data not available: overlap with it was NOT checked"}
+                       "note": f"training data not available ({', '.join(map(str, missing)) or 'not recorded'}): "
+                               "overlap with it was NOT checked"}
+    drop, shared, matched_by, rule = set(), set(), {}, None
+    for source in sources:
+        found, groups, overlap = _overlap_with(table, source)
+        drop |= groups
+        shared |= found
+        rule = overlap["rule"]
+        matched_by = {k: matched_by.get(k, 0) + v for k, v in (overlap.get("matched_by") or {}).items()}
+        if groups:
+            print(f"excluded {len(groups)} image(s) that also occur in the training data {source}, or show a "
+                  f"lesion that does ({len(found)} shared images; {rule})", file=sys.stderr)
+    kept = table.subset([i for i in range(len(table)) if i not in drop])
+    if len(table) and not len(kept):
+        raise DataError(f"{table.root}: every image also occurs in the model's training data "
+                        f"({', '.join(map(str, sources))}): nothing independent to evaluate")
+    return kept, {"checked_against": ", ".join(map(str, sources)), "n_excluded": len(drop),
+                  "n_shared_images": len(shared), "n_same_lesion_images": len(drop) - len(shared), "rule": rule,
+                  "matched_by": matched_by}
+
+
+def _overlap_with(table, source) -> tuple[set, set, dict]:
+    """(indices of shared images, indices to drop incl. other photos of their lesions, find_overlap result)."""
+    from melanoma.audit import find_overlap
+
     overlap = find_overlap(discover(source), table)
     shared = {m["index"] for m in overlap["images"]}
     # other photos of a lesion that was trained on are not independent either (HAM10000: group = lesion_id)
     seen_groups = {table.samples[i].group for i in shared}
     drop = {i for i, s in enumerate(table.samples) if i in shared or (table.kind == "ham10000" and s.group in seen_groups)}
-    if drop:
-        print(f"excluded {len(drop)} image(s) that also occur in the training data {source}, or show a lesion "
-              f"that does ({len(shared)} shared images; {overlap['rule']})", file=sys.stderr)
-    kept = table.subset([i for i in range(len(table)) if i not in drop])
-    return kept, {"checked_against": str(source), "n_excluded": len(drop), "n_shared_images": len(shared),
-                  "n_same_lesion_images": len(drop) - len(shared), "rule": overlap["rule"],
-                  "matched_by": overlap["matched_by"]}
+    return shared, drop, overlap
 
 
 def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label_map=None, bootstrap: int = 1000,
