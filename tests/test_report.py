@@ -154,3 +154,15 @@ def test_cli_report(fake_run, capsys):
     assert cli.main(["report", str(fake_run)]) == 0
     assert "report.html" in capsys.readouterr().out
     assert cli.main(["report", str(fake_run / "nope")]) == 2
+
+
+def test_extra_training_sources_are_listed():
+    from melanoma.report import _extra_sources_summary
+
+    html = _extra_sources_summary({"n_images": 8194, "counts": {"nevus": 6495, "melanoma": 1086},
+                                   "removed": {"shares_a_group_with_primary": 1773},
+                                   "sources": [{"source": "/data/ham10000", "images": 10015, "mapped": 10015,
+                                                "reference_only": 327, "unmapped_labels": {}}]})
+    assert "Extra training data (8194 images)" in html and "/data/ham10000" in html
+    assert "shares a group with primary: 1773" in html and "6495" in html
+    assert _extra_sources_summary(None) == ""

@@ -211,7 +211,21 @@ def _audit_summary(summary: dict | None) -> str:
     unreadable = summary.get("unreadable") or []
     if unreadable:
         body += _table(["unreadable file", "reason"], [(u.get("path"), u.get("reason")) for u in unreadable[:20]])
-    return body
+    return body + _extra_sources_summary(summary.get("extra"))
+
+
+def _extra_sources_summary(extra: dict | None) -> str:
+    """Extra training sources (--extra-data): what joined the training side, what was left out and why."""
+    if not extra:
+        return ""
+    sources = _table(["extra source (trains only)", "images", "mapped labels", "reference only", "unmapped labels"],
+                     [(s.get("source"), s.get("images"), s.get("mapped"), s.get("reference_only"),
+                       ", ".join(f"{k} {v}" for k, v in (s.get("unmapped_labels") or {}).items()) or "none")
+                      for s in extra.get("sources", [])])
+    counts = _table(["class", "extra training images"], sorted((extra.get("counts") or {}).items()))
+    removed = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in (extra.get("removed") or {}).items()) or "none"
+    return (f"<h3>Extra training data ({_esc(extra.get('n_images'))} images)</h3>" + sources + counts
+            + f"<p>Left out: {_esc(removed)}.</p>")
 
 
 def _data_section(run: Path, meta: dict | None, data, out_dir: Path) -> str:
