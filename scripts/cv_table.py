@@ -1,0 +1,61 @@
+"""Print the README figures of finished CV runs: fold mean ± sd at the chosen epoch AND at the last epoch, pooled
+out-of-fold values with bootstrap CIs, and per-class recall / AUC.
+
+The checkpoint of each fold is the epoch with the best validation balanced accuracy, chosen on that fold's own
+validation images, so the "chosen epoch" mean is slightly optimistic; the "last epoch" mean involves no choice.
+
+    python scripts/cv_table.py runs/cv-lite0-8ep runs/cv-lite0-ham
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def _last_epoch(fold: Path) -> dict:
+    """val/bal_acc and val/mel_auc of the last logged epoch of one fold."""
+    rows = [r for r in csv.DictReader((fold / "logs" / "metrics.csv").open()) if (r.get("val/bal_acc") or "").strip()]
+    last = max(rows, key=lambda r: float(r["epoch"]))
+    return {"epoch": int(float(last["epoch"])), "bal_acc": float(last["val/bal_acc"]),
+            "mel_auc": float(last["val/mel_auc"])}
+
+
+def _ms(values) -> str:
+    arr = np.asarray(values, dtype=float)
+    return f"{arr.mean():.3f} ± {arr.std(ddof=1):.3f}"
+
+
+def _ci(entry) -> str:
+    return f"{entry['value']:.3f} [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
+
+
+def describe(run: Path) -> None:
+    summary = json.loads((run / "cv_summary.json").read_text())
+    pooled = json.loads((run / "val_metrics.json").read_text())
+    folds = sorted(run.glob("fold-*"))
+    results = [json.loads((f / "result.json").read_text()) for f in folds]
+    last = [_last_epoch(f) for f in folds]
+    print(f"## {run}  ({summary['images']} images, {summary['seconds'] / 60:.0f} min of training)")
+    print(f"chosen epoch: balanced accuracy {_ms([r['balanced_accuracy'] for r in results])}, "
+          f"melanoma AUC {_ms([r['melanoma_auc'] for r in results])} "
+          f"(epochs {[r.get('best_epoch') for r in results]})")
+    print(f"last epoch:   balanced accuracy {_ms([x['bal_acc'] for x in last])}, "
+          f"melanoma AUC {_ms([x['mel_auc'] for x in last])}")
+    mel = pooled["melanoma"]
+    print(f"out-of-fold:  balanced accuracy {_ci(pooled['balanced_accuracy'])}, melanoma AUC {_ci(mel['auc'])}, "
+          f"sensitivity {mel['sensitivity']['value'] if isinstance(mel['sensitivity'], dict) else mel['sensitivity']:.3f}"
+          f" / specificity {mel['specificity']['value'] if isinstance(mel['specificity'], dict) else mel['specificity']:.3f}"
+          f" at the alert")
+    per_class = ", ".join(f"{name} {c['recall']['value']:.2f} / {c['auc']['value']:.2f} (n={c['support']})"
+                          for name, c in pooled["per_class"].items())
+    print(f"per class recall / AUC: {per_class}\n")
+
+
+if __name__ == "__main__":
+    for arg in sys.argv[1:] or ["runs/cv-lite0"]:
+        describe(Path(arg))
