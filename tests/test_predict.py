@@ -206,3 +206,20 @@ def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size,
     Image.open(_images(tiny_isic)[0]).convert("RGB").resize(size).save(path)
     cached = predictor.transform(decode_prepared(path, predictor.meta["preprocessing"]))
     torch.testing.assert_close(predictor.preprocess(path), cached, atol=0, rtol=0)
+
+
+def test_the_shipped_default_model_loads_and_flags_images(tiny_isic):
+    """models/default (what `melanoma predict` uses without --model) is a complete, self-describing artifact."""
+    from melanoma.predict import DEFAULT_MODEL_DIR
+
+    predictor = Predictor.load()
+    assert Path(predictor.source) == DEFAULT_MODEL_DIR
+    meta = predictor.meta
+    assert predictor.class_names == CLASSES and meta["melanoma_class"] == "melanoma"
+    assert 0.0 < predictor.alert_threshold < 1.0 and meta["thresholds"]["target_sensitivity"] == 0.9
+    assert meta["model_card"]["intended_use"].startswith("Decision support")
+    assert "licence" in meta["model_card"] and meta["referral"]["version"] == referral.METHOD_VERSION
+    melanomas = sorted((tiny_isic / "melanoma").glob("*.jpg"))
+    results = predictor.predict([Image.open(p) for p in melanomas])
+    assert len(results) == len(melanomas)
+    assert all(abs(sum(r.probabilities.values()) - 1.0) < 1e-5 for r in results)
