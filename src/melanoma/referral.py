@@ -8,8 +8,7 @@ Two independent reasons, both calibrated on the validation set by `fit_referral`
   most often (the achieved accuracies are recorded in `meta["referral"]["validation"]`).
 * "not like the training images": out-of-distribution input (a photo, a screenshot, noise...). Score = the
   larger of two robustly standardised scores (either may raise the alarm; a sum would let one dilute the other) (median / IQR on validation): the energy of the logits (Liu et al. 2020;
-  catches inputs on which the network simply responds weakly, e.g. noise and flat colours, which sit close to
-  the lesion features), and the class-conditional Mahalanobis distance (Lee et al. 2018: per-class means, one shared within-class covariance)
+  meant for inputs on which the network responds weakly; on the shipped model noise and text still pass, README), and the class-conditional Mahalanobis distance (Lee et al. 2018: per-class means, one shared within-class covariance)
   of the pre-logit features, the covariance Ledoit-Wolf-shrunk and stored as its top 64 eigenpairs plus one
   variance for the remaining directions (probabilistic-PCA style: small, close to the full-dimensional distance;
   plain "PCA to 64 dims" separated noise/photos from lesions much worse because they differ mostly OUTSIDE the
