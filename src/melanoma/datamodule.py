@@ -72,12 +72,10 @@ class SeededSampler(Sampler[int]):
 
     def sample_weights(self) -> torch.Tensor:
         """1 / (number of sources in the sample's class * count of its (class, source) cell)."""
-        cell = self.labels * (int(self.sources.max()) + 1) + self.sources
-        cell_counts = torch.bincount(cell).double()
-        sources_per_class = torch.zeros(int(self.labels.max()) + 1, dtype=torch.float64)
-        sources_per_class.index_add_(0, torch.unique(cell) // (int(self.sources.max()) + 1),
-                                     torch.ones(len(torch.unique(cell)), dtype=torch.float64))
-        return 1.0 / (sources_per_class[self.labels] * cell_counts[cell])
+        n_sources = int(self.sources.max()) + 1
+        cell = self.labels * n_sources + self.sources  # one id per (class, source) pair
+        sources_per_class = torch.bincount(torch.unique(cell) // n_sources).double()
+        return 1.0 / (sources_per_class[self.labels] * torch.bincount(cell).double()[cell])
 
     def epoch_indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
