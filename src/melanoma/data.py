@@ -399,9 +399,7 @@ def _apply_conflict_policy(samples: list[Sample], classes: list[str], policy: st
     """Returns (kept samples, counts): groups with several labels and their images, and with reference labels
     (`refs`: {group: allowed classes}) the groups they settle and the one-label groups they contradict."""
     refs = refs or {}
-    labels_by_group: dict[str, set] = {}
-    for s in samples:
-        labels_by_group.setdefault(s.group, set()).add(s.label)
+    labels_by_group = sources.labels_by_group(samples)
     conflicts = {g for g, labels in labels_by_group.items() if len(labels) > 1}
     order = {c: i for i, c in enumerate(classes)}
     # the label each group keeps (None: dropped); a group without references keeps its label unless conflicting

@@ -45,11 +45,24 @@ class ExtraSource:
     summary: dict = field(default_factory=dict)
 
 
+def _target_names(target) -> list[str]:
+    """The class names of one map entry: `class`, `[class, ...]` or None."""
+    return [] if target is None else list(target) if isinstance(target, list) else [target]
+
+
+def labels_by_group(samples) -> dict[str, set]:
+    """{group: the set of labels its samples carry}."""
+    out: dict[str, set] = {}
+    for s in samples:
+        out.setdefault(s.group, set()).add(s.label)
+    return out
+
+
 def _preset_within(preset: dict, classes: list[str]) -> dict:
     """A preset restricted to the training classes (a target the training data lacks leaves that label out)."""
     out = {}
     for label, target in preset.items():
-        names = [n for n in (target if isinstance(target, list) else [target]) if n in classes]
+        names = [n for n in _target_names(target) if n in classes]
         out[label] = None if not names else names if isinstance(target, list) and len(names) > 1 else names[0]
     return out
 
@@ -77,7 +90,7 @@ def load_training_labels(spec, table, classes: list[str]) -> dict:
 
 def _check_targets(mapping: dict, classes: list[str], where: str) -> None:
     for label, target in mapping.items():
-        for name in ([] if target is None else target if isinstance(target, list) else [target]):
+        for name in _target_names(target):
             if name not in classes:
                 raise ConfigError(f"{where}: label {label!r} maps to {name!r}, which is not a class of the "
                                   f"training data ({', '.join(classes)})")
@@ -143,16 +156,14 @@ def reference_classes(extra_samples, compatible: dict) -> dict[str, frozenset]:
 def extras_for_training(extra_samples, primary_groups: set) -> tuple[list, dict]:
     """Extra samples that may train: a training target, no primary sample in their group, no conflict inside
     their own group. Returns (samples, counts of what was removed and why)."""
-    labels_by_group: dict[str, set] = {}
-    for s in extra_samples:
-        labels_by_group.setdefault(s.group, set()).add(s.label)
+    labels = labels_by_group(extra_samples)
     kept, removed = [], Counter()
     for s in extra_samples:
         if s.group in primary_groups:
             removed["shares_a_group_with_primary"] += 1
         elif s.label is None:
             removed["reference_only"] += 1
-        elif len(labels_by_group[s.group]) > 1:
+        elif len(labels[s.group]) > 1:
             removed["conflicting_labels"] += 1
         else:
             kept.append(s)

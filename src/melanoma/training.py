@@ -26,6 +26,8 @@ from melanoma.models import default_preprocessing
 from melanoma.sources import load_extra_sources, splits_with_extras
 
 RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
+
+
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """Fill the model-dependent defaults (pretrained, learning rate, optimiser) in place."""
     is_seed = cfg.model == "seed-cnn"
