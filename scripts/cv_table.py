@@ -4,6 +4,11 @@ out-of-fold values with bootstrap CIs, and per-class recall / AUC.
 The checkpoint of each fold is the epoch with the best validation balanced accuracy, chosen on that fold's own
 validation images, so the "chosen epoch" mean is slightly optimistic; the "last epoch" mean involves no choice.
 
+Also printed: melanoma vs nevus AUC *within one source* (the old-archive images, i.e. the files that are not
+HAM10000 images). In the 9-class split the label nearly names the source (every AK/DF/PBK/SCC/VASC file is a
+HAM10000 image, no melanoma is), so the all-class melanoma AUC partly measures "old archive vs HAM10000"; the
+within-source AUC cannot use that shortcut.
+
     python scripts/cv_table.py runs/cv-lite0-8ep runs/cv-lite0-ham
 """
 
@@ -15,6 +20,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+
+HAM_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000" / "HAM10000_metadata.csv"
 
 
 def _last_epoch(fold: Path) -> dict:
@@ -34,7 +41,30 @@ def _ci(entry) -> str:
     return f"{entry['value']:.3f} [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
 
 
-def describe(run: Path) -> None:
+def _auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000) -> str:
+    from sklearn.metrics import roc_auc_score
+
+    rng, boots = np.random.default_rng(0), []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            boots.append(roc_auc_score(y[i], p[i]))
+    return f"{roc_auc_score(y, p):.3f} [{np.percentile(boots, 2.5):.3f}, {np.percentile(boots, 97.5):.3f}]"
+
+
+def within_source_auc(run: Path, ham_metadata: Path) -> str | None:
+    """Melanoma vs nevus AUC (bootstrap CI) on the out-of-fold images that are not HAM10000 images."""
+    if not ham_metadata.is_file():
+        return None
+    ham = {line.split(",")[1] for line in ham_metadata.read_text().splitlines()[1:]}
+    rows = [r for r in csv.DictReader((run / "val_predictions.csv").open())
+            if Path(r["image"]).stem not in ham and r["label"] in ("melanoma", "nevus")]
+    y = np.array([r["label"] == "melanoma" for r in rows])
+    p = np.array([float(r["melanoma_probability"]) for r in rows])
+    return f"{_auc_ci(y, p)} (n={len(y)}, {int(y.sum())} melanoma)"
+
+
+def describe(run: Path, ham_metadata: Path = HAM_METADATA) -> None:
     summary = json.loads((run / "cv_summary.json").read_text())
     pooled = json.loads((run / "val_metrics.json").read_text())
     folds = sorted(run.glob("fold-*"))
@@ -53,7 +83,11 @@ def describe(run: Path) -> None:
           f" at the alert")
     per_class = ", ".join(f"{name} {c['recall']['value']:.2f} / {c['auc']['value']:.2f} (n={c['support']})"
                           for name, c in pooled["per_class"].items())
-    print(f"per class recall / AUC: {per_class}\n")
+    print(f"per class recall / AUC: {per_class}")
+    within = within_source_auc(run, ham_metadata)
+    if within:
+        print(f"old-archive melanoma vs nevus AUC (out-of-fold, no source shortcut): {within}")
+    print()
 
 
 if __name__ == "__main__":
