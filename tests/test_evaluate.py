@@ -214,3 +214,28 @@ def test_other_photos_of_a_trained_lesion_are_excluded_too(test_model, ham_dir, 
     overlap = result["training_overlap"]
     assert overlap["n_shared_images"] == 3 and overlap["n_same_lesion_images"] == 3
     assert result["n_images"] == 5
+
+
+def test_the_fingerprint_in_the_model_file_replaces_the_training_folders(test_model, tiny_isic, tmp_path):
+    """A model carrying its training-set fingerprint is checked on a machine without its training data."""
+    from safetensors.torch import load_file, save_file
+
+    from melanoma import fingerprint
+    from melanoma.data import discover, scan
+
+    train_part = tmp_path / "train_part"
+    for class_dir in sorted(p for p in tiny_isic.iterdir() if p.is_dir())[:3]:
+        shutil.copytree(class_dir, train_part / class_dir.name)
+    n_train = sum(1 for _ in train_part.glob("*/*.jpg"))
+    model = tmp_path / "model"
+    shutil.copytree(test_model, model)
+    tensors = load_file(str(model / "model.safetensors"))
+    prints = fingerprint.build(scan(discover(train_part)))
+    save_file({**tensors, **{f"extra.{k}": v for k, v in prints.items()}}, str(model / "model.safetensors"))
+    meta = json.loads((model / "model.json").read_text())
+    meta["data"] = {"source": str(tmp_path / "moved-away")}
+    (model / "model.json").write_text(json.dumps(meta))
+    result = evaluate(model, tiny_isic, out=tmp_path / "eval", bootstrap=20)
+    overlap = result["training_overlap"]
+    assert overlap["n_excluded"] == n_train and result["n_images"] == 45 - n_train
+    assert overlap["checked_against"].startswith("the training-set fingerprint") and overlap["matched_by"]

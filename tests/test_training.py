@@ -130,6 +130,8 @@ def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
     meta = json.loads((run / "model.json").read_text())
     assert meta["data"]["extra_sources"] == [str(ham.resolve())] and Path(meta["data"]["source"]).is_absolute()
     assert meta["preprocessing"]["color_constancy"] == "shades_of_gray"
+    _, loaded = load_model(run)  # every image of both sources is fingerprinted, also those training left out
+    assert len(loaded["extra"]["fingerprint.pixel"]) == 45 + 40
     predicted = (run / "val_predictions.csv").read_text()
     assert str(tiny_isic) in predicted and str(ham) not in predicted and "/images/" not in predicted
     rows = [r for r in (run / "logs" / "metrics.csv").read_text().splitlines() if r.startswith("0,")]

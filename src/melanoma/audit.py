@@ -218,7 +218,7 @@ def _overlap(table, entries, other_table, other_entries, distance: int) -> dict:
     id_distances = Counter(_distance_text(other_entries[j], [entries[i] for i in by_id.get(isic, [])])
                            for j, s in enumerate(other_table.samples)
                            for isic in ISIC_ID.findall(Path(s.path).stem)[:1] if isic in by_id)
-    return {"against": _describe(other_table), "rule": _rule_text(distance), "phash_distance": distance,
+    return {"against": _describe(other_table), "rule": overlap_rule_text(distance), "phash_distance": distance,
             "n_overlap": len(matches), "matched_by": dict(how.most_common()),
             "same_id_phash_distances": dict(sorted(id_distances.items())),
             "n_label_pairs": dict(Counter(f"{m['label_other']} -> {' / '.join(m['labels_data'])}"
@@ -235,7 +235,7 @@ def _distance_text(entry, data_entries) -> str:
     return str(int(diff.min()))
 
 
-def _rule_text(distance: int) -> str:
+def overlap_rule_text(distance: int) -> str:
     return (f"an image of OTHER occurs in DATA when its decoded pixels are identical, its phash is within Hamming "
             f"distance {distance}, or its file name carries the same ISIC id (ISIC_nnnnnnn)")
 

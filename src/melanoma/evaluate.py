@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma import labelmaps, metrics, plots
+from melanoma import fingerprint, labelmaps, metrics, plots
+from melanoma.audit import CROSS_SET_PHASH_DISTANCE, overlap_rule_text, find_overlap
 from melanoma.data import discover
 from melanoma.errors import DataError
+from melanoma.images import scan_paths
 
 MAX_LISTED_ERRORS = 200  # unreadable files listed by name in metrics.json (all are counted)
 
@@ -154,46 +156,48 @@ def training_sources(meta: dict) -> list[str]:
 
 
 def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[object, dict]:
-    """Drop the images of `table` that also occur in the model's training data (`exclude_with`, default every
-    source recorded in model.json: `data.source` and `data.extra_sources`): same pixels, phash within 2 or same
-    ISIC id, and (HAM10000 layout) other photos of those lesions. Returns (table, summary)."""
+    """Drop the images of `table` that also occur in the model's training data: same pixels, phash within 2 or
+    same ISIC id, and (HAM10000 layout) other photos of those lesions. The training data is, in order of
+    preference: `exclude_with` (a dataset path), the training-set fingerprint stored in the model file (works on
+    any machine), or every source folder recorded in model.json. Returns (table, summary)."""
     if exclude_with is False:
         return table, {"checked_against": None, "n_excluded": 0, "note": "overlap check disabled by the user"}
+    prints = None if exclude_with else fingerprint.find(meta.get("extra"))
+    if prints is not None:
+        entries = scan_paths([s.path for s in table.samples])
+        found = fingerprint.matches(prints, table.samples, entries, CROSS_SET_PHASH_DISTANCE)
+        what = f"the training-set fingerprint in the model file ({len(prints['pixel'])} images)"
+        return _drop_overlap(table, set(found), what, fingerprint.summarize(found))
     sources = [exclude_with] if exclude_with else training_sources(meta)
     missing = [s for s in sources if not Path(s).exists()]
     if not sources or missing:
         return table, {"checked_against": None, "n_excluded": 0,
                        "note": f"training data not available ({', '.join(map(str, missing)) or 'not recorded'}): "
                                "overlap with it was NOT checked"}
-    drop, shared, matched_by, rule = set(), set(), {}, None
+    shared, matched_by = set(), {}
     for source in sources:
-        found, groups, overlap = _overlap_with(table, source)
-        drop |= groups
-        shared |= found
-        rule = overlap["rule"]
+        overlap = find_overlap(discover(source), table)
+        shared |= {m["index"] for m in overlap["images"]}
         matched_by = {k: matched_by.get(k, 0) + v for k, v in (overlap.get("matched_by") or {}).items()}
-        if groups:
-            print(f"excluded {len(groups)} image(s) that also occur in the training data {source}, or show a "
-                  f"lesion that does ({len(found)} shared images; {rule})", file=sys.stderr)
+    return _drop_overlap(table, shared, ", ".join(map(str, sources)), matched_by)
+
+
+def _drop_overlap(table, shared: set, checked_against: str, matched_by: dict) -> tuple[object, dict]:
+    """Remove the shared images and (HAM10000 layout: group = lesion_id) the other photos of their lesions, which
+    are not independent of the model either; DataError when nothing is left."""
+    seen_groups = {table.samples[i].group for i in shared}
+    drop = {i for i, s in enumerate(table.samples)
+            if i in shared or (table.kind == "ham10000" and s.group in seen_groups)}
+    rule = overlap_rule_text(CROSS_SET_PHASH_DISTANCE)
+    if drop:
+        print(f"excluded {len(drop)} image(s) that also occur in the training data ({checked_against}), or show a "
+              f"lesion that does ({len(shared)} shared images; {rule})", file=sys.stderr)
     kept = table.subset([i for i in range(len(table)) if i not in drop])
     if len(table) and not len(kept):
         raise DataError(f"{table.root}: every image also occurs in the model's training data "
-                        f"({', '.join(map(str, sources))}): nothing independent to evaluate")
-    return kept, {"checked_against": ", ".join(map(str, sources)), "n_excluded": len(drop),
-                  "n_shared_images": len(shared), "n_same_lesion_images": len(drop) - len(shared), "rule": rule,
-                  "matched_by": matched_by}
-
-
-def _overlap_with(table, source) -> tuple[set, set, dict]:
-    """(indices of shared images, indices to drop incl. other photos of their lesions, find_overlap result)."""
-    from melanoma.audit import find_overlap
-
-    overlap = find_overlap(discover(source), table)
-    shared = {m["index"] for m in overlap["images"]}
-    # other photos of a lesion that was trained on are not independent either (HAM10000: group = lesion_id)
-    seen_groups = {table.samples[i].group for i in shared}
-    drop = {i for i, s in enumerate(table.samples) if i in shared or (table.kind == "ham10000" and s.group in seen_groups)}
-    return shared, drop, overlap
+                        f"({checked_against}): nothing independent to evaluate")
+    return kept, {"checked_against": checked_against, "n_excluded": len(drop), "n_shared_images": len(shared),
+                  "n_same_lesion_images": len(drop) - len(shared), "rule": rule, "matched_by": matched_by}
 
 
 def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label_map=None, bootstrap: int = 1000,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from melanoma import metrics
+from melanoma import fingerprint, metrics
 from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, write_predictions_csv
@@ -139,6 +139,7 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     atomic_write_text(run / "val_metrics.json", json.dumps(full, indent=2))
     head = headline_metrics(full)
     epochs = _best_epoch(run)
+    tensors = {**tensors, **fingerprint.load(cfg.out)}  # the training set's hashes travel with the weights
     save_model(model, model_metadata(cfg, table, pre, calibration, threshold, referral_meta, head, epochs), run,
                tensors)
     write_predictions(run / "val_predictions.csv", table, val_idx, probs, refer, reasons, threshold, mel_class)

@@ -15,11 +15,13 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import CSVLogger
 
 from melanoma import data as datalib
+from melanoma import fingerprint
 from melanoma.artifacts import atomic_write_text
 from melanoma.config import TrainConfig, save_config
 from melanoma.datamodule import LesionDataModule, decode_cache
 from melanoma.errors import ConfigError, MelanomaError
 from melanoma.finalize import finalize_split, summarize_cv
+from melanoma.images import scan_paths
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing
@@ -57,13 +59,18 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
 
 
 def load_training_table(cfg: TrainConfig, run: Path):
-    """Discover, validate and de-duplicate the data (conflict policy applied); summary written to the run."""
+    """Discover, validate and de-duplicate the data (conflict policy applied); summary and training-set
+    fingerprint (every scanned image, see fingerprint.py) written to the run."""
     table = datalib.discover(cfg.data)
     lesions = datalib.read_lesion_ids(cfg.lesion_metadata) if cfg.lesion_metadata else None
     extras = load_extra_sources(cfg.extra_data, cfg.extra_labels, table.classes)
+    entries = datalib.scan(table)
+    extra_entries = scan_paths([s.path for src in extras for s in src.samples])
+    fingerprint.save(fingerprint.build(entries + extra_entries), run)
     table, summary = datalib.prepare_training_table(table, conflict_policy=cfg.conflict_policy,
                                                     near_distance=cfg.near_distance, lesion_ids=lesions,
-                                                    extras=extras)
+                                                    extras=extras, scan_entries=entries,
+                                                    extra_scan_entries=extra_entries)
     for item in summary.get("unreadable", []):
         print(f"skipped {item['path']}: {item['reason']}")
     if "extra" in summary:
