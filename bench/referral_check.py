@@ -5,6 +5,7 @@ Two modes:
 * ``--model RUN`` (a trained model with a fitted referral in model.json): lesion share on the images listed in
   RUN/val_predictions.csv (the validation lesions the thresholds were fitted on; model.json also records the
   honest out-of-fold shares) or on ``--data``; non-dermoscopic share on synthetic/natural images.
+  "odd input" is the pixel-statistics input check (input_check.py; models trained since it exists).
 * no ``--model``: ImageNet-pretrained efficientnet_lite0 features (random 9-class head): referral statistics are
   fitted on half of ``--per-class`` lesion images per class of the shared Train split and checked on the other half
   plus the synthetic images. This tests the mechanism before a trained model exists.
@@ -27,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from melanoma import referral
+from melanoma import input_check, referral
 from melanoma.predict import Predictor
 
 SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-9class" / "Train"
@@ -57,23 +58,25 @@ def _pretrained_lite0_predictor(fit_paths, fit_labels, classes, size: int) -> Pr
     from melanoma.predict import _TorchBackend
 
     predictor = Predictor(_TorchBackend(model), meta, "efficientnet_lite0 (ImageNet features)")
-    x_logits, x_feats = _embed_paths(predictor, fit_paths)
+    x_logits, x_feats, x_stats = _embed_paths(predictor, fit_paths)
     ref_meta, tensors = referral.fit_referral(x_feats, x_logits, np.asarray(fit_labels), 1.0)
+    ref_meta["input_check"] = input_check.fit(x_stats)
     predictor.meta["referral"] = ref_meta
     predictor.referrer = referral.Referrer(ref_meta, tensors)
     return predictor
 
 
-def _embed_paths(predictor: Predictor, paths, batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
+def _embed_paths(predictor: Predictor, paths, batch: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     from melanoma.data import load_image
 
-    logits, feats = [], []
+    logits, feats, stats = [], [], []
     for i in range(0, len(paths), batch):
         x = torch.stack([predictor.preprocess(load_image(p)) for p in paths[i:i + batch]])
         lg, ft = predictor.backend(x)
         logits.append(lg)
         feats.append(ft)
-    return np.concatenate(logits), np.concatenate(feats)
+        stats.append(predictor.input_statistics(x))
+    return np.concatenate(logits), np.concatenate(feats), np.concatenate(stats)
 
 
 def _val_paths(run: Path) -> list[str]:
@@ -93,14 +96,15 @@ def _extra_lesions(folder: Path, data: Path, n: int, seed: int) -> list[str]:
 
 def _print_shares(title: str, kinds: list[str], refer: np.ndarray, reasons: list[str]) -> None:
     print(f"\n{title}")
-    print(f"{'kind':<18}{'n':>5}{'referred':>10}{'low conf':>10}{'not like':>10}")
+    print(f"{'kind':<18}{'n':>5}{'referred':>10}{'low conf':>10}{'not like':>10}{'odd input':>10}")
     groups = defaultdict(list)
     for i, kind in enumerate(kinds):
         groups[kind].append(i)
     for kind, idx in [*sorted(groups.items()), ("ALL", list(range(len(kinds))))]:
         low = np.mean([referral.REASON_LOW_CONFIDENCE in reasons[i] for i in idx])
         ood = np.mean([referral.REASON_OOD in reasons[i] for i in idx])
-        print(f"{kind:<18}{len(idx):>5}{refer[idx].mean():>10.1%}{low:>10.1%}{ood:>10.1%}")
+        odd = np.mean([input_check.REASON in reasons[i] for i in idx])
+        print(f"{kind:<18}{len(idx):>5}{refer[idx].mean():>10.1%}{low:>10.1%}{ood:>10.1%}{odd:>10.1%}")
 
 
 def main(argv=None) -> int:

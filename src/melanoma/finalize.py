@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from melanoma import fingerprint, metrics
+from melanoma import fingerprint, input_check, metrics
 from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, write_predictions_csv
@@ -19,9 +19,10 @@ from melanoma.transforms import eval_transform
 
 
 def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_size: int = 64):
-    """Eval-preset logits and pre-logit features for cached uint8 images; returns numpy (logits, features)."""
+    """Eval-preset logits, pre-logit features and input statistics (input_check) for cached uint8 images;
+    returns numpy (logits, features, image_stats)."""
     transform = eval_transform(pre)
-    logits, features = [], []
+    logits, features, stats = [], [], []
     model.eval()
     threads = torch.get_num_threads()
     with torch.inference_mode():
@@ -32,7 +33,8 @@ def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_s
             feats, out = embed(model, x)
             logits.append(out.float().numpy())
             features.append(feats.float().numpy())
-    return np.concatenate(logits), np.concatenate(features)
+            stats.append(input_check.statistics(x, pre))
+    return np.concatenate(logits), np.concatenate(features), np.concatenate(stats)
 
 
 def _best_epoch(run: Path) -> dict:
@@ -127,12 +129,13 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     module.load_state_dict(state)
     model = module.model.eval()
     labels = table.label_indices()[val_idx]
-    logits, features = infer(model, [images[i] for i in val_idx], pre)
+    logits, features, image_stats = infer(model, [images[i] for i in val_idx], pre)
     mel_class = find_melanoma_class(table.classes)
     probs, calibration, threshold = calibrate_and_threshold(logits, labels, table.classes, mel_class,
                                                             cfg.target_sensitivity)
     referral_meta, tensors = fit_referral(features, logits, labels, calibration["temperature"], seed=cfg.seed)
-    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits)
+    referral_meta["input_check"] = input_check.fit(image_stats)
+    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
     full = metrics.compute_metrics(labels, probs, table.classes, melanoma_class=mel_class,
                                    alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
                                    seed=cfg.seed)

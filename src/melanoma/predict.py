@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from melanoma import referral
+from melanoma import input_check, referral
 from melanoma.errors import ImageError, MelanomaError, ModelError
 from melanoma.images import is_image_file
 from melanoma.transforms import prepare_image
@@ -250,7 +250,11 @@ class Predictor:
             first_logits = logits if first_logits is None else first_logits
         return probs / len(views), features, first_logits
 
-    def _result(self, names, probs, features, logits, errors) -> PredictionResult:
+    def input_statistics(self, x: torch.Tensor) -> np.ndarray:
+        """input_check statistics [N, 2] of a normalised batch (what the referral's input check scores)."""
+        return input_check.statistics(x, self.meta["preprocessing"])
+
+    def _result(self, names, probs, features, logits, errors, image_stats=None) -> PredictionResult:
         n = len(names)
         probs = np.zeros((0, len(self.class_names))) if probs is None else probs
         if self.melanoma_index is None:
@@ -258,7 +262,8 @@ class Predictor:
         else:
             p_mel = probs[:, self.melanoma_index]
             alert = p_mel >= self.alert_threshold
-        refer, reasons = self.referrer.decide(probs, features, logits) if n else (np.zeros(0, bool), [])
+        refer, reasons = (self.referrer.decide(probs, features, logits, image_stats) if n
+                          else (np.zeros(0, bool), []))
         return PredictionResult(paths=list(names), probs=probs, class_names=self.class_names,
                                 melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
                                 errors=list(errors))
@@ -274,7 +279,7 @@ class Predictor:
             x = torch.stack([self.preprocess(im) for im in chunk])
             probs, features, logits = self.infer(x, tta, tta_views)
             names = [_name_of(im, start + i) for i, im in enumerate(chunk)]
-            out += self._result(names, probs, features, logits, []).predictions()
+            out += self._result(names, probs, features, logits, [], self.input_statistics(x)).predictions()
         return out
 
     def _decode(self, path: str):
@@ -298,7 +303,7 @@ class Predictor:
 
         paths = [str(p) for p in paths]
         batches = [paths[i:i + batch_size] for i in range(0, len(paths), max(1, batch_size))]
-        names, probs, feats, logits, errors = [], [], [], [], []
+        names, probs, feats, logits, stats, errors = [], [], [], [], [], []
         with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool, \
                 tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not progress) as bar:
             pending = [pool.submit(self._decode, p) for p in batches[0]] if batches else []
@@ -309,7 +314,9 @@ class Predictor:
                 good = [(p, t) for p, t in zip(batch, decoded) if isinstance(t, torch.Tensor)]
                 errors += [(p, t) for p, t in zip(batch, decoded) if not isinstance(t, torch.Tensor)]
                 if good:
-                    p, f, z = self.infer(torch.stack([t for _, t in good]), tta, tta_views)
+                    x = torch.stack([t for _, t in good])
+                    p, f, z = self.infer(x, tta, tta_views)
+                    stats.append(self.input_statistics(x))
                     names += [path for path, _ in good]
                     probs.append(p)
                     feats.append(f)
@@ -317,7 +324,8 @@ class Predictor:
                 bar.update(len(batch))
         return self._result(names, np.concatenate(probs) if probs else None,
                             np.concatenate(feats) if feats else None,
-                            np.concatenate(logits) if logits else None, errors)
+                            np.concatenate(logits) if logits else None, errors,
+                            np.concatenate(stats) if stats else None)
 
 
 # ------------------------------------------------------------------------------------------------ files

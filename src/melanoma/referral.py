@@ -15,6 +15,10 @@ Two independent reasons, both calibrated on the validation set by `fit_referral`
   64 lesion directions). Threshold = the `ood_quantile` (default 97.5%) quantile of *out-of-fold* validation
   scores (5-fold cross-fitting): in-sample distances are too small and would refer too many new lesions.
 
+* "not like a dermoscopic image": two pixel statistics of the input (contrast, edge ratio) outside the band of
+  the validation images (input_check.py): noise, text, blank frames, which the feature-space score misses.
+  Only models fitted with it (`meta["referral"]["input_check"]`) use it.
+
 Stored state: `meta_part` (JSON, goes to `model.json["referral"]`) and a few small tensors (go to
 `model.safetensors` as extra tensors, names prefixed "referral.").
 """
@@ -27,6 +31,7 @@ from sklearn.covariance import ledoit_wolf_shrinkage
 from sklearn.model_selection import KFold
 from torch import nn
 
+from melanoma import input_check
 from melanoma.errors import ModelError
 
 REASON_LOW_CONFIDENCE = "low confidence"
@@ -238,18 +243,23 @@ class Referrer:
         return combined_ood_score(distance, energy_score(logits, float(self.meta.get("temperature", 1.0))),
                                   normalisation)
 
-    def decide(self, probs: np.ndarray, features: np.ndarray | None, logits: np.ndarray | None = None
-               ) -> tuple[np.ndarray, list[str]]:
-        """(refer [N] bool, reason [N] str: "", "low confidence", "not like the training images" or both "; ").
-        `features`, `logits`: of the un-augmented view (from `embed`); without features only confidence counts."""
+    def decide(self, probs: np.ndarray, features: np.ndarray | None, logits: np.ndarray | None = None,
+               image_stats: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
+        """(refer [N] bool, reason [N] str: "", or the reasons that apply joined by "; ").
+        `features`, `logits`: of the un-augmented view (from `embed`); without features only confidence counts.
+        `image_stats`: input_check.statistics of the model input (used when the model was fitted with them)."""
         n = len(probs)
         low = np.zeros(n, bool) if self.refer_confidence is None else probs.max(axis=1) < self.refer_confidence
         ood = np.zeros(n, bool)
         if self.stats is not None and features is not None:
             ood = self.out_of_distribution(features, logits) > float(self.ood_threshold)
-        reasons = ["; ".join(r for r, on in ((REASON_LOW_CONFIDENCE, lo), (REASON_OOD, od)) if on)
-                   for lo, od in zip(low, ood)]
-        return low | ood, reasons
+        odd = np.zeros(n, bool)
+        if self.meta.get("input_check") and image_stats is not None:
+            odd = input_check.outside(image_stats, self.meta["input_check"])
+        reasons = ["; ".join(r for r, on in ((input_check.REASON, od_), (REASON_LOW_CONFIDENCE, lo),
+                                             (REASON_OOD, od)) if on)
+                   for od_, lo, od in zip(odd, low, ood)]
+        return low | ood | odd, reasons
 
 
 def _find_stats(tensors: dict) -> dict[str, np.ndarray] | None:

@@ -1,0 +1,56 @@
+"""Input check: is this picture plausibly a dermoscopic image at all? Two low-level statistics of the model input.
+
+The feature-space referral (referral.py) misses inputs the network maps close to lesions: on the shipped model,
+noise, text and checkerboards were referred 0-50% of the time. Two statistics of the (un-normalised) model input
+separate them without any learning:
+
+* `contrast`: standard deviation of the luminance (0-255). Blank or single-colour frames have ~0; the lowest
+  0.1% of lesions are still well above it.
+* `edge_ratio`: mean absolute 8-neighbour Laplacian of the luminance / (contrast + 1). Lesions are smooth at the
+  pixel scale (dermoscopy: 0.1-0.8); sensor noise, printed text and fine patterns are dominated by pixel-scale
+  edges (1.2-3.3 measured on bench/referral_check.py's synthetic inputs).
+
+`fit` takes the validation images' statistics and keeps the band [q / margin, Q * margin] around their
+`quantile` and `1 - quantile` quantiles (defaults 0.1% and x1.25): by construction (almost) no validation lesion is
+referred for this reason, so lesions from other clinics (other cameras, other zoom) are not either unless
+they are far outside. Natural photos are NOT caught here (their statistics look like lesions'); the
+feature-space check handles those.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+NAMES = ("contrast", "edge_ratio")
+REASON = "not like a dermoscopic image"
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+_LAPLACIAN = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 8.0, -1.0], [-1.0, -1.0, -1.0]]).view(1, 1, 3, 3)
+
+
+def statistics(x: torch.Tensor, preprocessing: dict) -> np.ndarray:
+    """[N, 2] (contrast, edge_ratio) of a normalised model-input batch x [N, 3, H, W] (the eval preset's output),
+    computed on the pixels before normalisation (0-255), so they do not depend on the model's mean and std."""
+    mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    pixels = (x.float() * std + mean).clamp(0, 1) * 255.0
+    luma = (pixels * _LUMA).sum(dim=1, keepdim=True)
+    contrast = luma.flatten(1).std(dim=1)
+    edges = F.conv2d(luma, _LAPLACIAN).abs().flatten(1).mean(dim=1)
+    return torch.stack([contrast, edges / (contrast + 1.0)], dim=1).numpy().astype(np.float64)
+
+
+def fit(stats: np.ndarray, quantile: float = 0.001, margin: float = 1.25) -> dict:
+    """The accepted band of each statistic from validation images' `stats` [N, 2] (JSON-able)."""
+    stats = np.asarray(stats, dtype=np.float64)
+    low = np.quantile(stats, quantile, axis=0) / margin
+    high = np.quantile(stats, 1.0 - quantile, axis=0) * margin
+    return {"statistics": list(NAMES), "low": low.tolist(), "high": high.tolist(), "quantile": quantile,
+            "margin": margin}
+
+
+def outside(stats: np.ndarray, fitted: dict) -> np.ndarray:
+    """[N] bool: some statistic lies outside the fitted band."""
+    stats = np.asarray(stats, dtype=np.float64).reshape(-1, len(NAMES))
+    return ((stats < np.asarray(fitted["low"])) | (stats > np.asarray(fitted["high"]))).any(axis=1)
