@@ -13,7 +13,7 @@ run() {  # run NAME ARGS...: start runs/cv-NAME, or resume it when it already ha
   if [ -f "$out/config.yaml" ]; then set -- --resume "$out"; else set -- "${COMMON[@]}" --out "$out" "$@"; fi
   ( time .venv/bin/melanoma train "$@" ) > "$out.log" 2>&1
 }
-want() { [ $# -eq 0 ] || [[ " ${ARGS[*]} " == *" $1 "* ]]; }
+want() { [ ${#ARGS[@]} -eq 0 ] || [[ " ${ARGS[*]} " == *" $1 "* ]]; }
 ARGS=("$@")
 mkdir -p runs
 # 9-class Train only (session 1, 41 min): 4 epochs at 160 px, short warm-up

@@ -19,7 +19,7 @@ row() {  # row OUT ARGS...: train runs/OUT on HAM10000 (or resume it), then eval
   .venv/bin/melanoma evaluate --model "$out" --data $TARGET --label-map binary --out "$out/eval-old-archive" \
     > "$out/eval-old-archive.log" 2>&1
 }
-want() { [ $# -eq 0 ] || [[ " ${ARGS[*]} " == *" $1 "* ]]; }
+want() { [ ${#ARGS[@]} -eq 0 ] || [[ " ${ARGS[*]} " == *" $1 "* ]]; }
 ARGS=("$@")
 [ -d $TARGET ] || .venv/bin/python scripts/old_archive_subset.py $TARGET
 # Shades-of-Gray colour constancy (the shipped model's preprocessing)

@@ -55,6 +55,10 @@ def test_binary_preset():
     np.testing.assert_allclose(mapped[:, 1], 1 - p[:, 3])
     idx, uncovered = L.map_dataset_labels(["mel", "nv", "melanoma", "benign"], L.resolve_label_map("binary", MODEL))
     assert idx.tolist() == [0, 1, 0, -1] and uncovered == {"benign": 1}  # unknown labels are not guessed
+    ham_model = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]  # a model trained on HAM10000 codes ...
+    idx, uncovered = L.map_dataset_labels(["melanoma", "nevus", "seborrheic keratosis"],  # ... on 9-class folders
+                                          L.resolve_label_map("binary", ham_model))
+    assert idx.tolist() == [0, 1, 1] and uncovered == {}
 
 
 def test_yaml_map_with_dataset_labels(tmp_path):

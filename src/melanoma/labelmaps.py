@@ -108,9 +108,12 @@ PRESETS: dict[str, LabelMap] = {
     "binary": LabelMap(
         "binary",
         {"melanoma": ("melanoma", "mel"), "other": (WILDCARD,)},
-        {"mel": "melanoma", **{dx: "other" for dx in _HAM_DX if dx != "mel"}},
+        # HAM10000 codes AND the full lesion names, so a model with HAM10000 class codes can score a folder
+        # of 9-class names ("nevus") and the other way round
+        {"mel": "melanoma", **{key: "other" for dx, full in _HAM_DX.items() if dx != "mel" for key in (dx, full)},
+         "seborrheic keratosis": "other", "squamous cell carcinoma": "other"},
         "melanoma",
-        "Melanoma vs every other class (probabilities of all non-melanoma classes summed).",
+        "Melanoma vs every other lesion class (probabilities of all non-melanoma classes summed).",
     ),
 }
 
