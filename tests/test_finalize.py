@@ -45,3 +45,23 @@ def test_rethreshold_needs_stored_predictions(tmp_path, capsys):
         rethreshold(run, 0.9)
     assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9"]) == 2
     assert "val_predictions.csv: missing" in capsys.readouterr().err
+
+
+def test_rethreshold_from_a_clinics_own_labelled_predictions(tmp_path, capsys):
+    """`melanoma evaluate` output on local images (dataset label names, e.g. "MEL"/"nv") sets the threshold."""
+    run, _, _ = _fake_run(tmp_path / "a")
+    other, is_mel, p_mel = _fake_run(tmp_path / "b", n=80, seed=5)
+    local = tmp_path / "clinic-predictions.csv"
+    rows = (other / "val_predictions.csv").read_text().splitlines()
+    local.write_text("\n".join([rows[0]] + [r.replace(",melanoma", ",MEL") if r.endswith(",melanoma") else r
+                                            for r in rows[1:]]) + "\n")
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--predictions", str(local)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["n_melanoma"] == int(is_mel.sum()) and result["sensitivity"] >= 0.9
+    assert (np.round(p_mel, 6)[is_mel] >= result["new"]).mean() >= 0.9
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["thresholds"]["melanoma_alert_source"] == str(local.resolve())
+    few = tmp_path / "few.csv"
+    few.write_text("\n".join(rows[:4]) + "\n")
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--predictions", str(few)]) == 2
+    assert "at least 5 of each" in capsys.readouterr().err

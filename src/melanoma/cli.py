@@ -126,18 +126,21 @@ def _run_train(args) -> int:
 
 def _add_threshold(sub) -> None:
     p = _command(sub, "threshold", "Re-choose the melanoma alert threshold of a run for another sensitivity target, "
-                 "from its stored validation / out-of-fold predictions (no retraining); updates model.json.",
-                 "melanoma threshold runs/cv-lite0 --target-sensitivity 0.95")
+                 "from its stored validation / out-of-fold predictions or from a clinic's own labelled images "
+                 "(--predictions: the predictions.csv of `melanoma evaluate`); no retraining; updates model.json.",
+                 "melanoma threshold runs/cv-lite0 --target-sensitivity 0.95 --predictions clinic-eval/predictions.csv")
     p.add_argument("run")
     p.add_argument("--target-sensitivity", type=float, required=True,
-                   help="the highest threshold keeping at least this validation melanoma sensitivity is chosen")
+                   help="the highest threshold keeping at least this melanoma sensitivity is chosen")
+    p.add_argument("--predictions", help="predictions.csv written by `melanoma evaluate` on local labelled images "
+                   "(default: the run's validation predictions)")
     p.set_defaults(func=_run_threshold)
 
 
 def _run_threshold(args) -> int:
     from melanoma.finalize import rethreshold
 
-    print(json.dumps(rethreshold(args.run, args.target_sensitivity), indent=2))
+    print(json.dumps(rethreshold(args.run, args.target_sensitivity, args.predictions), indent=2))
     return 0
 
 

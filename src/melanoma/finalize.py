@@ -217,29 +217,42 @@ def _concat_fold_predictions(run: Path, fold_results) -> None:
     atomic_write_text(run / "val_predictions.csv", "\n".join(lines) + "\n")
 
 
-def rethreshold(run, target_sensitivity: float) -> dict:
-    """Re-choose the melanoma alert threshold of a run from its stored validation (CV: out-of-fold) predictions,
-    for another operating point, without retraining. Updates RUN/model.json; returns old and new values."""
-    from melanoma.errors import ModelError
+def rethreshold(run, target_sensitivity: float, predictions=None) -> dict:
+    """Re-choose the melanoma alert threshold of a run without retraining. From the run's stored validation (CV:
+    out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
+    `melanoma evaluate` wrote on a clinic's own labelled images), for that clinic: a threshold chosen on one
+    source does not keep its sensitivity on another (README, cross-source check). Updates RUN/model.json (and
+    records where the threshold came from); returns old and new values and the achieved operating point."""
+    from melanoma.errors import DataError, ModelError
     from melanoma.evaluate import read_predictions_csv
+    from melanoma.labelmaps import MELANOMA_NAMES, normalise_label
 
     run = Path(run)
-    meta_path, preds_path = run / "model.json", run / "val_predictions.csv"
+    meta_path = run / "model.json"
+    preds_path = Path(predictions) if predictions else run / "val_predictions.csv"
     for needed in (meta_path, preds_path):
         if not needed.is_file():
-            raise ModelError(f"{needed}: missing; `melanoma threshold` needs a run folder written by `melanoma train`")
+            raise ModelError(f"{needed}: missing; `melanoma threshold` needs a run folder written by `melanoma train`"
+                             + (" and a predictions.csv written by `melanoma evaluate`" if predictions else ""))
     meta = json.loads(meta_path.read_text())
     mel = meta.get("melanoma_class")
     if mel is None:
         raise ModelError(f"{meta_path}: the model has no melanoma class, so it has no alert threshold")
     table = read_predictions_csv(preds_path, meta["class_names"])
-    is_mel = np.array([label == mel for label in table.labels])
-    p_mel = table.probs[:, meta["class_names"].index(mel)]
+    labelled = np.array([label is not None for label in table.labels])
+    names = {normalise_label(n) for n in (mel, *MELANOMA_NAMES)}
+    is_mel = np.array([label is not None and normalise_label(label) in names for label in table.labels])[labelled]
+    p_mel = table.probs[labelled, meta["class_names"].index(mel)]
+    if is_mel.sum() < 5 or (~is_mel).sum() < 5:
+        raise DataError(f"{preds_path}: {int(is_mel.sum())} melanoma and {int((~is_mel).sum())} other labelled "
+                        "images; choosing a threshold needs at least 5 of each (far more for a stable one)")
     new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
     old = meta["thresholds"].get("melanoma_alert")
-    meta["thresholds"].update(melanoma_alert=new, target_sensitivity=target_sensitivity)
+    meta["thresholds"].update(melanoma_alert=new, target_sensitivity=target_sensitivity,
+                              melanoma_alert_source=str(preds_path.resolve()) if predictions else "validation")
     atomic_write_text(meta_path, json.dumps(meta, indent=2))
     flagged = p_mel >= new
-    return {"model": str(meta_path), "target_sensitivity": target_sensitivity, "old": old, "new": new,
-            "sensitivity": float(flagged[is_mel].mean()), "specificity": float((~flagged[~is_mel]).mean()),
-            "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum())}
+    return {"model": str(meta_path), "predictions": str(preds_path), "target_sensitivity": target_sensitivity,
+            "old": old, "new": new, "sensitivity": float(flagged[is_mel].mean()),
+            "specificity": float((~flagged[~is_mel]).mean()), "n_melanoma": int(is_mel.sum()),
+            "n_other": int((~is_mel).sum())}
