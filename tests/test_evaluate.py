@@ -151,17 +151,23 @@ def test_cli_evaluate(test_model, tiny_isic, tmp_path, capsys):
                      "--out", str(tmp_path / "o2"), "--label-map", "nope"]) == 2
 
 
-def test_images_seen_in_training_are_excluded(test_model, tiny_isic, tmp_path):
-    """The model's training data (model.json data.source) is checked: overlapping images are never scored."""
+def _model_trained_on_three_classes(test_model, tiny_isic, tmp_path, recorded_source=None):
+    """(copy of the test model, its "training" folder = 3 class folders of tiny_isic, image count); model.json
+    records `recorded_source` (default: that folder) as the training data."""
     train_part = tmp_path / "train_part"
     for class_dir in sorted(p for p in tiny_isic.iterdir() if p.is_dir())[:3]:
         shutil.copytree(class_dir, train_part / class_dir.name)
-    n_train = sum(1 for _ in train_part.glob("*/*.jpg"))
     model = tmp_path / "model"
     shutil.copytree(test_model, model)
     meta = json.loads((model / "model.json").read_text())
-    meta["data"] = {"source": str(train_part)}
+    meta["data"] = {"source": str(recorded_source or train_part)}
     (model / "model.json").write_text(json.dumps(meta))
+    return model, train_part, sum(1 for _ in train_part.glob("*/*.jpg"))
+
+
+def test_images_seen_in_training_are_excluded(test_model, tiny_isic, tmp_path):
+    """The model's training data (model.json data.source) is checked: overlapping images are never scored."""
+    model, train_part, n_train = _model_trained_on_three_classes(test_model, tiny_isic, tmp_path)
     result = evaluate(model, tiny_isic, out=tmp_path / "eval", bootstrap=20)
     assert result["training_overlap"]["n_excluded"] == n_train
     assert result["n_images"] == 45 - n_train
@@ -223,18 +229,11 @@ def test_the_fingerprint_in_the_model_file_replaces_the_training_folders(test_mo
     from melanoma import fingerprint
     from melanoma.data import discover, scan
 
-    train_part = tmp_path / "train_part"
-    for class_dir in sorted(p for p in tiny_isic.iterdir() if p.is_dir())[:3]:
-        shutil.copytree(class_dir, train_part / class_dir.name)
-    n_train = sum(1 for _ in train_part.glob("*/*.jpg"))
-    model = tmp_path / "model"
-    shutil.copytree(test_model, model)
+    model, train_part, n_train = _model_trained_on_three_classes(test_model, tiny_isic, tmp_path,
+                                                                 recorded_source=tmp_path / "moved-away")
     tensors = load_file(str(model / "model.safetensors"))
     prints = fingerprint.build(scan(discover(train_part)))
     save_file({**tensors, **{f"extra.{k}": v for k, v in prints.items()}}, str(model / "model.safetensors"))
-    meta = json.loads((model / "model.json").read_text())
-    meta["data"] = {"source": str(tmp_path / "moved-away")}
-    (model / "model.json").write_text(json.dumps(meta))
     result = evaluate(model, tiny_isic, out=tmp_path / "eval", bootstrap=20)
     overlap = result["training_overlap"]
     assert overlap["n_excluded"] == n_train and result["n_images"] == 45 - n_train
