@@ -237,4 +237,4 @@ def test_the_fingerprint_in_the_model_file_replaces_the_training_folders(test_mo
     result = evaluate(model, tiny_isic, out=tmp_path / "eval", bootstrap=20)
     overlap = result["training_overlap"]
     assert overlap["n_excluded"] == n_train and result["n_images"] == 45 - n_train
-    assert overlap["checked_against"].startswith("the training-set fingerprint") and overlap["matched_by"]
+    assert overlap["checked_against"].startswith("training-set fingerprint of 15 images") and overlap["matched_by"]

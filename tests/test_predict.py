@@ -219,7 +219,11 @@ def test_the_shipped_default_model_loads_and_flags_images(tiny_isic):
     assert 0.0 < predictor.alert_threshold < 1.0 and meta["thresholds"]["target_sensitivity"] == 0.9
     assert meta["model_card"]["intended_use"].startswith("Decision support")
     assert "licence" in meta["model_card"] and meta["referral"]["version"] == referral.METHOD_VERSION
+    assert meta["referral"]["input_check"]["statistics"] == ["contrast", "edge_ratio"]
+    assert len(meta["extra"]["fingerprint.pixel"]) > 12000  # 9-class Train + HAM10000 images, for evaluate
     melanomas = sorted((tiny_isic / "melanoma").glob("*.jpg"))
     results = predictor.predict([Image.open(p) for p in melanomas])
     assert len(results) == len(melanomas)
     assert all(abs(sum(r.probabilities.values()) - 1.0) < 1e-5 for r in results)
+    noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
+    assert predictor.predict(noise)[0].refer  # not a dermoscopic image

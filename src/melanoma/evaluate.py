@@ -166,7 +166,7 @@ def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[obje
     if prints is not None:
         entries = scan_paths([s.path for s in table.samples])
         found = fingerprint.matches(prints, table.samples, entries, CROSS_SET_PHASH_DISTANCE)
-        what = f"the training-set fingerprint in the model file ({len(prints['pixel'])} images)"
+        what = f"training-set fingerprint of {len(prints['pixel'])} images, stored in the model file"
         return _drop_overlap(table, set(found), what, fingerprint.summarize(found))
     sources = [exclude_with] if exclude_with else training_sources(meta)
     missing = [s for s in sources if not Path(s).exists()]
