@@ -21,9 +21,11 @@ def _batch(images) -> torch.Tensor:
 def test_lesions_stay_in_band_and_non_dermoscopic_inputs_fall_outside(tiny_isic, ham_dir):
     lesions = [load_image(s.path) for s in discover(tiny_isic).samples]
     fitted = input_check.fit(input_check.statistics(_batch(lesions), PRE))
-    assert fitted["statistics"] == ["contrast", "edge_ratio"] and fitted["low"][0] > 0
-    other_source = [load_image(p) for p in sorted((ham_dir / "images").glob("*.jpg"))[:40]]
-    assert input_check.outside(input_check.statistics(_batch(other_source), PRE), fitted).mean() <= 0.05
+    assert fitted["statistics"] == ["contrast", "edge_ratio"] and fitted["min_contrast"] > 0
+    # lesions of another source and camera (HAM10000, 200x150, smoother once resized) pass: only the
+    # content-related side of each statistic is checked (a two-sided band referred 13% of them)
+    other_source = [load_image(p) for p in sorted((ham_dir / "images").glob("*.jpg"))[:60]]
+    assert not input_check.outside(input_check.statistics(_batch(other_source), PRE), fitted).any()
     inputs = referral.synthetic_ood_images(size=96, per_kind=4, seed=1)
     flagged = input_check.outside(input_check.statistics(_batch([im for _, im in inputs]), PRE), fitted)
     by_kind = {}
@@ -44,10 +46,11 @@ def test_statistics_do_not_depend_on_the_normalisation():
 
 
 def test_referrer_names_the_reason_only_for_models_fitted_with_it():
-    fitted = {"statistics": list(input_check.NAMES), "low": [5.0, 0.05], "high": [80.0, 1.0]}
+    fitted = {"statistics": list(input_check.NAMES), "min_contrast": 5.0, "max_edge_ratio": 1.0}
     probs = np.array([[0.9, 0.1], [0.9, 0.1]])
-    stats = np.array([[30.0, 0.3], [20.0, 3.0]])  # a lesion-like input, a noise-like input
+    stats = np.array([[30.0, 0.3], [20.0, 3.0], [0.5, 0.0], [120.0, 0.01]])  # lesion, noise, blank, smooth+contrasty
+    probs = np.repeat(probs[:1], 4, axis=0)
     refer, reasons = referral.Referrer({"input_check": fitted}, None).decide(probs, None, None, stats)
-    assert refer.tolist() == [False, True] and reasons == ["", input_check.REASON]
+    assert refer.tolist() == [False, True, True, False] and reasons[:2] == ["", input_check.REASON]
     refer, _ = referral.Referrer({}, None).decide(probs, None, None, stats)  # older model: no input check
     assert not refer.any()
