@@ -54,3 +54,9 @@ def test_referrer_names_the_reason_only_for_models_fitted_with_it():
     assert refer.tolist() == [False, True, True, False] and reasons[:2] == ["", input_check.REASON]
     refer, _ = referral.Referrer({}, None).decide(probs, None, None, stats)  # older model: no input check
     assert not refer.any()
+
+
+def test_models_fitted_by_the_two_sided_version_still_load():
+    old = {"statistics": list(input_check.NAMES), "low": [5.0, 0.2], "high": [90.0, 2.0]}
+    stats = np.array([[30.0, 0.1], [30.0, 2.5], [3.0, 0.3]])  # smooth lesion, noisy, blank
+    assert input_check.outside(stats, old).tolist() == [False, True, True]

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from melanoma.errors import ModelError
+
 NAMES = ("contrast", "edge_ratio")
 REASON = "not like a dermoscopic image"
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
@@ -56,7 +58,18 @@ def fit(stats: np.ndarray, quantile: float = 0.001, margin: float = 1.25, contra
             "margin": margin, "contrast_margin": contrast_margin}
 
 
+def limits(fitted: dict) -> tuple[float, float]:
+    """(min_contrast, max_edge_ratio) of a fitted check. Models fitted by the first, two-sided version (a "low" and
+    a "high" list) are read one-sided too: their lower contrast and upper edge-ratio limits."""
+    if "min_contrast" in fitted:
+        return float(fitted["min_contrast"]), float(fitted["max_edge_ratio"])
+    if "low" in fitted and "high" in fitted:
+        return float(fitted["low"][0]), float(fitted["high"][1])
+    raise ModelError(f"model.json referral.input_check has neither min_contrast nor low/high: {sorted(fitted)}")
+
+
 def outside(stats: np.ndarray, fitted: dict) -> np.ndarray:
     """[N] bool: too little contrast or too many pixel-scale edges for a dermoscopic image."""
     stats = np.asarray(stats, dtype=np.float64).reshape(-1, len(NAMES))
-    return (stats[:, 0] < fitted["min_contrast"]) | (stats[:, 1] > fitted["max_edge_ratio"])
+    min_contrast, max_edge_ratio = limits(fitted)
+    return (stats[:, 0] < min_contrast) | (stats[:, 1] > max_edge_ratio)
