@@ -1,0 +1,46 @@
+"""Paired bootstrap of the melanoma AUC difference between two models scored on the SAME images (two
+predictions.csv files written by `melanoma evaluate`, matched by path). Pairing removes the between-image
+variance that makes two separate CIs overlap.
+
+    python scripts/compare_auc.py runs/ham-only-lite0/eval-old-archive/predictions.csv \
+        runs/ham-only-lite0-nocc/eval-old-archive/predictions.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+MELANOMA = {"melanoma", "mel"}
+
+
+def _read(path: str) -> dict[str, tuple[bool, float]]:
+    with open(path, newline="") as fh:
+        return {r["path"]: (r["label"].strip().lower() in MELANOMA, float(r["melanoma_probability"]))
+                for r in csv.DictReader(fh) if r.get("label")}
+
+
+def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """AUC(a) - AUC(b) on the images both files scored, with a paired bootstrap 95% CI."""
+    first, second = _read(a), _read(b)
+    keys = sorted(set(first) & set(second))
+    y = np.array([first[k][0] for k in keys])
+    pa, pb = (np.array([d[k][1] for k in keys]) for d in (first, second))
+    rng, diffs = np.random.default_rng(seed), []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            diffs.append(roc_auc_score(y[i], pa[i]) - roc_auc_score(y[i], pb[i]))
+    return {"n": len(keys), "n_melanoma": int(y.sum()), "auc_a": roc_auc_score(y, pa), "auc_b": roc_auc_score(y, pb),
+            "difference": roc_auc_score(y, pa) - roc_auc_score(y, pb), "ci": np.percentile(diffs, [2.5, 97.5]).tolist(),
+            "share_of_resamples_a_not_better": float(np.mean(np.asarray(diffs) <= 0))}
+
+
+if __name__ == "__main__":
+    r = paired_auc_difference(sys.argv[1], sys.argv[2])
+    print(f"{r['n']} images ({r['n_melanoma']} melanoma): AUC {r['auc_a']:.3f} vs {r['auc_b']:.3f}, difference "
+          f"{r['difference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] (paired bootstrap; a not better in "
+          f"{r['share_of_resamples_a_not_better']:.1%} of resamples)")
