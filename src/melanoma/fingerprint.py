@@ -15,19 +15,18 @@ distance `CROSS_SET_PHASH_DISTANCE`, or the same ISIC id.
 from __future__ import annotations
 
 import os
-import re
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from melanoma.audit import ISIC_ID, hamming_pairs
 from melanoma.images import ScanEntry, phashes_as_uint64
 
 PREFIX = "fingerprint."
 NAMES = ("pixel", "phash", "isic")
 FILE_NAME = "training_fingerprint.safetensors"  # in the run folder, picked up by finalize
-_ISIC = re.compile(r"ISIC_(\d{7})")
 
 
 def _pixel64(pixel_hash: str) -> int:
@@ -37,8 +36,8 @@ def _pixel64(pixel_hash: str) -> int:
 
 def isic_number(path) -> int:
     """The number of the first ISIC_nnnnnnn in a file name, or -1."""
-    found = _ISIC.search(Path(path).stem)
-    return int(found.group(1)) if found else -1
+    found = ISIC_ID.search(Path(path).stem)
+    return int(found.group(0)[len("ISIC_"):]) if found else -1
 
 
 def build(entries: list[ScanEntry]) -> dict[str, torch.Tensor]:
@@ -82,8 +81,6 @@ def load(run) -> dict[str, torch.Tensor]:
 def matches(fingerprint: dict[str, np.ndarray], samples, entries: list[ScanEntry], distance: int) -> dict[int, str]:
     """{index in `samples`: how it matched ("pixels", "phash", "isic-id", joined by "+")} for the images that
     occur in the fingerprinted training set."""
-    from melanoma.audit import hamming_pairs
-
     pixels = set(fingerprint["pixel"].tolist())
     ids = set(fingerprint["isic"][fingerprint["isic"] >= 0].tolist())
     ok = [i for i, e in enumerate(entries) if not e.error]

@@ -1,6 +1,6 @@
 """Referral: decide when the model should NOT be trusted and a dermatologist must look anyway.
 
-Two independent reasons, both calibrated on the validation set by `fit_referral` (called by training):
+Independent reasons, each calibrated on the validation set by training (`fit_referral`, `input_check.fit`):
 
 * "low confidence": the top softmax probability (after temperature scaling) is below
   `thresholds.refer_confidence` = the `confidence_quantile` (default 5%) quantile of validation confidences,
@@ -15,9 +15,9 @@ Two independent reasons, both calibrated on the validation set by `fit_referral`
   64 lesion directions). Threshold = the `ood_quantile` (default 97.5%) quantile of *out-of-fold* validation
   scores (5-fold cross-fitting): in-sample distances are too small and would refer too many new lesions.
 
-* "not like a dermoscopic image": two pixel statistics of the input (contrast, edge ratio) outside the band of
-  the validation images (input_check.py): noise, text, blank frames, which the feature-space score misses.
-  Only models fitted with it (`meta["referral"]["input_check"]`) use it.
+* "not like a dermoscopic image": too little luminance contrast (a blank frame) or too many pixel-scale edges
+  (noise, text) for the validation images (input_check.py), which the feature-space score misses. Only models
+  fitted with it (`meta["referral"]["input_check"]`) use it.
 
 Stored state: `meta_part` (JSON, goes to `model.json["referral"]`) and a few small tensors (go to
 `model.safetensors` as extra tensors, names prefixed "referral.").
@@ -253,13 +253,13 @@ class Referrer:
         ood = np.zeros(n, bool)
         if self.stats is not None and features is not None:
             ood = self.out_of_distribution(features, logits) > float(self.ood_threshold)
-        odd = np.zeros(n, bool)
+        bad_input = np.zeros(n, bool)
         if self.meta.get("input_check") and image_stats is not None:
-            odd = input_check.outside(image_stats, self.meta["input_check"])
-        reasons = ["; ".join(r for r, on in ((input_check.REASON, od_), (REASON_LOW_CONFIDENCE, lo),
+            bad_input = input_check.outside(image_stats, self.meta["input_check"])
+        reasons = ["; ".join(r for r, on in ((input_check.REASON, bad), (REASON_LOW_CONFIDENCE, lo),
                                              (REASON_OOD, od)) if on)
-                   for od_, lo, od in zip(odd, low, ood)]
-        return low | ood | odd, reasons
+                   for bad, lo, od in zip(bad_input, low, ood)]
+        return low | ood | bad_input, reasons
 
 
 def _find_stats(tensors: dict) -> dict[str, np.ndarray] | None:
