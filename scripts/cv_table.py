@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from melanoma import metrics
+
 HAM_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000" / "HAM10000_metadata.csv"
 
 
@@ -41,17 +43,6 @@ def _ci(entry) -> str:
     return f"{entry['value']:.3f} [{entry['ci'][0]:.3f}, {entry['ci'][1]:.3f}]"
 
 
-def _auc_ci(y: np.ndarray, p: np.ndarray, n_boot: int = 1000) -> str:
-    from sklearn.metrics import roc_auc_score
-
-    rng, boots = np.random.default_rng(0), []
-    for _ in range(n_boot):
-        i = rng.integers(0, len(y), len(y))
-        if 0 < y[i].sum() < len(i):
-            boots.append(roc_auc_score(y[i], p[i]))
-    return f"{roc_auc_score(y, p):.3f} [{np.percentile(boots, 2.5):.3f}, {np.percentile(boots, 97.5):.3f}]"
-
-
 def within_source_auc(run: Path, ham_metadata: Path) -> str | None:
     """Melanoma vs nevus AUC (bootstrap CI) on the out-of-fold images that are not HAM10000 images."""
     if not ham_metadata.is_file():
@@ -59,9 +50,11 @@ def within_source_auc(run: Path, ham_metadata: Path) -> str | None:
     ham = {line.split(",")[1] for line in ham_metadata.read_text().splitlines()[1:]}
     rows = [r for r in csv.DictReader((run / "val_predictions.csv").open())
             if Path(r["image"]).stem not in ham and r["label"] in ("melanoma", "nevus")]
-    y = np.array([r["label"] == "melanoma" for r in rows])
+    y = np.array([r["label"] == "melanoma" for r in rows], dtype=np.int64)
     p = np.array([float(r["melanoma_probability"]) for r in rows])
-    return f"{_auc_ci(y, p)} (n={len(y)}, {int(y.sum())} melanoma)"
+    # the project's metrics (same bootstrap as every other CI here) on the two-class problem nevus / melanoma
+    scored = metrics.compute_metrics(y, np.stack([1 - p, p], axis=1), ["nevus", "melanoma"], melanoma_class="melanoma")
+    return f"{_ci(scored['melanoma']['auc'])} (n={len(y)}, {int(y.sum())} melanoma)"
 
 
 def describe(run: Path, ham_metadata: Path = HAM_METADATA) -> None:
