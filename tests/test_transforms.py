@@ -5,9 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
+from melanoma.config import TrainConfig
 from melanoma.errors import ConfigError
-from melanoma.transforms import (TTA_VIEW_NAMES, RandomRot90, eval_transform, invert_tta_views, prepare_image,
-                                 shades_of_gray, train_transform, tta_views)
+from melanoma.transforms import (TTA_VIEW_NAMES, RandomRot90, augmentation_ops, eval_transform, invert_tta_views,
+                                 prepare_image, shades_of_gray, train_transform, tta_views)
 
 PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -49,6 +50,25 @@ def test_train_is_random(pil_image):
     t = train_transform(PRE)
     torch.manual_seed(0)
     assert not torch.equal(t(pil_image), t(pil_image))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_strong_augmentation_adds_blur_and_jpeg_and_keeps_the_output_contract(pil_image, as_tensor):
+    kinds = lambda level: {type(t).__name__ for op in augmentation_ops(64, level=level)  # noqa: E731
+                           for t in getattr(op, "transforms", [op])}
+    assert {"GaussianBlur", "JPEG"} <= kinds("strong") and not {"GaussianBlur", "JPEG"} & kinds("standard")
+    x = as_uint8_tensor(pil_image) if as_tensor else pil_image
+    torch.manual_seed(0)
+    outs = [train_transform(PRE, "strong")(x) for _ in range(8)]  # JPEG needs uint8: it runs before ToDtype
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.float32 for o in outs)
+    assert all(-1.0 - 1e-6 <= o.min() and o.max() <= 1.0 + 1e-6 for o in outs)
+
+
+def test_unknown_augmentation_level_is_config_error():
+    with pytest.raises(ConfigError, match="augmentation level 'heavy'"):
+        train_transform(PRE, "heavy")
+    with pytest.raises(ConfigError, match="augmentation level 'heavy'"):
+        TrainConfig(data="x", augmentation="heavy").validate()
 
 
 def test_random_rot90_is_exact_for_pil_and_tensor(pil_image):

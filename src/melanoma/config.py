@@ -24,6 +24,7 @@ class TrainConfig:
     epochs: int = 12
     image_size: int | None = None         # None: the model's default input size
     color_constancy: str = "none"         # none | shades_of_gray (applied on every path, stored in model.json)
+    augmentation: str = "standard"        # standard | strong (wider colour jitter + blur + JPEG: for new sources)
     batch_size: int = 32
     lr: float | None = None               # None: 1e-3 for seed-cnn (Adam, as the notebooks), 5e-4 otherwise (AdamW)
     weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
@@ -67,6 +68,8 @@ class TrainConfig:
              "conflict policy 'reference' needs --extra-data, whose labels settle the conflicts"),
             (self.color_constancy in ("none", "shades_of_gray"),
              f"unknown colour constancy {self.color_constancy!r} (none or shades_of_gray)"),
+            (self.augmentation in ("standard", "strong"),
+             f"unknown augmentation level {self.augmentation!r} (standard or strong)"),
             (self.samples_per_epoch is None or self.samples_per_epoch >= 1,
              f"samples per epoch must be >= 1, got {self.samples_per_epoch}"),
             (0.0 < self.target_sensitivity <= 1.0, f"target sensitivity must be in (0, 1], got {self.target_sensitivity}"),

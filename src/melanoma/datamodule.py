@@ -99,13 +99,14 @@ class LesionDataModule(L.LightningDataModule):
 
     def __init__(self, images, labels, train_idx, val_idx, preprocessing: dict, batch_size: int,
                  balanced: bool, seed: int, num_workers: int, samples_per_epoch: int | None = None,
-                 sources=None):
+                 sources=None, augmentation: str = "standard"):
         super().__init__()
         self.images, self.labels = images, np.asarray(labels)
         self.train_idx, self.val_idx = np.asarray(train_idx), np.asarray(val_idx)
         self.pre, self.batch_size, self.balanced = preprocessing, batch_size, balanced
         self.seed, self.num_workers, self.samples_per_epoch = seed, num_workers, samples_per_epoch
         self.sources = None if sources is None else np.asarray(sources)
+        self.augmentation = augmentation
         self.train_sampler: SeededSampler | None = None
 
     def _subset(self, idx, transform) -> CachedImages:
@@ -117,7 +118,7 @@ class LesionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        dataset = self._subset(self.train_idx, train_transform(self.pre))
+        dataset = self._subset(self.train_idx, train_transform(self.pre, self.augmentation))
         self.train_sampler = SeededSampler(dataset.labels, self.balanced, self.seed, rank, world, dataset,
                                            self.samples_per_epoch,
                                            None if self.sources is None else self.sources[self.train_idx])

@@ -176,7 +176,8 @@ def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
     dm = LesionDataModule(images, labels, train_idx, val_idx, pre, cfg.batch_size,
                           balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers,
-                          samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table))
+                          samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table),
+                          augmentation=cfg.augmentation)
     if cfg.extra.get("record_samples"):
         callbacks = [*callbacks, RecordSampledIndices(run, train_idx)]
     last = run / "checkpoints" / "last.ckpt"

@@ -49,10 +49,19 @@ def _interpolation(pre: dict) -> InterpolationMode:
         raise ConfigError(f"unknown interpolation {name!r} in preprocessing (use bicubic or bilinear)") from exc
 
 
-def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR) -> list:
+AUGMENTATION_LEVELS = ("standard", "strong")
+
+
+def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str = "standard") -> list:
     """The geometric + colour augmentations of the train preset, on a uint8 tensor image, output `size`
-    (int or (h, w)). Shared with `melanoma.augment`, which applies them at the original image size."""
-    return [
+    (int or (h, w)). Shared with `melanoma.augment`, which applies them at the original image size.
+
+    level "strong" widens the colour jitter and adds blur and JPEG re-compression: the ways images of one lesion
+    differ between clinics (light source, optics and focus, camera compression), to train for sources never seen."""
+    if level not in AUGMENTATION_LEVELS:
+        raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
+    strong = level == "strong"
+    ops = [
         v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), interpolation=interpolation,
                              antialias=True),
         v2.RandomHorizontalFlip(),
@@ -61,8 +70,13 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR) -> list:
         # small affine jitter; fill=0 (black) matches the dark vignette corners of dermoscopy images
         v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.9, 1.1),
                         interpolation=InterpolationMode.BILINEAR),
-        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
+        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05) if strong
+        else v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
     ]
+    if strong:
+        ops += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.25),  # sigma in output pixels
+                v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3)]  # uint8 tensors only: keep before ToDtype
+    return ops
 
 
 def _to_normalized(pre: dict) -> list:
@@ -70,11 +84,12 @@ def _to_normalized(pre: dict) -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean=list(pre["mean"]), std=list(pre["std"]))]
 
 
-def train_transform(pre: dict) -> v2.Compose:
+def train_transform(pre: dict, level: str = "standard") -> v2.Compose:
     """Random training view: crop-resize to pre["input_size"], flips, 90-degree rotations, small affine,
-    colour jitter, then float32 normalisation. Input: PIL image or uint8 CHW tensor; output float32 (3, S, S)."""
+    colour jitter (level "strong": also blur and JPEG), then float32 normalisation. Input: PIL image or uint8
+    CHW tensor; output float32 (3, S, S)."""
     size = int(pre["input_size"])
-    return v2.Compose([v2.ToImage(), *augmentation_ops(size, _interpolation(pre)), *_to_normalized(pre)])
+    return v2.Compose([v2.ToImage(), *augmentation_ops(size, _interpolation(pre), level), *_to_normalized(pre)])
 
 
 def resize_shorter_side(image, shorter_side: int):
