@@ -292,8 +292,7 @@ def read_lesion_ids(csv_path) -> dict[str, str]:
 def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
                            max_pixels: int | None = DEFAULT_MAX_PIXELS, workers: int | None = None,
                            scan_entries: list[ScanEntry] | None = None, near_distance: int | None = 4,
-                           lesion_ids: dict[str, str] | None = None, extras=(),
-                           extra_scan_entries: list[ScanEntry] | None = None) -> tuple[DatasetTable, dict]:
+                           lesion_ids: dict[str, str] | None = None, extras=()) -> tuple[DatasetTable, dict]:
     """Make a table safe to split: drop unreadable files, merge leak groups, resolve conflicting labels.
 
     Groups are merged (connected components) over the existing `group` (lesion_id, augmented copy -> source),
@@ -304,19 +303,17 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     "first" keeps the copies with the first label in sorted class order, "reference" keeps the copies whose label
     the `extras` (sources.ExtraSource list) in the same group allow and drops the group when they allow none or
     several (it also drops a one-label group its references contradict). Extra samples join the table (origin set)
-    unless they share a group with a primary one. `scan_entries` / `extra_scan_entries`: scans already made (of
-    `table` / of the extras' samples, in order). Returns (table, JSON-able summary).
+    unless they share a group with a primary one. `scan_entries`: a scan already made of `table`'s samples then the
+    extras' samples, in order (None: scan here). Returns (table, JSON-able summary).
     """
     if conflict_policy not in CONFLICT_POLICIES:
         raise ConfigError(f"conflict policy {conflict_policy!r}: expected one of {', '.join(CONFLICT_POLICIES)}")
     extra_samples = [s for src in extras for s in src.samples]
-    entries = scan_entries if scan_entries is not None else scan(table, max_pixels=max_pixels, workers=workers)
-    if len(entries) != len(table):
-        raise DataError(f"{table.root}: {len(entries)} scan entries for {len(table)} samples")
-    if extra_samples:
-        entries = entries + (extra_scan_entries if extra_scan_entries is not None
-                             else scan_paths([s.path for s in extra_samples], max_pixels=max_pixels, workers=workers))
     everything = table.samples + extra_samples
+    entries = scan_entries if scan_entries is not None else scan_paths(
+        [s.path for s in everything], max_pixels=max_pixels, workers=workers)
+    if len(entries) != len(everything):
+        raise DataError(f"{table.root}: {len(entries)} scan entries for {len(everything)} samples")
     unreadable = [{"path": str(s.path), "reason": e.error} for s, e in zip(everything, entries) if e.error]
     good = [i for i, e in enumerate(entries) if not e.error]
     samples = [everything[i] for i in good]

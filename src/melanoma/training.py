@@ -64,13 +64,11 @@ def load_training_table(cfg: TrainConfig, run: Path):
     table = datalib.discover(cfg.data)
     lesions = datalib.read_lesion_ids(cfg.lesion_metadata) if cfg.lesion_metadata else None
     extras = load_extra_sources(cfg.extra_data, cfg.extra_labels, table.classes)
-    entries = datalib.scan(table)
-    extra_entries = scan_paths([s.path for src in extras for s in src.samples])
-    fingerprint.save(fingerprint.build(entries + extra_entries), run)
+    entries = datalib.scan(table) + scan_paths([s.path for src in extras for s in src.samples])
+    fingerprint.save(fingerprint.build(entries), run)
     table, summary = datalib.prepare_training_table(table, conflict_policy=cfg.conflict_policy,
                                                     near_distance=cfg.near_distance, lesion_ids=lesions,
-                                                    extras=extras, scan_entries=entries,
-                                                    extra_scan_entries=extra_entries)
+                                                    extras=extras, scan_entries=entries)
     for item in summary.get("unreadable", []):
         print(f"skipped {item['path']}: {item['reason']}")
     if "extra" in summary:
