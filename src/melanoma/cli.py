@@ -101,7 +101,7 @@ def _add_train(sub) -> None:
                         "(default none; shades_of_gray evens out clinic / device colour casts)")
     p.add_argument("--augmentation", choices=["standard", "strong"],
                    help="training augmentation (default standard; strong adds wider colour jitter, blur and JPEG "
-                        "re-compression, for images from clinics and devices not in the training data)")
+                        "re-compression; measured WORSE on a new source, see the README's cross-source check)")
     p.add_argument("--extra-data", action="append", metavar="DIR",
                    help="extra dataset that only ever trains, never validates (repeatable), e.g. "
                         "../shared/data/ham10000; its copies of training images and lesions are left out")

@@ -57,7 +57,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     (int or (h, w)). Shared with `melanoma.augment`, which applies them at the original image size.
 
     level "strong" widens the colour jitter and adds blur and JPEG re-compression: the ways images of one lesion
-    differ between clinics (light source, optics and focus, camera compression), to train for sources never seen."""
+    differ between clinics (light source, optics and focus, camera compression). Measured on a source the model
+    never saw (scripts/transfer_check.sh strong) it LOST 0.04 melanoma AUC: kept as an option, not the default."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     strong = level == "strong"
