@@ -227,3 +227,19 @@ def test_the_shipped_default_model_loads_and_flags_images(tiny_isic):
     assert all(abs(sum(r.probabilities.values()) - 1.0) < 1e-5 for r in results)
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8))
     assert predictor.predict(noise)[0].refer  # not a dermoscopic image
+
+
+def test_the_shipped_model_carries_the_validation_outputs_behind_its_threshold(tmp_path):
+    """`melanoma threshold models-copy --target-sensitivity S` must work on the shipped model (README): its
+    validation predictions travel with it and give back the stored threshold at the stored target."""
+    from melanoma.finalize import rethreshold
+    from melanoma.predict import DEFAULT_MODEL_DIR
+
+    copy = tmp_path / "clinic-model"
+    shutil.copytree(DEFAULT_MODEL_DIR, copy)
+    stored = json.loads((copy / "model.json").read_text())["thresholds"]
+    again = rethreshold(copy, stored["target_sensitivity"])
+    assert again["new"] == pytest.approx(stored["melanoma_alert"], abs=1e-5)  # CSV keeps 6 decimals
+    assert again["sensitivity"] >= stored["target_sensitivity"] and again["n_melanoma"] >= 50
+    stricter = rethreshold(copy, 0.95)
+    assert stricter["new"] < again["new"] and stricter["sensitivity"] >= 0.95
