@@ -4,7 +4,7 @@
 # source the model never saw, melanoma vs rest (--label-map binary). Used to choose the recipe of the shipped
 # model by what transfers to a new source, not by the 9-class CV. Each row about 16 min on 2 cores.
 #   scripts/transfer_check.sh            all rows
-#   scripts/transfer_check.sh nocc       one row: cc | nocc | long | strong
+#   scripts/transfer_check.sh nocc       one row: cc | nocc | long | strong | longer
 cd "$(dirname "$0")/.."
 HAM=../shared/data/ham10000
 TARGET=runs/old-archive-subset
@@ -30,3 +30,5 @@ want nocc && row ham-only-lite0-nocc --color-constancy none
 want long && row ham-only-lite0-long --color-constancy shades_of_gray --epochs 10 --samples-per-epoch 3200
 # colour constancy + strong augmentation (wider colour jitter, blur, JPEG re-compression), paired with "cc"
 want strong && row ham-only-lite0-strong --color-constancy shades_of_gray --augmentation strong
+# colour constancy, 5x the draws of "cc" (20 epochs x 3,200), about 70 min: do more draws keep helping on a new source?
+want longer && row ham-only-lite0-longer --color-constancy shades_of_gray --epochs 20 --samples-per-epoch 3200
