@@ -219,6 +219,7 @@ def test_the_shipped_default_model_loads_and_flags_images(tiny_isic):
     assert 0.0 < predictor.alert_threshold < 1.0 and meta["thresholds"]["target_sensitivity"] == 0.9
     assert meta["model_card"]["intended_use"].startswith("Decision support")
     assert "licence" in meta["model_card"] and meta["referral"]["version"] == referral.METHOD_VERSION
+    assert "melanoma threshold" in meta["model_card"]["limitations"]  # the measured cross-source loss, and the fix
     assert meta["referral"]["input_check"]["statistics"] == ["contrast", "edge_ratio"]
     assert len(meta["extra"]["fingerprint.pixel"]) > 12000  # 9-class Train + HAM10000 images, for evaluate
     melanomas = sorted((tiny_isic / "melanoma").glob("*.jpg"))

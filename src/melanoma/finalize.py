@@ -18,6 +18,15 @@ from melanoma.referral import Referrer, embed, fit_referral, softmax
 from melanoma.transforms import eval_transform
 
 
+# Measured, not assumed (README "Cross-source check"): the recipe trained on one source and scored on another.
+LIMITATIONS = (
+    "Trained on ISIC archive images (the sources above); other clinics, devices, skin types and non-dermoscopic "
+    "photos may degrade it. Validation, thresholds and calibration use the first source only (extra sources only "
+    "train). On a dermoscopy source not seen in training the recipe lost 0.15-0.19 melanoma AUC and an alert "
+    "chosen for 90% sensitivity caught 67-79% of melanomas: re-choose the threshold on local labelled images "
+    "(`melanoma threshold MODEL --predictions CSV`) before use.")
+
+
 def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_size: int = 64):
     """Eval-preset logits, pre-logit features and input statistics (input_check) for cached uint8 images;
     returns numpy (logits, features, image_stats)."""
@@ -101,9 +110,7 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
                      "`preprocessing`",
             "output": "probability per class (temperature-scaled), melanoma alert, referral flag",
             "training_data": [Path(p).name or str(p) for p in [cfg.data, *cfg.extra_data]],
-            "limitations": "Trained on ISIC archive images (the sources above); other clinics, devices, skin types "
-                           "and non-dermoscopic photos may degrade it. Validation, thresholds and calibration use "
-                           "the first source only (extra sources only train).",
+            "limitations": LIMITATIONS,
             "licence": "The training images are CC-BY-NC (ISIC Archive; HAM10000: Tschandl et al. 2018, Sci. Data "
                        "5:180161): use these weights non-commercially and cite the sources.",
         },
