@@ -236,6 +236,27 @@ def test_isic2017_ground_truth_csv_neither_column_means_nevus(tmp_path):
         data.discover(gt)
 
 
+def test_isic2020_ground_truth_csv_target_decides_melanoma_and_patients_are_groups(tmp_path):
+    names = ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003", "ISIC_0000004"]
+    for name in names:
+        _jpeg(tmp_path / "train" / f"{name}.jpg")
+    header = ["image_name", "patient_id", "lesion_id", "diagnosis", "benign_malignant", "target"]
+    gt = _write_csv(tmp_path / "ISIC_2020_Training_GroundTruth_v2.csv", header, [
+        ["ISIC_0000001", "IP_1", "IL_1", "melanoma", "malignant", "1"],
+        ["ISIC_0000002", "IP_1", "IL_2", "unknown", "benign", "0"],
+        ["ISIC_0000003", "IP_2", "IL_3", "nevus", "benign", "0"],
+        ["ISIC_0000004", "", "", "lentigo NOS", "benign", "0"]])
+    table = data.discover(tmp_path)
+    assert [s.label for s in table.samples] == ["melanoma", "benign", "nevus", "lentigo NOS"]
+    assert [s.group for s in table.samples] == ["IP_1", "IP_1", "IP_2", "ISIC_0000004"]  # a patient is one group
+    _write_csv(gt, header, [["ISIC_0000001", "IP_1", "IL_1", "melanoma", "benign", "0"]])
+    with pytest.raises(DataError, match="line 2: image ISIC_0000001 has diagnosis melanoma but target 0"):
+        data.discover(gt)
+    _write_csv(gt, header, [["ISIC_0000001", "IP_1", "IL_1", "melanoma", "malignant", "yes"]])
+    with pytest.raises(DataError, match="line 2: image ISIC_0000001 has target 'yes'"):
+        data.discover(gt)
+
+
 def _ham_subset(ham_dir: Path, target: Path, every: int) -> Path:
     """A HAM10000 folder with every `every`-th lesion (all its images) and a symlink to the shared images."""
     target.mkdir()

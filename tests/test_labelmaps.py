@@ -53,8 +53,13 @@ def test_binary_preset():
     assert targets == ["melanoma", "other"]
     np.testing.assert_allclose(mapped[:, 0], p[:, 3])
     np.testing.assert_allclose(mapped[:, 1], 1 - p[:, 3])
-    idx, uncovered = L.map_dataset_labels(["mel", "nv", "melanoma", "benign"], L.resolve_label_map("binary", MODEL))
-    assert idx.tolist() == [0, 1, 0, -1] and uncovered == {"benign": 1}  # unknown labels are not guessed
+    idx, uncovered = L.map_dataset_labels(["mel", "nv", "melanoma", "melanom"], L.resolve_label_map("binary", MODEL))
+    assert idx.tolist() == [0, 1, 0, -1] and uncovered == {"melanom": 1}  # unknown labels (typos) are not guessed
+    # the vocabularies of ISIC 2019 (codes) and ISIC 2020 (benign diagnoses) are known, not guessed
+    named = ["AK", "SCC", "BKL", "benign", "lentigo NOS", "solar lentigo", "lichenoid keratosis",
+             "cafe-au-lait macule", "atypical melanocytic proliferation"]
+    idx, uncovered = L.map_dataset_labels(named, L.resolve_label_map("binary", MODEL))
+    assert idx.tolist() == [1] * len(named) and uncovered == {}
     ham_model = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]  # a model trained on HAM10000 codes ...
     idx, uncovered = L.map_dataset_labels(["melanoma", "nevus", "seborrheic keratosis"],  # ... on 9-class folders
                                           L.resolve_label_map("binary", ham_model))

@@ -78,7 +78,8 @@ def discover(path) -> DatasetTable:
     Accepts (a dataset CSV inside a given folder wins over its sub-folders): a folder of class folders
     (optionally with Augmentor `output/` copies inside them); a CSV manifest
     `image,label[,group,source]` (paths relative to the CSV); an ISIC ground-truth CSV with one-hot class columns
-    (images beside it or in a sibling folder); a HAM10000 folder or its `HAM10000_metadata.csv`; a plain folder
+    (images beside it or in a sibling folder); an ISIC 2017 or ISIC 2020 ground-truth CSV; a HAM10000 folder or
+    its `HAM10000_metadata.csv`; a plain folder
     of images or a single image (kind "files", label None). Raises DataError with a one-line message.
     """
     root = Path(path).expanduser().resolve()
@@ -177,11 +178,13 @@ def _discover_csv(csv_path: Path) -> DatasetTable:
         return _discover_manifest(csv_path, rows)
     if set(ISIC2017_COLUMNS) <= columns:
         return _discover_isic2017(csv_path, rows)
+    if set(ISIC2020_COLUMNS) <= columns:
+        return _discover_isic2020(csv_path, rows)
     if "image" in columns and len(header) > 2 and _is_one_hot(header, rows):
         return _discover_isic_csv(csv_path, header, rows)
     raise DataError(f"{csv_path}: CSV lacks the needed columns: expected image,label (manifest), "
                     "image + one-hot class columns (ISIC ground truth), image_id,melanoma,seborrheic_keratosis "
-                    "(ISIC 2017) or lesion_id,image_id,dx (HAM10000); "
+                    "(ISIC 2017), image_name,target (ISIC 2020) or lesion_id,image_id,dx (HAM10000); "
                     f"found {','.join(header)}")
 
 
@@ -237,6 +240,34 @@ def _discover_isic2017(csv_path: Path, rows: list[dict]) -> DatasetTable:
                             f"= 0 or 1 and at most one of them 1; found {row['melanoma']},{row['seborrheic_keratosis']}")
         label = "melanoma" if mel else "seborrheic keratosis" if sk else "nevus"
         samples.append(Sample(images[row["image_id"]], label, row["image_id"]))
+    return DatasetTable(csv_path, "isic-csv", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
+
+
+ISIC2020_COLUMNS = ("image_name", "target")
+
+
+def _isic2020_label(row: dict) -> str:
+    """target 1 = melanoma (the only malignant class of ISIC 2020); a benign image keeps its diagnosis when one is
+    given, else "benign" (ISIC 2020 calls most benign lesions "unknown")."""
+    diagnosis = row.get("diagnosis", "")
+    if row["target"] == "1" or diagnosis.lower() == "melanoma":
+        return "melanoma"
+    return diagnosis if diagnosis and diagnosis.lower() != "unknown" else "benign"
+
+
+def _discover_isic2020(csv_path: Path, rows: list[dict]) -> DatasetTable:
+    """ISIC 2020 (SIIM-ISIC) ground truth: image_name, target 0/1 [, diagnosis, patient_id, lesion_id]. Images of
+    one patient share a group (patient_id, else lesion_id), so a split never puts a patient on both sides."""
+    images = _find_image_index(csv_path, [r["image_name"] for r in rows])
+    samples = []
+    for n, row in enumerate(rows, start=2):
+        if row["target"] not in ("0", "1"):
+            raise DataError(f"{csv_path}: line {n}: image {row['image_name']} has target {row['target']!r}; "
+                            "expected 0 or 1")
+        if row["target"] == "0" and row.get("diagnosis", "").lower() == "melanoma":
+            raise DataError(f"{csv_path}: line {n}: image {row['image_name']} has diagnosis melanoma but target 0")
+        group = row.get("patient_id") or row.get("lesion_id") or row["image_name"]
+        samples.append(Sample(images[row["image_name"]], _isic2020_label(row), group))
     return DatasetTable(csv_path, "isic-csv", sorted({s.label for s in samples}), sorted(samples, key=_sort_key))
 
 

@@ -21,7 +21,7 @@ Rules (checked by `resolve_label_map`, ConfigError with one line otherwise):
 
 Presets: `isic2018` (the 7 ISIC 2018 / HAM10000 classes, also reads HAM10000 dx codes), `isic2017` (melanoma,
 seborrheic keratosis, nevus + an explicit "other" bucket for the model's remaining classes), `binary`
-(melanoma vs other).
+(melanoma vs other; knows HAM10000 / ISIC 2019 codes and ISIC 2020's benign diagnosis names).
 """
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def find_melanoma_class(class_names) -> str | None:
     return next((c for c in class_names if c.lower() in MELANOMA_NAMES), None)
 
 WILDCARD = "*"
+# ISIC 2020 (SIIM-ISIC) benign diagnoses; "benign" is what data.discover names its "unknown" benign images
+_ISIC2020_BENIGN = ("benign", "lentigo NOS", "solar lentigo", "lichenoid keratosis", "cafe-au-lait macule",
+                    "atypical melanocytic proliferation")
 _HAM_DX = {"mel": "melanoma", "nv": "nevus", "bcc": "basal cell carcinoma", "akiec": "actinic keratosis",
            "bkl": "pigmented benign keratosis", "df": "dermatofibroma", "vasc": "vascular lesion"}
 
@@ -111,7 +114,8 @@ PRESETS: dict[str, LabelMap] = {
         # HAM10000 codes AND the full lesion names, so a model with HAM10000 class codes can score a folder
         # of 9-class names ("nevus") and the other way round
         {"mel": "melanoma", **{key: "other" for dx, full in _HAM_DX.items() if dx != "mel" for key in (dx, full)},
-         "seborrheic keratosis": "other", "squamous cell carcinoma": "other"},
+         "seborrheic keratosis": "other", "squamous cell carcinoma": "other", "ak": "other", "scc": "other",
+         **{name: "other" for name in _ISIC2020_BENIGN}},
         "melanoma",
         "Melanoma vs every other lesion class (probabilities of all non-melanoma classes summed).",
     ),
