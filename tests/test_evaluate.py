@@ -132,6 +132,8 @@ def test_ham10000_dx_codes_with_isic2018(test_model, ham_dir, tmp_path):
     ham = _mini_ham(ham_dir, tmp_path / "ham", picked)
     result = evaluate(test_model, ham, label_map="isic2018", bootstrap=20)
     assert result["uncovered_labels"] == {} and result["n_images"] == 14
+    lesions = {r["lesion_id"] for r in picked}  # the first two bkl, df, mel, vasc images are one lesion each
+    assert result["bootstrap"]["unit"] == "group" and result["bootstrap"]["n_units"] == len(lesions) < 14
     assert all(row["support"] == 2 for row in result["per_class"].values())
     assert (test_model / "eval-ham" / "metrics.json").is_file()  # default output folder
 

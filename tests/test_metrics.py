@@ -248,6 +248,28 @@ def test_bootstrap_ci_covers_estimate_and_is_reproducible():
         assert lo <= entry["value"] <= hi and hi - lo < 0.5
 
 
+def test_cluster_bootstrap_counts_lesions_not_photos():
+    """Five photos of each of 300 lesions carry the evidence of 300 lesions, not of 1,500 images: grouped, the
+    CIs are exactly those of the 300 originals (same draws), and narrower when every photo is counted alone."""
+    y, p = _random_probs(300, 5, seed=14)
+    lesions = m.compute_metrics(y, p, CLASSES, alert_threshold=0.3, bootstrap=200, seed=3)
+    # zero-padded ids sort like the originals, so unit k is lesion k and the draws coincide
+    y5, p5, groups = np.repeat(y, 5), np.repeat(p, 5, axis=0), np.repeat([f"L{i:04d}" for i in range(300)], 5)
+    grouped = m.compute_metrics(y5, p5, CLASSES, alert_threshold=0.3, bootstrap=200, seed=3, groups=groups)
+    photos = m.compute_metrics(y5, p5, CLASSES, alert_threshold=0.3, bootstrap=200, seed=3)
+    for key in ("auc", "sensitivity", "average_precision"):
+        assert grouped["melanoma"][key]["ci"] == pytest.approx(lesions["melanoma"][key]["ci"])
+    assert grouped["balanced_accuracy"]["ci"] == pytest.approx(lesions["balanced_accuracy"]["ci"])
+    width = lambda r: np.diff(r["melanoma"]["auc"]["ci"])[0]  # noqa: E731
+    assert width(photos) < 0.6 * width(grouped)
+    assert grouped["bootstrap"]["unit"] == "group" and grouped["bootstrap"]["n_units"] == 300
+    assert photos["bootstrap"]["unit"] == "image" and photos["bootstrap"]["n_units"] == 1500
+    unique = m.compute_metrics(y, p, CLASSES, bootstrap=50, seed=3, groups=[f"g{i}" for i in range(300)])
+    assert unique == m.compute_metrics(y, p, CLASSES, bootstrap=50, seed=3)  # one image per group: no change
+    with pytest.raises(ValueError, match="groups has 2 entries for 300 images"):
+        m.compute_metrics(y, p, CLASSES, bootstrap=10, groups=["a", "b"])
+
+
 def test_bootstrap_counts_skipped_resamples():
     y, p = _random_probs(60, 5, seed=10)
     y[:] = np.where(y == 4, 0, y)

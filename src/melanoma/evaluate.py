@@ -219,7 +219,9 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
                                      batch_size=batch_size, progress=sys.stderr.isatty())
     _print_errors(result.errors)
     label_of = {str(s.path): s.label for s in table.samples}
+    group_of = {str(s.path): s.group for s in table.samples}  # lesion / patient ids where the data names them
     labels = [label_of[str(p)] for p in result.paths]
+    groups = np.array([group_of[str(p)] for p in result.paths], dtype=object)
     y, uncovered = labelmaps.map_dataset_labels(labels, resolved)
     keep = y >= 0
     if not keep.any():
@@ -233,7 +235,7 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     csv_threshold = threshold_at_csv_precision(threshold)
     report = metrics.compute_metrics(y[keep], probs[keep], resolved.target_classes,
                                      melanoma_class=resolved.melanoma_class, alert_threshold=csv_threshold,
-                                     bootstrap=bootstrap, seed=seed)
+                                     bootstrap=bootstrap, seed=seed, groups=groups[keep])
     report.update(_context(predictor, model, table, data, resolved, result.errors, uncovered, int(keep.sum()),
                            tta, tta_views))
     report["calibration"]["temperature"] = report["model"]["temperature"]

@@ -145,7 +145,7 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
     full = metrics.compute_metrics(labels, probs, table.classes, melanoma_class=mel_class,
                                    alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
-                                   seed=cfg.seed)
+                                   seed=cfg.seed, groups=[table.samples[i].group for i in val_idx])
     atomic_write_text(run / "val_metrics.json", json.dumps(full, indent=2))
     head = headline_metrics(full)
     epochs = _best_epoch(run)
@@ -186,7 +186,7 @@ def summarize_cv(cfg, run: Path, table, fold_results: list[dict]) -> dict:
                                                          cfg.target_sensitivity))
     pooled = metrics.compute_metrics(labels[covered], oof[covered], classes, melanoma_class=mel_class,
                                      alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
-                                     seed=cfg.seed)
+                                     seed=cfg.seed, groups=[s.group for s, c in zip(table.samples, covered) if c])
     from melanoma.data import sparse_classes
     from melanoma.sources import primary_indices
 

@@ -8,6 +8,8 @@ Conventions
 - Point estimates come from scikit-learn. Confidence intervals come from a vectorised bootstrap (`_Bootstrap`):
   each resample is a row of integer counts over the N images, so a metric on a resample equals the same metric
   computed by scikit-learn on the resampled arrays (tests check this, ties included).
+- With `groups` (lesion or patient ids) whole groups are resampled (cluster bootstrap): the CI then reflects the
+  number of lesions, not of photos.
 - A metric that needs a class a resample lacks (AUC without positives, say) is skipped for that resample and the
   skip is counted in `bootstrap.skipped`; CIs are percentiles of the resamples that remain.
 """
@@ -259,7 +261,17 @@ def _melanoma_stats(w: np.ndarray, ranked: _RankedScores, is_mel: np.ndarray, fl
     return stats
 
 
-def _bootstrap(y, probs, mel: int | None, threshold, resamples: int, seed: int) -> dict[str, np.ndarray]:
+def _resample_weights(rng: np.random.Generator, b: int, units: np.ndarray | None, n: int) -> np.ndarray:
+    """[b, n] image weights of b resamples: images drawn independently (units None), or whole units (lesions,
+    patients: `units` = each image's unit index 0..U-1) drawn with replacement, every image of a drawn unit
+    counted as often as its unit was drawn (cluster bootstrap)."""
+    if units is None:
+        return _resample_counts(rng, b, n)
+    return _resample_counts(rng, b, int(units.max()) + 1)[:, units]
+
+
+def _bootstrap(y, probs, mel: int | None, threshold, resamples: int, seed: int,
+               units: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Distributions of every headline statistic over `resamples` seeded resamples; nan marks a skipped one."""
     n, c = probs.shape
     onehot = np.eye(c)[y]
@@ -271,7 +283,7 @@ def _bootstrap(y, probs, mel: int | None, threshold, resamples: int, seed: int) 
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {}
     for start in range(0, resamples, _BOOT_CHUNK):
-        w = _resample_counts(rng, min(_BOOT_CHUNK, resamples - start), n)
+        w = _resample_weights(rng, min(_BOOT_CHUNK, resamples - start), units, n)
         stats = _class_stats(w, onehot, correct, ranked)
         if mel in ranked:
             stats.update({f"melanoma/{k}": v for k, v in _melanoma_stats(w, ranked[mel], is_mel, flagged).items()})
@@ -374,18 +386,21 @@ def _calibration(y, probs, n_bins: int) -> dict:
 
 def compute_metrics(y_true, probs, class_names, melanoma_class: str | None = "melanoma",
                     alert_threshold: float | None = None, bootstrap: int = 1000, seed: int = 0,
-                    n_bins: int = 15) -> dict:
+                    n_bins: int = 15, groups=None) -> dict:
     """All evaluation metrics as one JSON-able dict (see module docstring for conventions).
 
     Keys: n_images, classes, accuracy, balanced_accuracy (mean recall over the classes present = the ISIC
     ranking metric), per_class, confusion_matrix (rows = true class, columns = predicted), melanoma (None when
     `melanoma_class` is not among `class_names`), calibration, bootstrap. Headline numbers are
     {"value", "ci"} dicts. `alert_threshold` None leaves the alert sensitivity/specificity None.
+    `groups` (one key per image: lesion or patient id): the bootstrap resamples whole groups, because several
+    photos of one lesion are not independent evidence (image-level CIs would be too narrow).
     """
     class_names = list(class_names)
     y, p = _validate(y_true, probs, class_names)
     mel = class_names.index(melanoma_class) if melanoma_class in class_names else None
-    dists = _bootstrap(y, p, mel, alert_threshold, bootstrap, seed) if bootstrap > 0 else {}
+    units = _group_units(groups, len(y))
+    dists = _bootstrap(y, p, mel, alert_threshold, bootstrap, seed, units) if bootstrap > 0 else {}
     pred = p.argmax(axis=1)
     result = {
         "n_images": int(len(y)),
@@ -397,10 +412,23 @@ def compute_metrics(y_true, probs, class_names, melanoma_class: str | None = "me
         "melanoma": None if mel is None else _melanoma_section(y, p, mel, melanoma_class, alert_threshold, dists),
         "calibration": _calibration(y, p, n_bins),
         "bootstrap": {"resamples": int(bootstrap), "seed": int(seed), "level": CI_LEVEL, "method": "percentile",
+                      "unit": "image" if units is None else "group",
+                      "n_units": int(len(y) if units is None else units.max() + 1),
                       "skipped": {_stat_name(k, class_names): int(np.isnan(v).sum())
                                   for k, v in dists.items() if np.isnan(v).any()}},
     }
     return result
+
+
+def _group_units(groups, n: int) -> np.ndarray | None:
+    """Each image's group index 0..U-1, or None when there are no groups or every image is its own group."""
+    if groups is None:
+        return None
+    groups = [str(g) for g in groups]
+    if len(groups) != n:
+        raise ValueError(f"groups has {len(groups)} entries for {n} images")
+    units = np.unique(groups, return_inverse=True)[1].ravel()
+    return None if units.max(initial=-1) + 1 == n else units
 
 
 def _balanced_accuracy(y, pred) -> float:
