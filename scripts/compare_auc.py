@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -40,6 +41,11 @@ def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0) -> 
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    for arg in sys.argv[1:]:
+        if not Path(arg).is_file():
+            sys.exit(f"error: {arg}: missing (a predictions.csv written by `melanoma evaluate`)")
     r = paired_auc_difference(sys.argv[1], sys.argv[2])
     print(f"{r['n']} images ({r['n_melanoma']} melanoma): AUC {r['auc_a']:.3f} vs {r['auc_b']:.3f}, difference "
           f"{r['difference']:+.3f} [{r['ci'][0]:+.3f}, {r['ci'][1]:+.3f}] (paired bootstrap; a not better in "

@@ -55,4 +55,7 @@ if __name__ == "__main__":
     if len(sys.argv) < 2:
         sys.exit(__doc__)
     for arg in sys.argv[1:]:
+        needed = [Path(arg) / "val_predictions.csv", Path(arg) / "eval-old-archive" / "predictions.csv"]
+        if missing := [str(n) for n in needed if not n.is_file()]:
+            sys.exit(f"error: {', '.join(missing)}: missing (run scripts/transfer_check.sh for {arg} first)")
         print("\n".join(shift_table(Path(arg))))
