@@ -339,8 +339,7 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     """
     if conflict_policy not in CONFLICT_POLICIES:
         raise ConfigError(f"conflict policy {conflict_policy!r}: expected one of {', '.join(CONFLICT_POLICIES)}")
-    extra_samples = [s for src in extras for s in src.samples]
-    everything = table.samples + extra_samples
+    everything = table.samples + [s for src in extras for s in src.samples]
     entries = scan_entries if scan_entries is not None else scan_paths(
         [s.path for s in everything], max_pixels=max_pixels, workers=workers)
     if len(entries) != len(everything):
@@ -356,11 +355,8 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     extra = [s for s in merged if s.origin is not None]
     refs = sources.reference_classes(extra, {p: c for src in extras for p, c in src.compatible.items()})
     kept, conflicts = _apply_conflict_policy(primary, table.classes, conflict_policy, refs)
-    extra_kept, extra_removed = sources.extras_for_training(extra, {s.group for s in primary})
     classes = sorted({s.label for s in kept})
-    if len(extra_kept) > len(in_classes := [s for s in extra_kept if s.label in classes]):
-        extra_removed["class_not_in_primary"] = len(extra_kept) - len(in_classes)
-    extra_kept = in_classes
+    extra_kept, extra_removed = _extras_to_train(extra, primary, classes)
     summary = {
         "policy": conflict_policy,
         "n_images_in": len(table),
@@ -381,6 +377,16 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     if extras:
         summary["extra"] = _extra_summary(extras, extra_kept, extra_removed, classes)
     return DatasetTable(table.root, table.kind, classes, kept + extra_kept), summary
+
+
+def _extras_to_train(extra: list[Sample], primary: list[Sample], classes: list[str]) -> tuple[list[Sample], dict]:
+    """Extra samples that may train: not sharing a group with a primary image (sources.extras_for_training)
+    and labelled with a class the primary data still has. Returns (kept, {reason: count removed})."""
+    kept, removed = sources.extras_for_training(extra, {s.group for s in primary})
+    in_classes = [s for s in kept if s.label in classes]
+    if len(kept) > len(in_classes):
+        removed["class_not_in_primary"] = len(kept) - len(in_classes)
+    return in_classes, removed
 
 
 def _extra_summary(extras, kept: list[Sample], removed: dict, classes: list[str]) -> dict:
