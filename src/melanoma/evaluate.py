@@ -218,10 +218,10 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     result = predictor.predict_paths([s.path for s in table.samples], tta=tta, tta_views=tta_views,
                                      batch_size=batch_size, progress=sys.stderr.isatty())
     _print_errors(result.errors)
-    label_of = {str(s.path): s.label for s in table.samples}
-    group_of = {str(s.path): s.group for s in table.samples}  # lesion / patient ids where the data names them
-    labels = [label_of[str(p)] for p in result.paths]
-    groups = np.array([group_of[str(p)] for p in result.paths], dtype=object)
+    sample_of = {str(s.path): s for s in table.samples}
+    labels = [sample_of[str(p)].label for p in result.paths]
+    # the bootstrap resamples groups: lesion / patient ids where the data names them, else single images
+    groups = np.array([sample_of[str(p)].group for p in result.paths], dtype=object)
     y, uncovered = labelmaps.map_dataset_labels(labels, resolved)
     keep = y >= 0
     if not keep.any():
