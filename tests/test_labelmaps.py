@@ -34,6 +34,22 @@ def test_isic2018_sums_the_documented_groups_and_reads_ham_codes():
     assert [targets[i] for i in idx] == ["AKIEC", "BCC", "DF", "MEL", "NV", "BKL", "BKL", "AKIEC", "VASC"]
 
 
+def test_isic2019_keeps_ak_and_scc_apart_and_reads_its_column_names():
+    p = _probs()
+    mapped, targets = L.apply_label_map(p, MODEL, "isic2019")
+    assert targets == ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
+    col = {name: p[:, MODEL.index(name)] for name in MODEL}
+    np.testing.assert_allclose(mapped[:, 3], col["actinic keratosis"])
+    np.testing.assert_allclose(mapped[:, 7], col["squamous cell carcinoma"])
+    np.testing.assert_allclose(mapped[:, 4], col["pigmented benign keratosis"] + col["seborrheic keratosis"])
+    np.testing.assert_allclose(mapped.sum(axis=1), 1.0)
+    resolved = L.resolve_label_map("isic2019", MODEL)
+    idx, uncovered = L.map_dataset_labels(["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "akiec"], resolved)
+    assert idx.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, -1] and uncovered == {"akiec": 1}  # AK + SCC: ambiguous
+    with pytest.raises(ConfigError):  # a HAM10000-coded model has no separate SCC class to score
+        L.resolve_label_map("isic2019", HAM_DX)
+
+
 def test_isic2017_has_an_explicit_other_bucket_and_leaves_bkl_uncovered():
     p = _probs()
     mapped, targets = L.apply_label_map(p, MODEL, "isic2017")

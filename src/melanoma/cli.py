@@ -156,7 +156,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", help="output folder (default: <model folder>/eval-<data name>)")
     p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
     p.add_argument("--tta-views", type=int, default=8)
-    p.add_argument("--label-map", help="isic2018 | isic2017 | binary | path to a YAML map")
+    p.add_argument("--label-map", help="isic2018 | isic2019 | isic2017 | binary | path to a YAML map")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32)

@@ -226,7 +226,7 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     keep = y >= 0
     if not keep.any():
         raise DataError(f"{data}: none of its labels ({', '.join(sorted(uncovered)[:8])}) is a class of the model "
-                        f"or of label map {resolved.name!r}; try --label-map isic2018|isic2017|binary or a YAML map")
+                        f"or of label map {resolved.name!r}; try --label-map isic2018|isic2019|isic2017|binary or a YAML map")
     # score the probabilities exactly as written (6 decimals): metrics.json is reproducible from the CSV
     write_predictions_csv(result, out / "predictions.csv", labels=labels)
     written = read_predictions_csv(out / "predictions.csv", predictor.class_names)

@@ -19,7 +19,8 @@ Rules (checked by `resolve_label_map`, ConfigError with one line otherwise):
   (`uncovered_labels` in metrics.json) and those images are left out of the metrics.
 - the melanoma target is `melanoma_class` if given, else the target holding the model's melanoma class.
 
-Presets: `isic2018` (the 7 ISIC 2018 / HAM10000 classes, also reads HAM10000 dx codes), `isic2017` (melanoma,
+Presets: `isic2018` (the 7 ISIC 2018 / HAM10000 classes, also reads HAM10000 dx codes), `isic2019` (its 8
+classes: AK and SCC apart, BKL = pigmented benign + seborrheic keratosis), `isic2017` (melanoma,
 seborrheic keratosis, nevus + an explicit "other" bucket for the model's remaining classes), `binary`
 (melanoma vs other; knows HAM10000 / ISIC 2019 codes and ISIC 2020's benign diagnosis names).
 """
@@ -96,6 +97,17 @@ PRESETS: dict[str, LabelMap] = {
         "MEL",
         "ISIC 2018 Task 3 / HAM10000 classes; AKIEC = actinic keratosis + squamous cell carcinoma (in situ), "
         "BKL = pigmented benign keratosis + seborrheic keratosis.",
+    ),
+    "isic2019": LabelMap(
+        "isic2019",
+        {"MEL": ("melanoma", "mel"), "NV": ("nevus", "nv"), "BCC": ("basal cell carcinoma", "bcc"),
+         "AK": ("actinic keratosis",), "BKL": ("pigmented benign keratosis", "seborrheic keratosis", "bkl"),
+         "DF": ("dermatofibroma", "df"), "VASC": ("vascular lesion", "vasc"), "SCC": ("squamous cell carcinoma",)},
+        {dx: dx.upper() for dx in _HAM_DX if dx != "akiec"},  # HAM10000 akiec mixes AK and SCC: left uncovered
+        "MEL",
+        "ISIC 2019 classes (BCN20000, HAM10000, MSK: several clinics); BKL = pigmented benign keratosis + "
+        "seborrheic keratosis. Needs a model with separate actinic keratosis and squamous cell carcinoma classes "
+        "(the 9-class models).",
     ),
     "isic2017": LabelMap(
         "isic2017",
