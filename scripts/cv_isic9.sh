@@ -2,8 +2,8 @@
 # The README's CV numbers: 5-fold group-aware CV on the shared 9-class Train split, sized for a 2-core CPU.
 # Re-running resumes: finished folds are reused, an interrupted fold continues from its last finished epoch.
 # HAM10000 lesion ids keep every photo of a lesion on one side. On a GPU, raise --epochs and --image-size.
-#   scripts/cv_isic9.sh            all rows (about 3 hours on 2 quiet cores)
-#   scripts/cv_isic9.sh lite0-ham  one row: lite0-4ep | lite0-8ep | lite0-ham | seedcnn
+#   scripts/cv_isic9.sh            all rows (about 3 hours on 2 quiet cores, plus 3.5 h for "shipped")
+#   scripts/cv_isic9.sh lite0-ham  one row: lite0-4ep | lite0-8ep | lite0-ham | seedcnn | shipped
 cd "$(dirname "$0")/.."
 DATA=../shared/data/isic-9class/Train
 HAM=../shared/data/ham10000
@@ -27,3 +27,7 @@ want lite0-ham && run lite0-ham --model efficientnet_lite0 --image-size 160 --ep
   --extra-data $HAM --conflict-policy reference --color-constancy shades_of_gray --config scripts/cpu_long.yaml
 # the notebooks' seed CNN, from scratch (15 min)
 want seedcnn && run seedcnn --model seed-cnn --epochs 3 --config scripts/cpu_budget.yaml
+# the shipped model's recipe (scripts/train_default.sh: lite0-ham at 10 x 3,200 draws) as a CV row: its OOF alert
+# threshold and CV figures. About 3.5 h on 2 CPU cores, so not run on CPU yet; on a GPU (16 loader cores) minutes.
+want shipped && run shipped --model efficientnet_lite0 --image-size 160 --epochs 10 --samples-per-epoch 3200 \
+  --extra-data $HAM --conflict-policy reference --color-constancy shades_of_gray --config scripts/cpu_long.yaml
