@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from melanoma import __version__
+from melanoma.config import AUGMENTATION_LEVELS
 from melanoma.errors import MelanomaError
 
 SHARED_TRAIN = "../shared/data/isic-9class/Train"
@@ -99,7 +100,7 @@ def _add_train(sub) -> None:
     p.add_argument("--color-constancy", choices=["none", "shades_of_gray"],
                    help="colour normalisation before the network, stored in model.json and applied on every path "
                         "(default none; shades_of_gray evens out clinic / device colour casts)")
-    p.add_argument("--augmentation", choices=["standard", "strong"],
+    p.add_argument("--augmentation", choices=AUGMENTATION_LEVELS,
                    help="training augmentation (default standard; strong adds wider colour jitter, blur and JPEG "
                         "re-compression; measured WORSE on a new source, see the README's cross-source check)")
     p.add_argument("--extra-data", action="append", metavar="DIR",

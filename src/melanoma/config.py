@@ -11,6 +11,7 @@ import yaml
 from melanoma.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
+AUGMENTATION_LEVELS = ("standard", "strong")  # transforms.augmentation_ops; here so the CLI needs no torch import
 
 
 @dataclass
@@ -68,8 +69,8 @@ class TrainConfig:
              "conflict policy 'reference' needs --extra-data, whose labels settle the conflicts"),
             (self.color_constancy in ("none", "shades_of_gray"),
              f"unknown colour constancy {self.color_constancy!r} (none or shades_of_gray)"),
-            (self.augmentation in ("standard", "strong"),
-             f"unknown augmentation level {self.augmentation!r} (standard or strong)"),
+            (self.augmentation in AUGMENTATION_LEVELS,
+             f"unknown augmentation level {self.augmentation!r} (use {' or '.join(AUGMENTATION_LEVELS)})"),
             (self.samples_per_epoch is None or self.samples_per_epoch >= 1,
              f"samples per epoch must be >= 1, got {self.samples_per_epoch}"),
             (0.0 < self.target_sensitivity <= 1.0, f"target sensitivity must be in (0, 1], got {self.target_sensitivity}"),

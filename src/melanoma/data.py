@@ -249,9 +249,9 @@ ISIC2020_COLUMNS = ("image_name", "target")
 def _isic2020_label(row: dict) -> str:
     """target 1 = melanoma (the only malignant class of ISIC 2020); a benign image keeps its diagnosis when one is
     given, else "benign" (ISIC 2020 calls most benign lesions "unknown")."""
-    diagnosis = row.get("diagnosis", "")
-    if row["target"] == "1" or diagnosis.lower() == "melanoma":
+    if row["target"] == "1":
         return "melanoma"
+    diagnosis = row.get("diagnosis", "")
     return diagnosis if diagnosis and diagnosis.lower() != "unknown" else "benign"
 
 

@@ -17,6 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
 
+from melanoma.config import AUGMENTATION_LEVELS
 from melanoma.errors import ConfigError
 
 
@@ -47,9 +48,6 @@ def _interpolation(pre: dict) -> InterpolationMode:
         return InterpolationMode(name)
     except ValueError as exc:
         raise ConfigError(f"unknown interpolation {name!r} in preprocessing (use bicubic or bilinear)") from exc
-
-
-AUGMENTATION_LEVELS = ("standard", "strong")
 
 
 def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str = "standard") -> list:
