@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-MELANOMA = {"melanoma", "mel"}
+from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the project's one list)
 
 
 def _read(path: str) -> dict[str, tuple[bool, float]]:
