@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from melanoma import cli, export, referral
-from melanoma.artifacts import build_test_model, load_model, save_model
+from melanoma.artifacts import build_test_model, file_sha256, load_model, save_model
 from melanoma.errors import ModelError
 from melanoma.predict import Predictor
 
@@ -48,6 +48,8 @@ def test_export_result_and_metadata(exported):
     meta = json.loads(props["melanoma"])
     assert meta["class_names"] == json.loads(props["class_names"]) == load_model(model_dir)[1]["class_names"]
     assert "referral" in meta and props["melanoma.extra"]
+    weights_hash = file_sha256(f"{model_dir}/model.safetensors")
+    assert props["melanoma.weights_sha256"] == meta["weights_sha256"] == weights_hash
 
 
 def test_dynamic_batch(exported):

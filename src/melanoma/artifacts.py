@@ -1,18 +1,20 @@
 """The model artifact: `model.safetensors` (weights) beside `model.json` (everything needed to rebuild and use it).
 
-model.json is the single source of truth for class names, preprocessing, temperature and thresholds.
+model.json is the single source of truth for class names, preprocessing, temperature and thresholds. It also
+records `weights_sha256`, the SHA-256 of model.safetensors: loading refuses a truncated, swapped or edited weights
+file. Artifacts written before the hash existed (no `weights_sha256`) still load.
+
+torch is imported inside the functions that need it: the torch-free ONNX prediction path uses this module's
+atomic writers.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from melanoma import __version__
 from melanoma.errors import ModelError
@@ -20,6 +22,7 @@ from melanoma.errors import ModelError
 FORMAT = "melanoma-model"
 FORMAT_VERSION = 1
 EXTRA_PREFIX = "extra."
+HASH_KEY = "weights_sha256"  # model.json key: hex SHA-256 of model.safetensors
 INTENDED_USE = ("Decision support for dermatologists: flags dermoscopic lesions that need a second look. "
                 "Not a diagnosis, not for use without a clinician, not validated for clinical deployment.")
 
@@ -44,8 +47,35 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def save_model(model: torch.nn.Module, meta: dict, out_dir, extra_tensors: dict | None = None) -> Path:
-    """Write model.safetensors (+ `extra.*` tensors) and model.json atomically; returns the model.json path."""
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_weights(weights_path: Path, meta: dict) -> None:
+    """ModelError (one line, naming the file) when model.json records a hash that the weights file does not have."""
+    expected = meta.get(HASH_KEY)
+    if not expected:
+        return  # an artifact from before the hash was recorded
+    try:
+        actual = file_sha256(weights_path)
+    except OSError as exc:
+        raise ModelError(f"{weights_path}: unreadable weights ({exc})") from None
+    if actual != str(expected).lower():
+        raise ModelError(f"{weights_path}: SHA-256 {actual[:16]}... does not match model.json's {HASH_KEY} "
+                         f"{str(expected)[:16]}...: the weights file was truncated, replaced or edited")
+
+
+def save_model(model, meta: dict, out_dir, extra_tensors: dict | None = None) -> Path:
+    """Write model.safetensors (+ `extra.*` tensors) and model.json (with the weights' SHA-256) atomically;
+    returns the model.json path."""
+    import torch
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -55,11 +85,14 @@ def save_model(model: torch.nn.Module, meta: dict, out_dir, extra_tensors: dict 
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": FORMAT})
+        digest = file_sha256(tmp)
         os.replace(tmp, out_dir / "model.safetensors")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__, **meta}
+    meta = {k: v for k, v in meta.items() if k not in ("extra", HASH_KEY)}  # a re-saved meta gets the NEW hash
+    full = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
+            HASH_KEY: digest, **meta}
     full.setdefault("model_card", {}).setdefault("intended_use", INTENDED_USE)
     atomic_write_text(out_dir / "model.json", json.dumps(full, indent=2))
     return out_dir / "model.json"
@@ -96,12 +129,17 @@ def read_meta(path) -> dict:
     return meta
 
 
-def load_model(path) -> tuple[torch.nn.Module, dict]:
-    """Rebuild the model described by model.json and load its weights; returns (model in eval mode, meta)."""
+def load_model(path) -> tuple:
+    """Rebuild the model described by model.json and load its weights (after checking their SHA-256 against
+    model.json); returns (torch model in eval mode, meta)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     from melanoma.models import create_model
 
     weights_path, _ = resolve_model_path(path)
     meta = read_meta(path)
+    verify_weights(weights_path, meta)
     try:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -122,6 +160,8 @@ def load_model(path) -> tuple[torch.nn.Module, dict]:
 def build_test_model(out_dir, architecture: str = "seed-cnn", class_names=None, image_size: int = 64,
                      seed: int = 0) -> Path:
     """Write a random-weight model artifact (for tests and benchmarks); returns its folder."""
+    import torch
+
     from melanoma.models import create_model, default_preprocessing
 
     class_names = list(class_names or ["actinic keratosis", "basal cell carcinoma", "dermatofibroma", "melanoma",

@@ -3,7 +3,7 @@
 The graph has one input "input" [batch, 3, S, S] (eval-preprocessed, normalised, float32) and two outputs:
 "logits" [batch, C] (before temperature) and "features" [batch, D] (pre-logits, for the referral check).
 The whole model.json is stored in the ONNX metadata_props under "melanoma" (JSON), the class names under
-"class_names", and the referral statistics tensors under "melanoma.extra" (base64 safetensors), so an .onnx file
+"class_names", the SHA-256 of the exported model.safetensors under "melanoma.weights_sha256", and the referral statistics tensors under "melanoma.extra" (base64 safetensors), so an .onnx file
 alone is enough for `Predictor.load("model.onnx")`.
 """
 
@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from melanoma.artifacts import HASH_KEY
 from melanoma.errors import ModelError
-from melanoma.predict import ONNX_CLASSES_KEY, ONNX_EXTRA_KEY, ONNX_META_KEY
+from melanoma.predict import ONNX_CLASSES_KEY, ONNX_EXTRA_KEY, ONNX_HASH_KEY, ONNX_META_KEY
 from melanoma.referral import classifier_module, embed
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch eager
@@ -75,6 +76,8 @@ def _metadata(meta: dict) -> dict[str, str]:
     extra = {k: v.contiguous() for k, v in (meta.get("extra") or {}).items()}
     plain = {k: v for k, v in meta.items() if k != "extra"}
     props = {ONNX_META_KEY: json.dumps(plain), ONNX_CLASSES_KEY: json.dumps(plain["class_names"])}
+    if plain.get(HASH_KEY):  # which model.safetensors this graph was exported from (also inside the JSON)
+        props[ONNX_HASH_KEY] = plain[HASH_KEY]
     if extra:
         props[ONNX_EXTRA_KEY] = base64.b64encode(save_tensors(extra)).decode("ascii")
     return props

@@ -32,6 +32,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
 ONNX_EXTRA_KEY = "melanoma.extra"       # base64 safetensors of the referral.* tensors
 ONNX_CLASSES_KEY = "class_names"        # JSON list, for tools that only want the labels
+ONNX_HASH_KEY = "melanoma.weights_sha256"  # SHA-256 of the model.safetensors the graph was exported from
 
 
 # ------------------------------------------------------------------------------------------------ results
