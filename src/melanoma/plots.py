@@ -239,3 +239,47 @@ def training_curves_figure(curves: dict, out) -> Path:
     if handles:
         fig.legend(handles, labels, loc="outside right center", fontsize=8, frameon=False)
     return _save(fig, out)
+
+
+# ------------------------------------------------------------------------------------------------ Grad-CAM
+
+ALERT_COLOUR, CALM_COLOUR, REFER_COLOUR = "#b00020", "#1b5e20", "#e65100"
+GRADCAM_ALPHA = 0.45  # heat over the lesion: enough to read both
+
+
+def gradcam_panel_figure(whole, crop_box, model_input, cam, out, title: str, status: list[tuple[str, str]],
+                         cam_label: str) -> Path:
+    """One Grad-CAM panel: [whole image with the crop the model saw outlined | heatmap over the model input |
+    colour bar], a title line and coloured status lines (text, colour) above the images.
+
+    whole: RGB array (the image after the model's resize and colour processing, before the centre crop);
+    crop_box: (left, top, size) of the centre crop in `whole`'s pixels; model_input: RGB array [S, S];
+    cam: Grad-CAM map [S, S] in [0, 1] (relative: 1 = the strongest region of this image for this class)."""
+    from matplotlib.patches import Rectangle
+
+    lines = [(title, "black")] + status
+    aspect = whole.shape[1] / whole.shape[0]
+    fig = _figure(max(9.0, 4.0 * (aspect + 1) + 1.4), 4.4 + 0.25 * len(lines))  # inches; images 4 in high
+    header, body = fig.subfigures(2, 1, height_ratios=[0.25 * len(lines), 4.4])
+    for i, (text, colour) in enumerate(lines):
+        header.text(0.01, 1 - (i + 0.5) / len(lines), text, ha="left", va="center", color=colour, fontsize=10.5,
+                    fontweight="bold" if i else "normal")
+    grid = body.add_gridspec(1, 3, width_ratios=[aspect, 1.0, 0.05])
+    ax_whole, ax_cam, ax_bar = (body.add_subplot(grid[0, i]) for i in range(3))
+    ax_whole.imshow(whole)
+    left, top, size = crop_box
+    ax_whole.add_patch(Rectangle((left - 0.5, top - 0.5), size, size, fill=False, edgecolor="white",
+                                 linestyle="--", linewidth=1.5))
+    ax_whole.set_title("Whole image as the model saw it\n(dashed: the centre crop it classified)", fontsize=9)
+    ax_cam.imshow(model_input)
+    heat = ax_cam.imshow(cam, cmap="jet", vmin=0.0, vmax=1.0, alpha=GRADCAM_ALPHA)
+    ax_cam.set_title(f"Grad-CAM over the model input\n({model_input.shape[1]} x {model_input.shape[0]} px)",
+                     fontsize=9)
+    for ax in (ax_whole, ax_cam):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    bar = body.colorbar(heat, cax=ax_bar)
+    bar.solids.set_alpha(1.0)  # the bar shows the colour scale itself, not the blended overlay
+    bar.set_label(cam_label, fontsize=8)
+    bar.ax.tick_params(labelsize=8)
+    return _save(fig, out)
