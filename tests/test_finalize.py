@@ -1,6 +1,7 @@
 """rethreshold: a new operating point from the stored validation predictions, without retraining."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ def _fake_run(tmp_path, n=60, seed=0):
     return run, labels == "melanoma", probs[:, mel]
 
 
+@pytest.mark.filterwarnings("ignore::melanoma.errors.ThresholdWarning")  # 5 melanomas: warned, on purpose
 def test_rethreshold_meets_each_target_and_updates_model_json(tmp_path):
     run, is_mel, p_mel = _fake_run(tmp_path)
     low = rethreshold(run, 0.80)
@@ -43,7 +45,7 @@ def test_rethreshold_needs_stored_predictions(tmp_path, capsys):
     run = build_test_model(tmp_path / "run", image_size=64)
     with pytest.raises(ModelError, match="val_predictions.csv: missing"):
         rethreshold(run, 0.9)
-    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9"]) == 2
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--in-place"]) == 2
     assert "val_predictions.csv: missing" in capsys.readouterr().err
 
 
@@ -55,7 +57,8 @@ def test_rethreshold_from_a_clinics_own_labelled_predictions(tmp_path, capsys):
     rows = (other / "val_predictions.csv").read_text().splitlines()
     local.write_text("\n".join([rows[0]] + [r.replace(",melanoma", ",MEL") if r.endswith(",melanoma") else r
                                             for r in rows[1:]]) + "\n")
-    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--predictions", str(local)]) == 0
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--predictions", str(local),
+                     "--in-place", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n_melanoma"] == int(is_mel.sum()) and result["sensitivity"] >= 0.9
     assert (np.round(p_mel, 6)[is_mel] >= result["new"]).mean() >= 0.9
@@ -63,5 +66,64 @@ def test_rethreshold_from_a_clinics_own_labelled_predictions(tmp_path, capsys):
     assert meta["thresholds"]["melanoma_alert_source"] == str(local.resolve())
     few = tmp_path / "few.csv"
     few.write_text("\n".join(rows[:4]) + "\n")
-    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--predictions", str(few)]) == 2
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--predictions", str(few),
+                     "--in-place"]) == 2
     assert "at least 5 of each" in capsys.readouterr().err
+
+
+def test_threshold_writes_a_new_model_folder_and_leaves_the_run_alone(tmp_path, capsys):
+    run, _, _ = _fake_run(tmp_path, n=200)
+    before = (run / "model.json").read_text()
+    out = tmp_path / "sens95"
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.95", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "melanoma alert threshold" in printed and str(out / "model.json") in printed
+    assert (run / "model.json").read_text() == before
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["thresholds"]["target_sensitivity"] == 0.95
+    assert {p.name for p in out.iterdir()} == {"model.json", "model.safetensors", "val_predictions.csv"}
+    from melanoma.predict import Predictor
+
+    assert Predictor.load(out).meta["thresholds"]["melanoma_alert"] == meta["thresholds"]["melanoma_alert"]
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--out", str(out)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+
+
+def test_threshold_needs_out_or_in_place_and_not_both(tmp_path, capsys):
+    run, _, _ = _fake_run(tmp_path)
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9"]) == 2
+    assert "one of the arguments --out --in-place is required" in capsys.readouterr().err
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--in-place", "--out", "x"]) == 2
+    assert "not allowed with" in capsys.readouterr().err
+
+
+def test_threshold_warns_about_few_melanomas(tmp_path, capsys):
+    run, is_mel, _ = _fake_run(tmp_path, n=60)
+    assert 5 <= is_mel.sum() < 30
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--in-place"]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run / 'val_predictions.csv'}: only {int(is_mel.sum())} melanomas" in err
+
+
+def test_threshold_warns_on_predictions_of_training_images(tmp_path, capsys):
+    """The shipped model's validation images lie in its training folder: as --predictions they are flagged."""
+    model = Path(__file__).resolve().parents[1] / "models" / "default"
+    preds = model / "val_predictions.csv"
+    assert cli.main(["threshold", str(model), "--target-sensitivity", "0.9", "--predictions", str(preds),
+                     "--out", str(tmp_path / "t")]) == 0
+    err = capsys.readouterr().err
+    assert "also occur in the model's training data" in err and "Traceback" not in err
+    # the run's own validation predictions are held out by construction: no such warning
+    assert cli.main(["threshold", str(model), "--target-sensitivity", "0.9", "--out", str(tmp_path / "u")]) == 0
+    assert "training data" not in capsys.readouterr().err
+
+
+def test_threshold_corrupt_model_json_and_out_of_range_target(tmp_path, capsys):
+    run, _, _ = _fake_run(tmp_path)
+    (run / "model.json").write_text("{not json")
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--in-place"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "model.json" in err and len(err.strip().splitlines()) == 1
+    for bad in ("1.5", "0", "-0.1", "nan", "abc"):
+        assert cli.main(["threshold", str(run), "--target-sensitivity", bad, "--in-place"]) == 2
+        assert "--target-sensitivity: expected a number > 0.0 and <= 1.0" in capsys.readouterr().err

@@ -1,44 +1,191 @@
 """Command-line wiring only: parse arguments, call the module that does the work, print, exit.
 
-Errors of type MelanomaError are printed as one line (`error: ...`) with exit status 2; no traceback.
+Plain argparse (no click / Typer / rich-argparse): no extra dependency, and `melanoma --help` or `audit` start in
+well under a second because nothing imports torch until a command needs it (the command modules are imported
+inside the `_run_*` functions).
+
+Output contract: stdout carries the result only (a short summary, or JSON with `--json`); library logs, progress
+bars and warnings go to stderr, and third-party ones only with `--verbose`. Errors are one line on stderr
+(`error: ...`, exit status 2), never a traceback: MelanomaError for what the package checks, OSError/ValueError as
+the last safety net; argparse errors print the subcommand's own usage.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
+import logging
+import math
+import os
 import sys
+import warnings
 from pathlib import Path
 
 from melanoma import __version__
-from melanoma.config import AUGMENTATION_LEVELS
+from melanoma.config import AUGMENTATION_LEVELS, TrainConfig
 from melanoma.errors import MelanomaError
 
 SHARED_TRAIN = "../shared/data/isic-9class/Train"
+THIRD_PARTY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "torch", "timm",
+                       "PIL", "onnxruntime", "matplotlib")
 
 
-def _command(sub, name: str, help_: str, example: str) -> argparse.ArgumentParser:
-    """Add a subcommand whose --help shows what it does and an example."""
-    return sub.add_parser(
-        name,
-        help=help_,
-        description=f"{help_}\n\nexample:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+# ------------------------------------------------------------------------------------------------ help & types
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows every option's default, keeps the examples' line breaks. An option whose default is None says in its
+    own help what happens without it (e.g. "default: the model's input size"), so "(default: None)" is left out."""
+
+    def _get_help_string(self, action):
+        if action.default is None or isinstance(action.default, bool):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse `type=` that parses `kind` (int/float) and rejects values outside the range."""
+    parts = [f"{'>' if low_open else '>='} {low}" if low is not None else "",
+             f"{'<' if high_open else '<='} {high}" if high is not None else ""]
+    wanted = f"{'an integer' if kind is int else 'a number'} {' and '.join(p for p in parts if p)}".strip()
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text!r}")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {wanted}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" messages
+    return parse
+
+
+POSITIVE_INT = _number(int, 1)
+NON_NEGATIVE_INT = _number(int, 0)
+PROBABILITY = _number(float, 0.0, 1.0, low_open=True)  # (0, 1]: a sensitivity target
+
+
+def existing_path(text: str) -> str:
+    """An argparse `type=` for an input file or folder: it must exist (checked before anything is loaded)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    if not Path(text).expanduser().exists():
+        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
+    return text
+
+
+def _cfg_default(name: str):
+    """TrainConfig's default for a field, as shown in `train --help`."""
+    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return field.default
+
+
+def _command(sub, name: str, help_: str, examples: list[str]) -> argparse.ArgumentParser:
+    """Add a subcommand whose --help shows what it does, its examples and every option's default."""
+    lines = "\n".join(f"  {e}" for e in examples)
+    p = sub.add_parser(name, help=help_.replace("%", "%%"), description=f"{help_}\n\nexamples:\n{lines}",
+                       formatter_class=HelpFormatter)
+    p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help="show library logs, warnings and progress bars (on stderr)")
+    p.set_defaults(command_parser=p)
+    return p
+
+
+def _add_json_flag(p) -> None:
+    p.add_argument("--json", action="store_true", help="print the full result as JSON (for scripts) instead of the "
+                   "short summary")
+
+
+# ------------------------------------------------------------------------------------------------ output
+
+
+def _round(value, digits: int = 3):
+    """Floats rounded for people (AUC 0.972, not 0.9722222222222222), recursively."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _round(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_round(v, digits) for v in value]
+    return value
+
+
+def _summary_lines(result: dict, indent: str = "") -> list[str]:
+    """`key: value` lines of a (nested) result, numbers rounded to 3 decimals, None and empty values left out."""
+    lines = []
+    for key, value in result.items():
+        if value is None or value == {} or value == []:
+            continue
+        label = str(key).replace("_", " ")
+        if isinstance(value, dict):
+            lines += [f"{indent}{label}:", *_summary_lines(value, indent + "  ")]
+        elif isinstance(value, list):
+            lines.append(f"{indent}{label}: {', '.join(str(_round(v)) for v in value)}")
+        else:
+            lines.append(f"{indent}{label}: {_round(value)}")
+    return lines
+
+
+def _emit(result: dict, as_json: bool, summary: str | None = None) -> None:
+    """The command's result on stdout: full JSON for scripts, else a short summary for people."""
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(summary if summary is not None else "\n".join(_summary_lines(result)))
+
+
+@contextlib.contextmanager
+def _library_output_to_stderr():
+    """Whatever libraries print while a command works (Lightning's progress bars and banners) goes to stderr;
+    stdout stays the command's result."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
+
+
+def _quiet_third_party_logs(verbose: bool) -> None:
+    """Call after the libraries are imported (Lightning sets its own logger to INFO on import)."""
+    for name in THIRD_PARTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+
+
+def _show_warning(verbose: bool):
+    """warnings.showwarning replacement: one `warning: ...` line on stderr for the package's own warnings;
+    third-party ones (deprecations, library hints) only with --verbose."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        ours = (category.__module__ or "").startswith("melanoma") or "melanoma" in str(filename)
+        if ours or verbose:
+            text = " ".join(str(message).split())
+            print(f"warning: {text}" if ours else f"warning ({category.__name__}): {text}", file=sys.stderr)
+    return show
+
+
+# ------------------------------------------------------------------------------------------------ audit
 
 
 def _add_audit(sub) -> None:
     p = _command(sub, "audit", "Audit an image dataset: class counts, sizes, unreadable files, exact and near "
-                 "duplicates, label conflicts and (with --against) overlap with another set.",
-                 f"melanoma audit {SHARED_TRAIN} --json audit.json")
-    p.add_argument("data", help="folder of class folders, CSV manifest, ISIC ground-truth CSV or HAM10000 folder")
-    p.add_argument("--against", help="another dataset: report its images that also occur in DATA")
-    p.add_argument("--json", dest="json_path", help="write the full report as JSON to this file")
-    p.add_argument("--near-distance", type=int, default=4,
-                   help="max perceptual-hash Hamming distance (0-64) for near duplicates (default 4)")
-    p.add_argument("--max-pixels", type=int, default=100_000_000,
-                   help="reject images above this many pixels as decompression bombs (default 100M)")
-    p.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
+                 "duplicates, label conflicts and (with --against) overlap with another set. Reads images only "
+                 "(no model, no torch).",
+                 [f"melanoma audit {SHARED_TRAIN}",
+                  f"melanoma audit {SHARED_TRAIN} --against ../shared/data/ham10000 --json audit.json"])
+    p.add_argument("data", type=existing_path,
+                   help="folder of class folders, CSV manifest, ISIC ground-truth CSV or HAM10000 folder")
+    p.add_argument("--against", type=existing_path, help="another dataset: report its images that also occur in DATA")
+    p.add_argument("--json", dest="json_path", nargs="?", const="-", metavar="FILE",
+                   help="write the full report as JSON to FILE (no FILE: print it on stdout instead of the summary)")
+    p.add_argument("--near-distance", type=_number(int, 0, 64), default=4,
+                   help="max perceptual-hash Hamming distance (0-64) for near duplicates")
+    p.add_argument("--max-pixels", type=POSITIVE_INT, default=100_000_000,
+                   help="reject images above this many pixels as decompression bombs")
+    p.add_argument("--workers", type=POSITIVE_INT, help="decoding processes (default: all cores)")
     p.set_defaults(func=_run_audit)
 
 
@@ -49,6 +196,9 @@ def _run_audit(args) -> int:
     other = data.discover(args.against) if args.against else None
     report = data.audit(table, against=other, near_distance=args.near_distance,
                         max_pixels=args.max_pixels, workers=args.workers)
+    if args.json_path == "-":
+        print(json.dumps(report, indent=2))
+        return 0
     print(data.format_audit(report))
     if args.json_path:
         Path(args.json_path).write_text(json.dumps(report, indent=2))
@@ -56,42 +206,89 @@ def _run_audit(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ augment
+
+
 def _add_augment(sub) -> None:
     p = _command(sub, "augment", "Write augmented copies of a class-folder dataset to a SEPARATE folder (never into "
                  "DATA); each copy records its source so splits keep copies with their source.",
-                 f"melanoma augment {SHARED_TRAIN} --per-class 500 --out runs/augmented")
-    p.add_argument("data")
-    p.add_argument("--per-class", type=int, required=True, help="target number of images per class (originals + copies)")
-    p.add_argument("--out", required=True, help="output folder (must not be inside DATA)")
-    p.add_argument("--seed", type=int, default=0)
+                 [f"melanoma augment {SHARED_TRAIN} --per-class 500 --out runs/augmented"])
+    p.add_argument("data", type=existing_path, help="folder of class folders (or any layout `audit` reads)")
+    p.add_argument("--per-class", type=POSITIVE_INT, required=True,
+                   help="target number of images per class (originals + copies)")
+    p.add_argument("--out", required=True, help="output folder (new or empty; must not be inside DATA)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="random seed of the augmentations")
+    _add_json_flag(p)
     p.set_defaults(func=_run_augment)
 
 
 def _run_augment(args) -> int:
-    from melanoma.augment import augment_dataset
+    with _library_output_to_stderr():
+        from melanoma.augment import augment_dataset
 
-    summary = augment_dataset(args.data, args.out, per_class=args.per_class, seed=args.seed)
-    print(json.dumps(summary, indent=2))
+        summary = augment_dataset(args.data, args.out, per_class=args.per_class, seed=args.seed)
+    per_class = ", ".join(f"{k} {v['originals']}+{v['copies']}" for k, v in summary["classes"].items())
+    _emit(summary, args.json, f"wrote {summary['copies']} augmented copies to {summary['out']} "
+                              f"(manifest {summary['manifest']})\nper class, originals+copies: {per_class}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+# (flag, type, meaning); the default shown is TrainConfig's (a --config YAML may change it)
+TRAIN_NUMBERS = [
+    ("--epochs", POSITIVE_INT, "maximum training epochs (early stopping may end sooner)"),
+    ("--image-size", _number(int, 32, 1024), "network input size in pixels (default: the model's own)"),
+    ("--batch-size", POSITIVE_INT, "images per training batch"),
+    ("--lr", _number(float, 0.0, 1.0, low_open=True),
+     "peak learning rate (default: 1e-3 for seed-cnn with Adam, 5e-4 otherwise with AdamW)"),
+    ("--val-fraction", _number(float, 0.0, 0.5, low_open=True, high_open=True),
+     "share of the primary data held out for validation (hold-out runs; ignored with --folds)"),
+    ("--folds", _number(int, 2), "K-fold cross-validation with K folds instead of one hold-out split"),
+    ("--seed", NON_NEGATIVE_INT, "random seed (splits, sampling, augmentation)"),
+    ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
+    ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
+    ("--target-sensitivity", PROBABILITY,
+     "the melanoma alert threshold keeps at least this validation sensitivity (0-1]"),
+    ("--max-train-batches", POSITIVE_INT, "cap on batches per epoch (smoke runs)"),
+    ("--patience", POSITIVE_INT, "early stopping: epochs without a better validation balanced accuracy"),
+    ("--samples-per-epoch", POSITIVE_INT, "sampler draws per epoch (default: the size of the training side)"),
+]
+TRAIN_TEXTS = [
+    ("--devices", "devices per machine: auto, a count, or a list such as 0,1"),
+    ("--strategy", "Lightning strategy: auto, ddp, ..."),
+    ("--precision", "Lightning precision (default: bf16-mixed on GPU, 32-true on CPU)"),
+]
+
+
+def _with_default(help_: str, name: str) -> str:
+    default = _cfg_default(name)
+    if default is None or "default:" in help_:
+        return help_
+    return f"{help_} (default: {default})"
 
 
 def _add_train(sub) -> None:
     p = _command(sub, "train", "Train a classifier (Lightning): hold-out validation or group-aware K-fold CV; "
                  "writes a run folder with config, logs, checkpoints, model.safetensors and model.json.",
-                 f"melanoma train --data {SHARED_TRAIN} --model efficientnet_lite0 --folds 5 --out runs/cv")
-    p.add_argument("--data", help="training dataset (any layout `audit` reads)")
-    p.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
-    p.add_argument("--model", help="registry name: seed-cnn, efficientnet_lite0, or any timm model name")
+                 [f"melanoma train --data {SHARED_TRAIN} --epochs 12 --out runs/lite0",
+                  f"melanoma train --data {SHARED_TRAIN} --model efficientnet_lite0 --folds 5 --out runs/cv",
+                  f"melanoma train --data {SHARED_TRAIN} --extra-data ../shared/data/ham10000 --out runs/plus-ham",
+                  "melanoma train --resume runs/cv"])
+    p.add_argument("--data", type=existing_path, help="training dataset (any layout `audit` reads)")
+    p.add_argument("--config", type=existing_path, help="YAML file of TrainConfig fields; flags override it")
+    p.add_argument("--model", help=_with_default("registry name: seed-cnn, efficientnet_lite0, or any timm model "
+                                                 "name", "model"))
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start from ImageNet weights (offline for efficientnet_lite0; hub download for timm models)")
-    p.add_argument("--weights", help="local state dict (.pt/.pth) or .safetensors file to start from")
-    for flag, typ in [("--epochs", int), ("--image-size", int), ("--batch-size", int), ("--lr", float),
-                      ("--val-fraction", float), ("--folds", int), ("--seed", int), ("--devices", str),
-                      ("--num-nodes", int), ("--strategy", str), ("--precision", str), ("--num-workers", int),
-                      ("--target-sensitivity", float), ("--max-train-batches", int), ("--patience", int),
-                      ("--samples-per-epoch", int)]:
-        p.add_argument(flag, type=typ)
-    p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"])
+                   help="start from ImageNet weights (default: yes for efficientnet_lite0, offline; no for seed-cnn "
+                        "and timm models, whose weights need a hub download)")
+    p.add_argument("--weights", type=existing_path, help="local state dict (.pt/.pth) or .safetensors file to "
+                   "start from")
+    for flag, typ, meaning in TRAIN_NUMBERS:
+        p.add_argument(flag, type=typ, help=_with_default(meaning, flag[2:].replace("-", "_")))
+    for flag, meaning in TRAIN_TEXTS:
+        p.add_argument(flag, help=_with_default(meaning, flag[2:].replace("-", "_")))
+    p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help=_with_default("hardware", "accelerator"))
     p.add_argument("--imbalance", choices=["sampler", "weighted-loss", "none"],
                    help="class imbalance handling (default: class-balanced sampler)")
     p.add_argument("--conflict-policy", choices=["drop", "keep", "first", "reference"],
@@ -99,105 +296,152 @@ def _add_train(sub) -> None:
                         "--extra-data gives the same image or lesion decides)")
     p.add_argument("--color-constancy", choices=["none", "shades_of_gray"],
                    help="colour normalisation before the network, stored in model.json and applied on every path "
-                        "(default none; shades_of_gray evens out clinic / device colour casts)")
+                        "(default: none; shades_of_gray evens out clinic / device colour casts)")
     p.add_argument("--augmentation", choices=AUGMENTATION_LEVELS,
-                   help="training augmentation (default standard; strong adds wider colour jitter, blur and JPEG "
-                        "re-compression; measured WORSE on a new source, see the README's cross-source check)")
-    p.add_argument("--extra-data", action="append", metavar="DIR",
+                   help="training augmentation (default: standard; strong adds wider colour jitter, blur and JPEG "
+                        "re-compression; measured WORSE on a new source, see docs)")
+    p.add_argument("--extra-data", action="append", metavar="DIR", type=existing_path,
                    help="extra dataset that only ever trains, never validates (repeatable), e.g. "
                         "../shared/data/ham10000; its copies of training images and lesions are left out")
     p.add_argument("--extra-labels", metavar="MAP",
                    help="label map of --extra-data into the training classes: auto (default: HAM10000 dx codes "
                         "-> 9-class names), ham10000, or a YAML file 'label: class | [classes] | null'")
-    p.add_argument("--lesion-metadata", metavar="CSV",
+    p.add_argument("--lesion-metadata", metavar="CSV", type=existing_path,
                    help="HAM10000-style metadata (image_id, lesion_id): all photos of a lesion stay on one side of "
                         "every split, e.g. ../shared/data/ham10000/HAM10000_metadata.csv")
-    p.add_argument("--near-distance", type=int,
-                   help="pictures within this perceptual-hash distance share a split group (default 4)")
-    p.add_argument("--out", help="run folder (default runs/<model>-<time>)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run folder")
+    p.add_argument("--near-distance", type=_number(int, 0, 64),
+                   help="pictures within this perceptual-hash distance (0-64) share a split group (default: 4)")
+    p.add_argument("--out", help="run folder (default: runs/<model>-<time>)")
+    p.add_argument("--resume", metavar="RUN", type=existing_path, help="continue an interrupted run folder")
+    _add_json_flag(p)
     p.set_defaults(func=_run_train)
 
 
 def _run_train(args) -> int:
     from melanoma.config import config_from_args
-    from melanoma.training import train
 
-    result = train(config_from_args(args))
-    print(json.dumps(result.get("summary", {}), indent=2))
+    cfg = config_from_args(args)  # ConfigError before the slow imports
+    with _library_output_to_stderr():
+        from melanoma.training import train
+
+        _quiet_third_party_logs(args.verbose)
+        result = train(cfg)
+    _emit(result.get("summary", {}), args.json)
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ threshold
+
+
 def _add_threshold(sub) -> None:
-    p = _command(sub, "threshold", "Re-choose the melanoma alert threshold of a run for another sensitivity target, "
-                 "from its stored validation / out-of-fold predictions or from a clinic's own labelled images "
-                 "(--predictions: the predictions.csv of `melanoma evaluate`); no retraining; updates model.json.",
-                 "melanoma threshold runs/cv-lite0 --target-sensitivity 0.95 --predictions clinic-eval/predictions.csv")
-    p.add_argument("run")
-    p.add_argument("--target-sensitivity", type=float, required=True,
-                   help="the highest threshold keeping at least this melanoma sensitivity is chosen")
-    p.add_argument("--predictions", help="predictions.csv written by `melanoma evaluate` on local labelled images "
-                   "(default: the run's validation predictions)")
+    p = _command(sub, "threshold", "Re-choose the melanoma alert threshold of a model for another sensitivity "
+                 "target, from its stored validation / out-of-fold predictions or from a clinic's own labelled "
+                 "images (--predictions: the predictions.csv of `melanoma evaluate`); no retraining. Writes a NEW "
+                 "model folder (--out) unless --in-place.",
+                 ["melanoma threshold models/default --target-sensitivity 0.95 --out models/sens95",
+                  "melanoma evaluate --model runs/cv --data clinic/ --out clinic-eval\n"
+                  "  melanoma threshold runs/cv --target-sensitivity 0.9 --predictions clinic-eval/predictions.csv "
+                  "--out runs/cv-clinic"])
+    p.add_argument("run", type=existing_path, help="model folder (model.json + model.safetensors)")
+    p.add_argument("--target-sensitivity", type=PROBABILITY, required=True,
+                   help="the highest threshold keeping at least this melanoma sensitivity (0-1] is chosen")
+    p.add_argument("--predictions", type=existing_path, help="predictions.csv written by `melanoma evaluate` on "
+                   "local labelled images (default: the model's validation predictions, RUN/val_predictions.csv)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="new model folder: a copy of RUN with the new threshold (RUN is untouched)")
+    where.add_argument("--in-place", action="store_true", help="update RUN/model.json itself")
+    _add_json_flag(p)
     p.set_defaults(func=_run_threshold)
+
+
+def _threshold_summary(r: dict) -> str:
+    old = "none" if r["old"] is None else f"{r['old']:.4f}"
+    return (f"melanoma alert threshold {old} -> {r['new']:.4f} for target sensitivity {r['target_sensitivity']:.3f}\n"
+            f"on {r['n_melanoma']} melanoma / {r['n_other']} other images ({r['predictions']}): "
+            f"sensitivity {r['sensitivity']:.3f}, specificity {r['specificity']:.3f}\n"
+            f"wrote {r['model']}")
 
 
 def _run_threshold(args) -> int:
     from melanoma.finalize import rethreshold
 
-    print(json.dumps(rethreshold(args.run, args.target_sensitivity, args.predictions), indent=2))
+    result = rethreshold(args.run, args.target_sensitivity, args.predictions, out=args.out)
+    _emit(result, args.json, _threshold_summary(result))
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ evaluate
 
 
 def _add_evaluate(sub) -> None:
     p = _command(sub, "evaluate", "Evaluate a model on labelled data: ISIC metrics with bootstrap 95% CIs, "
-                 "predictions.csv, metrics.json and plots.",
-                 "melanoma evaluate --model runs/cv --data path/to/Test --out runs/cv/eval")
-    p.add_argument("--model", required=True, help="run folder, model.json/model.safetensors, or .onnx file")
-    p.add_argument("--data", required=True)
+                 "predictions.csv, metrics.json and plots. Images the model was trained on are left out first.",
+                 ["melanoma evaluate --model runs/cv --data path/to/Test --out runs/cv/eval",
+                  "melanoma evaluate --model models/default --data ../shared/data/ham10000 --label-map isic2018"])
+    p.add_argument("--model", required=True, type=existing_path,
+                   help="run folder, model.json/model.safetensors, or .onnx file")
+    p.add_argument("--data", required=True, type=existing_path, help="labelled dataset (any layout `audit` reads)")
     p.add_argument("--out", help="output folder (default: <model folder>/eval-<data name>)")
     p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
-    p.add_argument("--tta-views", type=int, default=8)
-    p.add_argument("--label-map", help="isic2018 | isic2019 | isic2017 | binary | path to a YAML map")
-    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--exclude-overlap-with", metavar="TRAIN",
-                   help="leave out images that also occur in TRAIN (default: the training data named in model.json)")
-    p.add_argument("--no-overlap-check", action="store_true",
-                   help="score every image even if the model may have been trained on it")
+    p.add_argument("--tta-views", type=_number(int, 1, 8), default=8, help="test-time augmentation views (1-8)")
+    p.add_argument("--label-map", help="dataset labels -> model classes: isic2018 | isic2019 | isic2017 | binary | "
+                   "path to a YAML map (default: labels must be the model's class names)")
+    p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=1000,
+                   help="bootstrap resamples for the 95%% CIs (0: no CIs)")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="bootstrap random seed")
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per inference batch")
+    check = p.add_mutually_exclusive_group()
+    check.add_argument("--exclude-overlap-with", metavar="DIR", action="append", type=existing_path,
+                       help="ALSO leave out images that occur in DIR (repeatable); the model's own training data "
+                            "(fingerprint in the model file, or the folders named in model.json) is always checked")
+    check.add_argument("--no-overlap-check", action="store_true",
+                       help="score every image even if the model was trained on it (warns; recorded in "
+                            "metrics.json)")
+    _add_json_flag(p)
     p.set_defaults(func=_run_evaluate)
 
 
 def _run_evaluate(args) -> int:
-    from melanoma.evaluate import evaluate, format_metrics
+    with _library_output_to_stderr():
+        from melanoma.evaluate import evaluate, format_metrics
 
-    result = evaluate(args.model, args.data, out=args.out, tta=args.tta, tta_views=args.tta_views,
-                      label_map=args.label_map, bootstrap=args.bootstrap, seed=args.seed,
-                      batch_size=args.batch_size,
-                      exclude_overlap_with=False if args.no_overlap_check else args.exclude_overlap_with)
-    print(format_metrics(result))
+        _quiet_third_party_logs(args.verbose)
+        result = evaluate(args.model, args.data, out=args.out, tta=args.tta, tta_views=args.tta_views,
+                          label_map=args.label_map, bootstrap=args.bootstrap, seed=args.seed,
+                          batch_size=args.batch_size,
+                          exclude_overlap_with=False if args.no_overlap_check else args.exclude_overlap_with)
+    _emit(result, args.json, format_metrics(result))
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ report
 
 
 def _add_report(sub) -> None:
     p = _command(sub, "report", "Build a self-contained HTML report (plots embedded) for a training run.",
-                 "melanoma report runs/cv --data ../shared/data/isic-9class/Train")
-    p.add_argument("run")
-    p.add_argument("--data", help="dataset for the class distribution and samples (default: the run's data)")
+                 ["melanoma report runs/cv --data ../shared/data/isic-9class/Train"])
+    p.add_argument("run", type=existing_path, help="run folder written by `melanoma train`")
+    p.add_argument("--data", type=existing_path,
+                   help="dataset for the class distribution and samples (default: the run's data)")
     p.set_defaults(func=_run_report)
 
 
 def _run_report(args) -> int:
-    from melanoma.report import build_report
+    with _library_output_to_stderr():
+        from melanoma.report import build_report
 
-    print(f"wrote {build_report(args.run, data=args.data)}")
+        path = build_report(args.run, data=args.data)
+    print(f"wrote {path}")
     return 0
+
+
+# ------------------------------------------------------------------------------------------------ predict
 
 
 def _add_predict(sub) -> None:
     p = _command(sub, "predict", "Predict lesion classes for files, folders (recursive) or globs; flags probable "
                  "melanoma (alert) and images the model should not be trusted on (refer).",
-                 "melanoma predict photos/ --out preds.csv --explain heatmaps/")
+                 ["melanoma predict photos/ --out preds.csv --explain heatmaps/"])
     p.add_argument("paths", nargs="+")
     p.add_argument("--model", help="run folder, model.json/model.safetensors, or .onnx (default: shipped model)")
     p.add_argument("--out", help="output file (default: print CSV to stdout)")
@@ -216,9 +460,12 @@ def _run_predict(args) -> int:
                        tta_views=args.tta_views, explain_dir=args.explain, batch_size=args.batch_size)
 
 
+# ------------------------------------------------------------------------------------------------ export
+
+
 def _add_export(sub) -> None:
     p = _command(sub, "export", "Export a model to ONNX (dynamic batch, metadata embedded) and check parity "
-                 "with PyTorch (fails above 1e-4).", "melanoma export runs/cv --out model.onnx")
+                 "with PyTorch (fails above 1e-4).", ["melanoma export runs/cv --out model.onnx"])
     p.add_argument("model")
     p.add_argument("--out", required=True)
     p.add_argument("--opset", type=int, default=18)
@@ -233,26 +480,62 @@ def _run_export(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ main
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="melanoma",
+        prog="melanoma", formatter_class=HelpFormatter,
         description="Train, evaluate, explain and serve CNNs that flag dermoscopic lesions needing a dermatologist's "
-                    "second look. Decision support, not a diagnosis.")
+                    "second look. Decision support, not a diagnosis.\n\n"
+                    "`melanoma COMMAND --help` shows a command's options, defaults and examples; docs/commands.md "
+                    "describes them all.",
+        epilog="examples:\n  melanoma predict photos/ --out preds.csv\n"
+               "  melanoma evaluate --model models/default --data my-labelled-images/")
     parser.add_argument("--version", action="version", version=f"melanoma {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_evaluate, _add_report, _add_predict, _add_export):
+    parser.add_argument("-v", "--verbose", action="store_true", default=False,
+                        help="show library logs, warnings and progress bars (on stderr)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_evaluate, _add_report, _add_predict, _add_export,
+                __import__("melanoma.serve.cli", fromlist=["add_serve"]).add_serve):
         add(sub)
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
+    """parse_args, except that an unknown option is reported with the SUBCOMMAND's usage (plain argparse reports
+    it with the top-level one, which does not list the subcommand's options)."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        getattr(args, "command_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line; an OSError names its file."""
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `melanoma` command; returns the exit status."""
-    args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
-    except MelanomaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        args = _parse(build_parser(), argv)
+    except SystemExit as exc:  # --help, --version, or an argparse error (already printed with the usage)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    if not args.verbose:
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm >= 4.66 reads it: no progress bars unless asked
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning(args.verbose)
+        warnings.simplefilter("default")
+        try:
+            return args.func(args)
+        except MelanomaError as exc:
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        except (OSError, ValueError) as exc:  # last safety net: a check we have not written yet
+            print(f"error: {_one_line(exc)}", file=sys.stderr)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+    return 2

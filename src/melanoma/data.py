@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma import sources
 from melanoma.audit import ISIC_ID, audit, connected_components, format_audit, hamming_pairs
 from melanoma.errors import ConfigError, DataError
 from melanoma.images import DEFAULT_MAX_PIXELS, ScanEntry, is_image_file, load_image, phashes_as_uint64, scan_paths
@@ -353,7 +352,7 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     merged = _merge_groups(samples, hashes, near_pairs, lesions)
     primary = [s for s in merged if s.origin is None]
     extra = [s for s in merged if s.origin is not None]
-    refs = sources.reference_classes(extra, {p: c for src in extras for p, c in src.compatible.items()})
+    refs = reference_classes(extra, {p: c for src in extras for p, c in src.compatible.items()})
     kept, conflicts = _apply_conflict_policy(primary, table.classes, conflict_policy, refs)
     classes = sorted({s.label for s in kept})
     extra_kept, extra_removed = _extras_to_train(extra, primary, classes)
@@ -380,9 +379,9 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
 
 
 def _extras_to_train(extra: list[Sample], primary: list[Sample], classes: list[str]) -> tuple[list[Sample], dict]:
-    """Extra samples that may train: not sharing a group with a primary image (sources.extras_for_training)
+    """Extra samples that may train: not sharing a group with a primary image (extras_for_training)
     and labelled with a class the primary data still has. Returns (kept, {reason: count removed})."""
-    kept, removed = sources.extras_for_training(extra, {s.group for s in primary})
+    kept, removed = extras_for_training(extra, {s.group for s in primary})
     in_classes = [s for s in kept if s.label in classes]
     if len(kept) > len(in_classes):
         removed["class_not_in_primary"] = len(kept) - len(in_classes)
@@ -436,7 +435,7 @@ def _apply_conflict_policy(samples: list[Sample], classes: list[str], policy: st
     """Returns (kept samples, counts): groups with several labels and their images, and with reference labels
     (`refs`: {group: allowed classes}) the groups they settle and the one-label groups they contradict."""
     refs = refs or {}
-    labels_by_group = sources.labels_by_group(samples)
+    labels_by_group = group_labels(samples)
     conflicts = {g for g, labels in labels_by_group.items() if len(labels) > 1}
     order = {c: i for i, c in enumerate(classes)}
     # the label each group keeps (None: dropped); a group without references keeps its label unless conflicting
@@ -460,6 +459,42 @@ def _apply_conflict_policy(samples: list[Sample], classes: list[str], policy: st
         counts.update(n_conflict_groups_settled_by_reference=settled,
                       n_groups_contradicted_by_reference=contradicted)
     return kept, counts
+
+
+# ---------------------------------------------------------------- extra sources (sources.py joins them)
+
+def group_labels(samples) -> dict[str, set]:
+    """{group: the set of labels its samples carry}."""
+    out: dict[str, set] = {}
+    for s in samples:
+        out.setdefault(s.group, set()).add(s.label)
+    return out
+
+
+def reference_classes(extra_samples, compatible: dict) -> dict[str, frozenset]:
+    """{group: classes every extra sample of that group allows} (intersection of their mapped labels)."""
+    refs: dict[str, frozenset] = {}
+    for s in extra_samples:
+        allowed = frozenset(compatible.get(s.path, (s.label,)))
+        refs[s.group] = refs[s.group] & allowed if s.group in refs else allowed
+    return refs
+
+
+def extras_for_training(extra_samples, primary_groups: set) -> tuple[list, dict]:
+    """Extra samples that may train: a training target, no primary sample in their group, no conflict inside
+    their own group. Returns (samples, counts of what was removed and why)."""
+    labels = group_labels(extra_samples)
+    kept, removed = [], Counter()
+    for s in extra_samples:
+        if s.group in primary_groups:
+            removed["shares_a_group_with_primary"] += 1
+        elif s.label is None:
+            removed["reference_only"] += 1
+        elif len(labels[s.group]) > 1:
+            removed["conflicting_labels"] += 1
+        else:
+            kept.append(s)
+    return kept, dict(removed)
 
 
 # ---------------------------------------------------------------- splits

@@ -24,3 +24,11 @@ class ModelError(MelanomaError):
 
 class ConfigError(MelanomaError):
     """An invalid configuration value or command-line combination."""
+
+
+class MelanomaWarning(UserWarning):
+    """A result that is valid but needs the user's attention; the CLI prints it as one `warning: ...` line."""
+
+
+class ThresholdWarning(MelanomaWarning):
+    """An alert threshold chosen on too few melanomas, or on images the model was trained on."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from melanoma import fingerprint, input_check, metrics
 from melanoma.artifacts import atomic_write_text, save_model
+from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, write_predictions_csv
 from melanoma.referral import Referrer, embed, fit_referral, softmax
@@ -224,42 +227,104 @@ def _concat_fold_predictions(run: Path, fold_results) -> None:
     atomic_write_text(run / "val_predictions.csv", "\n".join(lines) + "\n")
 
 
-def rethreshold(run, target_sensitivity: float, predictions=None) -> dict:
-    """Re-choose the melanoma alert threshold of a run without retraining. From the run's stored validation (CV:
-    out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
+MIN_MELANOMAS_FOR_THRESHOLD = 30  # fewer: one melanoma moves the achieved sensitivity by > 3 points (warn)
+MODEL_FILES = ("model.json", "model.safetensors", "val_predictions.csv")  # what a thresholded copy carries
+
+
+def _copy_model(run: Path, out) -> Path:
+    """A new model folder holding RUN's model files (the run's checkpoints and logs stay behind)."""
+    out = Path(out).expanduser()
+    if out.resolve() == run.resolve():
+        raise ConfigError(f"{out}: --out is the model folder itself; use --in-place to change it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, out / name)
+    return out
+
+
+def _training_images_among(paths: list[str], model_dir: Path, meta: dict) -> int:
+    """How many of the predicted images the model was trained on: its stored fingerprint (pixels, phash, ISIC
+    id) when it has one; otherwise files inside, or named like a file of, a training folder of model.json."""
+    from melanoma.audit import CROSS_SET_PHASH_DISTANCE
+    from melanoma.evaluate import training_sources
+    from melanoma.images import scan_paths
+
+    files = [p for p in paths if p and Path(p).is_file()]
+    weights = model_dir / "model.safetensors"
+    prints = fingerprint.read_model_file(weights) if weights.is_file() else None
+    if prints is not None:
+        samples = [SimpleNamespace(path=Path(p)) for p in files]  # matches() reads .path only
+        return len(fingerprint.matches(prints, samples, scan_paths(files), CROSS_SET_PHASH_DISTANCE))
+    folders = [Path(f).resolve() for f in training_sources(meta) if Path(f).is_dir()]
+    names = {f.name for folder in folders for f in folder.rglob("*") if f.is_file()}
+    return sum(any(Path(p).resolve().is_relative_to(f) for f in folders) or Path(p).name in names
+               for p in paths if p)
+
+
+def _warn_about(preds_path: Path, is_mel, paths, model_dir: Path, meta: dict, own_validation: bool) -> None:
+    """Threshold warnings: too few melanomas for a stable threshold; predictions made on training images."""
+    if is_mel.sum() < MIN_MELANOMAS_FOR_THRESHOLD:
+        warnings.warn(f"{preds_path}: only {int(is_mel.sum())} melanomas; a threshold chosen on fewer than "
+                      f"{MIN_MELANOMAS_FOR_THRESHOLD} is unstable (each melanoma moves the sensitivity by "
+                      f"{100 / max(1, is_mel.sum()):.0f} points)", ThresholdWarning, stacklevel=3)
+    if own_validation:  # the run's held-out validation images: not trained on, by construction
+        return
+    seen = _training_images_among(paths, model_dir, meta)
+    if seen:
+        warnings.warn(f"{preds_path}: {seen} of {len(paths)} images also occur in the model's training data; a "
+                      "threshold chosen on them is optimistic (use images the model never saw)", ThresholdWarning,
+                      stacklevel=3)
+
+
+def rethreshold(run, target_sensitivity: float, predictions=None, out=None) -> dict:
+    """Re-choose the melanoma alert threshold of a model without retraining. From the run's stored validation
+    (CV: out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
     `melanoma evaluate` wrote on a clinic's own labelled images), for that clinic: a threshold chosen on one
-    source does not keep its sensitivity on another (README, cross-source check). Updates RUN/model.json (and
-    records where the threshold came from); returns old and new values and the achieved operating point."""
-    from melanoma.errors import DataError, ModelError
+    source does not keep its sensitivity on another (docs, cross-source check).
+
+    Writes the new threshold (and where it came from) into `out`, a new model folder holding a copy of RUN's
+    model files, or, with out=None, into RUN/model.json itself. Warns (ThresholdWarning) when the predictions
+    hold fewer than 30 melanomas or images the model was trained on. Returns old and new values and the
+    achieved operating point."""
+    from melanoma.artifacts import read_meta
     from melanoma.evaluate import read_predictions_csv
     from melanoma.labelmaps import MELANOMA_NAMES, normalise_label
 
     run = Path(run)
+    if not 0.0 < target_sensitivity <= 1.0:
+        raise ConfigError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     meta_path = run / "model.json"
     preds_path = Path(predictions) if predictions else run / "val_predictions.csv"
     for needed in (meta_path, preds_path):
         if not needed.is_file():
             raise ModelError(f"{needed}: missing; `melanoma threshold` needs a run folder written by `melanoma train`"
                              + (" and a predictions.csv written by `melanoma evaluate`" if predictions else ""))
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(run)
     mel = meta.get("melanoma_class")
-    if mel is None:
+    if mel is None or not isinstance(meta.get("thresholds"), dict):
         raise ModelError(f"{meta_path}: the model has no melanoma class, so it has no alert threshold")
     table = read_predictions_csv(preds_path, meta["class_names"])
-    labelled = np.array([label is not None for label in table.labels])
+    labelled = np.array([label is not None for label in table.labels], dtype=bool)
     names = {normalise_label(n) for n in (mel, *MELANOMA_NAMES)}
-    is_mel = np.array([label is not None and normalise_label(label) in names for label in table.labels])[labelled]
+    is_mel = np.array([label is not None and normalise_label(label) in names for label in table.labels],
+                      dtype=bool)[labelled]
     p_mel = table.probs[labelled, meta["class_names"].index(mel)]
     if is_mel.sum() < 5 or (~is_mel).sum() < 5:
         raise DataError(f"{preds_path}: {int(is_mel.sum())} melanoma and {int((~is_mel).sum())} other labelled "
                         "images; choosing a threshold needs at least 5 of each (far more for a stable one)")
+    _warn_about(preds_path, is_mel, [p for p, ok in zip(table.paths, labelled) if ok], run, meta, not predictions)
     new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
     old = meta["thresholds"].get("melanoma_alert")
+    target_dir = _copy_model(run, out) if out else run
+    meta = json.loads((target_dir / "model.json").read_text())  # as stored (read_meta may normalise)
     meta["thresholds"].update(melanoma_alert=new, target_sensitivity=target_sensitivity,
                               melanoma_alert_source=str(preds_path.resolve()) if predictions else "validation")
-    atomic_write_text(meta_path, json.dumps(meta, indent=2))
+    atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
     flagged = p_mel >= new
-    return {"model": str(meta_path), "predictions": str(preds_path), "target_sensitivity": target_sensitivity,
-            "old": old, "new": new, "sensitivity": float(flagged[is_mel].mean()),
-            "specificity": float((~flagged[~is_mel]).mean()), "n_melanoma": int(is_mel.sum()),
-            "n_other": int((~is_mel).sum())}
+    return {"model": str(target_dir / "model.json"), "predictions": str(preds_path),
+            "target_sensitivity": target_sensitivity, "old": old, "new": new,
+            "sensitivity": float(flagged[is_mel].mean()), "specificity": float((~flagged[~is_mel]).mean()),
+            "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum())}

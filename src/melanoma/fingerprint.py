@@ -8,8 +8,13 @@ every training image per evaluation). The fingerprint travels with the weights: 
 readable image of the training folders is listed, including those training left out (validation, duplicates,
 conflicts): none of them is independent of the model.
 
+A model without a stored fingerprint is checked against its training folders instead: `arrays` builds the same
+three arrays from a scan. Torch is imported only where tensors are written (`build`, `save`, `load`).
+
 The matching rule is the same as `audit --against` (audit._overlap): identical pixels, phash within Hamming
-distance `CROSS_SET_PHASH_DISTANCE`, or the same ISIC id.
+distance `CROSS_SET_PHASH_DISTANCE`, or the same ISIC id; `matches` also compares the phash of the evaluated image
+turned by each of the 8 dihedral transforms (rotations by 90 degrees, flips), so rotated or flipped copies are found
+(resized copies already match: phash works on a 32x32 thumbnail).
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
+from PIL import Image
 
 from melanoma.audit import ISIC_ID, hamming_pairs
-from melanoma.images import ScanEntry, phashes_as_uint64
+from melanoma.images import ScanEntry, load_image, phash_int64
 
 PREFIX = "fingerprint."
 NAMES = ("pixel", "phash", "isic")
@@ -40,14 +45,24 @@ def isic_number(path) -> int:
     return int(found.group(0)[len("ISIC_"):]) if found else -1
 
 
-def build(entries: list[ScanEntry]) -> dict[str, torch.Tensor]:
-    """Fingerprint tensors (names prefixed `fingerprint.`) of the readable scanned images."""
+def arrays(entries: list[ScanEntry]) -> dict[str, np.ndarray]:
+    """Fingerprint arrays {pixel, phash, isic} (int64) of the readable scanned images."""
     good = [e for e in entries if not e.error]
-    return {
-        PREFIX + "pixel": torch.tensor([_pixel64(e.pixel_hash) for e in good], dtype=torch.int64),
-        PREFIX + "phash": torch.tensor([int(e.phash) for e in good], dtype=torch.int64),
-        PREFIX + "isic": torch.tensor([isic_number(e.path) for e in good], dtype=torch.int64),
-    }
+    return {"pixel": np.array([_pixel64(e.pixel_hash) for e in good], dtype=np.int64),
+            "phash": np.array([int(e.phash) for e in good], dtype=np.int64),
+            "isic": np.array([isic_number(e.path) for e in good], dtype=np.int64)}
+
+
+def combine(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """One fingerprint holding every image of `parts` (e.g. the stored one plus a folder scanned now)."""
+    return {n: np.concatenate([p[n] for p in parts]) if parts else np.empty(0, np.int64) for n in NAMES}
+
+
+def build(entries: list[ScanEntry]) -> dict:
+    """Fingerprint tensors (names prefixed `fingerprint.`) of the readable scanned images."""
+    import torch
+
+    return {PREFIX + name: torch.from_numpy(values) for name, values in arrays(entries).items()}
 
 
 def find(tensors: dict | None) -> dict[str, np.ndarray] | None:
@@ -55,11 +70,19 @@ def find(tensors: dict | None) -> dict[str, np.ndarray] | None:
     out = {}
     for key, value in (tensors or {}).items():
         if key.startswith(PREFIX):
-            out[key[len(PREFIX):]] = np.asarray(value.numpy() if torch.is_tensor(value) else value, dtype=np.int64)
+            out[key[len(PREFIX):]] = np.asarray(value.numpy() if hasattr(value, "numpy") else value, dtype=np.int64)
     return out if all(n in out for n in NAMES) else None
 
 
-def save(tensors: dict[str, torch.Tensor], run) -> Path:
+def read_model_file(path) -> dict[str, np.ndarray] | None:
+    """The fingerprint stored in a model.safetensors file, read with numpy (no torch); None when it has none."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        return find({k: f.get_tensor(k) for k in f.keys() if k.startswith(PREFIX)})
+
+
+def save(tensors: dict, run) -> Path:
     """Write the fingerprint next to a run's config (finalize adds it to every model file of the run)."""
     from safetensors.torch import save_file
 
@@ -70,7 +93,7 @@ def save(tensors: dict[str, torch.Tensor], run) -> Path:
     return path
 
 
-def load(run) -> dict[str, torch.Tensor]:
+def load(run) -> dict:
     """The run's fingerprint tensors, or {} (runs made before fingerprints, tests that skip it)."""
     from safetensors.torch import load_file
 
@@ -78,21 +101,52 @@ def load(run) -> dict[str, torch.Tensor]:
     return load_file(str(path)) if path.is_file() else {}
 
 
+# PIL transposes giving the 8 symmetries of a square (identity first): rotations by 0/90/180/270 degrees and
+# their mirror images
+DIHEDRAL = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270,
+            Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.TRANSPOSE,
+            Image.Transpose.TRANSVERSE)
+
+
+def dihedral_phashes(path) -> list[int]:
+    """The phash (int64) of the image turned by each DIHEDRAL transform; [] for an unreadable file.
+
+    Trap: imagehash.phash first shrinks to a 32x32 greyscale thumbnail; turning that thumbnail (not the full
+    image) gives the same hash for the identity and costs one decode per image instead of eight."""
+    try:
+        thumb = load_image(path).convert("L").resize((32, 32), Image.Resampling.LANCZOS)
+    except Exception:  # noqa: BLE001 - the scan already reported why this file is unreadable
+        return []
+    return [phash_int64(thumb if t is None else thumb.transpose(t)) for t in DIHEDRAL]
+
+
+def _near_any_turn(fingerprint: dict, samples, ok: list[int], distance: int) -> dict[int, bool]:
+    """{sample index: matched only when turned} for the images whose phash, in any of the 8 orientations, is
+    within `distance` of a training image's."""
+    turns = [(i, k, h) for i in ok for k, h in enumerate(dihedral_phashes(samples[i].path))]
+    if not turns or not len(fingerprint["phash"]):
+        return {}
+    hashes = np.array([h for _, _, h in turns], dtype=np.int64).view(np.uint64)
+    rows, _, _ = hamming_pairs(hashes, fingerprint["phash"].view(np.uint64), max_distance=distance)
+    near: dict[int, bool] = {}
+    for r in rows.tolist():
+        i, k, _ = turns[r]
+        near[i] = near.get(i, True) and k > 0
+    return near
+
+
 def matches(fingerprint: dict[str, np.ndarray], samples, entries: list[ScanEntry], distance: int) -> dict[int, str]:
-    """{index in `samples`: how it matched ("pixels", "phash", "isic-id", joined by "+")} for the images that
-    occur in the fingerprinted training set."""
+    """{index in `samples`: how it matched ("pixels", "phash", "phash-turned", "isic-id", joined by "+")} for the
+    images that occur in the fingerprinted training set (phash-turned: only once rotated or flipped)."""
     pixels = set(fingerprint["pixel"].tolist())
     ids = set(fingerprint["isic"][fingerprint["isic"] >= 0].tolist())
     ok = [i for i, e in enumerate(entries) if not e.error]
-    near = set()
-    if ok and len(fingerprint["phash"]):
-        rows, _, _ = hamming_pairs(phashes_as_uint64([entries[i] for i in ok]),
-                                   fingerprint["phash"].view(np.uint64), max_distance=distance)
-        near = {ok[r] for r in rows}
+    near = _near_any_turn(fingerprint, samples, ok, distance)
     found = {}
     for i, (sample, entry) in enumerate(zip(samples, entries)):
         exact = not entry.error and _pixel64(entry.pixel_hash) in pixels
-        how = [name for name, hit in (("pixels", exact), ("phash", i in near and not exact),
+        phash = "phash-turned" if near.get(i) else "phash"
+        how = [name for name, hit in (("pixels", exact), (phash, i in near and not exact),
                                       ("isic-id", isic_number(sample.path) in ids)) if hit]
         if how:
             found[i] = "+".join(how)

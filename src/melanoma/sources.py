@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from melanoma.data import discover, stratified_group_kfold, stratified_group_split
 from melanoma.errors import ConfigError
 from melanoma.labelmaps import normalise_label
 
@@ -48,14 +49,6 @@ class ExtraSource:
 def _target_names(target) -> list[str]:
     """The class names of one map entry: `class`, `[class, ...]` or None."""
     return [] if target is None else list(target) if isinstance(target, list) else [target]
-
-
-def labels_by_group(samples) -> dict[str, set]:
-    """{group: the set of labels its samples carry}."""
-    out: dict[str, set] = {}
-    for s in samples:
-        out.setdefault(s.group, set()).add(s.label)
-    return out
 
 
 def _preset_within(preset: dict, classes: list[str]) -> dict:
@@ -98,8 +91,6 @@ def _check_targets(mapping: dict, classes: list[str], where: str) -> None:
 
 def load_extra_source(path, spec, classes: list[str]) -> ExtraSource:
     """Discover an extra dataset and map its labels into `classes`; unmapped labels are left out and counted."""
-    from melanoma.data import discover
-
     table = discover(path)
     mapping = load_training_labels(spec, table, classes)
     _check_targets(mapping, classes, str(path))
@@ -134,37 +125,9 @@ def primary_indices(table) -> np.ndarray:
 def splits_with_extras(table, folds: int | None, val_fraction: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_idx, val_idx) pairs: the primary samples split group-aware and stratified (K folds, or one hold-out
     split), every extra sample added to each training side. Without extras this is exactly the plain split."""
-    from melanoma.data import stratified_group_kfold, stratified_group_split
-
     primary = primary_indices(table)
     extra = np.setdiff1d(np.arange(len(table)), primary)
     sub = table.subset(primary)
     pairs = (stratified_group_kfold(sub, folds, seed) if folds
              else [stratified_group_split(sub, val_fraction, seed)])
     return [(np.concatenate([primary[tr], extra]), primary[va]) for tr, va in pairs]
-
-
-def reference_classes(extra_samples, compatible: dict) -> dict[str, frozenset]:
-    """{group: classes every extra sample of that group allows} (intersection of their mapped labels)."""
-    refs: dict[str, frozenset] = {}
-    for s in extra_samples:
-        allowed = frozenset(compatible.get(s.path, (s.label,)))
-        refs[s.group] = refs[s.group] & allowed if s.group in refs else allowed
-    return refs
-
-
-def extras_for_training(extra_samples, primary_groups: set) -> tuple[list, dict]:
-    """Extra samples that may train: a training target, no primary sample in their group, no conflict inside
-    their own group. Returns (samples, counts of what was removed and why)."""
-    labels = labels_by_group(extra_samples)
-    kept, removed = [], Counter()
-    for s in extra_samples:
-        if s.group in primary_groups:
-            removed["shares_a_group_with_primary"] += 1
-        elif s.label is None:
-            removed["reference_only"] += 1
-        elif len(labels[s.group]) > 1:
-            removed["conflicting_labels"] += 1
-        else:
-            kept.append(s)
-    return kept, dict(removed)
