@@ -9,6 +9,7 @@ import pytest
 from sklearn import metrics as skm
 
 from melanoma import cli
+from melanoma.artifacts import HASH_KEY, file_sha256
 from melanoma.errors import DataError
 from melanoma.evaluate import evaluate, format_metrics, read_predictions_csv
 
@@ -196,8 +197,8 @@ def test_extra_training_sources_are_checked_too(test_model, tiny_isic, tmp_path)
     assert result["training_overlap"]["checked_against"] == f"{parts[0]}, {parts[1]}"
     meta["data"]["extra_sources"] = [str(tmp_path / "gone")]
     (model / "model.json").write_text(json.dumps(meta))
-    unchecked = evaluate(model, tiny_isic, out=tmp_path / "eval2", bootstrap=20)
-    assert "gone" in unchecked["training_overlap"]["note"] and unchecked["n_images"] == 45
+    partly = evaluate(model, tiny_isic, out=tmp_path / "eval2", bootstrap=20)  # the sources still there are checked
+    assert partly["training_overlap"]["missing"] == [str(tmp_path / "gone")] and partly["n_images"] == 35
 
 
 def test_other_photos_of_a_trained_lesion_are_excluded_too(test_model, ham_dir, tmp_path):
@@ -236,6 +237,9 @@ def test_the_fingerprint_in_the_model_file_replaces_the_training_folders(test_mo
     tensors = load_file(str(model / "model.safetensors"))
     prints = fingerprint.build(scan(discover(train_part)))
     save_file({**tensors, **{f"extra.{k}": v for k, v in prints.items()}}, str(model / "model.safetensors"))
+    meta = json.loads((model / "model.json").read_text())  # the weights changed: record their new hash
+    meta[HASH_KEY] = file_sha256(model / "model.safetensors")
+    (model / "model.json").write_text(json.dumps(meta))
     result = evaluate(model, tiny_isic, out=tmp_path / "eval", bootstrap=20)
     overlap = result["training_overlap"]
     assert overlap["n_excluded"] == n_train and result["n_images"] == 45 - n_train

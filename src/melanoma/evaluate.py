@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma import fingerprint, labelmaps, metrics, plots
-from melanoma.audit import CROSS_SET_PHASH_DISTANCE, overlap_rule_text, find_overlap
+from melanoma.audit import CROSS_SET_PHASH_DISTANCE, overlap_rule_text
 from melanoma.data import discover
 from melanoma.errors import DataError
 from melanoma.images import scan_paths
@@ -49,10 +49,13 @@ def read_predictions_csv(path, class_names=None) -> PredictionTable:
     `image`/`path` and `prediction`. DataError (one line) on a missing column or a non-numeric probability.
     """
     path = Path(path)
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = list(reader.fieldnames or [])
-        rows = list(reader)
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
     if class_names is None:
         if "prediction" not in header:
             raise DataError(f"{path}: no 'prediction' column; not a prediction CSV")
@@ -155,31 +158,56 @@ def training_sources(meta: dict) -> list[str]:
     return [s for s in [data.get("source"), *(data.get("extra_sources") or [])] if s]
 
 
-def exclude_training_overlap(table, meta: dict, exclude_with=None) -> tuple[object, dict]:
-    """Drop the images of `table` that also occur in the model's training data: same pixels, phash within 2 or
-    same ISIC id, and (HAM10000 layout) other photos of those lesions. The training data is, in order of
-    preference: `exclude_with` (a dataset path), the training-set fingerprint stored in the model file (works on
-    any machine), or every source folder recorded in model.json. Returns (table, summary)."""
+def _folder_fingerprints(folders) -> tuple[list[dict], list[str], list[str]]:
+    """Scan each training folder that exists: (fingerprint arrays, folders checked, folders missing)."""
+    parts, checked, missing = [], [], []
+    for folder in folders:
+        if not Path(folder).exists():
+            missing.append(str(folder))
+            continue
+        table = discover(folder)
+        parts.append(fingerprint.arrays(scan_paths([s.path for s in table.samples])))
+        checked.append(str(folder))
+    return parts, checked, missing
+
+
+def _not_checked(table, missing: list[str], why: str) -> tuple[object, dict]:
+    note = f"{why}: overlap with the training data was NOT checked"
+    print(f"warning: {note}; scores may be optimistic if the model saw these images", file=sys.stderr)
+    return table, {"checked": False, "checked_against": None, "n_excluded": 0, "missing": missing, "note": note}
+
+
+def exclude_training_overlap(table, meta: dict, exclude_with=None, model_file=None) -> tuple[object, dict]:
+    """Drop the images of `table` that also occur in the model's training data: same pixels, phash within 2 (in
+    any of the 8 orientations) or same ISIC id, and (HAM10000 layout) other photos of those lesions.
+
+    The training data is the fingerprint stored in the model (meta["extra"], or read from `model_file`), else
+    every source folder recorded in model.json; `exclude_with` (a folder or a list of folders) only ever ADDS
+    to it. `exclude_with=False` turns the check off (a warning on stderr, recorded in the summary). Returns
+    (table, summary)."""
     if exclude_with is False:
-        return table, {"checked_against": None, "n_excluded": 0, "note": "overlap check disabled by the user"}
-    prints = None if exclude_with else fingerprint.find(meta.get("extra"))
-    if prints is not None:
-        entries = scan_paths([s.path for s in table.samples])
-        found = fingerprint.matches(prints, table.samples, entries, CROSS_SET_PHASH_DISTANCE)
-        what = f"training-set fingerprint of {len(prints['pixel'])} images, stored in the model file"
-        return _drop_overlap(table, set(found), what, fingerprint.summarize(found))
-    sources = [exclude_with] if exclude_with else training_sources(meta)
-    missing = [s for s in sources if not Path(s).exists()]
-    if not sources or missing:
-        return table, {"checked_against": None, "n_excluded": 0,
-                       "note": f"training data not available ({', '.join(map(str, missing)) or 'not recorded'}): "
-                               "overlap with it was NOT checked"}
-    shared, matched_by = set(), {}
-    for source in sources:
-        overlap = find_overlap(discover(source), table)
-        shared |= {m["index"] for m in overlap["images"]}
-        matched_by = {k: matched_by.get(k, 0) + v for k, v in (overlap.get("matched_by") or {}).items()}
-    return _drop_overlap(table, shared, ", ".join(map(str, sources)), matched_by)
+        print("warning: --no-overlap-check: images the model was trained on are scored too; the metrics may be "
+              "optimistic", file=sys.stderr)
+        return table, {"checked": False, "checked_against": None, "n_excluded": 0,
+                       "note": "overlap check disabled by the user (--no-overlap-check)"}
+    extra = [exclude_with] if isinstance(exclude_with, (str, Path)) else list(exclude_with or [])
+    stored = fingerprint.find(meta.get("extra"))
+    if stored is None and model_file is not None and Path(model_file).suffix == ".safetensors":
+        stored = fingerprint.read_model_file(model_file)
+    folders = extra if stored is not None else training_sources(meta) + extra
+    parts, checked, missing = _folder_fingerprints(folders)
+    described = checked
+    if stored is not None:
+        parts.insert(0, stored)
+        described = [f"training-set fingerprint of {len(stored['pixel'])} images, stored in the model file", *checked]
+    if not parts:
+        return _not_checked(table, missing, f"training data not available ({', '.join(missing) or 'not recorded'})")
+    if missing:
+        print(f"warning: {', '.join(missing)}: not found; overlap with it was NOT checked", file=sys.stderr)
+    entries = scan_paths([s.path for s in table.samples])
+    found = fingerprint.matches(fingerprint.combine(parts), table.samples, entries, CROSS_SET_PHASH_DISTANCE)
+    kept, summary = _drop_overlap(table, set(found), ", ".join(described), fingerprint.summarize(found))
+    return kept, {"checked": True, **summary, "missing": missing}
 
 
 def _drop_overlap(table, shared: set, checked_against: str, matched_by: dict) -> tuple[object, dict]:
@@ -188,7 +216,7 @@ def _drop_overlap(table, shared: set, checked_against: str, matched_by: dict) ->
     seen_groups = {table.samples[i].group for i in shared}
     drop = {i for i, s in enumerate(table.samples)
             if i in shared or (table.kind == "ham10000" and s.group in seen_groups)}
-    rule = overlap_rule_text(CROSS_SET_PHASH_DISTANCE)
+    rule = overlap_rule_text(CROSS_SET_PHASH_DISTANCE) + " (phash compared in all 8 orientations: 90-degree turns, flips)"
     if drop:
         print(f"excluded {len(drop)} image(s) that also occur in the training data ({checked_against}), or show a "
               f"lesion that does ({len(shared)} shared images; {rule})", file=sys.stderr)
@@ -204,13 +232,14 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
              seed: int = 0, batch_size: int = 32, exclude_overlap_with=None) -> dict:
     """Evaluate `model` (run folder, model.json/.safetensors or .onnx) on labelled `data`; returns metrics.json's
     content (see module docstring for the files written). Images that also occur in the model's training data are
-    excluded first (`exclude_overlap_with`: a dataset path, None = model.json's data.source, False = no check)."""
+    excluded first (see `exclude_training_overlap`: `exclude_overlap_with` adds folders to the model's training
+    data, False = no check)."""
     from melanoma.predict import Predictor, write_predictions_csv
 
     predictor = Predictor.load(model)
-    table, overlap = exclude_training_overlap(_labelled_table(data), predictor.meta, exclude_overlap_with)
-    if len(table) == 0:
-        raise DataError(f"{data}: every image also occurs in the model's training data; nothing left to evaluate")
+    full_table = _labelled_table(data)
+    table, overlap = exclude_training_overlap(full_table, predictor.meta, exclude_overlap_with)
+    overlap["n_total"] = len(full_table)
     resolved = labelmaps.resolve_label_map(label_map, predictor.class_names, predictor.meta.get("melanoma_class"))
     out = Path(out) if out else default_output_dir(model, data)
     out.mkdir(parents=True, exist_ok=True)
@@ -218,6 +247,8 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     result = predictor.predict_paths([s.path for s in table.samples], tta=tta, tta_views=tta_views,
                                      batch_size=batch_size, progress=sys.stderr.isatty())
     _print_errors(result.errors)
+    if not len(result.paths):
+        raise DataError(f"{data}: none of its {len(table)} images could be read (reasons above)")
     sample_of = {str(s.path): s for s in table.samples}
     labels = [sample_of[str(p)].label for p in result.paths]
     # the bootstrap resamples groups: lesion / patient ids where the data names them, else single images
@@ -287,15 +318,34 @@ def _class_table(result: dict) -> list[str]:
     return lines
 
 
+def _count_line(result: dict) -> str:
+    """'120 scored / 135 excluded (in the training data) / 255 total; 2 unreadable, ...; label map binary'."""
+    data, overlap = result.get("data") or {}, result.get("training_overlap") or {}
+    excluded = overlap.get("n_excluded", 0)
+    total = overlap.get("n_total", data.get("n_images", result["n_images"]) + excluded)
+    line = f"{result['n_images']} scored / {excluded} excluded (in the training data) / {total} total images"
+    if data:
+        line += (f"; {data['unreadable']} unreadable, {sum(result.get('uncovered_labels', {}).values())} with "
+                 "labels the map does not cover")
+    return line + (f"; label map {result['label_map']['name']}" if result.get("label_map") else "")
+
+
+def _overlap_lines(overlap: dict | None) -> list[str]:
+    """Where the training-data check looked, or a warning that it did not."""
+    if not overlap:
+        return []
+    if not overlap.get("checked", True):
+        return [f"WARNING: {overlap.get('note')}"]
+    lines = [f"training-data check: {overlap.get('checked_against')}"]
+    if overlap.get("missing"):
+        lines.append(f"WARNING: not found, so NOT checked: {', '.join(overlap['missing'])}")
+    return lines
+
+
 def format_metrics(result: dict) -> str:
     """A short terminal summary of `evaluate`'s result: headline numbers with 95% CIs and a per-class table."""
     data, cal = result.get("data", {}), result["calibration"]
-    head = (f"{result['n_images']} images scored"
-            + (f" of {data['n_images']} ({data['unreadable']} unreadable, "
-               f"{sum(result.get('uncovered_labels', {}).values())} with labels the map does not cover)"
-               if data else "")
-            + (f"; label map {result['label_map']['name']}" if result.get("label_map") else ""))
-    lines = [head,
+    lines = [_count_line(result), *_overlap_lines(result.get("training_overlap")),
              f"accuracy            {_ci(result['accuracy'])}",
              f"balanced accuracy   {_ci(result['balanced_accuracy'])}   (mean recall, ISIC ranking metric)"]
     if result.get("melanoma"):
