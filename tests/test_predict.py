@@ -15,6 +15,7 @@ from melanoma import cli, referral
 from melanoma.artifacts import build_test_model, load_model
 from melanoma.errors import ModelError
 from melanoma.predict import Prediction, Predictor, expand_paths, write_predictions_csv
+from melanoma.transforms import eval_transform
 
 CLASSES = ["actinic keratosis", "basal cell carcinoma", "dermatofibroma", "melanoma", "nevus",
            "pigmented benign keratosis", "seborrheic keratosis", "squamous cell carcinoma", "vascular lesion"]
@@ -204,8 +205,35 @@ def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size,
     predictor.meta["preprocessing"]["color_constancy"] = constancy
     path = tmp_path / "img.png"
     Image.open(_images(tiny_isic)[0]).convert("RGB").resize(size).save(path)
-    cached = predictor.transform(decode_prepared(path, predictor.meta["preprocessing"]))
-    torch.testing.assert_close(predictor.preprocess(path), cached, atol=0, rtol=0)
+    cached = eval_transform(predictor.pre)(decode_prepared(path, predictor.pre))
+    torch.testing.assert_close(predictor.preprocess(path), cached, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("constancy", ["none", "shades_of_gray"])
+def test_numpy_preprocessing_equals_the_torch_eval_transform_on_real_images(ham_dir, shared_train, constancy):
+    """The ONE inference preprocessing (images.model_input, numpy + PIL) vs torchvision's eval preset on real
+    images of both shapes (9-class 180x180 JPEGs; HAM10000 600x450), with the shipped model's preprocessing."""
+    from melanoma.images import load_image, model_input, prepare_image
+    from melanoma.predict import DEFAULT_MODEL_DIR
+
+    pre = {**json.loads((DEFAULT_MODEL_DIR / "model.json").read_text())["preprocessing"],
+           "color_constancy": constancy}
+    paths = sorted((shared_train / "melanoma").glob("*.jpg"))[:4] + sorted((ham_dir / "images").glob("*.jpg"))[:4]
+    transform = eval_transform(pre)
+    for path in paths:
+        image = load_image(path)
+        expected = transform(prepare_image(image, pre)).numpy()
+        np.testing.assert_allclose(model_input(image, pre), expected, atol=1e-4, rtol=0)
+        assert np.abs(model_input(image, pre) - expected).max() < 1e-6  # in fact float32-exact
+
+
+def test_numpy_tta_views_equal_the_torch_views():
+    from melanoma.images import tta_views as numpy_views
+    from melanoma.transforms import tta_views as torch_views
+
+    x = torch.randn(2, 3, 8, 8)
+    for a, b in zip(numpy_views(x.numpy(), 8), torch_views(x, 8)):
+        np.testing.assert_array_equal(a, b.numpy())
 
 
 def test_the_shipped_default_model_loads_and_flags_images(tiny_isic):
@@ -244,3 +272,121 @@ def test_the_shipped_model_carries_the_validation_outputs_behind_its_threshold(t
     assert again["sensitivity"] >= stored["target_sensitivity"] and again["n_melanoma"] >= 50
     stricter = rethreshold(copy, 0.95)
     assert stricter["new"] < again["new"] and stricter["sensitivity"] >= 0.95
+
+
+# ------------------------------------------------------------------------------------------------ --resume
+def _small_images(folder: Path, n: int, seed: int = 0) -> Path:
+    """n generated 40x40 PNGs (random colour blobs), names with a space like the real class folders."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        pixels = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        pixels[10:30, 10:30] = rng.integers(0, 256, 3, dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img {i:04d}.png")
+    return folder
+
+
+def _rows_by_path(csv_path: Path) -> tuple[list[str], dict[str, list[str]], int]:
+    text = csv_path.read_text()
+    assert text.endswith("\n"), "the CSV ends inside a row"
+    header, *rows = list(csv.reader(io.StringIO(text)))
+    assert all(len(r) == len(header) for r in rows), "a broken row"
+    return header, {r[1]: r for r in rows}, len(rows)
+
+
+def _assert_same_rows(a: dict, b: dict, header: list[str]) -> None:
+    assert set(a) == set(b)
+    numeric = [i for i, name in enumerate(header) if name in CLASSES or name in ("confidence", "melanoma_probability")]
+    for path, row in a.items():
+        other = b[path]
+        # another batch composition may move a float32 logit in the last place: compare numbers to 1e-5
+        np.testing.assert_allclose([float(row[i]) for i in numeric], [float(other[i]) for i in numeric], atol=1e-5)
+        assert [v for i, v in enumerate(row) if i not in numeric] == [v for i, v in enumerate(other) if i not in numeric]
+
+
+@pytest.mark.slow
+def test_predict_killed_with_sigkill_then_resumed_writes_every_image_once(tmp_path):
+    """A real `melanoma predict` subprocess killed with SIGKILL at a random point, then --resume: no missing,
+    duplicated or broken row, the same rows as an uninterrupted run, and the summary counts every image once."""
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    n = 400
+    folder = _small_images(tmp_path / "photos", n)
+    model = build_test_model(tmp_path / "model", image_size=48)
+    command = [sys.executable, "-m", "melanoma", "predict", str(folder), "--model", str(model), "--batch-size", "4"]
+    full = tmp_path / "full.csv"
+    subprocess.run([*command, "--out", str(full)], check=True, capture_output=True, timeout=600)
+    header, expected, _ = _rows_by_path(full)
+    assert len(expected) == n
+
+    killed = tmp_path / "killed.csv"
+    kill_after = random.Random().randint(8, n // 2)  # rows on disk before the kill: a random point of the run
+    proc = subprocess.Popen([*command, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None:
+            if killed.exists() and killed.read_bytes().count(b"\n") > kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        proc.wait(timeout=600)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGKILL, f"the run ended before the kill ({kill_after} rows)"
+    before = killed.read_bytes().count(b"\n") - 1
+    assert 0 < before < n
+
+    resumed = subprocess.run([*command, "--out", str(killed), "--resume"], capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{n} predicted" in resumed.stderr and "from the earlier run" in resumed.stderr
+    got_header, got, count = _rows_by_path(killed)
+    assert got_header == header and count == len(got) == n  # no duplicate, none missing
+    _assert_same_rows(got, expected, header)
+
+
+def test_resume_drops_a_half_written_last_row(model_dir, tmp_path, capsys):
+    folder = _small_images(tmp_path / "photos", 6)
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(folder), "--model", str(model_dir), "--out", str(out)]) == 0
+    header, rows, _ = _rows_by_path(out)
+    lines = out.read_text().splitlines(keepends=True)
+    out.write_text("".join(lines[:3]) + lines[3][:25])  # header, 2 rows, and a row cut mid-way
+    capsys.readouterr()
+    assert cli.main(["predict", str(folder), "--model", str(model_dir), "--out", str(out), "--resume"]) == 0
+    assert "6 predicted (2 from the earlier run)" in capsys.readouterr().err
+    _, resumed, count = _rows_by_path(out)
+    assert count == 6
+    _assert_same_rows(resumed, rows, header)
+
+
+def test_resume_without_an_existing_file_starts_fresh(model_dir, tmp_path, capsys):
+    folder = _small_images(tmp_path / "photos", 3)
+    out = tmp_path / "new.csv"
+    assert cli.main(["predict", str(folder), "--model", str(model_dir), "--out", str(out), "--resume"]) == 0
+    assert _rows_by_path(out)[2] == 3 and "3 predicted, 0 skipped" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "json", "--out", "p.json"], "--resume works with --format csv only"),
+    ([], "--resume needs --out FILE"),
+])
+def test_resume_option_errors(model_dir, tmp_path, monkeypatch, capsys, args, message):
+    monkeypatch.chdir(tmp_path)
+    image = _small_images(tmp_path / "photos", 1)
+    assert cli.main(["predict", str(image), "--model", str(model_dir), "--resume", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().count("\n") == 0 and message in err
+
+
+def test_resume_refuses_another_models_csv(model_dir, tmp_path, capsys):
+    folder = _small_images(tmp_path / "photos", 2)
+    out = tmp_path / "p.csv"
+    out.write_text("image,path,a,b\nx.png,x.png,0.1,0.9\n")
+    assert cli.main(["predict", str(folder), "--model", str(model_dir), "--out", str(out), "--resume"]) == 2
+    assert "its columns are not this model's" in capsys.readouterr().err
+    assert out.read_text() == "image,path,a,b\nx.png,x.png,0.1,0.9\n"  # nothing already done is lost

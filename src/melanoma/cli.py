@@ -450,6 +450,9 @@ def _add_predict(sub) -> None:
     p.add_argument("--tta-views", type=int, default=8)
     p.add_argument("--explain", metavar="DIR", help="write Grad-CAM heatmap PNGs here")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run: keep the complete rows already in --out (csv) and predict only "
+                        "the missing images (without an existing --out file: start fresh)")
     p.set_defaults(func=_run_predict)
 
 
@@ -457,7 +460,8 @@ def _run_predict(args) -> int:
     from melanoma.predict import run_predict
 
     return run_predict(args.paths, model=args.model, out=args.out, fmt=args.format, tta=args.tta,
-                       tta_views=args.tta_views, explain_dir=args.explain, batch_size=args.batch_size)
+                       tta_views=args.tta_views, explain_dir=args.explain, batch_size=args.batch_size,
+                       resume=args.resume)
 
 
 # ------------------------------------------------------------------------------------------------ export

@@ -1,6 +1,13 @@
-"""Image loading (any file -> 8-bit RGB or a one-line ImageError) and the one-pass scan used by audit and splits.
+"""Image loading (any file -> 8-bit RGB or a one-line ImageError), the one-pass scan used by audit and splits, and
+the eval preprocessing of inference (PIL + numpy only, no torch: ONNX prediction never imports torch).
 
 `data.py` re-exports `load_image`; other modules should import it from there.
+
+Eval preprocessing (`model_input`), the ONE path of `Predictor` for both backends:
+    decode -> resize the shorter side to pre["resize"] (PIL bicubic) -> colour constancy (pre["color_constancy"])
+    -> centre crop pre["input_size"] -> float32 [0, 1] -> (x - mean) / std, channels first.
+It equals `transforms.eval_transform(pre)(prepare_image(image, pre))` (the trainer's validation path) within 1e-6
+(tests/test_predict.py compares them on real images).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from melanoma.errors import ImageError
+from melanoma.errors import ConfigError, ImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 DEFAULT_MAX_PIXELS = 100_000_000
@@ -190,3 +197,93 @@ def phashes_as_uint64(entries) -> np.ndarray:
     """The phash of each entry as uint64 (readable entries only; caller filters). Trap: np.bitwise_count on a
     SIGNED array counts the bits of the absolute value, so always XOR/count on this unsigned view."""
     return np.array([e.phash for e in entries], dtype=np.int64).view(np.uint64)
+
+
+# ------------------------------------------------------------------------------------------------ eval preprocessing
+COLOR_CONSTANCY = ("none", "shades_of_gray")
+
+
+def resize_shorter_side(image: Image.Image, shorter_side: int) -> Image.Image:
+    """Resize a PIL image so its shorter side is `shorter_side` px (PIL bicubic, antialiased); the FIRST step of the
+    eval view everywhere: the trainer's decode cache, predict, evaluate, Grad-CAM and the service call it.
+
+    Trap: torchvision's Resize on a *tensor* uses its own bicubic, which differs from PIL's by up to 0.025 in
+    probability (measured on 394 validation images of a lite0 model: 3 alerts, 2 referrals and 2 predictions
+    flipped). After this step eval_transform's Resize is a no-op, so every path sees the pixels the thresholds were
+    fitted on.
+    """
+    w, h = image.size
+    scale = shorter_side / min(w, h)
+    if abs(scale - 1.0) > 1e-6:
+        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+    return image
+
+
+def shades_of_gray(image: Image.Image, power: int = 6) -> Image.Image:
+    """Shades-of-Gray colour constancy (Finlayson & Trezzi 2004; Barata et al. 2015 for dermoscopy): estimate the
+    illuminant per channel as the Minkowski p-norm mean of the pixels, then scale each channel so that illuminant
+    becomes neutral grey. Removes much of the colour cast that differs between clinics, devices and light sources.
+    PIL RGB in, PIL RGB out (uint8, clipped)."""
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)  # per channel, in [0, 1]
+    illuminant = illuminant / max(float(np.linalg.norm(illuminant)), 1e-6)
+    gains = 1.0 / (np.maximum(illuminant, 1e-6) * np.sqrt(3.0))  # a grey illuminant (1,1,1)/sqrt(3) -> gains 1
+    out = np.clip(x * gains, 0.0, 1.0) * 255.0
+    return Image.fromarray(np.round(out).astype(np.uint8), mode="RGB")
+
+
+def prepare_image(image: Image.Image, pre: dict) -> Image.Image:
+    """The deterministic PIL stage EVERY path shares (training cache, predict, evaluate, explain, export parity):
+    resize the shorter side to pre["resize"], then the colour constancy pre["color_constancy"] names (if any)."""
+    method = pre.get("color_constancy") or "none"
+    if method not in COLOR_CONSTANCY:
+        raise ConfigError(f"unknown colour constancy {method!r} in preprocessing (use {' or '.join(COLOR_CONSTANCY)})")
+    image = resize_shorter_side(image, int(pre.get("resize", pre["input_size"])))
+    return shades_of_gray(image) if method == "shades_of_gray" else image
+
+
+def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop of an HxWxC array to size x size, zero-padded when smaller (as torchvision's CenterCrop)."""
+    h, w = pixels.shape[:2]
+    if size > h or size > w:
+        top, left = max(size - h, 0), max(size - w, 0)
+        pixels = np.pad(pixels, ((top // 2, (top + 1) // 2), (left // 2, (left + 1) // 2), (0, 0)))
+        h, w = pixels.shape[:2]
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+    return pixels[top:top + size, left:left + size]
+
+
+def normalise(pixels: np.ndarray, pre: dict) -> np.ndarray:
+    """uint8 HxWx3 -> float32 3xHxW: [0, 1] then (x - mean) / std per channel (model.json's mean and std)."""
+    x = pixels.astype(np.float32) / np.float32(255.0)
+    mean = np.asarray(pre["mean"], dtype=np.float32)
+    std = np.asarray(pre["std"], dtype=np.float32)
+    return np.ascontiguousarray(((x - mean) / std).transpose(2, 0, 1))
+
+
+def model_input(image: Image.Image, pre: dict) -> np.ndarray:
+    """A decoded RGB image -> the normalised model input, float32 (3, S, S): resize, colour constancy, centre crop,
+    normalise, as model.json's `preprocessing` says."""
+    prepared = prepare_image(image, pre)
+    return normalise(center_crop(np.asarray(prepared, dtype=np.uint8), int(pre["input_size"])), pre)
+
+
+# The 8 symmetries of the square (dihedral group D4) on the last two axes (H, W) of an NCHW numpy batch, in the
+# order of transforms.TTA_VIEW_NAMES. Dermoscopy has no "up": every view keeps the label.
+NUMPY_TTA_VIEWS = [
+    lambda x: x,                                           # identity
+    lambda x: x[..., ::-1],                                # hflip
+    lambda x: x[..., ::-1, :],                             # vflip
+    lambda x: np.rot90(x, 1, axes=(-2, -1)),               # rot90 (counter-clockwise, as torch.rot90)
+    lambda x: np.rot90(x, 2, axes=(-2, -1)),               # rot180
+    lambda x: np.rot90(x, 3, axes=(-2, -1)),               # rot270
+    lambda x: np.swapaxes(x, -2, -1),                      # transpose
+    lambda x: np.swapaxes(x[..., ::-1, ::-1], -2, -1),     # anti-transpose
+]
+
+
+def tta_views(x: np.ndarray, n: int) -> list[np.ndarray]:
+    """The first `n` (1..8) deterministic views of a normalised NCHW float32 batch (view 0 is the identity)."""
+    if not 1 <= n <= len(NUMPY_TTA_VIEWS):
+        raise ConfigError(f"tta views must be between 1 and {len(NUMPY_TTA_VIEWS)}, got {n}")
+    return [np.ascontiguousarray(view(x)) for view in NUMPY_TTA_VIEWS[:n]]

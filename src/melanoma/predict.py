@@ -6,12 +6,21 @@ the model's `model.json` (for ONNX: the copy embedded by `melanoma export` in th
     probabilities = softmax(logits / temperature)      (TTA: mean of the per-view softmax)
     melanoma_alert = p(melanoma) >= thresholds.melanoma_alert
     refer          = see melanoma.referral (low confidence or not like the training images)
+
+Preprocessing is `images.model_input` (PIL + numpy) for both backends, and a backend is any callable from a
+float32 NCHW numpy batch to (logits [N,C], features [N,D]) numpy arrays (an ensemble can plug in as one backend).
+The ONNX backend needs no torch: torch is imported only by the PyTorch backend and `Predictor.preprocess`.
+
+`run_predict` with `--out FILE` (csv) appends whole rows per batch (flush + fsync), so a killed run leaves a CSV
+of complete rows (at most one half-written line at the end) that `--resume` continues.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -20,13 +29,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from melanoma import input_check, referral
-from melanoma.errors import ImageError, MelanomaError, ModelError
-from melanoma.images import is_image_file
-from melanoma.transforms import prepare_image
+from melanoma import images, input_check, referral
+from melanoma.errors import ConfigError, ImageError, ModelError
+from melanoma.images import is_image_file, load_image
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
@@ -75,6 +82,20 @@ class PredictionResult:
     def confidence(self) -> np.ndarray:
         return self.probs.max(axis=1) if len(self) else np.zeros(0)
 
+    @classmethod
+    def concat(cls, parts: list[PredictionResult], class_names: list[str]) -> PredictionResult:
+        """One result holding the rows of `parts` in order (an empty result for no parts)."""
+        if not parts:
+            return cls([], np.zeros((0, len(class_names))), list(class_names), np.zeros(0), np.zeros(0, bool),
+                       np.zeros(0, bool), [])
+        return cls(paths=[p for part in parts for p in part.paths],
+                   probs=np.concatenate([part.probs for part in parts]), class_names=list(class_names),
+                   melanoma_probability=np.concatenate([part.melanoma_probability for part in parts]),
+                   alert=np.concatenate([part.alert for part in parts]),
+                   refer=np.concatenate([part.refer for part in parts]),
+                   refer_reason=[r for part in parts for r in part.refer_reason],
+                   errors=[e for part in parts for e in part.errors])
+
     def predictions(self) -> list[Prediction]:
         """The rows as typed `Prediction` objects."""
         conf, pred = self.confidence, self.prediction
@@ -87,16 +108,18 @@ class PredictionResult:
 
 # ------------------------------------------------------------------------------------------------ backends
 class _TorchBackend:
-    """PyTorch eager model -> (logits, pre-logit features) as numpy."""
+    """PyTorch eager model: float32 NCHW numpy batch -> (logits, pre-logit features) as numpy."""
 
     kind = "pytorch"
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model):
         self.model = model.eval()
 
-    def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         with torch.inference_mode():
-            features, logits = referral.embed(self.model, x)
+            features, logits = referral.embed(self.model, torch.from_numpy(_as_numpy(x)))
         return logits.numpy(), features.numpy()
 
 
@@ -109,9 +132,16 @@ class _OnnxBackend:
         self.session = session
         self.input_name = session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        logits, features = self.session.run(["logits", "features"], {self.input_name: x.numpy()})
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(["logits", "features"], {self.input_name: _as_numpy(x)})
         return logits, features
+
+
+def _as_numpy(x) -> np.ndarray:
+    """A float32 C-contiguous numpy batch from numpy or a (CPU) torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def _onnx_session(path: Path, threads: int | None, spinning: bool = True):
@@ -139,7 +169,7 @@ def read_onnx_meta(path: Path, session=None) -> dict:
     meta = json.loads(props[ONNX_META_KEY])
     meta["extra"] = {}
     if props.get(ONNX_EXTRA_KEY):
-        from safetensors.torch import load as load_tensors
+        from safetensors.numpy import load as load_tensors  # numpy arrays: no torch on the ONNX path
 
         meta["extra"] = load_tensors(base64.b64decode(props[ONNX_EXTRA_KEY]))
     return meta
@@ -161,16 +191,14 @@ def resolve_model(path) -> Path:
 # ------------------------------------------------------------------------------------------------ inputs
 def _to_image(item) -> Image.Image:
     """A PIL image, a path, an HxW(x3/4) uint8 numpy array or a uint8 CHW tensor -> RGB PIL image."""
-    from melanoma.data import load_image
-
     if isinstance(item, Image.Image):
         return item.convert("RGB") if item.mode != "RGB" else item
     if isinstance(item, (str, os.PathLike)):
         return load_image(item)
-    if isinstance(item, torch.Tensor):
-        if item.dtype != torch.uint8 or item.ndim != 3 or item.shape[0] != 3:
+    if type(item).__module__.startswith("torch"):  # a torch.Tensor, recognised without importing torch
+        if str(item.dtype) != "torch.uint8" or item.ndim != 3 or item.shape[0] != 3:
             raise ImageError("<tensor>", f"expected a uint8 (3, H, W) tensor, got {item.dtype} {tuple(item.shape)}")
-        return Image.fromarray(item.permute(1, 2, 0).numpy())
+        return Image.fromarray(item.permute(1, 2, 0).cpu().numpy())
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8 or item.ndim not in (2, 3):
             raise ImageError("<array>", f"expected a uint8 HxW or HxWxC array, got {item.dtype} {item.shape}")
@@ -189,8 +217,6 @@ class Predictor:
     """A loaded model (PyTorch artifact or ONNX) plus everything model.json says about using it."""
 
     def __init__(self, backend, meta: dict, source: str = ""):
-        from melanoma.transforms import eval_transform
-
         self.backend, self.meta, self.source = backend, meta, source
         self.class_names: list[str] = list(meta["class_names"])
         mel = meta.get("melanoma_class")
@@ -205,7 +231,7 @@ class Predictor:
                                   **{k: v for k, v in thresholds.items()
                                      if k in ("refer_confidence", "ood_score") and v is not None}}
         self.referrer = referral.Referrer(ref_meta, meta.get("extra"))
-        self.transform = eval_transform(meta["preprocessing"])
+        self.pre: dict = meta["preprocessing"]
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, spinning: bool = True) -> Predictor:
@@ -223,25 +249,29 @@ class Predictor:
         model, meta = load_model(path)
         return cls(_TorchBackend(model), meta, str(path))
 
-    def preprocess(self, image) -> torch.Tensor:
-        """Any accepted image (PIL, path, uint8 array/tensor) -> the normalised model input [3, S, S]."""
-        return self.transform(prepare_image(_to_image(image), self.meta["preprocessing"]))
+    def model_input(self, image) -> np.ndarray:
+        """Any accepted image (PIL, path, uint8 array/tensor) -> the normalised model input, float32 [3, S, S]."""
+        return images.model_input(_to_image(image), self.pre)
+
+    def preprocess(self, image):
+        """`model_input` as a torch tensor (for Grad-CAM and other PyTorch callers; imports torch)."""
+        import torch
+
+        return torch.from_numpy(self.model_input(image))
 
     @property
-    def model(self) -> torch.nn.Module:
+    def model(self):
         """The PyTorch model (ModelError for an ONNX predictor)."""
         if self.backend.kind != "pytorch":
             raise ModelError(f"{self.source}: this needs the PyTorch model; an ONNX file has no gradients "
                              "(use the run folder / model.json instead)")
         return self.backend.model
 
-    def infer(self, x: torch.Tensor, tta: bool = False, tta_views: int = 8
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Normalised batch [N,3,S,S] -> (probabilities [N,C] averaged over the views, features [N,D] and
-        logits [N,C] of the un-augmented view, which the referral scores)."""
-        from melanoma import transforms
-
-        views = transforms.tta_views(x, tta_views) if tta else [x]  # view 0 is the identity
+    def infer(self, x, tta: bool = False, tta_views: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised batch [N,3,S,S] (numpy or torch) -> (probabilities [N,C] averaged over the views, features
+        [N,D] and logits [N,C] of the un-augmented view, which the referral scores)."""
+        x = _as_numpy(x)
+        views = images.tta_views(x, tta_views) if tta else [x]  # view 0 is the identity
         probs, features, first_logits = None, None, None
         for view in views:
             logits, feats = self.backend(view)
@@ -251,9 +281,9 @@ class Predictor:
             first_logits = logits if first_logits is None else first_logits
         return probs / len(views), features, first_logits
 
-    def input_statistics(self, x: torch.Tensor) -> np.ndarray:
+    def input_statistics(self, x) -> np.ndarray:
         """input_check statistics [N, 2] of a normalised batch (what the referral's input check scores)."""
-        return input_check.statistics(x, self.meta["preprocessing"])
+        return input_check.statistics(_for_input_check(x), self.pre)
 
     def _result(self, names, probs, features, logits, errors, image_stats=None) -> PredictionResult:
         n = len(names)
@@ -277,34 +307,30 @@ class Predictor:
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            x = torch.stack([self.preprocess(im) for im in chunk])
+            x = np.stack([self.model_input(im) for im in chunk])
             probs, features, logits = self.infer(x, tta, tta_views)
             names = [_name_of(im, start + i) for i, im in enumerate(chunk)]
             out += self._result(names, probs, features, logits, [], self.input_statistics(x)).predictions()
         return out
 
     def _decode(self, path: str):
-        """Decode + eval-transform one file; returns the tensor or the one-line reason it was skipped."""
-        from melanoma.data import load_image
-
+        """Decode + preprocess one file; returns the model input (numpy) or the one-line reason it was skipped."""
         try:
-            return self.preprocess(load_image(path))
+            return self.model_input(load_image(path))
         except ImageError as exc:
             return exc.reason
         except Exception as exc:  # noqa: BLE001 - e.g. an image too small/odd for the transform: skip it
             return f"cannot preprocess image: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
 
-    def predict_paths(self, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
-                      progress: bool = False, workers: int = 4) -> PredictionResult:
-        """Predict image files in batches; unreadable files go to `result.errors`, the rest go on.
-
-        Decoding runs in a small thread pool (PIL releases the GIL while decoding), one batch ahead of the model.
-        """
+    def iter_batches(self, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
+                     progress: bool = False, workers: int = 4):
+        """Predict image files batch by batch, yielding one PredictionResult per batch (its unreadable files in
+        `.errors`, the rest go on). Decoding runs in a small thread pool (PIL releases the GIL while decoding),
+        one batch ahead of the model."""
         from tqdm import tqdm
 
         paths = [str(p) for p in paths]
         batches = [paths[i:i + batch_size] for i in range(0, len(paths), max(1, batch_size))]
-        names, probs, feats, logits, stats, errors = [], [], [], [], [], []
         with ThreadPoolExecutor(max_workers=max(1, min(workers, os.cpu_count() or 1))) as pool, \
                 tqdm(total=len(paths), unit="img", file=sys.stderr, disable=not progress) as bar:
             pending = [pool.submit(self._decode, p) for p in batches[0]] if batches else []
@@ -312,21 +338,29 @@ class Predictor:
                 decoded = [f.result() for f in pending]
                 if index + 1 < len(batches):  # start decoding the next batch while the model runs
                     pending = [pool.submit(self._decode, p) for p in batches[index + 1]]
-                good = [(p, t) for p, t in zip(batch, decoded) if isinstance(t, torch.Tensor)]
-                errors += [(p, t) for p, t in zip(batch, decoded) if not isinstance(t, torch.Tensor)]
+                good = [(p, t) for p, t in zip(batch, decoded) if isinstance(t, np.ndarray)]
+                errors = [(p, t) for p, t in zip(batch, decoded) if not isinstance(t, np.ndarray)]
+                part = self._result([], None, None, None, errors)
                 if good:
-                    x = torch.stack([t for _, t in good])
-                    p, f, z = self.infer(x, tta, tta_views)
-                    stats.append(self.input_statistics(x))
-                    names += [path for path, _ in good]
-                    probs.append(p)
-                    feats.append(f)
-                    logits.append(z)
+                    x = np.stack([t for _, t in good])
+                    probs, feats, logits = self.infer(x, tta, tta_views)
+                    part = self._result([p for p, _ in good], probs, feats, logits, errors,
+                                        self.input_statistics(x))
                 bar.update(len(batch))
-        return self._result(names, np.concatenate(probs) if probs else None,
-                            np.concatenate(feats) if feats else None,
-                            np.concatenate(logits) if logits else None, errors,
-                            np.concatenate(stats) if stats else None)
+                yield part
+
+    def predict_paths(self, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
+                      progress: bool = False, workers: int = 4) -> PredictionResult:
+        """Predict image files in batches; unreadable files go to `result.errors`, the rest go on."""
+        return PredictionResult.concat(list(self.iter_batches(paths, tta, tta_views, batch_size, progress, workers)),
+                                       self.class_names)
+
+
+def _for_input_check(x):
+    """input_check.statistics takes a torch tensor (it imports torch itself); see docs/inference.md."""
+    import torch
+
+    return torch.from_numpy(_as_numpy(x))
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -363,10 +397,15 @@ def _bool(value) -> str:
     return "true" if bool(value) else "false"
 
 
+def csv_header(class_names, labels: bool = False) -> list[str]:
+    """Columns of the shared prediction CSV layout (docs/DESIGN.md)."""
+    return ["image", "path", *class_names, "prediction", "confidence", "melanoma_probability",
+            "melanoma_alert", "refer", "refer_reason"] + (["label"] if labels else [])
+
+
 def prediction_rows(result: PredictionResult, labels=None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the shared prediction CSV layout (docs/DESIGN.md), `label` last when given."""
-    header = ["image", "path", *result.class_names, "prediction", "confidence", "melanoma_probability",
-              "melanoma_alert", "refer", "refer_reason"] + (["label"] if labels is not None else [])
+    header = csv_header(result.class_names, labels is not None)
     conf, pred = result.confidence, result.prediction
     rows = []
     for i, path in enumerate(result.paths):
@@ -378,14 +417,65 @@ def prediction_rows(result: PredictionResult, labels=None) -> tuple[list[str], l
 
 
 def _csv_text(header, rows) -> str:
-    import csv
-    import io
-
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(header)
+    if header is not None:
+        writer.writerow(header)
     writer.writerows(rows)
     return buf.getvalue()
+
+
+class ResumableCsv:
+    """The prediction CSV written batch by batch: whole rows appended, then flush + fsync, so a kill at any moment
+    leaves complete rows plus at most one half-written line at the end, which `open(resume=True)` drops.
+
+    On resume the rows already there are kept (their `path` column says which images are done); a file whose
+    header is not this model's layout is an error rather than a mix of two models' rows.
+    """
+
+    def __init__(self, path, header: list[str], resume: bool):
+        self.path, self.header = Path(path), header
+        self.done_rows: list[list[str]] = self._read_done() if resume and self.path.exists() else []
+        from melanoma.artifacts import atomic_write_text
+
+        # Rewrite the kept rows atomically (this drops a half-written last line), then append to that file.
+        atomic_write_text(self.path, _csv_text(header, self.done_rows))
+        self._fh = open(self.path, "a", encoding="utf-8", newline="")
+
+    def _read_done(self) -> list[list[str]]:
+        """Complete rows of an earlier run, each path once. A trailing line without its newline is dropped."""
+        data = self.path.read_bytes()
+        data = data[: data.rfind(b"\n") + 1]  # everything after the last newline is a partial row
+        try:
+            rows = list(csv.reader(io.StringIO(data.decode("utf-8")), strict=True))
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"{self.path}: cannot be resumed, not a readable prediction CSV ({exc}); "
+                              "use another --out or drop --resume") from None
+        if not rows:
+            return []
+        if rows[0] != self.header:
+            raise ConfigError(f"{self.path}: cannot be resumed, its columns are not this model's prediction CSV "
+                              "(another model or --format?); use another --out or drop --resume")
+        kept, seen = [], set()
+        for row in rows[1:]:
+            # a row cut inside a quoted newline parses short: it is not done
+            if len(row) == len(self.header) and row[1] not in seen:
+                seen.add(row[1])
+                kept.append(row)
+        return kept
+
+    @property
+    def done_paths(self) -> set[str]:
+        return {row[1] for row in self.done_rows}
+
+    def append(self, rows: list[list[str]]) -> None:
+        if rows:
+            self._fh.write(_csv_text(None, rows))
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
 
 
 def _emit(text: str, out) -> None:
@@ -458,44 +548,84 @@ def _check_format(predictor: Predictor, fmt: str) -> None:
         isic_matrix(empty)
 
 
-def _summary(result: PredictionResult, skipped: int) -> str:
-    return (f"{len(result)} predicted, {skipped} skipped, {int(result.alert.sum())} melanoma alerts, "
-            f"{int(result.refer.sum())} referred")
+def _summary(predicted: int, skipped: int, alerts: int, referred: int, resumed: int = 0) -> str:
+    earlier = f" ({resumed} from the earlier run)" if resumed else ""
+    return f"{predicted} predicted{earlier}, {skipped} skipped, {alerts} melanoma alerts, {referred} referred"
 
 
-def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False, tta_views: int = 8,
-                explain_dir=None, batch_size: int = 32) -> int:
-    """`melanoma predict`: expand inputs, predict, write csv/isic/json, optional Grad-CAM PNGs.
-
-    Every unreadable file gets one `skipped <path>: <reason>` line on stderr and the rest go on. Exit status
-    0, or 1 when not a single image could be read.
-    """
-    from melanoma.errors import ConfigError
-
+def _check_options(fmt: str, out, resume: bool, tta: bool, tta_views: int, batch_size: int) -> None:
     if tta and not 1 <= tta_views <= 8:
         raise ConfigError(f"--tta-views must be between 1 and 8, got {tta_views}")
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    if resume and fmt != "csv":
+        raise ConfigError(f"--resume works with --format csv only (a {fmt} file is written once, at the end)")
+    if resume and out in (None, "-"):
+        raise ConfigError("--resume needs --out FILE: the prediction CSV to continue")
+
+
+def _pending(files: list[str], done: set[str]) -> list[str]:
+    """Files not in `done` (the CSV's path column), compared as written and as absolute paths."""
+    done_abs = {os.path.abspath(p) for p in done}
+    return [f for f in files if f not in done and os.path.abspath(f) not in done_abs]
+
+
+def _stream_csv(predictor: Predictor, files: list[str], out, resume: bool, **options) -> tuple[list, list, int]:
+    """Predict into a ResumableCsv; returns (all rows in the file, skipped (path, reason), rows from before)."""
+    writer = ResumableCsv(out, csv_header(predictor.class_names), resume)
+    rows, skipped = list(writer.done_rows), []
+    try:
+        for part in predictor.iter_batches(_pending(files, writer.done_paths), **options):
+            for path, reason in part.errors:
+                print(f"skipped {path}: {reason}", file=sys.stderr)
+            skipped += part.errors
+            new_rows = prediction_rows(part)[1]
+            writer.append(new_rows)
+            rows += new_rows
+    finally:
+        writer.close()
+    if not rows:
+        Path(out).unlink(missing_ok=True)  # nothing readable: leave no header-only file behind
+    return rows, skipped, len(writer.done_rows)
+
+
+def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False, tta_views: int = 8,
+                explain_dir=None, batch_size: int = 32, resume: bool = False) -> int:
+    """`melanoma predict`: expand inputs, predict, write csv/isic/json, optional Grad-CAM PNGs.
+
+    A CSV to a file is written batch by batch (whole rows, fsync'd); `resume=True` keeps the rows an interrupted
+    run wrote and predicts only the missing images. Every unreadable file gets one `skipped <path>: <reason>` line
+    on stderr and the rest go on. Exit status 0, or 1 when not a single image could be read.
+    """
+    _check_options(fmt, out, resume, tta, tta_views, batch_size)
     predictor = Predictor.load(model)
     _check_format(predictor, fmt)
     if explain_dir:
         _ = predictor.model  # ModelError now (ONNX has no gradients), not after predicting everything
     files, problems = expand_paths(paths)
-    result = predictor.predict_paths(files, tta=tta, tta_views=tta_views, batch_size=batch_size,
-                                     progress=sys.stderr.isatty())
-    result.errors = problems + result.errors
-    for path, reason in result.errors:
+    for path, reason in problems:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    if len(result):
-        {"csv": write_predictions_csv, "isic": write_isic_csv}.get(fmt, lambda r, o: write_json(r, o, predictor))(
-            result, out)
-        if explain_dir:
-            from melanoma.explain import write_explanations
+    options = {"tta": tta, "tta_views": tta_views, "batch_size": batch_size, "progress": sys.stderr.isatty()}
+    header = csv_header(predictor.class_names)
+    if fmt == "csv" and out not in (None, "-"):
+        rows, skipped, resumed = _stream_csv(predictor, files, out, resume, **options)
+    else:
+        result = predictor.predict_paths(files, **options)
+        for path, reason in result.errors:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+        rows, skipped, resumed = prediction_rows(result)[1], result.errors, 0
+        if len(result):
+            {"csv": write_predictions_csv, "isic": write_isic_csv}.get(
+                fmt, lambda r, o: write_json(r, o, predictor))(result, out)
+    if rows and explain_dir:
+        from melanoma.explain import write_explanations
 
-            written = write_explanations(predictor, result.paths, explain_dir)
-            print(f"wrote {len(written)} Grad-CAM images to {explain_dir}", file=sys.stderr)
-    print(_summary(result, len(result.errors)), file=sys.stderr)
-    if not len(result):
+        written = write_explanations(predictor, [row[1] for row in rows], explain_dir)
+        print(f"wrote {len(written)} Grad-CAM images to {explain_dir}", file=sys.stderr)
+    column = {name: header.index(name) for name in ("melanoma_alert", "refer")}
+    print(_summary(len(rows), len(problems) + len(skipped), sum(r[column["melanoma_alert"]] == "true" for r in rows),
+                   sum(r[column["refer"]] == "true" for r in rows), resumed), file=sys.stderr)
+    if not rows:
         print("error: no image could be read", file=sys.stderr)
         return 1
     return 0

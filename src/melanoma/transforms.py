@@ -19,6 +19,8 @@ from torchvision.transforms.v2 import InterpolationMode
 
 from melanoma.config import AUGMENTATION_LEVELS
 from melanoma.errors import ConfigError
+# The deterministic PIL stage lives with the torch-free inference preprocessing (images.py); re-exported here.
+from melanoma.images import COLOR_CONSTANCY, prepare_image, resize_shorter_side, shades_of_gray  # noqa: F401
 
 
 class RandomRot90(v2.Transform):
@@ -89,52 +91,6 @@ def train_transform(pre: dict, level: str = "standard") -> v2.Compose:
     CHW tensor; output float32 (3, S, S)."""
     size = int(pre["input_size"])
     return v2.Compose([v2.ToImage(), *augmentation_ops(size, _interpolation(pre), level), *_to_normalized(pre)])
-
-
-def resize_shorter_side(image, shorter_side: int):
-    """Resize a PIL image so its shorter side is `shorter_side` px (PIL bicubic, antialiased); the FIRST step of the
-    eval view everywhere: the trainer's decode cache, predict, evaluate, Grad-CAM and the service call it.
-
-    Trap: eval_transform's own Resize on a *tensor* uses torchvision's bicubic, which differs from PIL's by up to
-    0.025 in probability (measured on 394 validation images of a lite0 model: 3 alerts, 2 referrals and 2
-    predictions flipped). After this step eval_transform's Resize is a no-op, so every path sees the pixels the
-    thresholds were fitted on.
-    """
-    from PIL import Image
-
-    w, h = image.size
-    scale = shorter_side / min(w, h)
-    if abs(scale - 1.0) > 1e-6:
-        image = image.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
-    return image
-
-
-COLOR_CONSTANCY = ("none", "shades_of_gray")
-
-
-def shades_of_gray(image, power: int = 6):
-    """Shades-of-Gray colour constancy (Finlayson & Trezzi 2004; Barata et al. 2015 for dermoscopy): estimate the
-    illuminant per channel as the Minkowski p-norm mean of the pixels, then scale each channel so that illuminant
-    becomes neutral grey. Removes much of the colour cast that differs between clinics, devices and light sources.
-    PIL RGB in, PIL RGB out (uint8, clipped)."""
-    import numpy as np
-
-    x = np.asarray(image, dtype=np.float32) / 255.0
-    illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)  # per channel, in [0, 1]
-    illuminant = illuminant / max(float(np.linalg.norm(illuminant)), 1e-6)
-    gains = 1.0 / (np.maximum(illuminant, 1e-6) * np.sqrt(3.0))  # a grey illuminant (1,1,1)/sqrt(3) -> gains 1
-    out = np.clip(x * gains, 0.0, 1.0) * 255.0
-    return Image.fromarray(np.round(out).astype(np.uint8), mode="RGB")
-
-
-def prepare_image(image, pre: dict):
-    """The deterministic PIL stage EVERY path shares (training cache, predict, evaluate, explain, export parity):
-    resize the shorter side to pre["resize"], then the colour constancy pre["color_constancy"] names (if any)."""
-    method = pre.get("color_constancy") or "none"
-    if method not in COLOR_CONSTANCY:
-        raise ConfigError(f"unknown colour constancy {method!r} in preprocessing (use {' or '.join(COLOR_CONSTANCY)})")
-    image = resize_shorter_side(image, int(pre.get("resize", pre["input_size"])))
-    return shades_of_gray(image) if method == "shades_of_gray" else image
 
 
 def eval_transform(pre: dict) -> v2.Compose:
