@@ -25,7 +25,7 @@ from pathlib import Path
 
 from melanoma import __version__
 from melanoma.config import AUGMENTATION_LEVELS, TrainConfig
-from melanoma.errors import MelanomaError
+from melanoma.errors import DataError, MelanomaError
 
 SHARED_TRAIN = "../shared/data/isic-9class/Train"
 THIRD_PARTY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "torch", "timm",
@@ -65,6 +65,7 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False):
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its "invalid ... value" messages
+    parse.low, parse.high = low, high  # read by the tests that generate out-of-range values
     return parse
 
 
@@ -88,9 +89,9 @@ def _cfg_default(name: str):
     return field.default
 
 
-def _command(sub, name: str, help_: str, examples: list[str]) -> argparse.ArgumentParser:
+def _command(sub, name: str, help_: str, examples: list[str] | str) -> argparse.ArgumentParser:
     """Add a subcommand whose --help shows what it does, its examples and every option's default."""
-    lines = "\n".join(f"  {e}" for e in examples)
+    lines = "\n".join(f"  {e}" for e in ([examples] if isinstance(examples, str) else examples))
     p = sub.add_parser(name, help=help_.replace("%", "%%"), description=f"{help_}\n\nexamples:\n{lines}",
                        formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
@@ -198,11 +199,13 @@ def _run_audit(args) -> int:
                         max_pixels=args.max_pixels, workers=args.workers)
     if args.json_path == "-":
         print(json.dumps(report, indent=2))
-        return 0
-    print(data.format_audit(report))
-    if args.json_path:
+    else:
+        print(data.format_audit(report))
+    if args.json_path and args.json_path != "-":
         Path(args.json_path).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json_path}")
+    if report["n_readable"] == 0:
+        raise DataError(f"{args.data}: none of its {report['n_unreadable']} image file(s) could be read (reasons above)")
     return 0
 
 
@@ -417,6 +420,9 @@ def _run_evaluate(args) -> int:
 # ------------------------------------------------------------------------------------------------ report
 
 
+REPORT_INPUTS = ("model.json", "metrics.json", "val_metrics.json", "cv_summary.json")
+
+
 def _add_report(sub) -> None:
     p = _command(sub, "report", "Build a self-contained HTML report (plots embedded) for a training run.",
                  ["melanoma report runs/cv --data ../shared/data/isic-9class/Train"])
@@ -427,6 +433,9 @@ def _add_report(sub) -> None:
 
 
 def _run_report(args) -> int:
+    run = Path(args.run)
+    if not run.is_dir() or not any((run / name).is_file() for name in REPORT_INPUTS):
+        raise DataError(f"{run}: not a run or evaluate folder (it holds none of {', '.join(REPORT_INPUTS)})")
     with _library_output_to_stderr():
         from melanoma.report import build_report
 
