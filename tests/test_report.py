@@ -1,14 +1,19 @@
-"""The HTML report renders from a tiny fake run folder (written here), and says so when pieces are missing."""
+"""The HTML report: from a tiny fake run folder (written here), from a real tiny training run and from a real
+`melanoma evaluate` output folder; it says so when pieces are missing and its text is written for a reader."""
 
 import csv
+import html
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from melanoma import cli
-from melanoma.report import build_report, diagnose_fit, read_training_log
+from melanoma.errors import DataError
+from melanoma.report import (STOCK_LIMITATIONS_START, build_report, describe_limitations, describe_training_data,
+                             diagnose_fit, read_training_log)
 
 LOG_HEADER = ["epoch", "lr-AdamW", "step", "train/acc", "train/bal_acc", "train/loss_epoch", "train/loss_step",
               "val/acc", "val/bal_acc", "val/loss", "val/mel_auc"]
@@ -100,12 +105,22 @@ def test_alert_threshold_is_compared_at_csv_precision(fake_run):
     assert re.search(r"sensitivity</td><td>1\.000 ", page)
 
 
-def test_report_with_nothing_yet_says_so(tmp_path):
-    run = tmp_path / "empty"
+def test_report_on_a_run_that_has_only_started_says_so(tmp_path):
+    run = tmp_path / "started"
     run.mkdir()
+    (run / "config.yaml").write_text("model: seed-cnn\n")
     page = build_report(run).read_text()
     assert "No model.json" in page and "No training log yet" in page and "No val_predictions.csv" in page
     assert "No data_summary.json" in page and "could not be built" not in page
+
+
+def test_a_folder_that_is_neither_run_nor_evaluation_is_an_error(tmp_path, capsys):
+    (tmp_path / "holiday.jpg").write_bytes(b"x")
+    assert cli.main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and str(tmp_path) in err and "\n" not in err and "Traceback" not in err
+    with pytest.raises(DataError, match="neither a training run"):
+        build_report(tmp_path)
 
 
 def test_cv_run_diagnoses_each_fold(fake_run, tmp_path):
@@ -163,6 +178,110 @@ def test_extra_training_sources_are_listed():
                                    "removed": {"shares_a_group_with_primary": 1773},
                                    "sources": [{"source": "/data/ham10000", "images": 10015, "mapped": 10015,
                                                 "reference_only": 327, "unmapped_labels": {}}]})
-    assert "Extra training data (8194 images)" in html and "/data/ham10000" in html
-    assert "shares a group with primary: 1773" in html and "6495" in html
+    assert "Extra training data (8,194 images)" in html and "/data/ham10000" in html
+    assert "shares a group with primary: 1,773" in html and "6,495" in html
     assert _extra_sources_summary(None) == ""
+
+
+# ------------------------------------------------------------------------ text for readers, real runs and evaluations
+
+REPR = re.compile(r"\['|\{'|'\]|\bTrue\b|\bFalse\b|\bNone\b")
+
+
+def _visible_text(page: str) -> str:
+    """The page without embedded images, styles and tags (what a reader sees)."""
+    page = re.sub(r"data:image/png;base64,[^\"]+", "", page)
+    page = re.sub(r"<style>.*?</style>", "", page, flags=re.S)
+    return html.unescape(re.sub(r"<[^>]+>", " ", page))
+
+
+def test_model_card_reads_as_text_and_states_the_data_actually_used(fake_run):
+    meta = json.loads((fake_run / "model.json").read_text())
+    meta["model_card"]["training_data"] = ["Train", "ham10000"]
+    meta["model_card"]["limitations"] = STOCK_LIMITATIONS_START + "; stock text for every model."
+    meta["data"] = {"source": "/data/isic-9class/Train", "extra_sources": [], "images": 135,
+                    "class_counts": {c: 15 for c in meta["class_names"]},
+                    "summary": {"n_images": 135, "counts": {c: 15 for c in meta["class_names"]}}}
+    meta["training"]["folds"] = None
+    (fake_run / "model.json").write_text(json.dumps(meta))
+    text = _visible_text(build_report(fake_run).read_text())
+    assert not REPR.search(text), REPR.search(text)
+    assert "135 images of Train" in text and "Trained on 135 images only" in text
+    assert "Every class has fewer than 50 training images" in text and "One source only (Train)" in text
+    assert "stock text for every model" not in text and "ISIC archive images" not in text
+
+
+def test_shipped_model_card_names_its_two_sources_and_its_one_tiny_class(tmp_path):
+    shipped = json.loads((Path(__file__).parents[1] / "models" / "default" / "model.json").read_text())
+    items = " ".join(describe_limitations(shipped))
+    assert "seborrheic keratosis (2)" in items and "images only" not in items and "One source only" not in items
+    assert "398 validation images" in items
+    assert describe_training_data(shipped).startswith("1,987 images of Train (split into training and validation)"
+                                                      " + 8,194 training-only images of ham10000")
+
+
+@pytest.fixture(scope="module")
+def evaluation(tiny_isic, tmp_path_factory):
+    """A real `melanoma evaluate` output folder (random-weight model, the 45 tiny images)."""
+    from melanoma.artifacts import build_test_model
+    from melanoma.evaluate import evaluate
+
+    root = tmp_path_factory.mktemp("evaluation")
+    evaluate(build_test_model(root / "model", image_size=64), tiny_isic, out=root / "eval", bootstrap=100)
+    return root / "eval"
+
+
+def test_report_on_an_evaluate_folder(evaluation, capsys):
+    assert cli.main(["report", str(evaluation)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    page = (evaluation / "report.html").read_text()
+    text = _visible_text(page)
+    assert "model not finished" not in text and "could not be built" not in text and not REPR.search(text)
+    for part in ("Evaluated data", "45 scored / 0 excluded (seen in training) / 45 in the dataset",
+                 "was NOT checked", "Only 5 melanomas", "balanced accuracy", "Per class",
+                 "Most confident errors", "Decision support", "does not record its training data"):
+        assert part in text, part
+    assert page.count("data:image/png;base64,") == 7  # evaluate's six plots + the error gallery
+    assert not re.search(r'(src|href)="(?!data:|#)', page)
+
+
+def test_evaluate_folder_with_a_corrupt_metrics_json_is_one_line(evaluation, tmp_path, capsys):
+    bad = tmp_path / "bad-eval"
+    bad.mkdir()
+    (bad / "metrics.json").write_text((evaluation / "metrics.json").read_text()[:200])
+    assert cli.main(["report", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "metrics.json: not valid JSON" in err and "\n" not in err
+
+
+@pytest.mark.slow
+def test_real_tiny_run_and_its_evaluation(tiny_isic, shared_train, tmp_path):
+    """Train 3 epochs on the 45 tiny images, evaluate on 18 other Train images plus 9 of the training images:
+    both reports render, the small model gets limitations about its 45 images, the evaluation counts the
+    9 training images as excluded."""
+    import shutil
+
+    from melanoma.config import TrainConfig
+    from melanoma.evaluate import evaluate
+    from melanoma.training import train
+
+    run = Path(train(TrainConfig(data=str(tiny_isic), out=str(tmp_path / "run"), model="seed-cnn", image_size=64,
+                                 epochs=3, batch_size=8, max_train_batches=3, num_workers=0, seed=3,
+                                 extra={"bootstrap": 50, "progress_bar": False}))["run"])
+    text = _visible_text(build_report(run).read_text())
+    assert "Trained on 45 images only" in text and "One source only" in text and not REPR.search(text)
+    assert "Fit diagnosis" in text and "could not be built" not in text and "ISIC archive images" not in text
+
+    other = tmp_path / "other"
+    for class_dir in sorted(p for p in shared_train.iterdir() if p.is_dir()):
+        (other / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.glob("*.jpg"))[5:7]:  # not among the tiny copies (the first 5)
+            shutil.copy2(image, other / class_dir.name)
+        shutil.copy2(sorted((tiny_isic / class_dir.name).glob("*.jpg"))[0], other / class_dir.name / "seen.jpg")
+    evaluate(run, other, out=run / "eval-other", bootstrap=50)
+    assert "eval-other" in _visible_text(build_report(run).read_text())  # the run lists its evaluations
+    text = _visible_text(build_report(run / "eval-other").read_text())
+    # at least the 9 copies are excluded (Train also holds byte-identical copies filed under two classes)
+    counts = re.search(r"(\d+) scored / (\d+) excluded \(seen in training\) / 27 in the dataset", text)
+    assert counts and int(counts[2]) >= 9 and int(counts[1]) + int(counts[2]) == 27
+    assert "Trained on 45 images only" in text and "checked against" in text and not REPR.search(text)

@@ -1,11 +1,19 @@
-"""`melanoma report RUN`: one self-contained HTML page (RUN/report.html, PNGs embedded as base64, opens offline)
-plus the same PNGs in RUN/report/.
+"""`melanoma report FOLDER`: one self-contained HTML page (FOLDER/report.html, PNGs embedded as base64, opens
+offline) plus its own PNGs in FOLDER/report/. FOLDER is a training run or a `melanoma evaluate` output folder.
 
-Sections: model card (model.json), data (class distribution, one sample per class, the audit summary from
+Training run: model card (model.json), data (class distribution, one sample per class, the audit summary from
 data_summary.json), training curves (logs/metrics.csv; CV: fold-*/logs/metrics.csv) with a fit diagnosis, and
 validation results from val_predictions.csv (confusion matrix, ROC/PR with the alert operating point,
 reliability diagram, per-class table with 95% CIs, most confident errors). A missing piece (no log yet, no
 predictions, dataset not reachable) is stated in its section; the report is still written.
+
+Evaluate folder (metrics.json, predictions.csv and evaluate's plots): the evaluated model's card, the evaluated
+data (scored / excluded / total, the training-overlap check, label map, bootstrap), the results with evaluate's
+own plots, and the most confident errors.
+
+Text is written for a reader: lists joined, numbers rounded, no Python reprs. The limitations in the model card
+are derived from the data the model was actually trained and validated on (model.json's data section), not
+copied from a stock text (`describe_limitations`).
 
 Fit diagnosis rules (`diagnose_fit`, on per-epoch means; "bal. acc." = balanced accuracy, else accuracy):
 1. fewer than MIN_EPOCHS epochs                                             -> "not enough epochs to judge"
@@ -60,11 +68,40 @@ def _img(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
 
 
+class _Html(str):
+    """A table cell that is already HTML (built from escaped parts): not escaped again."""
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, _Html) else _esc(_readable(value))
+
+
 def _table(header, rows) -> str:
-    """An HTML table (every cell escaped); header None = no header row (key/value tables)."""
+    """An HTML table (every cell made readable and escaped); header None = no header row (key/value tables)."""
     head = "" if header is None else "<thead><tr>" + "".join(f"<th>{_esc(h)}</th>" for h in header) + "</tr></thead>"
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in row) + "</tr>" for row in rows)
     return f"<table>{head}<tbody>{body}</tbody></table>"
+
+
+def _bullets(items) -> _Html:
+    return _Html("<ul>" + "".join(f"<li>{_esc(i)}</li>" for i in items) + "</ul>")
+
+
+def _readable(value) -> str:
+    """Text for a reader, never a Python repr: lists joined, dicts as 'key value', yes/no, rounded numbers."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return _fmt(value)
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_readable(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return "; ".join(f"{str(k).replace('_', ' ')} {_readable(v)}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 def _read_json(path: Path):
@@ -107,28 +144,133 @@ def _guarded(build, *args) -> str:
 # ------------------------------------------------------------------------------------------------ model card
 
 
-def _model_card(meta: dict | None, run: Path) -> str:
-    """Intended use, limitations and the facts of the model (architecture, classes, thresholds, training)."""
+STOCK_LIMITATIONS_START = "Trained on ISIC archive images (the sources above)"  # finalize.LIMITATIONS, any model
+SMALL_CLASS = 50       # training images below which a class's predictions are not to be trusted
+SMALL_TRAINING_SET = 1000  # images: below this a model is a pipeline check, not evidence
+FEW_MELANOMAS = 30     # melanomas below which sensitivity and AUC carry very wide intervals
+
+
+def _source_name(path) -> str:
+    return Path(str(path)).name or str(path)
+
+
+def _training_counts(meta: dict) -> tuple[int | None, dict, int, dict]:
+    """(primary images, primary images per class, extra training-only images, all training images per class)."""
+    data = meta.get("data") or {}
+    summary = data.get("summary") or {}
+    counts = data.get("class_counts") or summary.get("counts") or {}
+    extra = summary.get("extra") or {}
+    primary = summary.get("n_images") or (sum(counts.values()) if counts else None)
+    totals = {c: counts.get(c, 0) + (extra.get("counts") or {}).get(c, 0)
+              for c in meta.get("class_names", counts)}
+    return primary, counts, int(extra.get("n_images") or 0), totals
+
+
+def describe_training_data(meta: dict) -> str:
+    """'1,987 images of Train (split into training and validation) + 8,194 training-only images of ham10000'."""
+    data = meta.get("data") or {}
+    if not data.get("source"):
+        return "not recorded in the model file"
+    primary, _, n_extra, _ = _training_counts(meta)
+    folds = (meta.get("training") or {}).get("folds")
+    split = f"{folds}-fold cross-validation" if folds else "split into training and validation"
+    count = _readable(primary) if primary else "an unrecorded number of"
+    text = f"{count} images of {_source_name(data['source'])} ({split})"
+    extras = [_source_name(e) for e in data.get("extra_sources") or []]
+    if extras:
+        text += f" + {n_extra:,} training-only images of {' and '.join(extras)} (after leaving out copies and " \
+                "other photos of the validation lesions)"
+    return text
+
+
+def describe_limitations(meta: dict) -> list[str]:
+    """The limitations of THIS model, from the data it was actually trained and validated on (model.json)."""
+    data = meta.get("data") or {}
+    if not data.get("source"):
+        return ["The model file does not record its training data: its limitations cannot be stated. Treat it as "
+                "unvalidated."]
+    primary, _, n_extra, totals = _training_counts(meta)
+    total = (primary or 0) + n_extra
+    items = []
+    if total and total < SMALL_TRAINING_SET:
+        items.append(f"Trained on {total:,} images only: far too few for a skin-lesion classifier. Treat its "
+                     "outputs as a check that the pipeline runs, not as evidence about any lesion.")
+    small = {c: n for c, n in totals.items() if n < SMALL_CLASS}
+    if small and len(small) == len(totals):
+        items.append(f"Every class has fewer than {SMALL_CLASS} training images: no class can be recognised "
+                     "reliably.")
+    elif small:
+        items.append("Few training images for " + ", ".join(f"{c} ({n:,})" for c, n in small.items())
+                     + f": do not rely on its output for {'this class' if len(small) == 1 else 'these classes'}.")
+    n_val = (meta.get("metrics") or {}).get("n")
+    first = _source_name(data["source"])
+    items.append(f"Validation, the alert threshold and the calibration come from {first} only"
+                 + (f" ({n_val:,} validation images)" if n_val else "")
+                 + (": the extra sources only train." if data.get("extra_sources") else "."))
+    if not data.get("extra_sources"):
+        items.append(f"One source only ({first}): the model has seen no other clinic, camera or population, and "
+                     "can learn the look of its source instead of the lesion.")
+    items.append("Not measured on images from a source left out of training. In this project's cross-source check "
+                 "(docs/results.md) a new source cost 0.15-0.19 melanoma AUC and an alert chosen for 90% "
+                 "sensitivity caught 67-79% of the melanomas: re-choose the threshold on local labelled images "
+                 "(melanoma threshold MODEL --predictions CSV) before use.")
+    items.append("Made for dermoscopic images of one lesion; other photos, skin types and devices may degrade it. "
+                 "The referral flag catches many unsuitable inputs, not all: refer = no means no reason was found.")
+    return items
+
+
+def _preprocessing_text(pre: dict) -> str:
+    size, resize = pre.get("input_size"), pre.get("resize", pre.get("input_size"))
+    text = f"{size} x {size} px centre crop after resizing the shorter side to {resize} px"
+    if (pre.get("color_constancy") or "none") != "none":
+        text += f", {pre['color_constancy'].replace('_', '-')} colour constancy"
+    return text
+
+
+def _training_text(training: dict) -> str:
+    parts = [f"{training['epochs_run']} of {training['epochs']} epochs" if training.get("epochs_run")
+             else f"{training['epochs']} epochs" if training.get("epochs") else None,
+             f"best epoch {training['best_epoch']}" if training.get("best_epoch") else None,
+             f"learning rate {training['lr']:g}" if training.get("lr") else None,
+             f"batch size {training['batch_size']}" if training.get("batch_size") else None,
+             f"{training['folds']} folds" if training.get("folds") else None,
+             f"imbalance handled by {training['imbalance'].replace('-', ' ')}" if training.get("imbalance") else None,
+             f"seed {training['seed']}" if training.get("seed") is not None else None]
+    return ", ".join(p for p in parts if p) or "not recorded"
+
+
+def _alert_text(thresholds: dict) -> str:
+    text = f"{_fmt(thresholds.get('melanoma_alert'))} on the calibrated melanoma probability"
+    if thresholds.get("target_sensitivity") is not None:
+        text += f" (chosen for {thresholds['target_sensitivity']:.0%} melanoma sensitivity on validation)"
+    return text
+
+
+def _model_card(meta: dict | None, where: Path) -> str:
+    """Intended use, training data, limitations (from the data actually used) and the facts of the model."""
     if meta is None:
-        return _note(f"No model.json in {run} yet: the model card appears once training has finished.")
+        return _note(f"No model.json in {where} yet: the model card appears once training has finished.")
     card = dict(meta.get("model_card") or {})
-    intended = card.pop("intended_use", "decision support for dermatologists, not a diagnosis")
-    training = meta.get("training") or {}
     thresholds = meta.get("thresholds") or {}
-    rows = [("intended use", intended)] + [(k.replace("_", " "), v) for k, v in card.items()]
+    stored = card.get("limitations")
+    rows = [("intended use", card.get("intended_use", "decision support for dermatologists, not a diagnosis")),
+            ("input", card.get("input", "a dermoscopic image of one lesion")),
+            ("output", card.get("output", "probability per class, melanoma alert, referral flag")),
+            ("training data", describe_training_data(meta)),
+            ("limitations", _bullets(describe_limitations(meta)))]
+    if stored and not str(stored).startswith(STOCK_LIMITATIONS_START):
+        rows.append(("notes stored with the model", stored))
+    if card.get("licence"):
+        rows.append(("licence", card["licence"]))
     rows += [("architecture", meta.get("architecture")),
-             ("classes", ", ".join(meta.get("class_names", []))),
-             ("melanoma class", meta.get("melanoma_class")),
-             ("input size", (meta.get("preprocessing") or {}).get("input_size")),
-             ("temperature", _fmt(meta.get("temperature"))),
-             ("melanoma alert threshold", f"{_fmt(thresholds.get('melanoma_alert'))} (chosen for "
-                                          f"{_fmt(thresholds.get('target_sensitivity'), 2)} melanoma sensitivity)"),
+             ("classes", meta.get("class_names", [])),
+             ("melanoma class", meta.get("melanoma_class") or "none (no melanoma alert)"),
+             ("preprocessing", _preprocessing_text(meta.get("preprocessing") or {})),
+             ("temperature (calibration)", _fmt(meta.get("temperature"))),
+             ("melanoma alert threshold", _alert_text(thresholds)),
              ("referral confidence threshold", _fmt(thresholds.get("refer_confidence"))),
-             ("training", ", ".join(f"{k} {training[k]}" for k in ("epochs", "epochs_run", "best_epoch", "lr",
-                                                                   "batch_size", "folds", "imbalance", "seed")
-                                    if training.get(k) is not None))]
-    return ('<p class="warning">Decision support for dermatologists, not a diagnosis.</p>'
-            + _table(None, rows))
+             ("training", _training_text(meta.get("training") or {}))]
+    return '<p class="warning">Decision support for dermatologists, not a diagnosis.</p>' + _table(None, rows)
 
 
 def _summary_rows(summary: dict) -> list[tuple[str, str]]:
@@ -202,11 +344,24 @@ def _thumbnail(load_image, path):
     return image
 
 
+_AUDIT_LABELS = {
+    "policy": "policy for images filed under two classes", "n_images_in": "images found", "n_images": "images used",
+    "n_unreadable": "unreadable images", "n_exact_duplicate_groups": "exact-duplicate groups",
+    "near_distance": "near-duplicate pHash distance", "n_near_duplicate_pairs": "near-duplicate pairs",
+    "n_images_with_lesion_id": "images with a lesion id",
+    "n_lesions_with_several_images": "lesions with several images",
+    "n_groups": "split groups (duplicates and lesions kept together)",
+    "n_conflict_groups": "groups filed under two classes", "n_conflict_images": "images in those groups",
+    "n_conflict_groups_settled_by_reference": "of them settled by the reference labels",
+    "n_groups_contradicted_by_reference": "groups contradicted by the reference labels",
+    "n_images_dropped": "images left out", "classes_removed": "classes removed"}
+
+
 def _audit_summary(summary: dict | None) -> str:
     if not summary:
         return _note("No data_summary.json in the run (written at the start of training).")
-    scalars = [(k.replace("_", " "), v if not isinstance(v, list) else ", ".join(map(str, v)) or "none")
-               for k, v in summary.items() if not isinstance(v, dict) and k != "unreadable"]
+    scalars = [(_AUDIT_LABELS.get(k, k.replace("_", " ")), v) for k, v in summary.items()
+               if not isinstance(v, dict) and k != "unreadable"]
     body = "<h3>Audit summary (data_summary.json)</h3>" + _table(None, scalars)
     unreadable = summary.get("unreadable") or []
     if unreadable:
@@ -223,19 +378,21 @@ def _extra_sources_summary(extra: dict | None) -> str:
                        ", ".join(f"{k} {v}" for k, v in (s.get("unmapped_labels") or {}).items()) or "none")
                       for s in extra.get("sources", [])])
     counts = _table(["class", "extra training images"], sorted((extra.get("counts") or {}).items()))
-    removed = ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in (extra.get("removed") or {}).items()) or "none"
-    return (f"<h3>Extra training data ({_esc(extra.get('n_images'))} images)</h3>" + sources + counts
+    removed = ", ".join(f"{k.replace('_', ' ')}: {_readable(v)}"
+                        for k, v in (extra.get("removed") or {}).items()) or "none"
+    return (f"<h3>Extra training data ({_esc(_readable(extra.get('n_images')))} images)</h3>" + sources + counts
             + f"<p>Left out: {_esc(removed)}.</p>")
 
 
 def _data_section(run: Path, meta: dict | None, data, out_dir: Path) -> str:
     from melanoma.data import discover
 
-    summary = _read_json(run / "data_summary.json")
+    # a model folder without the run around it (models/default) still carries the summary in model.json
+    summary = _read_json(run / "data_summary.json") or ((meta or {}).get("data") or {}).get("summary")
     location, table, parts = _dataset_location(run, meta, data), None, []
     if location and Path(location).exists():
         table = discover(location)
-        parts.append(f"<p>Dataset: <code>{_esc(location)}</code> ({len(table)} images).</p>")
+        parts.append(f"<p>Dataset: <code>{_esc(location)}</code> ({len(table):,} images).</p>")
     else:
         parts.append(_note(f"Dataset {location or '(unknown)'} is not reachable from here: pass --data to show "
                            "its images."))
@@ -366,6 +523,13 @@ def _training_section(run: Path, out_dir: Path) -> str:
 # ------------------------------------------------------------------------------------------------ validation
 
 
+def _keep_rows(table, keep: np.ndarray):
+    """The rows of a PredictionTable where `keep` (bool mask) is true."""
+    index = np.flatnonzero(keep)
+    return replace(table, images=[table.images[i] for i in index], paths=[table.paths[i] for i in index],
+                   labels=[table.labels[i] for i in index], probs=table.probs[index])
+
+
 def _validation_data(run: Path, meta: dict | None):
     """(prediction table, y, class names, melanoma class, threshold, skipped labels) from val_predictions.csv;
     rows whose label is not one of the model's classes are left out (and their labels returned)."""
@@ -377,9 +541,7 @@ def _validation_data(run: Path, meta: dict | None):
     index = {c: i for i, c in enumerate(names)}
     y = np.array([index.get(label, -1) for label in table.labels], dtype=np.int64)
     skipped = sorted({str(label) for label, k in zip(table.labels, y) if k < 0})
-    keep = np.flatnonzero(y >= 0)
-    table = replace(table, images=[table.images[i] for i in keep], paths=[table.paths[i] for i in keep],
-                    labels=[table.labels[i] for i in keep], probs=table.probs[keep])
+    table = _keep_rows(table, y >= 0)
     melanoma = (meta or {}).get("melanoma_class", "melanoma")
     # compared at the CSV's 6 decimals (see threshold_at_csv_precision: else the threshold image is lost)
     threshold = threshold_at_csv_precision(((meta or {}).get("thresholds") or {}).get("melanoma_alert"))
@@ -389,7 +551,9 @@ def _validation_data(run: Path, meta: dict | None):
 def _headline(result: dict, meta: dict | None) -> str:
     cal, mel = result["calibration"], result["melanoma"] or {}
     training_cal = (meta or {}).get("calibration") or {}
-    rows = [("images", result["n_images"]),
+    images = f"{result['n_images']:,}" + (f" ({mel['n_melanoma']:,} melanomas)" if mel.get("n_melanoma") is not None
+                                          else "")
+    rows = [("images", images),
             ("balanced accuracy (ISIC ranking metric)", _ci(result["balanced_accuracy"])),
             ("accuracy", _ci(result["accuracy"]))]
     if mel:
@@ -461,7 +625,16 @@ def _validation_section(run: Path, meta: dict | None, out_dir: Path) -> str:
     parts += [_headline(result, meta),
               _validation_plots(result, y, table.probs, names, melanoma, threshold, out_dir),
               _per_class_table(result), _guarded(_error_gallery, table, y, table.probs, names, out_dir)]
-    return "".join(parts)
+    return "".join(parts) + _evaluations_in(run)
+
+
+def _evaluations_in(run: Path) -> str:
+    """Evaluate output folders inside the run folder (evaluate's default place), each with its own report."""
+    found = sorted(p.parent.name for p in run.glob("*/metrics.json"))
+    if not found:
+        return ""
+    return (f"<h3>Evaluations on other data</h3><p>{_esc(', '.join(found))}: run <code>melanoma report "
+            f"{_esc(run)}/&lt;folder&gt;</code> for each one's report.</p>")
 
 
 # ------------------------------------------------------------------------------------------------------ page
@@ -477,28 +650,51 @@ text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;heig
 nav a{margin-right:1em}code{background:#f5f5f5;padding:0 .2em}
 """
 
-_SECTIONS = (("model", "Model card"), ("data", "Data"), ("training", "Training"), ("validation", "Validation"))
+_RUN_SECTIONS = (("model", "Model card"), ("data", "Data"), ("training", "Training"),
+                 ("validation", "Validation"))
+_EVAL_SECTIONS = (("model", "Model card"), ("data", "Evaluated data"), ("results", "Results"))
 
 
-def _page(run: Path, meta: dict | None, bodies: dict[str, str]) -> str:
-    title = f"melanoma report: {run.name}"
-    nav = "".join(f'<a href="#{key}">{_esc(label)}</a>' for key, label in _SECTIONS)
-    architecture = (meta or {}).get("architecture", "model not finished")
-    subtitle = f"{_esc(architecture)} &middot; run folder <code>{_esc(run)}</code>"
-    sections = "".join(_section(label, bodies[key], key) for key, label in _SECTIONS)
+def _page(title: str, subtitle: str, sections, bodies: dict[str, str]) -> str:
+    """The whole HTML page; subtitle is HTML built from escaped parts."""
+    nav = "".join(f'<a href="#{key}">{_esc(label)}</a>' for key, label in sections)
+    body = "".join(_section(label, bodies[key], key) for key, label in sections)
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f"<style>{_CSS}</style></head><body><h1>{_esc(title)}</h1><p>{subtitle}</p><nav>{nav}</nav>"
-            f"{sections}</body></html>\n")
+            f"{body}</body></html>\n")
+
+
+# the files that make a folder a training run (any one of them: a run that has only just started has config.yaml)
+_RUN_MARKERS = ("model.json", "config.yaml", "data_summary.json", "val_predictions.csv", "cv_summary.json", "logs")
 
 
 def build_report(run_dir, data=None) -> Path:
-    """Write RUN/report.html (self-contained) and its PNGs in RUN/report/; returns the HTML path.
+    """Write FOLDER/report.html (self-contained) and its PNGs in FOLDER/report/; returns the HTML path.
 
-    data: dataset for the class distribution and sample images (default: the dataset the run was trained on).
+    FOLDER: a training run folder (model card, data, training curves, validation results) or a `melanoma
+    evaluate` output folder (metrics.json: model card, evaluated data, results with the evaluate plots).
+    data: dataset for a run's class distribution and sample images (default: the dataset it was trained on).
     """
-    run = Path(run_dir).expanduser()
-    if not run.is_dir():
-        raise DataError(f"{run}: no such run folder")
+    folder = Path(run_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder (expected a training run or a melanoma evaluate output folder)")
+    if (folder / "metrics.json").is_file() and not (folder / "model.json").is_file():
+        return _write_page(folder, _evaluation_page(folder))
+    if not any((folder / m).exists() for m in _RUN_MARKERS) and not any(folder.glob("fold-*")):
+        raise DataError(f"{folder}: neither a training run (model.json, config.yaml, logs/) nor a melanoma "
+                        "evaluate output folder (metrics.json)")
+    return _write_page(folder, _run_page(folder, data))
+
+
+def _write_page(folder: Path, html_text: str) -> Path:
+    path = folder / "report.html"
+    tmp = path.with_suffix(".html.tmp")
+    tmp.write_text(html_text, encoding="utf-8")
+    tmp.replace(path)  # atomic: a browser never sees half a report
+    return path
+
+
+def _run_page(run: Path, data) -> str:
     out_dir = run / "report"
     out_dir.mkdir(exist_ok=True)
     meta = _guarded_json(run / "model.json")
@@ -506,11 +702,10 @@ def build_report(run_dir, data=None) -> Path:
               "data": _guarded(_data_section, run, meta, data, out_dir),
               "training": _guarded(_training_section, run, out_dir),
               "validation": _guarded(_validation_section, run, meta, out_dir)}
-    path = run / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(_page(run.resolve(), meta, bodies), encoding="utf-8")
-    tmp.replace(path)  # atomic: a browser never sees half a report
-    return path
+    state = (f"{_esc(meta.get('architecture', 'unknown architecture'))} &middot; training run" if meta
+             else "training run, not finished yet (no model.json)")
+    subtitle = f"{state} &middot; folder <code>{_esc(run.resolve())}</code>"
+    return _page(f"melanoma report: {run.resolve().name}", subtitle, _RUN_SECTIONS, bodies)
 
 
 def _guarded_json(path: Path) -> dict | None:
@@ -520,3 +715,176 @@ def _guarded_json(path: Path) -> dict | None:
     except (OSError, json.JSONDecodeError):
         return None
     return value if isinstance(value, dict) else None
+
+
+# ------------------------------------------------------------------------------------------ evaluate folder
+
+
+def _read_metrics(folder: Path) -> dict:
+    """metrics.json of an evaluate output folder; DataError (one line) when it is not readable JSON."""
+    path = folder / "metrics.json"
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON (line {exc.lineno}): not written by melanoma evaluate?") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if not isinstance(result, dict) or "n_images" not in result or "per_class" not in result:
+        raise DataError(f"{path}: not a melanoma evaluate result (no n_images / per_class)")
+    return result
+
+
+def _evaluated_model(result: dict) -> tuple[dict | None, str]:
+    """(the evaluated model's model.json, or None; why not)."""
+    from melanoma.artifacts import read_meta
+
+    path = (result.get("model") or {}).get("path")
+    if not path:
+        return None, "metrics.json does not name the model"
+    try:
+        return read_meta(path), ""
+    except MelanomaError as exc:
+        return None, f"the model's model.json is not reachable from here ({exc})"
+
+
+def _eval_model_section(result: dict) -> str:
+    meta, why = _evaluated_model(result)
+    model = result.get("model") or {}
+    head = f"<p>Model evaluated: <code>{_esc(model.get('path', 'unknown'))}</code>.</p>"
+    if meta is not None:
+        return head + _model_card(meta, Path(model["path"]))
+    thresholds = model.get("thresholds") or {}
+    rows = [("architecture", model.get("architecture")), ("classes", model.get("class_names")),
+            ("temperature (calibration)", model.get("temperature")),
+            ("melanoma alert threshold", thresholds.get("melanoma_alert"))]
+    return (head + '<p class="warning">Decision support for dermatologists, not a diagnosis.</p>'
+            + _note(f"No model card: {why}. What metrics.json records:") + _table(None, rows))
+
+
+def _image_counts(result: dict) -> str:
+    """'398 scored / 135 excluded (seen in training) / 533 in the dataset' plus unreadable and unscored labels."""
+    data, overlap = result.get("data") or {}, result.get("training_overlap") or {}
+    excluded = int(overlap.get("n_excluded") or 0)
+    total = data.get("n_total") or int(data.get("n_images") or 0) + excluded
+    scored = int(data.get("n_scored") or result.get("n_images") or 0)
+    text = f"{scored:,} scored / {excluded:,} excluded (seen in training) / {total:,} in the dataset"
+    unscored = sum((result.get("uncovered_labels") or {}).values())
+    extras = [f"{int(data['unreadable']):,} unreadable" if data.get("unreadable") else "",
+              f"{unscored:,} with a label the model cannot score" if unscored else ""]
+    return text + "".join(f"; {e}" for e in extras if e)
+
+
+def _overlap_text(overlap: dict) -> tuple[str, bool]:
+    """(what the training-overlap check did, whether it was done)."""
+    if not overlap.get("checked_against"):
+        return (overlap.get("note") or "not checked") + ": these figures may include images the model was trained "\
+               "on, which flatters them.", False
+    text = f"checked against {overlap['checked_against']}: {int(overlap.get('n_excluded') or 0):,} images left out"
+    if overlap.get("n_same_lesion_images"):
+        text += f" ({overlap['n_shared_images']:,} shared, {overlap['n_same_lesion_images']:,} other photos of " \
+                "those lesions)"
+    if overlap.get("rule"):
+        text += f"; rule: {overlap['rule']}"
+    return text, True
+
+
+def _label_map_text(result: dict) -> str:
+    lmap = result.get("label_map") or {}
+    merged = [f"{t} = {' + '.join(g)}" for t, g in (lmap.get("targets") or {}).items() if [t] != list(g)]
+    return (lmap.get("name") or "none") + (f" ({'; '.join(merged)})" if merged else " (the model's own classes)")
+
+
+def _bootstrap_text(result: dict) -> str:
+    boot = result.get("bootstrap") or {}
+    if not boot:
+        return "not computed"
+    unit = {"image": "images", "group": "lesions / patients"}.get(boot.get("unit"), boot.get("unit") or "images")
+    return (f"{boot.get('level', 0.95):.0%} percentile bootstrap, {int(boot.get('resamples', 0)):,} resamples of "
+            f"{int(boot.get('n_units', 0)):,} {unit}")
+
+
+def _eval_data_section(result: dict) -> str:
+    data, overlap = result.get("data") or {}, result.get("training_overlap") or {}
+    overlap_text, checked = _overlap_text(overlap)
+    tta = result.get("tta") or {}
+    rows = [("dataset", f"{data.get('path', 'unknown')} ({data.get('kind', 'unknown')} layout)"),
+            ("images", _image_counts(result)),
+            ("overlap with the training data", overlap_text if checked else "NOT checked (see the warning above)"),
+            ("label map", _label_map_text(result)),
+            ("test-time augmentation", f"{tta['views']} views" if tta.get("enabled") else "off"),
+            ("95% confidence intervals", _bootstrap_text(result))]
+    uncovered = result.get("uncovered_labels") or {}
+    if uncovered:
+        rows.append(("labels left out of the metrics", ", ".join(f"{k} ({v:,})" for k, v in uncovered.items())))
+    parts = [] if checked else [f'<p class="warning">Overlap with the training data: {_esc(overlap_text)}</p>']
+    mel = result.get("melanoma") or {}
+    if mel and mel.get("n_melanoma") is not None and mel["n_melanoma"] < FEW_MELANOMAS:
+        parts.append(f'<p class="warning">Only {int(mel["n_melanoma"])} melanomas: melanoma sensitivity and AUC '
+                     "carry very wide confidence intervals here.</p>")
+    parts.append(_table(None, rows))
+    unreadable = data.get("unreadable_files") or []
+    if unreadable:
+        parts.append(_table(["unreadable file", "reason"], [(u.get("path"), u.get("reason")) for u in unreadable[:20]]))
+    return "".join(parts)
+
+
+_EVAL_PLOTS = (("confusion_matrix.png", "confusion matrix"),
+               ("confusion_matrix_normalised.png", "row-normalised confusion matrix"),
+               ("roc_melanoma.png", "melanoma ROC"), ("pr_melanoma.png", "melanoma precision-recall"),
+               ("roc_per_class.png", "per-class ROC"), ("reliability.png", "reliability diagram"))
+
+
+def _resolved_label_map(result: dict, model_classes: list[str]):
+    """The label map evaluate used, rebuilt from metrics.json (a YAML map that moved: from its recorded targets)."""
+    from melanoma import labelmaps
+
+    lmap = result.get("label_map") or {}
+    melanoma = (result.get("melanoma") or {}).get("class")
+    if lmap.get("name") in (None, "identity"):
+        return labelmaps.identity_map(model_classes, melanoma)
+    try:
+        return labelmaps.resolve_label_map(lmap["name"], model_classes)
+    except (MelanomaError, OSError):
+        targets = lmap.get("targets") or {}
+        lookup = {labelmaps.normalise_label(n): t for t, g in targets.items() for n in [t, *g]}
+        return labelmaps.ResolvedLabelMap(lmap["name"], list(targets),
+                                          [[model_classes.index(c) for c in g] for g in targets.values()],
+                                          lookup, melanoma)
+
+
+def _eval_gallery(folder: Path, result: dict, out_dir: Path) -> str:
+    """The most confident errors among the scored images of predictions.csv (in the label map's classes)."""
+    from melanoma import labelmaps
+    from melanoma.evaluate import read_predictions_csv
+
+    model_classes = (result.get("model") or {}).get("class_names")
+    table = read_predictions_csv(folder / "predictions.csv", model_classes)
+    resolved = _resolved_label_map(result, table.class_names)
+    y, _ = labelmaps.map_dataset_labels(table.labels, resolved)
+    table = _keep_rows(table, y >= 0)
+    probs = table.probs @ resolved.matrix(len(table.class_names))
+    return _error_gallery(table, y[y >= 0], probs, resolved.target_classes, out_dir)
+
+
+def _eval_results_section(folder: Path, result: dict, out_dir: Path) -> str:
+    pngs = [_img(folder / name, alt) for name, alt in _EVAL_PLOTS if (folder / name).is_file()]
+    parts = [_headline(result, {"calibration": result.get("training_calibration")}),
+             '<div class="grid">' + "".join(pngs) + "</div>" if pngs else _note("No plots in this folder."),
+             _per_class_table(result)]
+    if (folder / "predictions.csv").is_file():
+        parts.append(_guarded(_eval_gallery, folder, result, out_dir))
+    return "".join(parts)
+
+
+def _evaluation_page(folder: Path) -> str:
+    result = _read_metrics(folder)
+    out_dir = folder / "report"
+    out_dir.mkdir(exist_ok=True)
+    bodies = {"model": _guarded(_eval_model_section, result), "data": _guarded(_eval_data_section, result),
+              "results": _guarded(_eval_results_section, folder, result, out_dir)}
+    model = result.get("model") or {}
+    data = result.get("data") or {}
+    subtitle = (f"evaluation of {_esc(model.get('architecture', 'a model'))} on "
+                f"<code>{_esc(data.get('path', 'unknown data'))}</code> &middot; folder "
+                f"<code>{_esc(folder.resolve())}</code>")
+    return _page(f"melanoma evaluation report: {folder.resolve().name}", subtitle, _EVAL_SECTIONS, bodies)
