@@ -136,3 +136,105 @@ def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
     assert str(tiny_isic) in predicted and str(ham) not in predicted and "/images/" not in predicted
     rows = [r for r in (run / "logs" / "metrics.csv").read_text().splitlines() if r.startswith("0,")]
     assert max(int(r.split(",")[2]) for r in rows) <= 2  # 16 samples per epoch = 2 steps of 8
+
+
+# --- real kills: a `melanoma train` subprocess killed at a random moment, resumed from another folder ----------
+KILL_EPOCHS, KILL_BATCHES = 3, 4  # 12 optimiser steps
+
+
+def _train_command(data, out, config) -> list[str]:
+    return [sys.executable, "-m", "melanoma", "train", "--data", str(data), "--out", str(out), "--config",
+            str(config), "--model", "seed-cnn", "--image-size", "64", "--epochs", str(KILL_EPOCHS),
+            "--batch-size", "8", "--max-train-batches", str(KILL_BATCHES), "--num-workers", "0", "--seed", "5"]
+
+
+def _kill_config(tmp_path: Path, marker: Path | None = None) -> Path:
+    extra = {"bootstrap": 30, "progress_bar": False}
+    if marker is not None:
+        extra.update(step_marker=str(marker), step_pause=0.4)
+    path = tmp_path / f"config-{'marker' if marker else 'plain'}.yaml"
+    path.write_text(json.dumps({"extra": extra}))  # JSON is YAML
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tiny_isic, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    done = subprocess.run(_train_command(tiny_isic, root / "run", _kill_config(root)), capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "run"
+
+
+def _wait_for(predicate, proc, seconds=300.0) -> None:
+    import time
+
+    deadline = time.time() + seconds
+    while not predicate():
+        assert proc.poll() is None, f"training ended before the kill: {proc.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "timed out waiting for the moment to kill"
+        time.sleep(0.02)
+
+
+def _val_rows(run: Path) -> list[tuple[int, str]]:
+    import csv
+
+    rows = csv.DictReader((run / "logs" / "metrics.csv").open())
+    return [(int(float(r["epoch"])), r["val/bal_acc"]) for r in rows if r.get("val/bal_acc")]
+
+
+def _assert_same_run(resumed: Path, reference: Path) -> None:
+    full, cut = load_file(reference / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert full.keys() == cut.keys()
+    for key in full:
+        torch.testing.assert_close(cut[key], full[key], rtol=0, atol=1e-6, msg=key)
+    ref, res = (json.loads((run / "result.json").read_text()) for run in (reference, resumed))
+    for key in ("balanced_accuracy", "melanoma_auc", "best_epoch", "epochs_run", "melanoma_alert", "temperature"):
+        assert res.get(key) == pytest.approx(ref.get(key), abs=1e-6), key
+    # every finished epoch logged exactly once, with the uninterrupted run's validation figures
+    assert _val_rows(resumed) == _val_rows(reference)
+
+
+@pytest.mark.parametrize("how", ["sigkill-mid-epoch", "sigterm-mid-epoch", "sigkill-finalising", "sigkill-any-time"])
+def test_killed_training_resumes_from_another_folder_to_the_same_model(how, tiny_isic, tmp_path, uninterrupted_run):
+    import random
+    import signal
+    import time
+
+    marker = tmp_path / "step"
+    run = tmp_path / "runs" / "killed"
+    proc = subprocess.Popen(_train_command(tiny_isic, run, _kill_config(tmp_path, marker)), text=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    rng = random.Random()
+    if how.endswith("mid-epoch"):  # after a random optimiser step that does not end an epoch
+        step = rng.choice([s for s in range(1, KILL_EPOCHS * KILL_BATCHES) if s % KILL_BATCHES])
+        _wait_for(lambda: marker.exists() and marker.read_text() and int(marker.read_text()) >= step, proc)
+    elif how == "sigkill-finalising":
+        _wait_for(lambda: (run / "training_done.json").exists(), proc)
+    else:  # any moment once the run exists: scanning, decoding, training, validating, finalising
+        _wait_for(lambda: (run / "config.yaml").exists(), proc)
+        time.sleep(rng.uniform(0.0, 8.0))
+    proc.send_signal(signal.SIGTERM if how.startswith("sigterm") else signal.SIGKILL)
+    proc.wait(timeout=120)
+    assert "Traceback" not in proc.stderr.read()
+    if (run / "result.json").exists():  # a random kill may come after the end: then there is nothing to resume
+        pytest.skip("the run finished before the random kill")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run([sys.executable, "-m", "melanoma", "train", "--resume", "../runs/killed"],
+                             cwd=elsewhere, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _assert_same_run(run, uninterrupted_run)
+
+
+def test_resume_refuses_options_that_would_change_the_run(uninterrupted_run, tmp_path):
+    cmd = [sys.executable, "-m", "melanoma", "train", "--resume", str(uninterrupted_run), "--epochs", "9",
+           "--lr", "0.1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "--epochs" in done.stderr and "--lr" in done.stderr
+
+
+def test_run_config_stores_absolute_paths(uninterrupted_run):
+    saved = load_config(uninterrupted_run / "config.yaml")
+    assert Path(saved.data).is_absolute() and Path(saved.out).is_absolute()

@@ -11,7 +11,10 @@ import yaml
 from melanoma.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
-AUGMENTATION_LEVELS = ("standard", "strong")  # transforms.augmentation_ops; here so the CLI needs no torch import
+AUGMENTATION_LEVELS = ("standard", "strong")
+NAMED_LABEL_MAPS = ("auto", "ham10000")  # --extra-labels values that are not files (sources.py)
+# Options that may differ on --resume without changing what the run computes.
+RESUME_SAFE_OPTIONS = ("num_workers",)  # transforms.augmentation_ops; here so the CLI needs no torch import
 
 
 @dataclass
@@ -80,6 +83,18 @@ class TrainConfig:
                 raise ConfigError(message)
         return self
 
+    def absolutize(self) -> "TrainConfig":
+        """Every path made absolute (config.yaml then means the same from any working folder, e.g. for --resume)."""
+        def absolute(path):
+            return str(Path(path).expanduser().resolve()) if path else path
+
+        self.data, self.weights, self.lesion_metadata = map(absolute, (self.data, self.weights, self.lesion_metadata))
+        self.out, self.resume = absolute(self.out), absolute(self.resume)
+        self.extra_data = [absolute(p) for p in self.extra_data]
+        if self.extra_labels not in NAMED_LABEL_MAPS:
+            self.extra_labels = absolute(self.extra_labels)
+        return self
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -109,14 +124,25 @@ def save_config(cfg: TrainConfig, path) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    """Build the config of `melanoma train`: --resume reads RUN/config.yaml, else --config then flags."""
+    """Build the config of `melanoma train`: --resume reads RUN/config.yaml (from any working folder), else
+    --config then flags. An option given with --resume that would change the run is an error, never ignored."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     overrides = {k: v for k, v in vars(args).items() if k in fields and k not in ("resume",)}
     if args.resume:
-        saved = Path(args.resume) / "config.yaml"
+        saved = Path(args.resume).expanduser().resolve() / "config.yaml"
         if not saved.is_file():
             raise ConfigError(f"{saved}: missing; --resume needs a run folder written by `melanoma train`")
+        given = sorted(k for k, v in overrides.items() if v is not None and k not in RESUME_SAFE_OPTIONS)
+        if getattr(args, "config", None):
+            given.insert(0, "config")
+        if given:
+            flags = ", ".join("--" + k.replace("_", "-") for k in given)
+            raise ConfigError(f"{flags}: cannot change a run on --resume (the run continues as in {saved}); "
+                              f"start a new run with --out instead")
         cfg = load_config(saved)
-        cfg.resume, cfg.out = str(args.resume), str(args.resume)
+        cfg.resume = cfg.out = str(saved.parent)
+        for key in RESUME_SAFE_OPTIONS:
+            if overrides.get(key) is not None:
+                setattr(cfg, key, overrides[key])
         return cfg.validate()
     return load_config(args.config, **overrides).validate()

@@ -69,9 +69,11 @@ class LesionClassifier(L.LightningModule):
             self.val_mel_auc(logits.softmax(-1)[:, mel], (y == mel).long())
             self.log("val/mel_auc", self.val_mel_auc, on_epoch=True, prog_bar=True)
 
-    def on_train_epoch_start(self) -> None:
-        # Dropout draws from the global RNG: re-seed per epoch so a resumed run continues identically.
-        torch.manual_seed(self.hparams.seed * 100_003 + self.current_epoch)
+    def on_train_batch_start(self, batch, batch_idx) -> None:
+        # Dropout draws from the global RNG, which Lightning and the DataLoader also draw from in an order that
+        # differs between a fresh and a resumed run: re-seed per optimiser step (and rank) so that a resumed run
+        # continues bit for bit.
+        torch.manual_seed((self.hparams.seed * 100_003 + self.global_step) * 64 + self.global_rank)
 
     def configure_optimizers(self):
         hp = self.hparams

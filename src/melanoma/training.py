@@ -3,8 +3,11 @@ statistics and the model artifact. Returns its results so tests and other code c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -47,7 +50,7 @@ def prepare_run_dir(cfg: TrainConfig) -> Path:
     """Create (or, with --resume, reopen) the run folder; never overwrite a finished or started run."""
     is_ddp_child = int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
     inherited = os.environ.get(RUN_DIR_ENV) if is_ddp_child else None
-    run = Path(cfg.out or inherited or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    run = Path(cfg.out or inherited or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     os.environ[RUN_DIR_ENV] = str(run)  # DDP children re-run this command: they must find the same folder
     if (run / "config.yaml").exists() and not cfg.resume and not is_ddp_child:
         raise ConfigError(f"{run}: run folder already exists; continue it with --resume {run} or choose another --out")
@@ -77,6 +80,36 @@ def load_training_table(cfg: TrainConfig, run: Path):
     return table, summary
 
 
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) takes the same path as Ctrl-C: Lightning shuts down, the partial
+    epoch is dropped from the log, and the last finished epoch's checkpoint stays the resume point."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class StepMarker(L.Callback):
+    """Test hook (config `extra: {step_marker: FILE, step_pause: SECONDS}`): writes the global step after every
+    optimiser step, then pauses, so a test can kill a real training process in the middle of an epoch."""
+
+    def __init__(self, path: Path, pause: float = 0.0):
+        self.path, self.pause = path, pause
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.path.write_text(str(trainer.global_step))
+        time.sleep(self.pause)
+
+
 class TrainingInterrupted(MelanomaError):
     """Ctrl-C or SIGTERM during training: the last finished epoch is checkpointed."""
 
@@ -95,11 +128,29 @@ class RecordSampledIndices(L.Callback):
                                             "indices": seen}))
 
 
+class StopWhenAlreadyStopped(EarlyStopping):
+    """EarlyStopping whose decision survives a resume: `trainer.should_stop` is not in a checkpoint, so a run killed
+    between early stopping and its end would otherwise train on past the epoch where it stopped."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
+
+
+class FlushLogEachEpoch(L.Callback):
+    """Write the CSV log at every epoch start: a SIGKILL then loses at most the epoch it interrupts, which a
+    resume re-runs anyway (Lightning otherwise buffers rows until the end of fit)."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.logger is not None and trainer.current_epoch > 0:
+            trainer.logger.save()
+
+
 def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
     """A Lightning Trainer checkpointing every epoch (last.ckpt) and the best validation balanced accuracy."""
     checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor="val/bal_acc", mode="max",
                                  save_last=True)
-    stopper = EarlyStopping(monitor="val/bal_acc", mode="max", patience=cfg.patience)
+    stopper = StopWhenAlreadyStopped(monitor="val/bal_acc", mode="max", patience=cfg.patience)
     precision = cfg.precision or ("bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu"
                                   else "32-true")
     devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
@@ -107,38 +158,77 @@ def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices, num_nodes=cfg.num_nodes,
         strategy=cfg.strategy, precision=precision, default_root_dir=run,
         logger=CSVLogger(save_dir=run, name="logs", version=""),
-        callbacks=[checkpoint, stopper, LearningRateMonitor("epoch"), *extra_callbacks],
+        callbacks=[checkpoint, stopper, LearningRateMonitor("epoch"), FlushLogEachEpoch(), *extra_callbacks],
         limit_train_batches=cfg.max_train_batches or 1.0, use_distributed_sampler=False,
         num_sanity_val_steps=0, log_every_n_steps=5, enable_model_summary=False,
         enable_progress_bar=bool(cfg.extra.get("progress_bar", True)),
     )
 
 
-def set_aside_log(run: Path) -> Path | None:
-    """Lightning's CSVLogger deletes an existing metrics.csv: keep the interrupted run's rows aside."""
-    log = run / "logs" / "metrics.csv"
-    if not log.exists():
-        return None
-    kept = log.with_name("metrics-before-resume.csv")
-    os.replace(log, kept)
-    return kept
+def checkpoint_epochs(last: Path) -> int:
+    """Epochs whose training AND validation finished in checkpoint `last` (0 when there is none): its log rows
+    are final; rows of later epochs come from an interrupted epoch."""
+    if not last.exists():
+        return 0
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    # saved at validation end (epoch not yet counted as processed) or at the end of training
+    return int(state["epoch"]) + 1
 
 
-def merge_resumed_log(run: Path, earlier: Path) -> None:
-    """metrics.csv = earlier rows of the epochs finished before the resume + the resumed run's rows."""
+def read_log_rows(log: Path) -> list[dict]:
+    """Rows of a CSV log; a row cut short by a kill (fewer fields than the header) is dropped."""
     import csv
 
-    log = run / "logs" / "metrics.csv"
-    new_rows = list(csv.DictReader(log.open())) if log.exists() else []
-    old_rows = list(csv.DictReader(earlier.open()))
-    first_new = min((float(r["epoch"]) for r in new_rows if r.get("epoch")), default=float("inf"))
-    rows = [r for r in old_rows if r.get("epoch") and float(r["epoch"]) < first_new] + new_rows
+    if not log.exists():
+        return []
+    with log.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        return [row for row in reader if None not in row.values() and None not in row]
+
+
+def _row_epoch(row: dict) -> float | None:
+    return float(row["epoch"]) if row.get("epoch") not in (None, "") else None
+
+
+def write_log_rows(log: Path, rows: list[dict]) -> None:
+    import csv
+    import io
+
     fields = sorted({k for r in rows for k in r})
-    with log.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    earlier.unlink()
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(log, buffer.getvalue())
+
+
+BEFORE_RESUME = "metrics-before-resume.csv"
+
+
+def finished_log_rows(run: Path, epochs_done: int) -> list[dict]:
+    """The log rows of the `epochs_done` finished epochs: the rows set aside at earlier resumes, then the current
+    log's rows of later epochs (a resume from a validation-end checkpoint re-runs the end of that epoch, whose
+    train metrics restart from empty states: the earlier rows win), cut at the first unfinished epoch."""
+    logs = run / "logs"
+    earlier = read_log_rows(logs / BEFORE_RESUME)
+    last_earlier = max((e for e in map(_row_epoch, earlier) if e is not None), default=-1.0)
+    current = [r for r in read_log_rows(logs / "metrics.csv") if _row_epoch(r) is None or _row_epoch(r) > last_earlier]
+    return [r for r in earlier + current if _row_epoch(r) is None or _row_epoch(r) < epochs_done]
+
+
+def set_aside_log(run: Path, epochs_done: int) -> None:
+    """Before a resume: Lightning's CSVLogger deletes an existing metrics.csv, so keep the finished epochs aside."""
+    rows = finished_log_rows(run, epochs_done)
+    write_log_rows(run / "logs" / BEFORE_RESUME, rows)
+    (run / "logs" / "metrics.csv").unlink(missing_ok=True)
+
+
+def settle_log(run: Path, epochs_done: int | float) -> None:
+    """metrics.csv = every finished epoch's rows, once (after a resumed fit, or cut back after an interruption)."""
+    if not (run / "logs" / BEFORE_RESUME).exists() and epochs_done == float("inf"):
+        return
+    write_log_rows(run / "logs" / "metrics.csv", finished_log_rows(run, epochs_done))
+    (run / "logs" / BEFORE_RESUME).unlink(missing_ok=True)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
@@ -166,42 +256,60 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
 
 def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
     """Train on one split in `run`; on global rank 0 finalise (calibrate, thresholds, save). Resumes last.ckpt."""
-    labels = table.label_indices()
     run.mkdir(parents=True, exist_ok=True)
-    module = build_module(cfg, table.classes, labels[train_idx])
+    module = build_module(cfg, table.classes, table.label_indices()[train_idx])
+    done = run / "training_done.json"  # written once fit returns: a kill during finalisation does not re-train
+    if cfg.resume and done.exists():
+        trained = json.loads(done.read_text())
+    else:
+        trained = fit_module(cfg, run, module, table, images, pre, train_idx, val_idx, callbacks)
+        if trained is None:  # not rank 0
+            return None
+        atomic_write_text(done, json.dumps(trained, indent=2))
+    return finalize_split(cfg, run, module, trained["best_checkpoint"], table, images, pre, train_idx, val_idx,
+                          seconds=trained["seconds"])
+
+
+def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
+    """Lightning fit from scratch or from last.ckpt; a kill or SIGTERM at any moment leaves the run resumable and
+    its log holding finished epochs only. Returns the best checkpoint (rank 0) or None (other ranks)."""
     # Augmentation runs in DataLoader workers: torch gives each worker one thread, and on a busy CPU a
     # 2-thread torch process augments 10-30x slower (OpenMP spin-waits) than a 1-thread worker.
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
-    dm = LesionDataModule(images, labels, train_idx, val_idx, pre, cfg.batch_size,
+    dm = LesionDataModule(images, table.label_indices(), train_idx, val_idx, pre, cfg.batch_size,
                           balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers,
                           samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table),
                           augmentation=cfg.augmentation)
     if cfg.extra.get("record_samples"):
         callbacks = [*callbacks, RecordSampledIndices(run, train_idx)]
+    if cfg.extra.get("step_marker"):
+        callbacks = [*callbacks, StepMarker(Path(cfg.extra["step_marker"]), float(cfg.extra.get("step_pause", 0)))]
     last = run / "checkpoints" / "last.ckpt"
     resuming = bool(cfg.resume and last.exists())
-    earlier_log = set_aside_log(run) if resuming else None
+    if resuming:
+        set_aside_log(run, checkpoint_epochs(last))
     trainer = make_trainer(cfg, run, callbacks)
     started = time.time()
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
-    except SystemExit:  # Lightning turns Ctrl-C into a graceful shutdown + sys.exit(1)
-        if trainer.interrupted:
-            raise TrainingInterrupted(f"training interrupted; completed epochs are kept in {last}: continue with "
+        with sigterm_as_keyboard_interrupt():
+            trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resuming else None)
+    except BaseException as exc:
+        if trainer.is_global_zero:
+            settle_log(run, checkpoint_epochs(last))
+        if isinstance(exc, SystemExit) and trainer.interrupted:  # Lightning turns Ctrl-C into sys.exit(1)
+            raise TrainingInterrupted(f"training interrupted; finished epochs are kept in {last}: continue with "
                                       f"`melanoma train --resume {cfg.out}`") from None
         raise
     if not trainer.is_global_zero:
         return None
-    if earlier_log is not None:
-        merge_resumed_log(run, earlier_log)
+    settle_log(run, float("inf"))
     best = trainer.checkpoint_callback.best_model_path or str(last)
-    return finalize_split(cfg, run, module, best, table, images, pre, train_idx, val_idx,
-                          seconds=time.time() - started)
+    return {"best_checkpoint": str(Path(best).resolve()), "seconds": round(time.time() - started, 1)}
 
 
 def train(cfg: TrainConfig, callbacks=()) -> dict:
     """Train as configured; returns {"run": path, "summary": headline numbers, ...}. See docs/DESIGN.md."""
-    cfg = resolve_defaults(cfg.validate())
+    cfg = resolve_defaults(cfg.validate()).absolutize()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = prepare_run_dir(cfg)
     table, summary = load_training_table(cfg, run)
