@@ -6,13 +6,17 @@ from safetensors.torch import save_file
 from torch import nn
 
 from melanoma.errors import ModelError
-from melanoma.models import (_map_state_dict_in_order, create_model, default_preprocessing, find_gradcam_layer,
-                             list_models)
+from melanoma.models import (_lite_weights_file, _map_state_dict_in_order, create_model, default_preprocessing,
+                             find_gradcam_layer, list_models, map_lite_state_dict)
+
+LITE_MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
 
 @pytest.mark.parametrize("name,pretrained,size", [
     ("seed-cnn", False, 64),
     ("efficientnet_lite0", True, 64),
+    ("efficientnet_lite1", True, 64),
+    ("efficientnet_lite2", True, 64),
     ("resnet18", False, 64),
 ])
 def test_forward_backward(name, pretrained, size):
@@ -25,8 +29,66 @@ def test_forward_backward(name, pretrained, size):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_registry_lists_both_models():
-    assert {"seed-cnn", "efficientnet_lite0"} <= set(list_models())
+def test_registry_lists_the_models():
+    assert {"seed-cnn", *LITE_MODELS} <= set(list_models())
+
+
+@pytest.mark.parametrize("name", LITE_MODELS)
+def test_lite_weights_map_key_by_key_onto_every_timm_tensor(name):
+    """Every package tensor lands on a distinct timm tensor of the same shape, every timm tensor is covered, and the
+    key-by-key renaming agrees with the independent in-order pairing (the check lite0 was first loaded with)."""
+    source = torch.load(_lite_weights_file(name), map_location="cpu", weights_only=True)
+    model = create_model(name, num_classes=1000)
+    mapped = map_lite_state_dict(source, model, name)
+    assert set(mapped) == set(model.state_dict()) and len(mapped) == len(source)
+    in_order = _map_state_dict_in_order(source, model.state_dict(), name)
+    assert all(mapped[k] is in_order[k] for k in mapped)
+    pretrained = create_model(name, num_classes=1000, pretrained=True)
+    torch.testing.assert_close(pretrained.state_dict()["classifier.weight"], source["_fc.weight"])
+
+
+def test_lite_mapping_refuses_a_missing_or_misshapen_tensor():
+    source = torch.load(_lite_weights_file("efficientnet_lite1"), map_location="cpu", weights_only=True)
+    model = create_model("efficientnet_lite1", num_classes=1000)
+    with pytest.raises(ModelError, match="have no source, e.g. blocks"):
+        map_lite_state_dict({k: v for k, v in source.items() if k != "_blocks.3._bn0.weight"}, model, "test")
+    with pytest.raises(ModelError, match="does not fit conv_stem.weight"):
+        map_lite_state_dict({**source, "_conv_stem.weight": torch.zeros(16, 3, 3, 3)}, model, "test")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", LITE_MODELS)
+def test_lite_imagenet_weights_recognise_a_real_photo(name):
+    """The mapped ImageNet model, with its own eval preprocessing, names Grace Hopper's uniform (matplotlib's
+    sample photo, ImageNet class 652 'military uniform') among its top 3 classes."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    from melanoma.transforms import eval_transform, prepare_image
+
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB")
+    pre = default_preprocessing(name)
+    model = create_model(name, num_classes=1000, pretrained=True).eval()
+    with torch.no_grad():
+        top3 = model(eval_transform(pre)(prepare_image(photo, pre)).unsqueeze(0))[0].topk(3).indices.tolist()
+    assert 652 in top3, top3
+
+
+@pytest.mark.slow
+def test_lite2_trains_offline_and_predicts(tiny_isic, tmp_path):
+    import sys
+    from pathlib import Path
+
+    from melanoma.predict import Predictor
+    from melanoma.training import train
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_training import tiny_config
+
+    run = train(tiny_config(tiny_isic, tmp_path / "lite2", model="efficientnet_lite2", image_size=64,
+                            pretrained=True))["run"]
+    result = Predictor.load(run).predict_paths(sorted(tiny_isic.rglob("*.jpg"))[:3])
+    assert result.probs.shape == (3, 9) and not result.errors
 
 
 def test_unknown_model_lists_registry_names():
@@ -135,6 +197,9 @@ def test_default_preprocessing():
                     "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "color_constancy": "none"}
     assert default_preprocessing("efficientnet_lite0", image_size=180)["resize"] == round(180 / 0.875)
     assert default_preprocessing("resnet18")["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    # native sizes and timm's crop percentages: 240 / 0.882 = 272, 260 / 0.89 = 292
+    assert [default_preprocessing(n)["input_size"] for n in LITE_MODELS] == [224, 240, 260]
+    assert [default_preprocessing(n)["resize"] for n in LITE_MODELS] == [256, 272, 292]
 
 
 def test_gradcam_layer_of_timm_models():

