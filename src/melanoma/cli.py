@@ -493,6 +493,39 @@ def _run_export(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------------------ ensemble
+
+
+def _add_ensemble(sub) -> None:
+    p = _command(sub, "ensemble", "Combine trained runs into ONE model folder whose output is the mean of the "
+                 "members' calibrated probabilities; its alert threshold, referral and metrics are fitted on the "
+                 "ensemble's own held-out predictions. A CV run stands for all its folds.",
+                 ["melanoma ensemble runs/lite0-s1 runs/lite0-s2 runs/lite0-s3 --out runs/ensemble",
+                  "melanoma ensemble runs/cv --out runs/cv-ensemble"])
+    p.add_argument("runs", nargs="+", type=existing_path, metavar="RUN",
+                   help="run folders written by `melanoma train` (same classes, input size and preprocessing)")
+    p.add_argument("--out", required=True, help="new model folder for the ensemble")
+    p.add_argument("--target-sensitivity", type=PROBABILITY,
+                   help="the alert keeps at least this held-out melanoma sensitivity (default: the first run's)")
+    p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=1000, help="bootstrap resamples for the CIs")
+    p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the bootstrap and referral folds")
+    _add_json_flag(p)
+    p.set_defaults(func=_run_ensemble)
+
+
+def _run_ensemble(args) -> int:
+    from melanoma.ensemble import build_ensemble
+
+    result = build_ensemble(args.runs, args.out, target_sensitivity=args.target_sensitivity,
+                            bootstrap=args.bootstrap, seed=args.seed)
+    m = result["metrics"]
+    _emit(result, args.json, f"wrote {result['out']}: {len(result['members'])} members, "
+                             f"{result['heldout']['images']} held-out images ({result['heldout']['scoring']}); "
+                             f"balanced accuracy {_round(m['balanced_accuracy'])}, melanoma AUC "
+                             f"{_round(m['melanoma_auc'])}, alert threshold {_round(result['melanoma_alert'])}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -510,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show library logs, warnings and progress bars (on stderr)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_evaluate, _add_report, _add_predict, _add_export,
+                _add_ensemble,
                 __import__("melanoma.serve.cli", fromlist=["add_serve"]).add_serve):
         add(sub)
     return parser
