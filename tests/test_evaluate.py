@@ -244,3 +244,46 @@ def test_the_fingerprint_in_the_model_file_replaces_the_training_folders(test_mo
     overlap = result["training_overlap"]
     assert overlap["n_excluded"] == n_train and result["n_images"] == 45 - n_train
     assert overlap["checked_against"].startswith("training-set fingerprint of 15 images") and overlap["matched_by"]
+
+
+@pytest.mark.slow
+def test_default_model_on_its_own_training_images_still_leaves_them_out(shared_train, tmp_path, capsys):
+    """Issue 15: `--exclude-overlap-with DIR` used to REPLACE the training-data check, so the shipped model scored
+    its own training images. Now DIR only adds: real Train images, a turned and an enlarged copy are left out,
+    only the new (synthetic) pictures are scored, and the counts say so."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    model = Path(__file__).resolve().parents[1] / "models" / "default"
+    data = tmp_path / "data"
+    for label, seed in (("melanoma", 0), ("nevus", 10)):
+        (data / label).mkdir(parents=True)
+        for image in sorted((shared_train / label).glob("*.jpg"))[:3]:
+            shutil.copy(image, data / label / image.name)
+        for i in range(3):  # pictures no model has seen
+            noise = np.random.default_rng(seed + i).integers(0, 255, (120, 160, 3), dtype=np.uint8)
+            Image.fromarray(noise).save(data / label / f"new{i}.png")
+    trained = Image.open(sorted((shared_train / "melanoma").glob("*.jpg"))[5]).convert("RGB")
+    trained.transpose(Image.Transpose.ROTATE_90).save(data / "melanoma" / "turned.png")
+    trained.resize((300, 300)).save(data / "melanoma" / "enlarged.jpg", quality=92)
+    elsewhere = tmp_path / "elsewhere" / "nevus"
+    elsewhere.mkdir(parents=True)
+    Image.new("RGB", (40, 40), (90, 60, 50)).save(elsewhere / "unrelated.png")
+
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(data), "--exclude-overlap-with",
+                     str(elsewhere.parent), "--bootstrap", "0", "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("6 scored / 8 excluded (in the training data) / 14 total images")
+    overlap = json.loads((tmp_path / "out" / "metrics.json").read_text())["training_overlap"]
+    assert overlap["checked_against"].startswith("training-set fingerprint of") and str(elsewhere.parent) in \
+        overlap["checked_against"]
+    assert overlap["matched_by"] == {"pixels+isic-id": 6, "phash": 1, "phash-turned": 1}
+
+    assert cli.main(["evaluate", "--model", str(model), "--data", str(data), "--no-overlap-check",
+                     "--bootstrap", "0", "--out", str(tmp_path / "all")]) == 0
+    captured = capsys.readouterr()
+    assert "warning: --no-overlap-check" in captured.err
+    assert captured.out.startswith("14 scored / 0 excluded") and "WARNING: overlap check disabled" in captured.out
+    recorded = json.loads((tmp_path / "all" / "metrics.json").read_text())["training_overlap"]
+    assert recorded["checked"] is False and "--no-overlap-check" in recorded["note"]

@@ -127,3 +127,29 @@ def test_bad_maps_and_reference_without_extras_are_config_errors(tmp_path):
         load_extra_sources([ham], tmp_path / "missing.yaml", classes)
     with pytest.raises(ConfigError, match="needs --extra-data"):
         TrainConfig(data=str(primary), conflict_policy="reference").validate()
+
+
+def test_data_and_sources_do_not_import_each_other():
+    """One direction only: sources (joining datasets) builds on data (reading and splitting one); a cycle would
+    break whichever module is imported first."""
+    import ast
+    import subprocess
+    import sys
+
+    def imported(module: str) -> set[str]:
+        tree = ast.parse(Path(data.__file__).with_name(f"{module}.py").read_text())
+        names = set()
+        for node in ast.walk(tree):  # every import, module level or inside a function
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+        return names
+
+    assert not any("sources" in name for name in imported("data"))
+    assert "melanoma.data" in imported("sources")
+    for first in ("melanoma.sources", "melanoma.data"):
+        code = f"import sys, {first}; print('melanoma.sources' in sys.modules)"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == ("True" if first == "melanoma.sources" else "False")

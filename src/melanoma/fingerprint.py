@@ -78,8 +78,10 @@ def read_model_file(path) -> dict[str, np.ndarray] | None:
     """The fingerprint stored in a model.safetensors file, read with numpy (no torch); None when it has none."""
     from safetensors import safe_open
 
+    from melanoma.artifacts import EXTRA_PREFIX  # model files store extra tensors as "extra.fingerprint.*"
+
     with safe_open(str(path), framework="np") as f:
-        return find({k: f.get_tensor(k) for k in f.keys() if k.startswith(PREFIX)})
+        return find({k[len(EXTRA_PREFIX):]: f.get_tensor(k) for k in f.keys() if k.startswith(EXTRA_PREFIX + PREFIX)})
 
 
 def save(tensors: dict, run) -> Path:
