@@ -204,8 +204,10 @@ def test_model_card_reads_as_text_and_states_the_data_actually_used(fake_run):
                     "summary": {"n_images": 135, "counts": {c: 15 for c in meta["class_names"]}}}
     meta["training"]["folds"] = None
     (fake_run / "model.json").write_text(json.dumps(meta))
-    text = _visible_text(build_report(fake_run).read_text())
+    page = build_report(fake_run).read_text()
+    text = _visible_text(page)
     assert not REPR.search(text), REPR.search(text)
+    assert "<code>melanoma threshold MODEL --predictions CSV</code>" in page  # `code` spans, not backticks
     assert "135 images of Train" in text and "Trained on 135 images only" in text
     assert "Every class has fewer than 50 training images" in text and "One source only (Train)" in text
     assert "stock text for every model" not in text and "ISIC archive images" not in text

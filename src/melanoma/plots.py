@@ -165,17 +165,29 @@ def reliability_figure(reliability: dict, out, ece: float | None = None, title="
     return _save(fig, out)
 
 
-def class_distribution_figure(counts: dict, out, title="Images per class") -> Path:
-    """Horizontal bar chart of images per class (horizontal so long class names stay readable)."""
+def class_distribution_figure(counts: dict, out, title="Images per class", used: dict | None = None) -> Path:
+    """Horizontal bar chart of images per class (horizontal so long class names stay readable).
+
+    used: images per class that training actually used (after the audit dropped conflicts and unreadable files),
+    drawn darker over the dataset's bars and labelled "used of found"."""
     names, values = list(counts), [int(v) for v in counts.values()]
     fig = _figure(7.5, 0.45 * len(names) + 1.5)
     ax = fig.add_subplot()
-    bars = ax.barh(range(len(names)), values, color="steelblue")
-    ax.bar_label(bars, padding=3, fontsize=9)
+    if used:
+        found = ax.barh(range(len(names)), values, color="lightsteelblue", label="in the dataset")
+        kept = [int(used.get(n, 0)) for n in names]
+        ax.barh(range(len(names)), kept, color="steelblue", label="used for training and validation")
+        ax.bar_label(found, labels=[f"{k:,} of {v:,}" for k, v in zip(kept, values)], padding=3, fontsize=9)
+        ax.legend(loc="lower right", fontsize=8)
+        title = f"{title} (used {sum(kept):,} of {sum(values):,})"
+    else:
+        bars = ax.barh(range(len(names)), values, color="steelblue")
+        ax.bar_label(bars, padding=3, fontsize=9)
+        title = f"{title} (total {sum(values):,})"
     ax.set_yticks(range(len(names)), names, fontsize=9)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(values + [1]) * 1.15)
-    ax.set(xlabel="images", title=f"{title} (total {sum(values)})")
+    ax.set_xlim(0, max(values + [1]) * (1.3 if used else 1.15))
+    ax.set(xlabel="images", title=title)
     return _save(fig, out)
 
 

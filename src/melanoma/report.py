@@ -33,6 +33,7 @@ import base64
 import csv
 import html
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -72,8 +73,13 @@ class _Html(str):
     """A table cell that is already HTML (built from escaped parts): not escaped again."""
 
 
+def _text_html(text: str) -> str:
+    """Escaped text; `code` spans (as in model.json's card) become <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", _esc(text))
+
+
 def _cell(value) -> str:
-    return value if isinstance(value, _Html) else _esc(_readable(value))
+    return value if isinstance(value, _Html) else _text_html(_readable(value))
 
 
 def _table(header, rows) -> str:
@@ -84,7 +90,7 @@ def _table(header, rows) -> str:
 
 
 def _bullets(items) -> _Html:
-    return _Html("<ul>" + "".join(f"<li>{_esc(i)}</li>" for i in items) + "</ul>")
+    return _Html("<ul>" + "".join(f"<li>{_text_html(i)}</li>" for i in items) + "</ul>")
 
 
 def _readable(value) -> str:
@@ -213,9 +219,9 @@ def describe_limitations(meta: dict) -> list[str]:
     items.append("Not measured on images from a source left out of training. In this project's cross-source check "
                  "(docs/results.md) a new source cost 0.15-0.19 melanoma AUC and an alert chosen for 90% "
                  "sensitivity caught 67-79% of the melanomas: re-choose the threshold on local labelled images "
-                 "(melanoma threshold MODEL --predictions CSV) before use.")
+                 "(`melanoma threshold MODEL --predictions CSV`) before use.")
     items.append("Made for dermoscopic images of one lesion; other photos, skin types and devices may degrade it. "
-                 "The referral flag catches many unsuitable inputs, not all: refer = no means no reason was found.")
+                 "The referral flag catches many unsuitable inputs, not all: `refer = no` means no reason was found.")
     return items
 
 
@@ -397,8 +403,10 @@ def _data_section(run: Path, meta: dict | None, data, out_dir: Path) -> str:
         parts.append(_note(f"Dataset {location or '(unknown)'} is not reachable from here: pass --data to show "
                            "its images."))
     counts = _class_counts(table, summary)
+    # the dataset the run trained on: also show what training kept of it (the audit drops conflicts)
+    used = (summary or {}).get("counts") if table is not None and not data else None
     if counts:
-        parts.append(_img(plots.class_distribution_figure(counts, out_dir / "class_distribution.png"),
+        parts.append(_img(plots.class_distribution_figure(counts, out_dir / "class_distribution.png", used=used),
                           "images per class"))
     if table is not None and table.classes:
         parts.append(_guarded(_sample_grid, table, out_dir))
@@ -702,7 +710,8 @@ def _run_page(run: Path, data) -> str:
               "data": _guarded(_data_section, run, meta, data, out_dir),
               "training": _guarded(_training_section, run, out_dir),
               "validation": _guarded(_validation_section, run, meta, out_dir)}
-    state = (f"{_esc(meta.get('architecture', 'unknown architecture'))} &middot; training run" if meta
+    kind = "training run" if (run / "config.yaml").is_file() or (run / "logs").is_dir() else "model folder"
+    state = (f"{_esc(meta.get('architecture', 'unknown architecture'))} &middot; {kind}" if meta
              else "training run, not finished yet (no model.json)")
     subtitle = f"{state} &middot; folder <code>{_esc(run.resolve())}</code>"
     return _page(f"melanoma report: {run.resolve().name}", subtitle, _RUN_SECTIONS, bodies)
