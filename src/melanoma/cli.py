@@ -161,7 +161,7 @@ def _show_warning(verbose: bool):
     """warnings.showwarning replacement: one `warning: ...` line on stderr for the package's own warnings;
     third-party ones (deprecations, library hints) only with --verbose."""
     def show(message, category, filename, lineno, file=None, line=None):
-        ours = (category.__module__ or "").startswith("melanoma") or "melanoma" in str(filename)
+        ours = (category.__module__ or "").startswith("melanoma")  # MelanomaWarning, data.SparseClassWarning...
         if ours or verbose:
             text = " ".join(str(message).split())
             print(f"warning: {text}" if ours else f"warning ({category.__name__}): {text}", file=sys.stderr)
