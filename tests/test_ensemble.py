@@ -70,6 +70,28 @@ def test_ensemble_net_forward_matches_its_members_and_round_trips(tmp_path):
     assert find_gradcam_layer(loaded) is loaded.cam_layer
 
 
+def test_grad_cam_of_an_ensemble_sums_its_members_maps():
+    """Two copies of one network: the ensemble's output is the network's, and its one Grad-CAM (over both copies'
+    feature maps side by side) equals the network's own Grad-CAM at the same layer."""
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    torch.manual_seed(0)
+    single = create_model("seed-cnn", 4, image_size=64).eval()
+    twin = create_model("seed-cnn", 4, image_size=64).eval()
+    twin.load_state_dict(single.state_dict())
+    net = EnsembleNet([single, twin], 64).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), single(x))
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(3)]
+    with GradCAM(model=net, target_layers=[find_gradcam_layer(net)]) as cam:
+        ensemble_maps = cam(input_tensor=x, targets=targets)
+    with GradCAM(model=single, target_layers=[single.features]) as cam:
+        single_maps = cam(input_tensor=x, targets=targets)
+    np.testing.assert_allclose(ensemble_maps, single_maps, atol=1e-5)
+
+
 def test_malformed_or_untrainable_ensemble_names():
     with pytest.raises(ModelError, match="malformed ensemble"):
         member_architectures("ensemble()")

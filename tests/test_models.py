@@ -7,7 +7,7 @@ from torch import nn
 
 from melanoma.errors import ModelError
 from melanoma.models import (_lite_weights_file, _map_state_dict_in_order, create_model, default_preprocessing,
-                             find_gradcam_layer, list_models, map_lite_state_dict)
+                             find_gradcam_layer, list_models, map_lite_state_dict, pretrained_by_default)
 
 LITE_MODELS = ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
 
@@ -31,6 +31,8 @@ def test_forward_backward(name, pretrained, size):
 
 def test_registry_lists_the_models():
     assert {"seed-cnn", *LITE_MODELS} <= set(list_models())
+    assert [pretrained_by_default(n) for n in LITE_MODELS] == [True, True, True]
+    assert not pretrained_by_default("seed-cnn") and not pretrained_by_default("resnet18")
 
 
 @pytest.mark.parametrize("name", LITE_MODELS)

@@ -12,7 +12,8 @@ Registry names (see `list_models()`):
 * any other timm model name (``timm.list_models()``); ``pretrained=True`` downloads through timm's hub.
   Offline, huggingface_hub retries for about 50 s before failing; ``HF_HUB_OFFLINE=1`` makes it fail at once.
 
-Public API: `create_model`, `list_models`, `default_preprocessing`, `find_gradcam_layer`.
+Public API: `create_model`, `list_models`, `pretrained_by_default`, `default_preprocessing`,
+`find_gradcam_layer`.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def register_model(name: str, default_cfg: dict, description: str):
 def list_models() -> list[str]:
     """Registry names (any `timm.list_models()` name is accepted by `create_model` as well)."""
     return sorted(_REGISTRY)
+
+
+def pretrained_by_default(name: str) -> bool:
+    """True for registry models whose ImageNet weights load offline (efficientnet_lite0/1/2): training starts
+    from them unless told otherwise. seed-cnn and other timm models (hub download) start from scratch."""
+    entry = _REGISTRY.get(name)
+    return bool(entry and entry.default_cfg.get("pretrained"))
 
 
 # --------------------------------------------------------------------------------------------------- seed-cnn
