@@ -37,10 +37,11 @@ THIRD_PARTY_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "py
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every option's default, keeps the examples' line breaks. An option whose default is None says in its
-    own help what happens without it (e.g. "default: the model's input size"), so "(default: None)" is left out."""
+    own help what happens without it (e.g. "default: the model's input size"), so "(default: None)" is left out;
+    so is a help text that already names its default."""
 
     def _get_help_string(self, action):
-        if action.default is None or isinstance(action.default, bool):
+        if action.default is None or isinstance(action.default, bool) or "default" in (action.help or ""):
             return action.help
         return super()._get_help_string(action)
 
@@ -256,11 +257,20 @@ TRAIN_NUMBERS = [
     ("--max-train-batches", POSITIVE_INT, "cap on batches per epoch (smoke runs)"),
     ("--patience", POSITIVE_INT, "early stopping: epochs without a better validation balanced accuracy"),
     ("--samples-per-epoch", POSITIVE_INT, "sampler draws per epoch (default: the size of the training side)"),
+    ("--ema", _number(float, 0.0, 1.0, low_open=True, high_open=True),
+     "keep an exponential moving average of the weights with this decay (e.g. 0.999); it is validated, "
+     "checkpointed and shipped"),
+    ("--swa-epochs", POSITIVE_INT, "stochastic weight averaging over the last N epochs (BN statistics recomputed); "
+     "the average is shipped"),
+    ("--holdout-max-images", _number(int, 10), "at most this many images of --holdout-source validate"),
 ]
 TRAIN_TEXTS = [
     ("--devices", "devices per machine: auto, a count, or a list such as 0,1"),
     ("--strategy", "Lightning strategy: auto, ddp, ..."),
-    ("--precision", "Lightning precision (default: bf16-mixed on GPU, 32-true on CPU)"),
+    ("--precision", "32-true, bf16-mixed or 16-mixed (default: bf16-mixed on GPU; on CPU the faster of 32-true "
+                    "and bf16-mixed for this model, measured once and cached)"),
+    ("--holdout-source", "leave this source out (the primary data's folder name or an --extra-data folder name): "
+                         "train on the others, validate, choose checkpoints and thresholds on it"),
 ]
 
 
@@ -292,6 +302,11 @@ def _add_train(sub) -> None:
     for flag, meaning in TRAIN_TEXTS:
         p.add_argument(flag, help=_with_default(meaning, flag[2:].replace("-", "_")))
     p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help=_with_default("hardware", "accelerator"))
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory format, faster convolutions on AVX-512/AMX CPUs and GPUs (default: on)")
+    p.add_argument("--monitor", choices=["auto", "bal_acc", "mel_auc"],
+                   help="validation figure that chooses the checkpoint and stops early (default: auto = mel_auc "
+                        "with --holdout-source, else bal_acc)")
     p.add_argument("--imbalance", choices=["sampler", "weighted-loss", "none"],
                    help="class imbalance handling (default: class-balanced sampler)")
     p.add_argument("--conflict-policy", choices=["drop", "keep", "first", "reference"],
@@ -451,14 +466,17 @@ def _add_predict(sub) -> None:
     p = _command(sub, "predict", "Predict lesion classes for files, folders (recursive) or globs; flags probable "
                  "melanoma (alert) and images the model should not be trusted on (refer).",
                  ["melanoma predict photos/ --out preds.csv --explain heatmaps/"])
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="image files, folders (searched recursively) or glob patterns")
     p.add_argument("--model", help="run folder, model.json/model.safetensors, or .onnx (default: shipped model)")
     p.add_argument("--out", help="output file (default: print CSV to stdout)")
-    p.add_argument("--format", choices=["csv", "isic", "json"], default="csv")
-    p.add_argument("--tta", action="store_true")
-    p.add_argument("--tta-views", type=int, default=8)
+    p.add_argument("--format", choices=["csv", "isic", "json"], default="csv",
+                   help="csv: probabilities, alert and referral per image; isic: the ISIC challenge submission "
+                        "CSV (ISIC 2018 columns); json: the model, one record per image and the skipped files")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and 90-degree "
+                   "rotations (each view costs one more forward pass)")
+    p.add_argument("--tta-views", type=_number(int, 1, 8), default=8, help="views averaged with --tta (1-8)")
     p.add_argument("--explain", metavar="DIR", help="write Grad-CAM heatmap PNGs here")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per inference batch")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run: keep the complete rows already in --out (csv) and predict only "
                         "the missing images (without an existing --out file: start fresh)")
@@ -479,9 +497,9 @@ def _run_predict(args) -> int:
 def _add_export(sub) -> None:
     p = _command(sub, "export", "Export a model to ONNX (dynamic batch, metadata embedded) and check parity "
                  "with PyTorch (fails above 1e-4).", ["melanoma export runs/cv --out model.onnx"])
-    p.add_argument("model")
-    p.add_argument("--out", required=True)
-    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("model", help="run folder or model.json/model.safetensors")
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--opset", type=int, default=18, help="ONNX operator set version of the exported graph")
     p.set_defaults(func=_run_export)
 
 
@@ -546,7 +564,18 @@ def build_parser() -> argparse.ArgumentParser:
                 _add_ensemble,
                 __import__("melanoma.serve.cli", fromlist=["add_serve"]).add_serve):
         add(sub)
+    for command in sub.choices.values():  # commands added outside this module behave like the others
+        _same_conventions(command)
     return parser
+
+
+def _same_conventions(command: argparse.ArgumentParser) -> None:
+    """Defaults in --help, its own usage on errors, --verbose: for every command, wherever it is defined."""
+    command.formatter_class = HelpFormatter
+    command.set_defaults(command_parser=command)
+    if "verbose" not in {a.dest for a in command._actions}:
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show library logs, warnings and progress bars (on stderr)")
 
 
 def _parse(parser: argparse.ArgumentParser, argv) -> argparse.Namespace:
