@@ -108,6 +108,22 @@ def test_members_with_different_feature_grids_refuse_grad_cam_only():
         find_gradcam_layer(net)
 
 
+def test_build_refuses_nested_ensembles_and_runs_without_validation_predictions(tmp_path):
+    from melanoma.artifacts import build_test_model
+
+    plain = build_test_model(tmp_path / "plain", image_size=64)
+    other = build_test_model(tmp_path / "other", image_size=64, seed=1)
+    nested = build_test_model(tmp_path / "nested", architecture=ensemble_name(["seed-cnn", "seed-cnn"]),
+                              image_size=64)
+    with pytest.raises(ModelError, match="nested: is itself an ensemble"):
+        build_ensemble([plain, nested], tmp_path / "out")
+    with pytest.raises(ModelError, match=r"plain/val_predictions.csv: missing"):
+        build_ensemble([plain, other], tmp_path / "out")
+    with pytest.raises(ModelError, match="at least 2 members"):
+        build_ensemble([plain], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 # ------------------------------------------------------------------------------------------------ slow
 @pytest.fixture(scope="module")
 def three_runs(tiny_isic, tmp_path_factory) -> list[Path]:

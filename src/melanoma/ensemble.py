@@ -178,6 +178,9 @@ def expand_runs(runs) -> list[Path]:
 
 def check_compatible(members: list[Path], metas: list[dict]) -> None:
     """Same classes (same order), melanoma class and preprocessing, else a one-line error naming the run."""
+    for run, meta in zip(members, metas):
+        if str(meta["architecture"]).startswith(PREFIX):
+            raise ModelError(f"{run}: is itself an ensemble; name its member runs instead")
     first = metas[0]
     for run, meta in zip(members[1:], metas[1:]):
         if list(meta["class_names"]) != list(first["class_names"]):
