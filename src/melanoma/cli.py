@@ -76,12 +76,24 @@ PROBABILITY = _number(float, 0.0, 1.0, low_open=True)  # (0, 1]: a sensitivity t
 
 
 def existing_path(text: str) -> str:
-    """An argparse `type=` for an input file or folder: it must exist (checked before anything is loaded)."""
+    """An argparse `type=` for an input file or folder. An empty one is a usage error; a missing one is checked
+    right after parsing (`_check_input_paths`): a data problem, so one line without the usage text."""
     if not text.strip():
         raise argparse.ArgumentTypeError("empty path")
-    if not Path(text).expanduser().exists():
-        raise argparse.ArgumentTypeError(f"{text}: no such file or folder")
     return text
+
+
+def _check_input_paths(args) -> None:
+    """DataError naming the first input path (an option with type=existing_path) that does not exist; runs before
+    any model or library is loaded."""
+    for action in getattr(args, "command_parser", argparse.ArgumentParser())._actions:
+        if action.type is not existing_path:
+            continue
+        values = getattr(args, action.dest, None)
+        for value in values if isinstance(values, list) else [values]:
+            if value is not None and not Path(value).expanduser().exists():
+                where = action.option_strings[-1] if action.option_strings else action.dest.upper()
+                raise DataError(f"{value}: no such file or folder ({where})")
 
 
 def _cfg_default(name: str):
@@ -606,6 +618,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _show_warning(args.verbose)
         warnings.simplefilter("default")
         try:
+            _check_input_paths(args)
             return args.func(args)
         except MelanomaError as exc:
             print(f"error: {_one_line(exc)}", file=sys.stderr)
