@@ -327,3 +327,21 @@ def test_help_and_audit_do_not_import_torch(tiny_isic):
     for argv in (["--help"], ["audit", "--help"], ["audit", str(tiny_isic), "--workers", "1"]):
         done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, text=True, timeout=300)
         assert "LOADED [] RC 0" in done.stderr, (argv, done.stderr[-2000:])
+
+
+def test_audit_json_on_stdout_and_verbose_anywhere(tiny_isic, capsys):
+    import json
+
+    for argv in (["audit", str(tiny_isic), "--json", "--workers", "1"],
+                 ["-v", "audit", str(tiny_isic), "--json", "--workers", "1"],
+                 ["audit", str(tiny_isic), "--json", "--workers", "1", "--verbose"]):
+        assert cli.main(argv) == 0
+        report = json.loads(capsys.readouterr().out)  # stdout is the JSON document and nothing else
+        assert report["n_readable"] == 45
+
+
+def test_a_mistyped_option_prints_the_commands_usage(capsys):
+    assert cli.main(["evaluate", "--model", "m", "--data", "d", "--boostrap", "10"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: melanoma evaluate" in err and "--exclude-overlap-with" in err
+    assert err.strip().splitlines()[-1] == "melanoma evaluate: error: unrecognized arguments: --boostrap 10"

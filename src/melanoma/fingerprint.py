@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from multiprocessing import Pool
 from pathlib import Path
 
 import numpy as np
@@ -122,10 +123,20 @@ def dihedral_phashes(path) -> list[int]:
     return [phash_int64(thumb if t is None else thumb.transpose(t)) for t in DIHEDRAL]
 
 
+def _all_dihedral_phashes(paths: list) -> list[list[int]]:
+    """dihedral_phashes of every path, in order; a process pool (like images.scan_paths) for large sets."""
+    workers = os.cpu_count() or 1
+    if workers <= 1 or len(paths) < 200:
+        return [dihedral_phashes(p) for p in paths]
+    with Pool(processes=workers) as pool:
+        return pool.map(dihedral_phashes, [str(p) for p in paths], chunksize=max(1, min(64, len(paths) // (workers * 8))))
+
+
 def _near_any_turn(fingerprint: dict, samples, ok: list[int], distance: int) -> dict[int, bool]:
     """{sample index: matched only when turned} for the images whose phash, in any of the 8 orientations, is
     within `distance` of a training image's."""
-    turns = [(i, k, h) for i in ok for k, h in enumerate(dihedral_phashes(samples[i].path))]
+    turns = [(i, k, h) for i, hashes in zip(ok, _all_dihedral_phashes([samples[i].path for i in ok]))
+             for k, h in enumerate(hashes)]
     if not turns or not len(fingerprint["phash"]):
         return {}
     hashes = np.array([h for _, _, h in turns], dtype=np.int64).view(np.uint64)
