@@ -260,7 +260,7 @@ TRAIN_NUMBERS = [
      "peak learning rate (default: 1e-3 for seed-cnn with Adam, 5e-4 otherwise with AdamW)"),
     ("--val-fraction", _number(float, 0.0, 0.5, low_open=True, high_open=True),
      "share of the primary data held out for validation (hold-out runs; ignored with --folds)"),
-    ("--folds", _number(int, 2), "K-fold cross-validation with K folds instead of one hold-out split"),
+    ("--folds", _number(int, 2), "K-fold cross-validation with K >= 2 folds (default: none, one hold-out split)"),
     ("--seed", NON_NEGATIVE_INT, "random seed (splits, sampling, augmentation)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
