@@ -130,3 +130,13 @@ def test_onnx_predictor_is_refused(seed_predictor, tiny_isic, tmp_path):
     onnx_like = Predictor(FakeOnnx(), seed_predictor.meta, "model.onnx")
     with pytest.raises(ModelError, match="PyTorch"):
         write_explanations(onnx_like, _two_images(tiny_isic)[:1], tmp_path / "cams")
+
+
+def test_model_without_a_melanoma_class_says_so(tmp_path, tiny_isic):
+    predictor = Predictor.load(build_test_model(tmp_path / "two", class_names=["nevus", "vascular lesion"],
+                                                image_size=64))
+    path = _two_images(tiny_isic)[1]
+    written = write_explanations(predictor, [path], tmp_path / "cams")
+    assert len(written) == 1 and "_pred-" in written[0].name  # no melanoma target to explain
+    (alert, _), _ = status_lines(predictor, predictor.predict([path])[0])
+    assert alert == "No melanoma alert: this model has no melanoma class"
