@@ -25,7 +25,8 @@ pytestmark = pytest.mark.slow
 def tiny_config(data, out, **overrides) -> TrainConfig:
     """A real config shrunk to a few small batches on CPU."""
     values = dict(data=str(data), out=str(out), model="seed-cnn", image_size=64, epochs=1, batch_size=8,
-                  max_train_batches=3, num_workers=0, seed=3, extra={"bootstrap": 50, "progress_bar": False})
+                  max_train_batches=3, num_workers=0, seed=3, precision="32-true",
+                  extra={"bootstrap": 50, "progress_bar": False})
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -109,12 +110,18 @@ def test_ddp_two_cpu_processes_see_disjoint_samples_and_write_one_model(tiny_isi
     assert json.loads((run / "model.json").read_text())["training"]["devices"] == "2"
 
 
-def _mini_ham(ham_dir: Path, target: Path, n: int) -> Path:
-    """A HAM10000 folder with the first n metadata rows (images symlinked from the shared copy)."""
+def _mini_ham(ham_dir: Path, target: Path, n: int, dx: tuple[str, ...] | None = None) -> Path:
+    """A HAM10000 folder with the first n metadata rows (of each diagnosis in `dx`, if given; images symlinked
+    from the shared copy)."""
     target.mkdir()
     (target / "images").symlink_to(ham_dir / "images")
-    lines = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()
-    (target / "HAM10000_metadata.csv").write_text("\n".join(lines[: n + 1]) + "\n")
+    header, *lines = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()
+    if dx is None:
+        chosen = lines[:n]
+    else:
+        column = header.split(",").index("dx")
+        chosen = [row for d in dx for row in [r for r in lines if r.split(",")[column] == d][:n]]
+    (target / "HAM10000_metadata.csv").write_text("\n".join([header, *chosen]) + "\n")
     return target
 
 
@@ -145,7 +152,8 @@ KILL_EPOCHS, KILL_BATCHES = 3, 4  # 12 optimiser steps
 def _train_command(data, out, config) -> list[str]:
     return [sys.executable, "-m", "melanoma", "train", "--data", str(data), "--out", str(out), "--config",
             str(config), "--model", "seed-cnn", "--image-size", "64", "--epochs", str(KILL_EPOCHS),
-            "--batch-size", "8", "--max-train-batches", str(KILL_BATCHES), "--num-workers", "0", "--seed", "5"]
+            "--batch-size", "8", "--max-train-batches", str(KILL_BATCHES), "--num-workers", "0", "--seed", "5",
+            "--precision", "32-true"]
 
 
 def _kill_config(tmp_path: Path, marker: Path | None = None) -> Path:
@@ -238,3 +246,64 @@ def test_resume_refuses_options_that_would_change_the_run(uninterrupted_run, tmp
 def test_run_config_stores_absolute_paths(uninterrupted_run):
     saved = load_config(uninterrupted_run / "config.yaml")
     assert Path(saved.data).is_absolute() and Path(saved.out).is_absolute()
+
+
+# --- weight averaging, leave-one-source-out, fast path ------------------------------------------------------------
+
+
+def _network_weights(run: Path) -> dict:
+    """The network's tensors of a model file (without the referral/fingerprint tensors stored beside them)."""
+    return {k: v for k, v in load_file(run / "model.safetensors").items() if not k.startswith("extra.")}
+
+
+def test_ema_validates_and_ships_the_averaged_weights(tiny_isic, tmp_path):
+    result = train(tiny_config(tiny_isic, tmp_path / "ema", epochs=2, ema=0.9))
+    run = Path(result["run"])
+    best = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    shipped = _network_weights(run)
+    averaged = {k[len("model."):]: v for k, v in best["state_dict"].items() if k.startswith("model.")}
+    for key, value in shipped.items():
+        torch.testing.assert_close(value, averaged[key], msg=key)
+    assert json.loads((run / "model.json").read_text())["training"]["ema"] == 0.9
+
+
+def test_swa_ships_the_average_of_the_last_epochs_with_recomputed_bn(tiny_isic, tmp_path):
+    result = train(tiny_config(tiny_isic, tmp_path / "swa", epochs=2, swa_epochs=1))
+    run = Path(result["run"])
+    swa = torch.load(run / "checkpoints" / "swa.ckpt", map_location="cpu", weights_only=True)["state_dict"]
+    last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    shipped = _network_weights(run)
+    bn_means = [k for k in shipped if k.endswith("running_mean")]
+    assert bn_means, "seed-cnn has batch norm"
+    for key in shipped:
+        torch.testing.assert_close(shipped[key], swa["model." + key], msg=key)
+    # the statistics were recomputed for the averaged weights, not carried over from the last step
+    assert any(not torch.equal(shipped[k], last["state_dict"]["model." + k]) for k in bn_means)
+    assert json.loads((run / "model.json").read_text())["training"]["swa_epochs"] == 1
+
+
+def test_holdout_source_trains_on_the_others_and_validates_on_it(tiny_isic, ham_dir, tmp_path):
+    ham = _mini_ham(ham_dir, tmp_path / "ham", 30, dx=("mel", "nv", "bcc"))
+    cfg = tiny_config(tiny_isic, tmp_path / "loso", extra_data=[str(ham)], holdout_source="ham",
+                      lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
+    result = train(cfg)
+    run = Path(result["run"])
+    validated = (run / "val_predictions.csv").read_text()
+    assert str(ham) in validated and str(tiny_isic) not in validated
+    assert result["n_train"] <= 45 and result["n_val"] > 0
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["training"]["holdout_source"] == "ham"
+    with pytest.raises(ConfigError, match="not a training source"):
+        train(tiny_config(tiny_isic, tmp_path / "bad", extra_data=[str(ham)], holdout_source="nowhere"))
+
+
+def test_fast_path_is_measured_once_then_read_from_the_cache(tmp_path, monkeypatch):
+    from melanoma import fastpath
+
+    monkeypatch.setenv("MELANOMA_CACHE_DIR", str(tmp_path))
+    chosen = fastpath.choose_cpu_precision("seed-cnn", 64, 4)
+    assert chosen in fastpath.CANDIDATES
+    monkeypatch.setattr(fastpath, "step_seconds", lambda *a, **k: pytest.fail("measured twice"))
+    assert fastpath.choose_cpu_precision("seed-cnn", 64, 4) == chosen
+    cached = json.loads((tmp_path / "fastpath.json").read_text())
+    assert [entry["precision"] for entry in cached.values()] == [chosen]

@@ -41,7 +41,13 @@ class TrainConfig:
     devices: str = "auto"
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str | None = None          # None: bf16-mixed on GPU, 32-true on CPU
+    precision: str | None = None          # None: bf16-mixed on GPU; on CPU the faster of bf16-mixed/32-true (fastpath)
+    channels_last: bool = True            # NHWC memory format (faster convolutions on AVX-512/AMX CPUs and GPUs)
+    ema: float | None = None              # EMA of weights with this decay (e.g. 0.999); validated and shipped
+    swa_epochs: int | None = None         # SWA: equal average over the last N epochs, BN statistics recomputed
+    holdout_source: str | None = None     # leave this source out: train on the others, validate on it
+    holdout_max_images: int = 2000        # at most this many held-out images validate (stratified, group-aware)
+    monitor: str = "auto"                 # checkpoint choice: bal_acc | mel_auc | auto (mel_auc with a held-out source)
     num_workers: int | None = None        # None: min(4, cores - 1)
     imbalance: str = "sampler"            # sampler | weighted-loss | none
     conflict_policy: str = "drop"         # drop | keep | first | reference (labels of --extra-data settle them)
@@ -77,6 +83,15 @@ class TrainConfig:
             (self.samples_per_epoch is None or self.samples_per_epoch >= 1,
              f"samples per epoch must be >= 1, got {self.samples_per_epoch}"),
             (0.0 < self.target_sensitivity <= 1.0, f"target sensitivity must be in (0, 1], got {self.target_sensitivity}"),
+            (self.ema is None or 0.0 < self.ema < 1.0, f"EMA decay must be in (0, 1), got {self.ema}"),
+            (self.swa_epochs is None or 1 <= self.swa_epochs <= self.epochs,
+             f"SWA epochs must be between 1 and epochs ({self.epochs}), got {self.swa_epochs}"),
+            (self.ema is None or self.swa_epochs is None, "choose one weight average: --ema or --swa-epochs"),
+            (self.holdout_source is None or not self.folds, "--holdout-source and --folds exclude each other"),
+            (self.holdout_max_images >= 10, f"holdout max images must be >= 10, got {self.holdout_max_images}"),
+            (self.monitor in ("auto", "bal_acc", "mel_auc"), f"unknown monitor {self.monitor!r} (auto, bal_acc, mel_auc)"),
+            (self.precision in (None, "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
+             f"unknown precision {self.precision!r} (32-true, bf16-mixed, 16-mixed)"),
         ]
         for ok, message in checks:
             if not ok:

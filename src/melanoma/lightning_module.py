@@ -19,11 +19,14 @@ class LesionClassifier(L.LightningModule):
     def __init__(self, architecture: str, num_classes: int, melanoma_index: int | None, lr: float,
                  weight_decay: float, optimizer: str = "adamw", warmup_fraction: float = 0.1,
                  label_smoothing: float = 0.1, class_weights: list[float] | None = None,
-                 pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224):
+                 pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224,
+                 channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(architecture, num_classes=num_classes, pretrained=pretrained, weights=weights,
                                   image_size=image_size)
+        if channels_last:  # NHWC: oneDNN/cuDNN convolutions without layout conversions (measured in bench/)
+            self.model = self.model.to(memory_format=torch.channels_last)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -33,6 +36,8 @@ class LesionClassifier(L.LightningModule):
         self.val_mel_auc = BinaryAUROC() if melanoma_index is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.model(x)
 
     def _l2_penalty(self) -> torch.Tensor | float:

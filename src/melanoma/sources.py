@@ -131,3 +131,33 @@ def splits_with_extras(table, folds: int | None, val_fraction: float, seed: int)
     pairs = (stratified_group_kfold(sub, folds, seed) if folds
              else [stratified_group_split(sub, val_fraction, seed)])
     return [(np.concatenate([primary[tr], extra]), primary[va]) for tr, va in pairs]
+
+
+def source_names(table, primary_data: str) -> dict[str, str | None]:
+    """{name a user may type: origin} for every source of `table`: the primary dataset (origin None) by its folder
+    name or path, each extra source by its folder name or path."""
+    names: dict[str, str | None] = {}
+    for origin in [None, *sorted({s.origin for s in table.samples if s.origin is not None})]:
+        path = Path(primary_data if origin is None else origin)
+        names.update({path.name: origin, str(path): origin, str(path.resolve()): origin})
+    return names
+
+
+def holdout_source_split(table, source: str, primary_data: str, max_val: int | None, seed: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Leave one source out: train on every other source, validate on `source` (the question a new clinic asks).
+    The held-out source never trains; at most `max_val` of its images validate (a stratified, group-aware sample,
+    so photos of one lesion stay together); the rest is unused."""
+    names = source_names(table, primary_data)
+    if source not in names:
+        known = ", ".join(sorted({Path(k).name for k in names}))
+        raise ConfigError(f"--holdout-source {source}: not a training source (sources: {known})")
+    origin = names[source]
+    held = np.flatnonzero([s.origin == origin for s in table.samples]).astype(np.int64)
+    train = np.setdiff1d(np.arange(len(table)), held)
+    if len(train) == 0:
+        raise ConfigError(f"--holdout-source {source}: nothing left to train on; add --extra-data")
+    if max_val and len(held) > max_val:
+        _, keep = stratified_group_split(table.subset(held), max_val / len(held), seed)
+        held = held[np.sort(keep)]
+    return train, held

@@ -14,7 +14,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from torch.optim.swa_utils import update_bn
+from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint,
+                                         WeightAveraging)
 from lightning.pytorch.loggers import CSVLogger
 
 from melanoma import data as datalib
@@ -28,7 +30,8 @@ from melanoma.images import scan_paths
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing
-from melanoma.sources import load_extra_sources, splits_with_extras
+from melanoma.fastpath import resolve_precision
+from melanoma.sources import holdout_source_split, load_extra_sources, splits_with_extras
 
 RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
 
@@ -146,23 +149,77 @@ class FlushLogEachEpoch(L.Callback):
             trainer.logger.save()
 
 
+def monitored_metric(cfg: TrainConfig) -> str:
+    """What chooses the checkpoint and stops early: balanced accuracy, or the melanoma AUC (the default when a
+    held-out source validates, since what must carry to a new clinic is the melanoma ranking)."""
+    name = cfg.monitor if cfg.monitor != "auto" else ("mel_auc" if cfg.holdout_source else "bal_acc")
+    return f"val/{name}"
+
+
 def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
-    """A Lightning Trainer checkpointing every epoch (last.ckpt) and the best validation balanced accuracy."""
-    checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor="val/bal_acc", mode="max",
+    """A Lightning Trainer checkpointing every epoch (last.ckpt) and the best validation score; with --ema or
+    --swa-epochs the averaged weights are validated, checkpointed and shipped."""
+    monitor = monitored_metric(cfg)
+    checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=monitor, mode="max",
                                  save_last=True)
-    stopper = StopWhenAlreadyStopped(monitor="val/bal_acc", mode="max", patience=cfg.patience)
-    precision = cfg.precision or ("bf16-mixed" if torch.cuda.is_available() and cfg.accelerator != "cpu"
-                                  else "32-true")
+    callbacks = [checkpoint, LearningRateMonitor("epoch"), FlushLogEachEpoch(), *averaging_callbacks(cfg, run)]
+    if not cfg.swa_epochs:  # SWA ships the final average: no early stop before its window
+        callbacks.append(StopWhenAlreadyStopped(monitor=monitor, mode="max", patience=cfg.patience))
     devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
     return L.Trainer(
         max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=devices, num_nodes=cfg.num_nodes,
-        strategy=cfg.strategy, precision=precision, default_root_dir=run,
+        strategy=cfg.strategy, precision=cfg.precision, default_root_dir=run,
         logger=CSVLogger(save_dir=run, name="logs", version=""),
-        callbacks=[checkpoint, stopper, LearningRateMonitor("epoch"), FlushLogEachEpoch(), *extra_callbacks],
+        callbacks=[*callbacks, *extra_callbacks],
         limit_train_batches=cfg.max_train_batches or 1.0, use_distributed_sampler=False,
         num_sanity_val_steps=0, log_every_n_steps=5, enable_model_summary=False,
         enable_progress_bar=bool(cfg.extra.get("progress_bar", True)),
     )
+
+
+class SWA(WeightAveraging):
+    """Stochastic weight averaging: the equal average of the weights after every optimiser step of the last
+    `epochs` epochs; at the end the batch-norm statistics are recomputed for the averaged weights on one pass over
+    the training data, and the result is written to `path` (the checkpoint that is shipped).
+    Validation uses the average only once it exists (before the window, the current weights)."""
+
+    def __init__(self, epochs: int, total_epochs: int, path: Path):
+        super().__init__(use_buffers=False)
+        self.first_epoch, self.path = total_epochs - epochs, path
+        self.trainer_epoch = 0
+
+    def should_update(self, step_idx=None, epoch_idx=None) -> bool:
+        return step_idx is not None and self.trainer_epoch >= self.first_epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.trainer_epoch = trainer.current_epoch
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _averaging(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._averaging():
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._averaging():
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)  # averaged weights -> the module
+        update_bn(trainer.train_dataloader, pl_module.model, device=pl_module.device)
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state_dict": pl_module.state_dict()}, self.path)
+
+
+def averaging_callbacks(cfg: TrainConfig, run: Path) -> list[L.Callback]:
+    if cfg.ema:
+        return [EMAWeightAveraging(decay=cfg.ema)]  # buffers (BN statistics) averaged too
+    if cfg.swa_epochs:
+        return [SWA(cfg.swa_epochs, cfg.epochs, run / "checkpoints" / "swa.ckpt")]
+    return []
 
 
 def checkpoint_epochs(last: Path) -> int:
@@ -251,7 +308,7 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
         weight_decay=cfg.weight_decay, optimizer=cfg.extra["optimizer"],
         warmup_fraction=min(0.5, cfg.warmup_epochs / cfg.epochs), label_smoothing=cfg.label_smoothing,
         class_weights=weights, pretrained=cfg.pretrained, weights=cfg.weights, seed=cfg.seed,
-        image_size=cfg.image_size)
+        image_size=cfg.image_size, channels_last=cfg.channels_last)
 
 
 def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
@@ -303,24 +360,32 @@ def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, c
     if not trainer.is_global_zero:
         return None
     settle_log(run, float("inf"))
-    best = trainer.checkpoint_callback.best_model_path or str(last)
+    module.to(memory_format=torch.contiguous_format)  # safetensors and ONNX export want plain layouts
+    swa = run / "checkpoints" / "swa.ckpt"
+    best = str(swa) if cfg.swa_epochs else trainer.checkpoint_callback.best_model_path or str(last)
     return {"best_checkpoint": str(Path(best).resolve()), "seconds": round(time.time() - started, 1)}
 
 
 def train(cfg: TrainConfig, callbacks=()) -> dict:
     """Train as configured; returns {"run": path, "summary": headline numbers, ...}. See docs/DESIGN.md."""
     cfg = resolve_defaults(cfg.validate()).absolutize()
+    pre = default_preprocessing(cfg.model, image_size=cfg.image_size, color_constancy=cfg.color_constancy)
+    cfg.image_size = int(pre["input_size"])
+    cfg.precision = resolve_precision(cfg)  # measured once per machine; stored so a resume never re-decides
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     run = prepare_run_dir(cfg)
     table, summary = load_training_table(cfg, run)
-    pre = default_preprocessing(cfg.model, image_size=cfg.image_size, color_constancy=cfg.color_constancy)
-    cfg.image_size = int(pre["input_size"])
     started = time.time()
     images = decode_cache(table, pre)
     print(f"decoded {len(images)} images once into memory in {time.time() - started:.1f} s")
     if cfg.folds:
         return train_cross_validation(cfg, run, table, images, pre, callbacks)
-    train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.seed)[0]
+    if cfg.holdout_source:
+        train_idx, val_idx = holdout_source_split(table, cfg.holdout_source, cfg.data, cfg.holdout_max_images,
+                                                  cfg.seed)
+        print(f"held-out source {cfg.holdout_source}: {len(train_idx)} train / {len(val_idx)} validation images")
+    else:
+        train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.seed)[0]
     result = fit_split(cfg, run, table, images, pre, train_idx, val_idx, callbacks)
     return {"run": str(run), **(result or {})}
 
