@@ -83,6 +83,10 @@ def run_serve(args) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     app = create_app(settings)
     m = app.state.model
+    if m.backend == "onnx":
+        from melanoma.serve.inference import limit_math_threads
+
+        limit_math_threads()
     print(f"melanoma serve: model {m.name} {m.version} ({m.backend}, {m.device}), database "
           f"{app.state.engine.url.render_as_string(hide_password=True)}")
     print(f"open {settings.base_url}/ in a browser (API docs: {settings.base_url}/docs)", flush=True)

@@ -21,7 +21,7 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 const pct = (p, digits = 1) => (p === null || p === undefined ? "–" : `${(100 * p).toFixed(digits)}%`);
-const when = (iso) => new Date(iso).toLocaleString([], { dateStyle: "medium", timeStyle: "short" });
+const when = (iso) => new Date(iso).toLocaleString([], { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit" });
 
 async function askToken() {
   const dialog = document.getElementById("token-dialog");
@@ -218,7 +218,7 @@ function worklistTable(records) {
         h("span", { class: "minibar", "aria-hidden": "true" }, h("span", { style: `width:${(100 * (r.melanoma_probability || 0)).toFixed(1)}%` }))),
       h("td", {}, r.prediction),
       h("td", {}, r.refer ? h("span", { class: "badge refer", title: r.refer_reason }, "Refer") : "–"),
-      h("td", { class: "hide-narrow" }, when(r.created_at)),
+      h("td", { class: "hide-narrow when" }, when(r.created_at)),
       h("td", {}, r.review ? h("span", { class: "badge muted" }, `${r.review.decision}${r.review.final_diagnosis ? " · " + r.review.final_diagnosis : ""}`) : "Pending")))));
 }
 

@@ -1,0 +1,113 @@
+"""A real headless chromium (Debian's chromium + chromium-driver, driven by Selenium) uses the service's UI: uploads
+images, waits for the result cards, toggles a heatmap, opens the worklist, reviews a case; saves the screenshots
+in docs/. Skipped (with the reason) without chromium; FAILS on CI (CI=true), where .ci/run installs it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import httpx
+import pytest
+
+from melanoma.serve.testing import ServerProcess, copy_model
+
+pytestmark = pytest.mark.browser
+CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _driver(width: int, height: int):
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        reason = f"{CHROMIUM} / {CHROMEDRIVER} not installed (Debian: apt-get install chromium chromium-driver)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{reason}; .ci/run must install them", pytrace=False)
+        pytest.skip(reason)
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM  # never selenium-manager: no downloads
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={width},{height}", "--force-device-scale-factor=1", "--lang=en-GB"):
+        options.add_argument(arg)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    base = tmp_path_factory.getbasetemp()
+    folder = copy_model(base / "serve" / "default")  # its ONNX export is shared with test_serve_onnx
+    tmp = tmp_path_factory.mktemp("browser")
+    with ServerProcess("--model", str(folder), "--db", f"sqlite:///{tmp / 'audit.sqlite'}", "--keep-images",
+                       str(tmp / "kept"), "--state-dir", str(base / "serve-state"), log=tmp / "server.log") as s:
+        yield s
+
+
+def _wait(driver, condition, timeout=120):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(condition)
+
+
+def test_upload_result_cards_worklist_and_review(server, shared_train):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    images = [sorted((shared_train / c).glob("*.jpg"))[1] for c in ("melanoma", "nevus", "basal cell carcinoma")]
+    driver = _driver(1366, 1500)
+    try:
+        driver.get(server.url + "/")
+        _wait(driver, ec.presence_of_element_located((By.ID, "files")))
+        driver.find_element(By.ID, "files").send_keys("\n".join(str(p) for p in images))
+        driver.find_element(By.ID, "case-ref").send_keys("CASE-2026-0142")
+        driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 3)
+        cards = driver.find_elements(By.CSS_SELECTOR, ".card")
+        assert all("not a diagnosis" in c.text for c in cards)
+        assert any("MELANOMA ALERT" in c.text.upper() for c in cards)
+        assert "melanoma probability" in cards[0].text
+        toggle = cards[0].find_element(By.CSS_SELECTOR, "button[aria-pressed]")
+        toggle.click()  # Grad-CAM (the server loads the PyTorch model for the first explanation)
+        _wait(driver, lambda d: toggle.get_attribute("aria-pressed") == "true", timeout=180)
+        assert "Grad-CAM" in cards[0].text
+        DOCS.mkdir(exist_ok=True)
+        driver.save_screenshot(str(DOCS / "screenshot-result.png"))
+
+        driver.get(server.url + "/#/worklist")
+        _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "tbody tr")))
+        rows = driver.find_elements(By.CSS_SELECTOR, "tbody tr")
+        assert len(rows) == 3 and "MELANOMA ALERT" in rows[0].text.upper()
+        driver.save_screenshot(str(DOCS / "screenshot-worklist.png"))
+
+        rows[0].find_element(By.CSS_SELECTOR, "a").click()  # open the top case, review it by keyboard-usable buttons
+        _wait(driver, ec.presence_of_element_located((By.ID, "final-diagnosis")))
+        driver.find_element(By.CSS_SELECTOR, "button[data-value=agree]").click()
+        driver.find_element(By.CSS_SELECTOR, "#final-diagnosis option[value=melanoma]").click()
+        driver.find_element(By.CSS_SELECTOR, "form[aria-label=Review] button[type=submit]").click()
+        _wait(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, "form[aria-label=Review] .status"),
+                                                       "Review saved"))
+        reviewed = httpx.get(server.url + "/v1/audit", params={"reviewed": "true"}).json()["records"]
+        assert [r["review"]["final_diagnosis"] for r in reviewed] == ["melanoma"]
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+
+
+@pytest.mark.parametrize("width", [1280, 820])
+def test_pages_fit_laptop_and_tablet_widths(server, width):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = _driver(width, 1000)
+    try:
+        for page, marker in (("upload", "#files"), ("worklist", ".table-wrap"), ("calibration", "#target")):
+            driver.get(f"{server.url}/#/{page}")
+            _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, marker)))
+            overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{page} scrolls sideways at {width} px"
+            nav = driver.find_elements(By.CSS_SELECTOR, "nav a")
+            assert [a.text for a in nav] == ["Upload", "Worklist", "Site calibration"]
+    finally:
+        driver.quit()
