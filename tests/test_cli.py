@@ -110,6 +110,7 @@ HOSTILE = [
     (["train", "--data", "{corrupt_data}", "--folds", "3", "--model", "seed-cnn", "--epochs", "x"], "--epochs"),
     # threshold
     (["threshold", "{model}", "--target-sensitivity", "0.9", "--in-place"], "val_predictions.csv"),
+    (["threshold", "{corrupt_model}", "--target-sensitivity", "0.9", "--in-place"], "model.json"),
     (["threshold", "{corrupt_model}", "--target-sensitivity", "0.9", "--in-place", "--predictions",
       "{corrupt_csv}"], "model.json"),
     (["threshold", "{model}", "--target-sensitivity", "1.5", "--in-place"], "--target-sensitivity"),

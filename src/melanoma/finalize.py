@@ -114,10 +114,34 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
             "output": "probability per class (temperature-scaled), melanoma alert, referral flag",
             "training_data": [Path(p).name or str(p) for p in [cfg.data, *cfg.extra_data]],
             "limitations": LIMITATIONS,
+            "validated_on": validation_description(cfg),
+            "expected_alert_share": expected_alert_share(headline.get("melanoma_sensitivity"),
+                                                         headline.get("melanoma_specificity")),
             "licence": "The training images are CC-BY-NC (ISIC Archive; HAM10000: Tschandl et al. 2018, Sci. Data "
                        "5:180161): use these weights non-commercially and cite the sources.",
         },
     }
+
+
+# Melanoma prevalence in a dermatology referral clinic (~10%) and in population screening (~1-2%).
+PREVALENCES = {"referral clinic (10% melanoma)": 0.10, "screening (2% melanoma)": 0.02}
+
+
+def expected_alert_share(sensitivity, specificity) -> dict | None:
+    """Share of ALL lesions the alert fires on at typical prevalences: p * sens + (1 - p) * (1 - spec), from the
+    validation operating point (a new site's own share differs as its sensitivity and specificity do)."""
+    if sensitivity is None or specificity is None:
+        return None
+    return {name: round(p * sensitivity + (1 - p) * (1 - specificity), 3) for name, p in PREVALENCES.items()}
+
+
+def validation_description(cfg) -> str:
+    """Which images chose the checkpoint, the alert threshold and the referral statistics."""
+    if getattr(cfg, "holdout_source", None):
+        return f"the held-out source {cfg.holdout_source} (never trained on)"
+    if getattr(cfg, "val_sources", "primary") == "all" and cfg.extra_data:
+        return "a group-aware share of every training source"
+    return "a group-aware share of the primary data only"
 
 
 def headline_metrics(m: dict) -> dict:
@@ -298,11 +322,13 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None) -> d
         raise ConfigError(f"target sensitivity must be in (0, 1], got {target_sensitivity}")
     meta_path = run / "model.json"
     preds_path = Path(predictions) if predictions else run / "val_predictions.csv"
-    for needed in (meta_path, preds_path):
-        if not needed.is_file():
-            raise ModelError(f"{needed}: missing; `melanoma threshold` needs a run folder written by `melanoma train`"
-                             + (" and a predictions.csv written by `melanoma evaluate`" if predictions else ""))
-    meta = read_meta(run)
+    needs = ("`melanoma threshold` needs a run folder written by `melanoma train`"
+             + (" and a predictions.csv written by `melanoma evaluate`" if predictions else ""))
+    if not meta_path.is_file():
+        raise ModelError(f"{meta_path}: missing; {needs}")
+    meta = read_meta(run)  # a corrupt model.json is named before the predictions are looked at
+    if not preds_path.is_file():
+        raise ModelError(f"{preds_path}: missing; {needs}")
     mel = meta.get("melanoma_class")
     if mel is None or not isinstance(meta.get("thresholds"), dict):
         raise ModelError(f"{meta_path}: the model has no melanoma class, so it has no alert threshold")
