@@ -138,3 +138,19 @@ def test_onnx_prediction_never_imports_torch(exported, tmp_path):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report == {"rc": 0, "torch": []}
+
+
+@pytest.mark.parametrize("opset", [5, 17, 10_000])
+def test_unsupported_opset_is_a_one_line_error(exported, tmp_path, capsys, opset):
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", exported[0], "--out", str(out), "--opset", str(opset)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"--opset {opset} is not supported: use 18-" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_a_newer_opset_is_written_as_asked(exported, tmp_path):
+    newest = export.supported_opsets()[-1]
+    result = export.export_onnx(exported[0], tmp_path / "new.onnx", opset=min(20, newest))
+    assert result["opset"] == min(20, newest)
+    assert {o.version for o in onnx.load(result["path"]).opset_import if o.domain in ("", "ai.onnx")} == {result["opset"]}

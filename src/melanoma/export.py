@@ -21,11 +21,30 @@ import torch
 from torch import nn
 
 from melanoma.artifacts import HASH_KEY
-from melanoma.errors import ModelError
+from melanoma.errors import ConfigError, ModelError
 from melanoma.predict import ONNX_CLASSES_KEY, ONNX_EXTRA_KEY, ONNX_HASH_KEY, ONNX_META_KEY
 from melanoma.referral import classifier_module, embed
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch eager
+# torch.onnx's exporter writes opset 18 natively. Below it, it calls a down-converter that fails on this project's
+# models (no adapter for Pad at 17 on efficientnet_lite0) and, below 16, silently writes 18 instead.
+MIN_OPSET = 18
+
+
+def supported_opsets() -> range:
+    """ONNX opsets `export_onnx` writes: 18 up to the newest the installed onnx package knows."""
+    import onnx
+
+    return range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1)
+
+
+def check_opset(opset) -> int:
+    """The opset as an int, or ConfigError (one line) naming the supported range."""
+    allowed = supported_opsets()
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset not in allowed:
+        raise ConfigError(f"--opset {opset} is not supported: use {allowed.start}-{allowed.stop - 1} (the PyTorch "
+                          f"exporter writes opset {MIN_OPSET} and newer; older ones it cannot convert reliably)")
+    return opset
 
 
 class _ConcatHead(nn.Module):
@@ -100,8 +119,12 @@ def _check_parity(model: nn.Module, data: bytes, size: int, num_classes: int) ->
 
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     features, logits = embed(model, x)
-    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-    onnx_logits, onnx_features = session.run(["logits", "features"], {"input": x.numpy()})
+    try:
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        onnx_logits, onnx_features = session.run(["logits", "features"], {"input": x.numpy()})
+    except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types; one line for the user
+        raise ModelError(f"onnxruntime {ort.__version__} cannot run the exported graph: "
+                         f"{str(exc).splitlines()[0][:200]}") from None
     if onnx_logits.shape != (3, num_classes) or onnx_features.shape != tuple(features.shape):
         raise ModelError(f"ONNX outputs have shapes {onnx_logits.shape}, {onnx_features.shape}; expected "
                          f"{(3, num_classes)}, {tuple(features.shape)}")
@@ -115,11 +138,13 @@ def _check_parity(model: nn.Module, data: bytes, size: int, num_classes: int) ->
 
 def export_onnx(model_path, out, opset: int = 18) -> dict:
     """Export the model artifact at `model_path` to `out` (.onnx), check it, and return
-    {"path", "max_abs_diff", "opset", "size_mb"}. ModelError when the export does not match PyTorch."""
+    {"path", "max_abs_diff", "opset", "size_mb"}. ConfigError for an unsupported opset; ModelError when the export
+    does not match PyTorch or does not have the requested opset."""
     import onnx
 
     from melanoma.artifacts import atomic_write_bytes, load_model
 
+    opset = check_opset(opset)
     model, meta = load_model(model_path)
     size, num_classes = int(meta["preprocessing"]["input_size"]), len(meta["class_names"])
     try:
@@ -131,11 +156,13 @@ def export_onnx(model_path, out, opset: int = 18) -> dict:
     onnx.helper.set_model_props(proto, _metadata(meta))
     proto.doc_string = f"melanoma {meta['architecture']}: inputs normalised per model.json preprocessing"
     onnx.checker.check_model(proto, full_check=True)
+    actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if actual_opset != opset:
+        raise ModelError(f"the exporter wrote opset {actual_opset}, not the requested {opset}; nothing written")
     data = proto.SerializeToString()
     diff = _check_parity(model, data, size, num_classes)
     print(f"ONNX parity: max |logit diff| vs PyTorch = {diff:.2e}")
     out = Path(out)
     atomic_write_bytes(out, data)
-    actual_opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset)
     return {"path": str(out), "max_abs_diff": diff, "opset": int(actual_opset),
             "size_mb": round(len(data) / 1e6, 3)}
