@@ -307,3 +307,17 @@ def test_fast_path_is_measured_once_then_read_from_the_cache(tmp_path, monkeypat
     assert fastpath.choose_cpu_precision("seed-cnn", 64, 4) == chosen
     cached = json.loads((tmp_path / "fastpath.json").read_text())
     assert [entry["precision"] for entry in cached.values()] == [chosen]
+
+
+def test_val_sources_all_validates_on_every_source_and_states_the_alert_share(tiny_isic, ham_dir, tmp_path):
+    ham = _mini_ham(ham_dir, tmp_path / "ham", 20, dx=("mel", "nv"))
+    cfg = tiny_config(tiny_isic, tmp_path / "pooled", extra_data=[str(ham)], val_sources="all",
+                      lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
+    run = Path(train(cfg)["run"])
+    validated = (run / "val_predictions.csv").read_text()
+    assert str(ham) in validated and str(tiny_isic) in validated
+    card = json.loads((run / "model.json").read_text())["model_card"]
+    assert card["validated_on"] == "a group-aware share of every training source"
+    shares = card["expected_alert_share"]
+    assert set(shares) == {"referral clinic (10% melanoma)", "screening (2% melanoma)"}
+    assert all(0.0 <= v <= 1.0 for v in shares.values())

@@ -316,6 +316,9 @@ def _add_train(sub) -> None:
     p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help=_with_default("hardware", "accelerator"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format, faster convolutions on AVX-512/AMX CPUs and GPUs (default: on)")
+    p.add_argument("--val-sources", choices=["primary", "all"],
+                   help="validate on the primary data only (default) or on a share of every source (--extra-data "
+                        "too), so checkpoint, alert threshold and referral statistics fit every training source")
     p.add_argument("--monitor", choices=["auto", "bal_acc", "mel_auc"],
                    help="validation figure that chooses the checkpoint and stops early (default: auto = mel_auc "
                         "with --holdout-source, else bal_acc)")
@@ -331,8 +334,9 @@ def _add_train(sub) -> None:
                    help="training augmentation (default: standard; strong adds wider colour jitter, blur and JPEG "
                         "re-compression; measured WORSE on a new source, see docs)")
     p.add_argument("--extra-data", action="append", metavar="DIR", type=existing_path,
-                   help="extra dataset that only ever trains, never validates (repeatable), e.g. "
-                        "../shared/data/ham10000; its copies of training images and lesions are left out")
+                   help="extra dataset that trains (repeatable), e.g. ../shared/data/ham10000; it validates only "
+                        "with --val-sources all or --holdout-source; its copies of primary images and lesions are "
+                        "left out")
     p.add_argument("--extra-labels", metavar="MAP",
                    help="label map of --extra-data into the training classes: auto (default: HAM10000 dx codes "
                         "-> 9-class names), ham10000, or a YAML file 'label: class | [classes] | null'")

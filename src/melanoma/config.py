@@ -23,7 +23,7 @@ class TrainConfig:
 
     data: str | None = None
     model: str = DEFAULT_MODEL
-    pretrained: bool | None = None        # None: True for efficientnet_lite0, False for seed-cnn and timm models
+    pretrained: bool | None = None        # None: True for efficientnet_lite0/1/2 (offline weights), False otherwise
     weights: str | None = None            # local state dict / safetensors to start from
     epochs: int = 12
     image_size: int | None = None         # None: the model's default input size
@@ -46,6 +46,7 @@ class TrainConfig:
     ema: float | None = None              # EMA of weights with this decay (e.g. 0.999); validated and shipped
     swa_epochs: int | None = None         # SWA: equal average over the last N epochs, BN statistics recomputed
     holdout_source: str | None = None     # leave this source out: train on the others, validate on it
+    val_sources: str = "primary"          # primary | all: also validate on a share of every --extra-data source
     holdout_max_images: int = 2000        # at most this many held-out images validate (stratified, group-aware)
     monitor: str = "auto"                 # checkpoint choice: bal_acc | mel_auc | auto (mel_auc with a held-out source)
     num_workers: int | None = None        # None: min(4, cores - 1)
@@ -88,6 +89,7 @@ class TrainConfig:
              f"SWA epochs must be between 1 and epochs ({self.epochs}), got {self.swa_epochs}"),
             (self.ema is None or self.swa_epochs is None, "choose one weight average: --ema or --swa-epochs"),
             (self.holdout_source is None or not self.folds, "--holdout-source and --folds exclude each other"),
+            (self.val_sources in ("primary", "all"), f"unknown val sources {self.val_sources!r} (primary or all)"),
             (self.holdout_max_images >= 10, f"holdout max images must be >= 10, got {self.holdout_max_images}"),
             (self.monitor in ("auto", "bal_acc", "mel_auc"), f"unknown monitor {self.monitor!r} (auto, bal_acc, mel_auc)"),
             (self.precision in (None, "32-true", "bf16-mixed", "16-mixed", "bf16-true"),

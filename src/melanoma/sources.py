@@ -122,15 +122,28 @@ def primary_indices(table) -> np.ndarray:
     return np.flatnonzero([s.origin is None for s in table.samples]).astype(np.int64)
 
 
-def splits_with_extras(table, folds: int | None, val_fraction: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _group_splits(sub, folds: int | None, val_fraction: float, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    return stratified_group_kfold(sub, folds, seed) if folds else [stratified_group_split(sub, val_fraction, seed)]
+
+
+def splits_with_extras(table, folds: int | None, val_fraction: float, seed: int, validate_extras: bool = False
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train_idx, val_idx) pairs: the primary samples split group-aware and stratified (K folds, or one hold-out
-    split), every extra sample added to each training side. Without extras this is exactly the plain split."""
+    split), every extra sample added to each training side. Without extras this is exactly the plain split.
+
+    validate_extras=True: every extra source is split the same way too and its validation share joins the
+    validation side, so checkpoints, thresholds and referral statistics see every training source."""
     primary = primary_indices(table)
-    extra = np.setdiff1d(np.arange(len(table)), primary)
-    sub = table.subset(primary)
-    pairs = (stratified_group_kfold(sub, folds, seed) if folds
-             else [stratified_group_split(sub, val_fraction, seed)])
-    return [(np.concatenate([primary[tr], extra]), primary[va]) for tr, va in pairs]
+    pairs = [(primary[tr], primary[va]) for tr, va in _group_splits(table.subset(primary), folds, val_fraction, seed)]
+    for origin in sorted({s.origin for s in table.samples if s.origin is not None}):
+        members = np.flatnonzero([s.origin == origin for s in table.samples]).astype(np.int64)
+        if not validate_extras:
+            pairs = [(np.concatenate([tr, members]), va) for tr, va in pairs]
+            continue
+        extra = _group_splits(table.subset(members), folds, val_fraction, seed)
+        pairs = [(np.concatenate([tr, members[etr]]), np.concatenate([va, members[eva]]))
+                 for (tr, va), (etr, eva) in zip(pairs, extra)]
+    return pairs
 
 
 def source_names(table, primary_data: str) -> dict[str, str | None]:

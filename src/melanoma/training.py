@@ -29,7 +29,7 @@ from melanoma.finalize import finalize_split, summarize_cv
 from melanoma.images import scan_paths
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
-from melanoma.models import default_preprocessing
+from melanoma.models import default_preprocessing, pretrained_by_default
 from melanoma.fastpath import resolve_precision
 from melanoma.sources import holdout_source_split, load_extra_sources, splits_with_extras
 
@@ -40,7 +40,7 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     """Fill the model-dependent defaults (pretrained, learning rate, optimiser) in place."""
     is_seed = cfg.model == "seed-cnn"
     if cfg.pretrained is None:
-        cfg.pretrained = cfg.model == "efficientnet_lite0" and cfg.weights is None
+        cfg.pretrained = pretrained_by_default(cfg.model) and cfg.weights is None
     if cfg.lr is None:
         cfg.lr = 1e-3
     cfg.extra.setdefault("optimizer", "adam" if is_seed else "adamw")
@@ -385,7 +385,8 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
                                                   cfg.seed)
         print(f"held-out source {cfg.holdout_source}: {len(train_idx)} train / {len(val_idx)} validation images")
     else:
-        train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.seed)[0]
+        train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.seed,
+                                                validate_extras=cfg.val_sources == "all")[0]
     result = fit_split(cfg, run, table, images, pre, train_idx, val_idx, callbacks)
     return {"run": str(run), **(result or {})}
 
@@ -393,7 +394,8 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
 def train_cross_validation(cfg, run: Path, table, images, pre, callbacks=()) -> dict:
     """Group-aware stratified K-fold: one run folder per fold (finished folds are skipped on resume)."""
     fold_results = []
-    for k, (train_idx, val_idx) in enumerate(splits_with_extras(table, cfg.folds, cfg.val_fraction, cfg.seed)):
+    for k, (train_idx, val_idx) in enumerate(splits_with_extras(table, cfg.folds, cfg.val_fraction, cfg.seed,
+                                                                   validate_extras=cfg.val_sources == "all")):
         fold_dir = run / f"fold-{k}"
         done = fold_dir / "result.json"
         if done.exists():
