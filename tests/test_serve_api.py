@@ -331,3 +331,25 @@ def test_site_calibration_proposes_and_applies_to_a_copy_only(loaded, images, tm
         assert (folder / "model.safetensors").is_file() and (folder / "site_predictions.csv").is_file()
         assert (REPO_MODEL / "model.json").read_bytes() == before        # the served model is untouched
         assert client.get("/v1/model").json()["alert_threshold"] == pytest.approx(loaded.alert_threshold)
+
+
+def test_non_loopback_without_token_warns(tmp_path, monkeypatch, capsys):
+    from melanoma import cli
+    from melanoma.errors import ConfigError
+    from melanoma.serve import app as app_module
+
+    def stop(settings, loaded=None):
+        raise ConfigError("stopped before serving (test)")
+
+    monkeypatch.setattr(app_module, "create_app", stop)
+    db = f"sqlite:///{tmp_path / 'a.sqlite'}"
+    assert cli.main(["serve", "--host", "0.0.0.0", "--db", db]) == 2
+    assert "warning: serving on 0.0.0.0 without --token-file" in capsys.readouterr().err
+    token = tmp_path / "token"
+    token.write_text("0123456789abcdef-token\n")
+    assert cli.main(["serve", "--host", "0.0.0.0", "--token-file", str(token), "--db", db]) == 2
+    assert "warning" not in capsys.readouterr().err
+    assert cli.main(["serve", "--db", db]) == 2  # 127.0.0.1 by default: no warning
+    assert "warning" not in capsys.readouterr().err
+    assert Settings(host="::1").is_loopback() and Settings(host="localhost").is_loopback()
+    assert not Settings(host="192.168.1.5").is_loopback()

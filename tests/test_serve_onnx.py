@@ -126,3 +126,19 @@ def test_real_server_batches_concurrent_requests_without_torch(exported, shared_
         pytest.xfail("melanoma.predict still imports torch at module level (the torch-free ONNX path of the "
                      "inference change has not landed); the service itself imports none")
     assert health["torch_imported"] is False
+
+
+@pytest.mark.gpu
+def test_torch_backend_on_the_gpu_matches_the_cpu(shared_train, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    from melanoma.serve.testing import REPO_MODEL
+
+    images = [Image.open(sorted((shared_train / c).glob("*.jpg"))[0]) for c in ("melanoma", "nevus")]
+    gpu = load_model(REPO_MODEL, "torch", tmp_path, threads=None, device="cuda")
+    cpu = load_model(REPO_MODEL, "torch", tmp_path, threads=None, device="cpu")
+    assert gpu.device == "cuda"
+    for a, b in zip(gpu.predictor.predict(images), cpu.predictor.predict(images)):
+        assert a.melanoma_probability == pytest.approx(b.melanoma_probability, abs=1e-3)
