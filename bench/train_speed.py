@@ -1,4 +1,5 @@
-"""Training throughput and peak memory of the registry models, and data-loading throughput of the train preset.
+"""End-to-end training images/s of the current and the fast path (real trainer, data loading included), then
+training throughput and peak memory of the registry models, and data-loading throughput of the train preset.
 
     .venv/bin/python bench/train_speed.py                      # defaults: ~1-2 minutes on 2 CPU cores
     .venv/bin/python bench/train_speed.py --steps 20 --batch-size 32 --threads 8
@@ -117,6 +118,87 @@ def bench_data(data: Path, size: int, n_images: int) -> list[dict]:
     return rows
 
 
+# End-to-end: the real trainer (`melanoma.training.train`: Lightning, DataLoader workers, augmentation from the
+# decoded cache) on real images; images/s between the 3rd and the last optimiser step, data loading included.
+PATHS = {"current": {"channels_last": False, "precision": "32-true"},  # before issue 13: NCHW, fp32
+         "fast": {"channels_last": True, "precision": None}}  # NHWC, bf16 autocast where measured faster (fastpath)
+E2E_CONFIGS = [("efficientnet_lite0", 160), ("seed-cnn", 180)]
+
+
+class _StepClock:
+    """Lightning callback recording the wall time at the end of every optimiser step."""
+
+    def __init__(self):
+        import lightning as L
+
+        clock = self
+
+        class _Callback(L.Callback):
+            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+                clock.times.append(time.perf_counter())
+
+        self.times: list[float] = []
+        self.callback = _Callback()
+
+
+def bench_end_to_end(name: str, size: int, path: str, steps: int, batch_size: int, data: Path, out: Path) -> dict:
+    """One training run of `steps` optimiser steps on the real pipeline (run in its own process)."""
+    from melanoma.config import TrainConfig
+    from melanoma.training import train
+
+    clock = _StepClock()
+    cfg = TrainConfig(data=str(data), out=str(out / f"{name}-{size}-{path}"), model=name, image_size=size,
+                      epochs=1, batch_size=batch_size, samples_per_epoch=steps * batch_size, seed=0,
+                      extra={"progress_bar": False, "bootstrap": 10}, **PATHS[path])
+    train(cfg, callbacks=[clock.callback])
+    timed = clock.times[2:]  # the first steps pay for kernel selection and worker start-up
+    img_s = batch_size * (len(timed) - 1) / (timed[-1] - timed[0])
+    return {"model": name, "size": size, "path": path, "img_s": img_s, "precision": cfg.precision or "auto",
+            "rss_mib": _peak_rss_mib()}
+
+
+def _subset(data: Path, per_class: int, root: Path) -> Path:
+    """A class-folder copy (symlinks) of the first `per_class` images of each class: decoding stays short."""
+    for class_dir in sorted(p for p in data.iterdir() if p.is_dir()):
+        target = root / class_dir.name
+        target.mkdir(parents=True)
+        for image in sorted(class_dir.glob("*.jpg"))[:per_class]:
+            (target / image.name).symlink_to(image.resolve())
+    return root
+
+
+def end_to_end_rows(args) -> list[dict]:
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _subset(args.data, 40, Path(tmp) / "data")
+        for name, size in E2E_CONFIGS:
+            for path in ("current", "fast"):
+                rows.append(_in_child_process(bench_end_to_end, name, size, path, args.e2e_steps, 32, data,
+                                              Path(tmp) / "runs"))
+                r = rows[-1]
+                print(f"{r['model']:<20}{r['size']:>5}  {r['path']:<8}{r['img_s']:>9.1f}{r['rss_mib']:>14.0f}",
+                      flush=True)
+    return rows
+
+
+def _child(queue, fn, args) -> None:
+    queue.put(fn(*args))
+
+
+def _in_child_process(fn, *args):
+    """Like _in_fresh_process, in a non-daemonic child: the trainer starts DataLoader worker processes, which a
+    Pool worker may not."""
+    ctx = mp.get_context("spawn" if torch.cuda.is_available() else "fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_child, args=(queue, fn, args))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
 def _in_fresh_process(fn, *args):
     # fork is cheap (no re-import) and safe while this process has not touched CUDA; with CUDA use spawn
     method = "spawn" if torch.cuda.is_available() else "fork"
@@ -131,11 +213,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="JPEG folder for the data-loading rows")
     p.add_argument("--data-images", type=int, default=64, help="images timed in the data-loading rows")
+    p.add_argument("--e2e-steps", type=int, default=14, help="optimiser steps per end-to-end row (batch 32)")
+    p.add_argument("--only-e2e", action="store_true", help="print only the end-to-end rows (the issue's figures)")
     return p.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    print(f"end to end (melanoma train on real images, data loading included), batch 32, load average "
+          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"{'model':<20}{'size':>5}  {'path':<8}{'img/s':>9}{'peak RSS MiB':>14}")
+    rows = {(r["model"], r["path"]): r["img_s"] for r in end_to_end_rows(args)}
+    for name, _ in E2E_CONFIGS:
+        print(f"{name}: fast / current = {rows[(name, 'fast')] / rows[(name, 'current')]:.2f}x")
+    if args.only_e2e:
+        return
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(f"torch {torch.__version__}, threads {args.threads}, batch {args.batch_size}, steps {args.steps}, "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (other jobs skew CPU figures)")

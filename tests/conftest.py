@@ -52,3 +52,18 @@ def tiny_isic(shared_train, tmp_path_factory) -> Path:
         for image in sorted(class_dir.glob("*.jpg"))[:TINY_PER_CLASS]:
             shutil.copy2(image, target / image.name)
     return root
+
+
+def make_mini_ham(ham_dir: Path, target: Path, n: int, dx: tuple[str, ...] | None = None) -> Path:
+    """A HAM10000 folder with the first n metadata rows (of each diagnosis in `dx`, if given; images symlinked
+    from the shared copy)."""
+    target.mkdir()
+    (target / "images").symlink_to(ham_dir / "images")
+    header, *lines = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()
+    if dx is None:
+        chosen = lines[:n]
+    else:
+        column = header.split(",").index("dx")
+        chosen = [row for d in dx for row in [r for r in lines if r.split(",")[column] == d][:n]]
+    (target / "HAM10000_metadata.csv").write_text("\n".join([header, *chosen]) + "\n")
+    return target

@@ -19,6 +19,8 @@ from melanoma.errors import ConfigError
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.training import train
 
+from conftest import make_mini_ham
+
 pytestmark = pytest.mark.slow
 
 
@@ -110,23 +112,8 @@ def test_ddp_two_cpu_processes_see_disjoint_samples_and_write_one_model(tiny_isi
     assert json.loads((run / "model.json").read_text())["training"]["devices"] == "2"
 
 
-def _mini_ham(ham_dir: Path, target: Path, n: int, dx: tuple[str, ...] | None = None) -> Path:
-    """A HAM10000 folder with the first n metadata rows (of each diagnosis in `dx`, if given; images symlinked
-    from the shared copy)."""
-    target.mkdir()
-    (target / "images").symlink_to(ham_dir / "images")
-    header, *lines = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()
-    if dx is None:
-        chosen = lines[:n]
-    else:
-        column = header.split(",").index("dx")
-        chosen = [row for d in dx for row in [r for r in lines if r.split(",")[column] == d][:n]]
-    (target / "HAM10000_metadata.csv").write_text("\n".join([header, *chosen]) + "\n")
-    return target
-
-
 def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
-    ham = _mini_ham(ham_dir, tmp_path / "ham", 40)
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 40)
     cfg = tiny_config(tiny_isic, tmp_path / "run", extra_data=[str(ham)], samples_per_epoch=16,
                       color_constancy="shades_of_gray",
                       max_train_batches=None, lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
@@ -283,7 +270,7 @@ def test_swa_ships_the_average_of_the_last_epochs_with_recomputed_bn(tiny_isic, 
 
 
 def test_holdout_source_trains_on_the_others_and_validates_on_it(tiny_isic, ham_dir, tmp_path):
-    ham = _mini_ham(ham_dir, tmp_path / "ham", 30, dx=("mel", "nv", "bcc"))
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 30, dx=("mel", "nv", "bcc"))
     cfg = tiny_config(tiny_isic, tmp_path / "loso", extra_data=[str(ham)], holdout_source="ham",
                       lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
     result = train(cfg)
@@ -310,7 +297,7 @@ def test_fast_path_is_measured_once_then_read_from_the_cache(tmp_path, monkeypat
 
 
 def test_val_sources_all_validates_on_every_source_and_states_the_alert_share(tiny_isic, ham_dir, tmp_path):
-    ham = _mini_ham(ham_dir, tmp_path / "ham", 20, dx=("mel", "nv"))
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 20, dx=("mel", "nv"))
     cfg = tiny_config(tiny_isic, tmp_path / "pooled", extra_data=[str(ham)], val_sources="all",
                       lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
     run = Path(train(cfg)["run"])

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Leave-one-source-out recipe check (issue 14): train on HAM10000 alone, validate, choose the checkpoint and the
+# alert threshold on the 9-class Train split (older ISIC archive collections, other clinics and devices), which
+# the run never trains on (--holdout-source Train; its copies of HAM10000 images are left out of training). One
+# row per recipe and seed, so every comparison carries its seed spread (scripts/loso_table.py prints it).
+#   scripts/loso.sh RECIPE SEED...      e.g. scripts/loso.sh base 1 2 3; scripts/loso.sh ema 1 2 3
+# Budget: 5 epochs x 1,280 class-balanced draws at 160 px, about 8 minutes per row on 2 idle cores. Resumes.
+set -u
+cd "$(dirname "$0")/.."
+RECIPE=${1:?usage: scripts/loso.sh RECIPE SEED...}; shift
+DATA=${DATA:-../shared/data/isic-9class/Train}
+HAM=${HAM:-../shared/data/ham10000}
+EPOCHS=${EPOCHS:-5}
+DRAWS=${DRAWS:-1280}
+COMMON=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --holdout-source Train
+        --holdout-max-images 2000 --model efficientnet_lite0 --image-size 160 --color-constancy shades_of_gray
+        --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --config scripts/cpu_long.yaml)
+case $RECIPE in
+  base) EXTRA=() ;;
+  ema) EXTRA=(--ema 0.99) ;;            # ~100-step window: the average of the last fifth of a 200-step run
+  swa) EXTRA=(--swa-epochs 2) ;;
+  lite2) EXTRA=(--model efficientnet_lite2 --image-size 192) ;;
+  *) echo "unknown recipe $RECIPE (base, ema, swa, lite2)" >&2; exit 2 ;;
+esac
+mkdir -p runs/loso
+for SEED in "$@"; do
+  OUT=runs/loso/$RECIPE-seed$SEED
+  [ -f "$OUT/result.json" ] && continue
+  if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else ARGS=("${COMMON[@]}" "${EXTRA[@]}" --seed "$SEED" --out "$OUT"); fi
+  ( time .venv/bin/melanoma train "${ARGS[@]}" ) > "$OUT.log" 2>&1 || { echo "$OUT failed, see $OUT.log" >&2; exit 1; }
+done

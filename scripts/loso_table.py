@@ -1,0 +1,42 @@
+"""Leave-one-source-out table: per recipe, the held-out source's melanoma AUC, balanced accuracy and alert
+operating point, mean +- sd over seeds (runs/loso/<recipe>-seed<N>/result.json, written by scripts/loso.sh).
+
+    .venv/bin/python scripts/loso_table.py [runs/loso]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+FIGURES = ("melanoma_auc", "balanced_accuracy", "melanoma_sensitivity", "melanoma_specificity")
+
+
+def _cell(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.3f} (1 seed)" if values else "-"
+    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def main(root: Path) -> None:
+    rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for result in sorted(root.glob("*-seed*/result.json")):
+        recipe = result.parent.name.rsplit("-seed", 1)[0]
+        data = json.loads(result.read_text())
+        for key in FIGURES:
+            if data.get(key) is not None:
+                rows[recipe][key].append(float(data[key]))
+    if not rows:
+        sys.exit(f"{root}: no finished runs (run scripts/loso.sh first)")
+    print("| recipe | seeds | " + " | ".join(FIGURES) + " |")
+    print("|---|---|" + "---|" * len(FIGURES))
+    for recipe, figures in rows.items():
+        seeds = len(figures["melanoma_auc"])
+        print(f"| {recipe} | {seeds} | " + " | ".join(_cell(figures[k]) for k in FIGURES) + " |")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/loso"))

@@ -1,0 +1,31 @@
+"""The reproducible recipes in scripts/: their command lines run (two CPU steps on tiny copies of the data)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import make_mini_ham
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 12, dx=("mel", "nv"))
+    env = {**os.environ, "DEVICE": "gpu", "SMOKE": "1", "DATA": str(tiny_isic), "HAM": str(ham),
+           "MELANOMA": str(Path(sys.executable).parent / "melanoma")}
+    out = tmp_path / "default-gpu"
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "train_default.sh"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (out.with_suffix(".log").read_text()[-3000:] if out.with_suffix(".log").exists()
+                                  else done.stderr)
+    training = json.loads((out / "model.json").read_text())["training"]
+    assert training["accelerator"] == "cpu" and training["precision"] == "32-true"
+    assert training["conflict_policy"] == "reference" and training["color_constancy"] == "shades_of_gray"
+    assert training["extra_data"] == [str(ham)]
