@@ -17,10 +17,11 @@ COMMON=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_meta
         --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --config scripts/cpu_long.yaml)
 case $RECIPE in
   base) EXTRA=() ;;
+  current) EXTRA=(--no-channels-last --precision 32-true) ;;  # the path before the fast path (quality check)
   ema) EXTRA=(--ema 0.99) ;;            # ~100-step window: the average of the last fifth of a 200-step run
   swa) EXTRA=(--swa-epochs 2) ;;
   lite2) EXTRA=(--model efficientnet_lite2 --image-size 192) ;;
-  *) echo "unknown recipe $RECIPE (base, ema, swa, lite2)" >&2; exit 2 ;;
+  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2)" >&2; exit 2 ;;
 esac
 mkdir -p runs/loso
 for SEED in "$@"; do

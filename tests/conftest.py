@@ -6,10 +6,15 @@ Dataset images are only ever copied into pytest's tmp folders, never into the re
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+
+# Training in tests uses fp32 unless a test says otherwise: the fast path's one-off speed probe (fastpath.py) would
+# cost more than the tiny runs themselves, and a fixed precision keeps results comparable between runs.
+os.environ.setdefault("MELANOMA_PRECISION", "32-true")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # repo is /work/main, data /work/shared/data
 TINY_PER_CLASS = 5
