@@ -10,7 +10,7 @@ import torch
 
 from melanoma import cli, export, referral
 from melanoma.artifacts import build_test_model, file_sha256, load_model, save_model
-from melanoma.errors import ModelError
+from melanoma.errors import MelanomaError, ModelError
 from melanoma.predict import Predictor
 
 
@@ -154,3 +154,44 @@ def test_a_newer_opset_is_written_as_asked(exported, tmp_path):
     result = export.export_onnx(exported[0], tmp_path / "new.onnx", opset=min(20, newest))
     assert result["opset"] == min(20, newest)
     assert {o.version for o in onnx.load(result["path"]).opset_import if o.domain in ("", "ai.onnx")} == {result["opset"]}
+
+
+# ------------------------------------------------------------------------------------------------ INT8
+def test_int8_is_written_when_within_bounds(exported, tiny_isic, tmp_path, capsys, monkeypatch):
+    """Calibrated on half of a labelled folder, checked on the other half; bounds loosened so this random-weight
+    model passes: the file loads as a melanoma model and records the figures it passed with."""
+    monkeypatch.setattr(export, "INT8_MAX_AUC_CHANGE", 1.0)
+    monkeypatch.setattr(export, "INT8_MIN_ALERT_AGREEMENT", 0.0)
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", exported[0], "--out", str(out), "--int8", "--calibration", str(tiny_isic),
+                     "--int8-check", str(tiny_isic)]) == 0
+    printed = capsys.readouterr().out
+    figures = json.loads(printed[printed.index("{"):])["int8"]
+    assert figures["path"] == str(tmp_path / "m.int8.onnx") and figures["n_calibration"] == 23
+    assert figures["n_check"] == 22 and 0 <= figures["alert_agreement"] <= 1 and "auc_change" in figures
+    props = {p.key: p.value for p in onnx.load(figures["path"]).metadata_props}
+    assert json.loads(props["melanoma.int8"])["n_check"] == 22
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(figures["path"]).graph.node)
+    int8 = Predictor.load(figures["path"], threads=1)
+    assert int8.predict_paths(exported[2][:3]).probs.shape == (3, 9)
+
+
+def test_int8_outside_bounds_is_refused_in_one_line(exported, tiny_isic, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(export, "INT8_MAX_AUC_CHANGE", -1.0)  # no model can pass
+    out = tmp_path / "m.onnx"
+    assert cli.main(["export", exported[0], "--out", str(out), "--int8", "--calibration", str(tiny_isic),
+                     "--int8-check", str(tiny_isic)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().count("\n") == 0 and "INT8 model not written: melanoma AUC moved by" in captured.err
+    assert "alert decisions agree on" in captured.err
+    assert out.exists() and not (tmp_path / "m.int8.onnx").exists()  # the fp32 export is kept
+
+
+def test_int8_check_needs_labelled_melanomas(exported, tiny_isic, tmp_path):
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for image in sorted(tiny_isic.rglob("*.jpg"))[:8]:
+        (plain / image.name).write_bytes(image.read_bytes())
+    export.export_onnx(exported[0], tmp_path / "m.onnx")
+    with pytest.raises(MelanomaError, match="needs labelled melanomas"):
+        export.export_int8(exported[0], tmp_path / "m.onnx", calibration=plain, check=plain)

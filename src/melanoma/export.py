@@ -166,3 +166,156 @@ def export_onnx(model_path, out, opset: int = 18) -> dict:
     atomic_write_bytes(out, data)
     return {"path": str(out), "max_abs_diff": diff, "opset": int(actual_opset),
             "size_mb": round(len(data) / 1e6, 3)}
+
+
+# ------------------------------------------------------------------------------------------------ INT8
+INT8_MAX_AUC_CHANGE = 0.005        # |melanoma AUC (INT8) - melanoma AUC (fp32)| on the labelled check set
+INT8_MIN_ALERT_AGREEMENT = 0.99    # share of check images whose melanoma alert is the same in INT8 and fp32
+CALIBRATION_IMAGES = 128           # at most this many calibration images (evenly spread over the source)
+INT8_KEY = "melanoma.int8"         # ONNX metadata: the check figures the INT8 file passed
+
+
+def int8_path(out) -> Path:
+    """Where `--int8` writes the quantized model: model.onnx -> model.int8.onnx."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.int8{out.suffix or '.onnx'}")
+
+
+def _model_folder(model_path) -> Path:
+    path = Path(model_path)
+    return path if path.is_dir() else path.parent
+
+
+def _labelled_images(source, model_path) -> tuple[list[str], list[str | None]]:
+    """(paths, labels) of a prediction CSV with `path` (+ `label`) columns or a dataset folder (`data.discover`);
+    default: the run's val_predictions.csv. Labels are None where the source has none."""
+    from melanoma.errors import DataError
+
+    source = Path(source) if source else _model_folder(model_path) / "val_predictions.csv"
+    if not source.exists():
+        raise ConfigError(f"{source}: no such file or folder (INT8 calibration/check images: a folder of images or "
+                          "a prediction CSV with a path column, default RUN/val_predictions.csv)")
+    if source.is_dir():
+        from melanoma.data import discover
+
+        try:
+            table = discover(source)
+            return [s.path for s in table.samples], [s.label for s in table.samples]
+        except DataError:  # a plain folder of images, no labels
+            from melanoma.predict import expand_paths
+
+            paths = expand_paths([source])[0]
+            return paths, [None] * len(paths)
+    from melanoma.evaluate import read_predictions_csv
+
+    table = read_predictions_csv(source)
+    if not any(table.paths):
+        raise DataError(f"{source}: no 'path' column to read the images from")
+    return table.paths, table.labels
+
+
+def _calibration_batches(predictor, paths: list[str]):
+    """onnxruntime CalibrationDataReader over the preprocessed images, one image per batch (MinMax needs equal
+    batch shapes)."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._paths = iter(paths)
+
+        def get_next(self):
+            path = next(self._paths, None)
+            return None if path is None else {"input": predictor.model_input(path)[None]}
+
+    return Reader()
+
+
+def _quantize(fp32_path: Path, predictor, calibration: list[str]) -> bytes:
+    """Static INT8 quantization (QDQ, per-channel INT8 weights, UINT8 activations, MinMax ranges)."""
+    import logging
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs advice for every graph at WARNING
+    try:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+            prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+            quant_pre_process(str(fp32_path), str(prepared))
+            quantize_static(str(prepared), str(quantized), _calibration_batches(predictor, calibration),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+            return quantized.read_bytes()
+    finally:
+        root.setLevel(level)
+
+
+def _compare(fp32, int8, paths: list[str], labels: list[str]) -> dict:
+    """Melanoma AUC of both models and the share of equal alert decisions on the labelled check images."""
+    from sklearn.metrics import roc_auc_score
+
+    ref, new = fp32.predict_paths(paths), int8.predict_paths(paths)
+    if ref.errors:
+        raise ModelError(f"{ref.errors[0][0]}: {ref.errors[0][1]} (INT8 check images must all be readable)")
+    is_mel = np.array([label == fp32.meta.get("melanoma_class") for label in labels])
+    auc_fp32 = float(roc_auc_score(is_mel, ref.melanoma_probability))
+    auc_int8 = float(roc_auc_score(is_mel, new.melanoma_probability))
+    return {"n_check": len(paths), "melanoma_auc_fp32": round(auc_fp32, 4), "melanoma_auc_int8": round(auc_int8, 4),
+            "auc_change": round(auc_int8 - auc_fp32, 4),
+            "alert_agreement": round(float(np.mean(ref.alert == new.alert)), 4),
+            "refer_agreement": round(float(np.mean(ref.refer == new.refer)), 4),
+            "max_probability_change": round(float(np.abs(ref.probs - new.probs).max()), 4)}
+
+
+def _split(model_path, calibration, check) -> tuple[list[str], list[str], list[str]]:
+    """(calibration paths, check paths, check labels): the check images never include a calibration image; when
+    both come from one source, at most every other image calibrates."""
+    same_source = calibration == check
+    cal_paths, _ = _labelled_images(calibration, model_path)
+    step = max(2 if same_source else 1, -(-len(cal_paths) // CALIBRATION_IMAGES))
+    cal_paths = cal_paths[::step][:CALIBRATION_IMAGES]
+    if not cal_paths:
+        raise ConfigError(f"no calibration images in {calibration or 'the run val_predictions.csv'}")
+    used = set(cal_paths)
+    paths, labels = _labelled_images(check, model_path)
+    kept = [(p, lab) for p, lab in zip(paths, labels) if p not in used and lab is not None]
+    return cal_paths, [p for p, _ in kept], [lab for _, lab in kept]
+
+
+def export_int8(model_path, fp32_onnx, out=None, calibration=None, check=None, threads: int = 1) -> dict:
+    """Quantize the exported `fp32_onnx` to INT8 (static, calibrated on `calibration` images, default the run's
+    validation images) and write it to `out` (default model.int8.onnx) ONLY if, on the labelled `check` images
+    (default: the validation images not used for calibration), melanoma AUC moves by at most INT8_MAX_AUC_CHANGE
+    and alert decisions agree on at least INT8_MIN_ALERT_AGREEMENT of them. Returns the figures; ModelError (one
+    line, with the figures) when a bound fails, and nothing is written."""
+    import onnx
+
+    from melanoma.artifacts import atomic_write_bytes
+    from melanoma.predict import Predictor, _onnx_session
+
+    fp32 = Predictor.load(fp32_onnx, threads=threads)
+    if fp32.melanoma_index is None:
+        raise ModelError(f"{fp32_onnx}: the INT8 check needs a melanoma class (it compares melanoma AUC)")
+    cal_paths, check_paths, labels = _split(model_path, calibration, check)
+    mel = fp32.meta["melanoma_class"]
+    if len({lab == mel for lab in labels}) < 2:
+        raise ConfigError(f"the INT8 check needs labelled melanomas and other lesions beside the {len(cal_paths)} "
+                          f"calibration images; got {len(labels)} labelled images (--int8-check)")
+    proto = onnx.load_from_string(_quantize(Path(fp32_onnx), fp32, cal_paths))
+    onnx.helper.set_model_props(proto, {p.key: p.value for p in onnx.load(str(fp32_onnx)).metadata_props})
+    data = proto.SerializeToString()
+    int8 = Predictor(fp32.backend.__class__(_onnx_session(data, threads)), fp32.meta, "int8")
+    figures = {"n_calibration": len(cal_paths), **_compare(fp32, int8, check_paths, labels)}
+    if abs(figures["auc_change"]) > INT8_MAX_AUC_CHANGE or figures["alert_agreement"] < INT8_MIN_ALERT_AGREEMENT:
+        raise ModelError(f"INT8 model not written: melanoma AUC moved by {figures['auc_change']:+.4f} (limit "
+                         f"{INT8_MAX_AUC_CHANGE}) and alert decisions agree on {figures['alert_agreement']:.2%} of "
+                         f"{figures['n_check']} images (need {INT8_MIN_ALERT_AGREEMENT:.0%}); keep the fp32 file")
+    onnx.helper.set_model_props(proto, {**{p.key: p.value for p in proto.metadata_props},
+                                        INT8_KEY: json.dumps(figures)})
+    out = Path(out) if out else int8_path(fp32_onnx)
+    data = proto.SerializeToString()
+    atomic_write_bytes(out, data)
+    return {"path": str(out), **figures, "size_mb": round(len(data) / 1e6, 3)}

@@ -144,21 +144,40 @@ def _as_numpy(x) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
-def _onnx_session(path: Path, threads: int | None, spinning: bool = True):
+def session_options(threads: int | None = None, spinning: bool = False):
+    """onnxruntime settings measured for this workload (docs/inference.md, bench/predict_speed.py):
+
+    * full graph optimisation (constant folding, Conv+BN+activation fusion): lite0 p50 12.7 -> 2.8 ms vs "basic";
+    * the CPU memory arena stays on: off cost 25-45% of batch throughput for ~30 MB less memory;
+    * one inter-op thread (the graph is a chain); `threads` intra-op threads (None: onnxruntime's default, the
+      physical cores);
+    * no busy-waiting worker threads by default: spinning lowers latency on an idle machine but doubled it when
+      other processes share the cores (lite0 p50 5.1 -> 8.3 ms with 2 threads next to other jobs).
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.enable_cpu_mem_arena = True
+    options.enable_mem_pattern = True
+    options.inter_op_num_threads = 1
     if threads:
-        options.intra_op_num_threads = int(threads)  # 0 / None: onnxruntime's default (all physical cores)
-        options.inter_op_num_threads = 1
-    if not spinning:
-        # Busy-waiting worker threads lower latency on an idle machine but double it when other processes
-        # share the cores (measured: lite0 p50 23 ms -> 12 ms with 2 threads next to a training job).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.intra_op_num_threads = int(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def _onnx_session(path, threads: int | None, spinning: bool = False):
+    """An onnxruntime CPU session of an ONNX file (or its bytes); ModelError (one line) when it cannot load."""
+    import onnxruntime as ort
+
+    source = path if isinstance(path, bytes) else str(path)
     try:
-        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(source, session_options(threads, spinning), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
-        raise ModelError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        name = "<in-memory ONNX model>" if isinstance(path, bytes) else path
+        raise ModelError(f"{name}: cannot load ONNX model ({str(exc).splitlines()[0][:200]})") from None
 
 
 def read_onnx_meta(path: Path, session=None) -> dict:
@@ -234,9 +253,10 @@ class Predictor:
         self.pre: dict = meta["preprocessing"]
 
     @classmethod
-    def load(cls, path=None, threads: int | None = None, spinning: bool = True) -> Predictor:
+    def load(cls, path=None, threads: int | None = None, spinning: bool = False) -> Predictor:
         """Load a run folder / model.json / model.safetensors (PyTorch) or an .onnx file (onnxruntime with
-        `threads` intra-op threads; spinning=False for machines shared with other busy processes).
+        `threads` intra-op threads, default all physical cores; spinning=True trades CPU for latency on a machine
+        nobody else uses; see `session_options`).
         path=None: the shipped default model."""
         path = resolve_model(path)
         if path.suffix.lower() == ".onnx":
