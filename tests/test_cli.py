@@ -48,6 +48,23 @@ def _run(argv, capsys) -> tuple[int, str, str]:
 # ------------------------------------------------------------------------------------------------ hostile inputs
 
 
+CLASSES = ["actinic keratosis", "basal cell carcinoma", "dermatofibroma", "melanoma", "nevus",
+           "pigmented benign keratosis", "seborrheic keratosis", "squamous cell carcinoma", "vascular lesion"]
+
+
+def _write_predictions(path: Path, n: int, n_melanoma: int) -> None:
+    """A prediction CSV (the layout `evaluate` writes) of random probabilities; the first n_melanoma are melanomas."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    rows = [",".join(["image", "path", *CLASSES, "prediction", "label"])]
+    for i in range(n):
+        p = rng.dirichlet(np.ones(len(CLASSES)))
+        rows.append(",".join([f"i{i}.jpg", "", *(f"{v:.6f}" for v in p), "nevus",
+                              "melanoma" if i < n_melanoma else "nevus"]))
+    path.write_text("\n".join(rows) + "\n")
+
+
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory, shared_train) -> dict[str, str]:
     """Paths a careless or hostile user might pass, and a working model and image for the other arguments."""
@@ -71,11 +88,14 @@ def bad(tmp_path_factory, shared_train) -> dict[str, str]:
     image = root / "lesion.jpg"
     shutil.copy(sorted((shared_train / "melanoma").glob("*.jpg"))[0], image)
     (root / "existing.csv").write_text("image\n")
+    scored = root / "scored-model"  # a model with validation predictions, so threshold gets to writing
+    shutil.copytree(model, scored)
+    _write_predictions(scored / "val_predictions.csv", n=60, n_melanoma=15)
     return {"root": str(root), "model": str(model), "corrupt_model": str(corrupt_model),
             "missing": str(root / "missing"), "empty_file": str(root / "empty.jpg"),
             "empty_dir": str(root / "empty-dir"), "corrupt_image": str(root / "corrupt.jpg"),
             "corrupt_csv": str(root / "corrupt.csv"), "bad_yaml": str(root / "bad.yaml"),
-            "corrupt_data": str(corrupt_data), "image": str(image), "existing_file": str(root / "existing.csv"),
+            "corrupt_data": str(corrupt_data), "scored_model": str(scored), "image": str(image), "existing_file": str(root / "existing.csv"),
             # as root, permissions do not stop a write: a path under a regular file cannot be created by anyone
             "unwritable": str(root / "a-file.txt" / "sub")}
 
@@ -106,6 +126,7 @@ HOSTILE = [
     (["train", "--config", "{bad_yaml}", "--out", "{root}/run4"], "{bad_yaml}"),
     (["train", "--config", "{missing}.yaml"], "{missing}.yaml"),
     (["train", "--resume", "{empty_dir}"], "config.yaml"),
+    (["train", "--data", "{corrupt_data}", "--out", "{unwritable}"], "{unwritable}"),
     (["train", "--data", "{corrupt_data}", "--weights", "{missing}.pt"], "{missing}.pt"),
     (["train", "--data", "{corrupt_data}", "--folds", "3", "--model", "seed-cnn", "--epochs", "x"], "--epochs"),
     # threshold
@@ -121,6 +142,8 @@ HOSTILE = [
     (["threshold", "{model}", "--target-sensitivity", "0.9"], "--in-place"),
     (["threshold", "{model}", "--target-sensitivity", "0.9", "--in-place", "--out", "{root}/t"], "--in-place"),
     (["threshold", "{empty_dir}", "--target-sensitivity", "0.9", "--in-place"], "model.json"),
+    (["threshold", "{scored_model}", "--target-sensitivity", "0.9", "--out", "{unwritable}"], "{unwritable}"),
+    (["threshold", "{scored_model}", "--target-sensitivity", "0.9", "--out", "{existing_file}"], "{existing_file}"),
     # evaluate
     (["evaluate", "--model", "{missing}", "--data", "{corrupt_data}"], "{missing}"),
     (["evaluate", "--model", "{corrupt_model}", "--data", "{corrupt_data}"], "model.json"),
@@ -264,19 +287,10 @@ def test_rounding_for_people():
 
 def test_json_and_summary_and_package_warnings(tmp_path, capsys):
     """threshold: a short summary by default, the full result with --json; its own warning as one stderr line."""
-    import numpy as np
-
     from melanoma.artifacts import build_test_model
 
     run = build_test_model(tmp_path / "run", image_size=64)
-    rng = np.random.default_rng(0)
-    header = "image,path,actinic keratosis,basal cell carcinoma,dermatofibroma,melanoma,nevus," \
-             "pigmented benign keratosis,seborrheic keratosis,squamous cell carcinoma,vascular lesion,prediction,label"
-    rows = []
-    for i in range(40):
-        p = rng.dirichlet(np.ones(9))
-        rows.append(",".join([f"i{i}.jpg", "", *(f"{v:.6f}" for v in p), "nevus", "melanoma" if i < 10 else "nevus"]))
-    (run / "val_predictions.csv").write_text("\n".join([header, *rows]) + "\n")
+    _write_predictions(run / "val_predictions.csv", n=40, n_melanoma=10)
     assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--out", str(tmp_path / "a")]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("melanoma alert threshold") and len(captured.out.splitlines()) == 3
