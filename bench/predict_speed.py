@@ -1,98 +1,154 @@
-"""CPU inference speed: PyTorch eager vs ONNX Runtime, seed-cnn and efficientnet_lite0 (random-weight artifacts).
+"""CPU inference speed and memory of the shipped model: ONNX Runtime vs PyTorch, fp32 and INT8, side by side.
 
-Measures what `Predictor` runs per batch (model forward returning logits + pre-logit features), on already
-preprocessed input tensors, plus one end-to-end single-image figure (JPEG decode + eval transform + model +
-softmax/alert/referral) through `Predictor.predict`:
+Prints, for models/default (efficientnet_lite0, 160 px, with its referral statistics):
 
-* single-image latency p50 / p95 in ms (batch 1, after warm-up)
-* batch-32 throughput in images/s
+* the input path per image (JPEG decode, resize, colour constancy, crop + normalise), for a 180x180 9-class JPEG
+  and a 200x150 HAM10000 JPEG (the shared copy), in ms;
+* single-image end-to-end p50 / p95 (file -> decode -> preprocess -> model -> probabilities, alert, referral),
+  model-only p50, and end-to-end batch throughput (`predict_paths`, decoding in threads) in images/s, for
+  PyTorch fp32, ONNX fp32 and ONNX INT8. INT8 is built like `melanoma export --int8` but WITHOUT its quality bounds,
+  to show what the refused file would have bought (`kept` says whether `export --int8` writes it);
+* peak memory (RSS) of `melanoma predict` over 200 images with the ONNX model, in a fresh process, and whether that
+  process imported torch.
 
-    python bench/predict_speed.py [--threads 2] [--runs 100] [--models seed-cnn efficientnet_lite0]
+    python bench/predict_speed.py [--threads 1] [--runs 60] [--images 200]
 
-Other processes loading the CPU (training jobs) inflate the figures; the script prints the 1-minute load average.
-On a shared CPU run it as `OMP_WAIT_POLICY=PASSIVE python bench/predict_speed.py --no-spin`: busy-waiting OpenMP
-(torch) and onnxruntime threads otherwise slow a 2-thread forward down up to 15x next to another busy process.
+Other processes loading the CPU inflate the figures; the 1-minute load average is printed before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from melanoma.artifacts import build_test_model
-from melanoma.export import export_onnx
-from melanoma.predict import Predictor
-
-SIZES = {"seed-cnn": 180, "efficientnet_lite0": 224}  # each architecture's default input size
-SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-9class" / "Train" / "melanoma"
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+MODEL = REPO / "models" / "default"
 
 
-def _latencies_ms(fn, x, runs: int, warmup: int = 10) -> list[float]:
+def _ms(fn, runs: int, warmup: int = 3) -> list[float]:
     for _ in range(warmup):
-        fn(x)
+        fn()
     out = []
     for _ in range(runs):
         start = time.perf_counter()
-        fn(x)
+        fn()
         out.append((time.perf_counter() - start) * 1e3)
     return out
 
 
-def _pct(values, q) -> float:
-    return float(np.percentile(values, q))
+def _sample_images(n: int) -> list[str]:
+    """n real JPEGs: half 9-class (180x180), half HAM10000 (200x150 here), spread over the folders."""
+    isic = sorted(str(p) for p in (SHARED / "isic-9class" / "Train").rglob("*.jpg"))
+    ham = sorted(str(p) for p in (SHARED / "ham10000" / "images").glob("*.jpg"))
+    return isic[:: max(1, len(isic) // (n - n // 2))][: n - n // 2] + ham[: n // 2]
 
 
-def _measure(predictor: Predictor, size: int, runs: int, batch: int) -> dict:
-    one = torch.randn(1, 3, size, size)
-    many = torch.randn(batch, 3, size, size)
-    single = _latencies_ms(predictor.backend, one, runs)
-    batch_ms = _latencies_ms(predictor.backend, many, max(5, runs // 10), warmup=2)
-    sample = next(iter(sorted(SAMPLE.glob("*.jpg"))), None)
-    e2e = _latencies_ms(lambda p: predictor.predict([p]), str(sample), max(20, runs // 5), warmup=3) \
-        if sample else [float("nan")]
-    return {"p50": _pct(single, 50), "p95": _pct(single, 95), "throughput": batch / (statistics.median(batch_ms) / 1e3),
-            "e2e_p50": _pct(e2e, 50)}
+def input_path(pre: dict, paths: list[str], runs: int) -> None:
+    """ms per stage of the eval preprocessing (images.model_input), per kind of image."""
+    from PIL import Image
+
+    from melanoma import images
+
+    print("\ninput path, ms per image (median):")
+    print(f"{'image':<22}{'decode':>8}{'resize':>8}{'colour':>8}{'crop+norm':>11}{'total':>8}")
+    for label, path in (("9-class 180x180 JPEG", paths[0]), ("HAM10000 200x150 JPEG", paths[-1])):
+        decoded = images.load_image(path)
+        resized = images.resize_shorter_side(decoded, int(pre["resize"]))
+        constant = images.shades_of_gray(resized) if pre.get("color_constancy") == "shades_of_gray" else resized
+        stages = [statistics.median(_ms(fn, runs)) for fn in (
+            lambda: images.load_image(path),
+            lambda: images.resize_shorter_side(decoded, int(pre["resize"])),
+            lambda: images.shades_of_gray(resized),
+            lambda: images.normalise(images.center_crop(np.asarray(constant), int(pre["input_size"])), pre))]
+        print(f"{label:<22}" + "".join(f"{v:>8.2f}" for v in stages[:3]) + f"{stages[3]:>11.2f}{sum(stages):>8.2f}")
+        assert isinstance(decoded, Image.Image)
+
+
+def measure(predictor, paths: list[str], runs: int, batch: int) -> dict:
+    one = predictor.model_input(paths[0])[None]
+    model_only = _ms(lambda: predictor.backend(one), runs)
+    e2e = _ms(lambda: predictor.predict([paths[0]]), runs)
+    start = time.perf_counter()
+    result = predictor.predict_paths(paths, batch_size=batch)
+    throughput = len(result) / (time.perf_counter() - start)
+    return {"e2e_p50": float(np.percentile(e2e, 50)), "e2e_p95": float(np.percentile(e2e, 95)),
+            "model_p50": float(np.percentile(model_only, 50)), "throughput": throughput, "result": result}
+
+
+def peak_rss_of_onnx_predict(onnx_path: Path, paths: list[str], tmp: Path) -> dict:
+    """`melanoma predict FOLDER --model X.onnx` in a fresh interpreter: peak RSS (MB) and whether torch loaded."""
+    folder = tmp / "rss-images"
+    folder.mkdir()
+    for i, path in enumerate(paths):
+        shutil.copyfile(path, folder / f"{i:04d}{Path(path).suffix}")
+    # Trap: ru_maxrss survives fork + exec on Linux (the child would report this big parent's peak); VmHWM of
+    # /proc/self/status belongs to the new process image only.
+    script = ("import json, re, sys\nfrom melanoma import cli\n"
+              f"rc = cli.main(['predict', {str(folder)!r}, '--model', {str(onnx_path)!r}, '--out', "
+              f"{str(tmp / 'rss.csv')!r}])\n"
+              "hwm = int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
+              "print(json.dumps({'rc': rc, 'peak_mb': hwm / 1024, 'torch': 'torch' in sys.modules}))\n")
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "seconds": time.perf_counter() - start,
+            "images": len(paths)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads (default 1)")
+    ap.add_argument("--runs", type=int, default=60, help="timed repetitions per single-image figure (default 60)")
+    ap.add_argument("--images", type=int, default=200, help="images for throughput and peak memory (default 200)")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--models", nargs="+", default=list(SIZES))
-    ap.add_argument("--no-spin", action="store_true",
-                    help="onnxruntime without busy-waiting threads (better when other jobs share the CPU)")
     args = ap.parse_args(argv)
+
+    import torch
+
+    from melanoma import export
+    from melanoma.predict import Predictor
+
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
-    print(f"torch {torch.__version__}, {args.threads} threads, ort spinning {not args.no_spin}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}, cpu count {os.cpu_count()}, "
-          f"load average (1 min) before: {os.getloadavg()[0]:.2f}")
-    rows = []
+    paths = _sample_images(args.images)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), cpu count {os.cpu_count()}, "
+          f"load average (1 min) before: {os.getloadavg()[0]:.2f}; {len(paths)} real JPEGs")
     with tempfile.TemporaryDirectory() as tmp:
-        for arch in args.models:
-            size = SIZES.get(arch, 224)
-            model_dir = build_test_model(Path(tmp) / arch, architecture=arch, image_size=size)
-            onnx_path = Path(tmp) / f"{arch}.onnx"
-            export_onnx(model_dir, onnx_path)
-            for backend, predictor in (("pytorch", Predictor.load(model_dir)),
-                                       ("onnxruntime", Predictor.load(onnx_path, threads=args.threads,
-                                                                      spinning=not args.no_spin))):
-                rows.append((arch, size, backend, _measure(predictor, size, args.runs, args.batch)))
-    print(f"\n{'model':<20}{'size':>5}  {'backend':<12}{'p50 ms':>8}{'p95 ms':>8}{'b' + str(args.batch) + ' img/s':>12}"
-          f"{'e2e p50 ms':>12}")
-    for arch, size, backend, m in rows:
-        print(f"{arch:<20}{size:>5}  {backend:<12}{m['p50']:>8.2f}{m['p95']:>8.2f}{m['throughput']:>12.1f}"
-              f"{m['e2e_p50']:>12.2f}")
-    print(f"\nload average (1 min) after: {os.getloadavg()[0]:.2f}  (other jobs on this CPU inflate the figures)")
+        tmp = Path(tmp)
+        fp32_path = tmp / "model.onnx"
+        export.export_onnx(MODEL, fp32_path)
+        rss = peak_rss_of_onnx_predict(fp32_path, paths, tmp)
+        fp32 = Predictor.load(fp32_path, threads=args.threads)
+        cal = export._split(MODEL, None, None)[0]
+        int8_path = tmp / "model.int8.onnx"
+        int8_path.write_bytes(export._quantize(fp32_path, fp32, cal))
+        predictors = {"PyTorch fp32": Predictor.load(MODEL), "ONNX fp32": fp32,
+                      "ONNX INT8": Predictor.load(int8_path, threads=args.threads)}
+        input_path(fp32.pre, paths, args.runs)
+        rows = {name: measure(p, paths, args.runs, args.batch) for name, p in predictors.items()}
+    ref = rows["ONNX fp32"]["result"]
+    print(f"\n{'backend':<14}{'e2e p50 ms':>11}{'e2e p95 ms':>11}{'model p50 ms':>13}{'b' + str(args.batch) + ' img/s':>11}"
+          f"{'alerts = fp32':>15}")
+    for name, m in rows.items():
+        agree = float(np.mean(m["result"].alert == ref.alert))
+        print(f"{name:<14}{m['e2e_p50']:>11.2f}{m['e2e_p95']:>11.2f}{m['model_p50']:>13.2f}{m['throughput']:>11.1f}"
+              f"{agree:>15.1%}")
+    print("\nONNX INT8 is shown for its speed only: `melanoma export --int8` refuses it unless melanoma AUC moves by "
+          f"<= {export.INT8_MAX_AUC_CHANGE} and >= {export.INT8_MIN_ALERT_AGREEMENT:.0%} of alerts agree "
+          "(run it to see the figures)")
+    print(f"\nONNX `melanoma predict` of {rss['images']} images in a fresh process: peak RSS {rss['peak_mb']:.0f} MB, "
+          f"{rss['seconds']:.1f} s wall, torch imported: {rss['torch']}")
+    print(f"load average (1 min) after: {os.getloadavg()[0]:.2f}  (other jobs on this CPU inflate the figures)")
     return 0
 
 

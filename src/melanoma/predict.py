@@ -313,8 +313,9 @@ class Predictor:
         else:
             p_mel = probs[:, self.melanoma_index]
             alert = p_mel >= self.alert_threshold
-        refer, reasons = (self.referrer.decide(probs, features, logits, image_stats) if n
-                          else (np.zeros(0, bool), []))
+        with _one_blas_thread():
+            refer, reasons = (self.referrer.decide(probs, features, logits, image_stats) if n
+                              else (np.zeros(0, bool), []))
         return PredictionResult(paths=list(names), probs=probs, class_names=self.class_names,
                                 melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
                                 errors=list(errors))
@@ -374,6 +375,21 @@ class Predictor:
         """Predict image files in batches; unreadable files go to `result.errors`, the rest go on."""
         return PredictionResult.concat(list(self.iter_batches(paths, tta, tta_views, batch_size, progress, workers)),
                                        self.class_names)
+
+
+_BLAS_CONTROLLER = None
+
+
+def _one_blas_thread():
+    """Context: numpy's BLAS on one thread. The referral's small matrix products ([N,1280] @ [1280,64]) took
+    48 ms instead of 0.06 ms per image with OpenBLAS's default threads on a CPU shared with other processes
+    (measured, 2 cores); one thread is never slower at these sizes. The limit is process-wide while it lasts."""
+    global _BLAS_CONTROLLER
+    from threadpoolctl import ThreadpoolController
+
+    if _BLAS_CONTROLLER is None:
+        _BLAS_CONTROLLER = ThreadpoolController()  # scans the loaded libraries once
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _for_input_check(x):
