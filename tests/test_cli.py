@@ -7,6 +7,7 @@ the exit status and the imports a fresh interpreter makes).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -15,7 +16,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from melanoma import __version__, cli
 
@@ -298,8 +298,6 @@ def test_json_and_summary_and_package_warnings(tmp_path, capsys):
     assert len(warning) == 1 and "only 10 melanomas" in warning[0]
     assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--out", str(tmp_path / "b"),
                      "--json"]) == 0
-    import json
-
     result = json.loads(capsys.readouterr().out)
     assert result["n_melanoma"] == 10 and isinstance(result["new"], float)
 
@@ -345,8 +343,6 @@ def test_help_and_audit_do_not_import_torch(tiny_isic):
 
 
 def test_audit_json_on_stdout_and_verbose_anywhere(tiny_isic, capsys):
-    import json
-
     for argv in (["audit", str(tiny_isic), "--json", "--workers", "1"],
                  ["-v", "audit", str(tiny_isic), "--json", "--workers", "1"],
                  ["audit", str(tiny_isic), "--json", "--workers", "1", "--verbose"]):
