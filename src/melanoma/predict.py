@@ -595,7 +595,7 @@ def _check_options(fmt: str, out, resume: bool, tta: bool, tta_views: int, batch
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if resume and fmt != "csv":
-        raise ConfigError(f"--resume works with --format csv only (a {fmt} file is written once, at the end)")
+        raise ConfigError(f"--resume works with --format csv only ({fmt} output is written once, at the end)")
     if resume and out in (None, "-"):
         raise ConfigError("--resume needs --out FILE: the prediction CSV to continue")
 
