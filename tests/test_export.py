@@ -75,6 +75,16 @@ def test_onnx_predictor_matches_pytorch_predictor(exported):
     assert a.refer == b.refer and a.refer_reason == b.refer_reason
 
 
+def test_onnx_tta_matches_pytorch_tta(exported):
+    """TTA views are numpy flips/rotations for both backends: the 8-view averages agree like single views do."""
+    model_dir, result, images = exported
+    torch_tta = Predictor.load(model_dir).predict_paths(images[:6], tta=True, tta_views=8)
+    onnx_tta = Predictor.load(result["path"], threads=1).predict_paths(images[:6], tta=True, tta_views=8)
+    one_view = Predictor.load(result["path"], threads=1).predict_paths(images[:6])
+    np.testing.assert_allclose(onnx_tta.probs, torch_tta.probs, atol=1e-5)
+    assert not np.allclose(onnx_tta.probs, one_view.probs, atol=1e-4)  # the views did change something
+
+
 def test_parity_failure_is_a_model_error_and_writes_nothing(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(ModelError, match="does not match PyTorch"):
