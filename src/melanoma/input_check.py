@@ -26,27 +26,35 @@ look like lesions'); the feature-space check handles photos.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from melanoma.errors import ModelError
 
 NAMES = ("contrast", "edge_ratio")
 REASON = "not like a dermoscopic image"
-_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-_LAPLACIAN = torch.tensor([[-1.0, -1.0, -1.0], [-1.0, 8.0, -1.0], [-1.0, -1.0, -1.0]]).view(1, 1, 3, 3)
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32).reshape(1, 3, 1, 1)
 
 
-def statistics(x: torch.Tensor, preprocessing: dict) -> np.ndarray:
-    """[N, 2] (contrast, edge_ratio) of a normalised model-input batch x [N, 3, H, W] (the eval preset's output),
-    computed on the pixels before normalisation (0-255), so they do not depend on the model's mean and std."""
-    mean = torch.tensor(preprocessing["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(preprocessing["std"], dtype=torch.float32).view(1, 3, 1, 1)
-    pixels = (x.float() * std + mean).clamp(0, 1) * 255.0
-    luma = (pixels * _LUMA).sum(dim=1, keepdim=True)
-    contrast = luma.flatten(1).std(dim=1)
-    edges = F.conv2d(luma, _LAPLACIAN).abs().flatten(1).mean(dim=1)
-    return torch.stack([contrast, edges / (contrast + 1.0)], dim=1).numpy().astype(np.float64)
+def statistics(x, preprocessing: dict) -> np.ndarray:
+    """[N, 2] (contrast, edge_ratio) of a normalised model-input batch x [N, 3, H, W] (numpy or torch; the eval
+    preset's output), computed on the pixels before normalisation (0-255), so they do not depend on the model's
+    mean and std. numpy only (float32 like the model input): ONNX prediction never imports torch."""
+    x = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x, dtype=np.float32)
+    mean = np.asarray(preprocessing["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(preprocessing["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    pixels = np.clip(x * std + mean, 0.0, 1.0) * np.float32(255.0)
+    luma = (pixels * _LUMA).sum(axis=1)                                   # [N, H, W]
+    contrast = luma.reshape(len(luma), -1).std(axis=1, ddof=1)            # ddof=1: torch.std's unbiased default
+    edges = np.abs(_laplacian(luma)).reshape(len(luma), -1).mean(axis=1)
+    return np.stack([contrast, edges / (contrast + 1.0)], axis=1).astype(np.float64)
+
+
+def _laplacian(luma: np.ndarray) -> np.ndarray:
+    """8-neighbour Laplacian [[-1,-1,-1],[-1,8,-1],[-1,-1,-1]] of [N, H, W], valid region only [N, H-2, W-2]."""
+    h, w = luma.shape[1:]
+    centre = luma[:, 1:h - 1, 1:w - 1]
+    neighbours = sum(luma[:, dy:h - 2 + dy, dx:w - 2 + dx] for dy in range(3) for dx in range(3)
+                     if (dy, dx) != (1, 1))
+    return 8.0 * centre - neighbours
 
 
 def fit(stats: np.ndarray, quantile: float = 0.001, margin: float = 1.25, contrast_margin: float = 4.0) -> dict:

@@ -21,15 +21,14 @@ Independent reasons, each calibrated on the validation set by training (`fit_ref
 
 Stored state: `meta_part` (JSON, goes to `model.json["referral"]`) and a few small tensors (go to
 `model.safetensors` as extra tensors, names prefixed "referral.").
+
+Deciding (`Referrer`) is numpy only: torch and scikit-learn are imported by the functions that embed and fit, so
+ONNX prediction never loads them.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from sklearn.covariance import ledoit_wolf_shrinkage
-from sklearn.model_selection import KFold
-from torch import nn
 
 from melanoma import input_check
 from melanoma.errors import ModelError
@@ -45,6 +44,8 @@ METHOD_VERSION = 2  # version 1 (no energy term) models still load and use the d
 # --------------------------------------------------------------------------------------------- features
 def classifier_module(model: nn.Module) -> nn.Module:
     """The module whose INPUT is the pre-logit feature vector: timm's get_classifier(), else the last nn.Linear."""
+    from torch import nn
+
     get = getattr(model, "get_classifier", None)
     if callable(get):
         head = get()
@@ -62,6 +63,8 @@ def embed(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     The features are captured by a forward hook as the input of the classifier (pre-logits). Works for any
     model with a timm-style get_classifier() or a final nn.Linear. The hook is always removed.
     """
+    import torch
+
     captured: list[torch.Tensor] = []
     hook = classifier_module(model).register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
     try:
@@ -96,6 +99,8 @@ def _fit_ood_stats(features: np.ndarray, labels: np.ndarray, pca_dims: int) -> d
     """Class means + a Ledoit-Wolf-shrunk shared within-class covariance, kept as its top `pca_dims`
     eigenvectors/eigenvalues plus ONE variance for all other directions (probabilistic-PCA style), so the stored
     statistics are small ([k, D]) while distances stay close to the full-dimensional Mahalanobis distance."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+
     features = np.asarray(features, dtype=np.float64)
     classes = np.unique(labels)
     class_means = np.stack([features[labels == c].mean(axis=0) for c in classes])
@@ -133,6 +138,8 @@ def _out_of_fold_scores(features, labels, pca_dims: int, folds: int, seed: int) 
     """OOD score of each validation sample from statistics fitted WITHOUT it. In-sample distances are much
     smaller (measured 2.5x for 1280-d features and ~300 samples), so a threshold on them would refer far too
     many new lesions."""
+    from sklearn.model_selection import KFold
+
     scores = np.empty(len(features))
     n_splits = int(max(2, min(folds, len(features))))
     for fit_idx, held_idx in KFold(n_splits, shuffle=True, random_state=seed).split(features):
@@ -163,6 +170,8 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
     fitted calibration temperature). Returns (meta_part for model.json["referral"], extra tensors for
     model.safetensors, named "referral.*"). Needs at least 4 validation samples.
     """
+    import torch
+
     features = np.asarray(features, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
@@ -268,7 +277,8 @@ def _find_stats(tensors: dict) -> dict[str, np.ndarray] | None:
     for key, value in tensors.items():
         name = key[len("extra."):] if key.startswith("extra.") else key
         if name.startswith(_PREFIX):
-            out[name[len(_PREFIX):]] = np.asarray(value.detach().cpu().numpy() if torch.is_tensor(value) else value,
+            # a torch tensor (model.safetensors) or a numpy array (ONNX metadata, read without torch)
+            out[name[len(_PREFIX):]] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value,
                                                   dtype=np.float64)
     return out if all(n in out for n in TENSOR_NAMES) else None
 
