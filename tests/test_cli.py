@@ -278,8 +278,6 @@ def _options_without_help(parser) -> list[str]:
             if a.option_strings and a.help is not argparse.SUPPRESS and not a.help]
 
 
-@pytest.mark.xfail(reason="serve --port has no help text yet (src/melanoma/serve/cli.py is the service's)",
-                   strict=False)
 def test_options_of_commands_defined_elsewhere_explain_themselves():
     commands = _commands()
     assert {name: _options_without_help(commands[name]) for name in DEFINED_ELSEWHERE} == \

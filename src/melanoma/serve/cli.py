@@ -10,7 +10,14 @@ import melanoma
 DEFAULT_MODEL = Path(melanoma.__file__).resolve().parents[2] / "models" / "default"
 
 
+def _numbers():
+    from melanoma.cli import POSITIVE_INT, _number  # the command line's range-checked argparse types
+
+    return POSITIVE_INT, _number(int, 1, 65535), _number(float, 0.0, 1024.0, low_open=True)
+
+
 def add_serve(sub) -> None:
+    positive_int, port, megabytes = _numbers()
     help_ = ("Serve the clinic service: browser UI at /, REST API under /v1 (OpenAPI docs at /docs), audit trail "
              "in a database, melanoma alerts to a webhook.")
     p = sub.add_parser("serve", help=help_, description=f"{help_}\n\nexample:\n  melanoma serve --model "
@@ -19,8 +26,8 @@ def add_serve(sub) -> None:
     p.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (model.json + model.safetensors) or "
                    ".onnx file (default: the shipped models/default)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--workers", type=int, default=1, help="inference threads sharing the loaded model (default 1; "
+    p.add_argument("--port", type=port, default=8000, help="TCP port to listen on, 1-65535 (default 8000)")
+    p.add_argument("--workers", type=positive_int, default=1, help="inference threads sharing the loaded model (default 1; "
                    "each batches the requests waiting)")
     p.add_argument("--db", default="sqlite:///.melanoma/audit.sqlite",
                    help="database URL: sqlite:///PATH (default .melanoma/audit.sqlite) or postgresql://USER:PW@HOST/DB")
@@ -31,8 +38,8 @@ def add_serve(sub) -> None:
                    help="onnx: ONNX Runtime on CPU, exported on first start and cached (default); torch: PyTorch, "
                         "on the GPU when there is one")
     p.add_argument("--device", help="--backend torch only: cuda, cuda:1, cpu (default: cuda when available)")
-    p.add_argument("--max-upload-mb", type=float, default=20.0, help="largest accepted image file (default 20)")
-    p.add_argument("--max-files", type=int, default=16, help="most images per request (default 16)")
+    p.add_argument("--max-upload-mb", type=megabytes, default=20.0, help="largest accepted image file (default 20)")
+    p.add_argument("--max-files", type=positive_int, default=16, help="most images per request (default 16)")
     p.add_argument("--state-dir", default=".melanoma", help="ONNX cache when the model folder is read-only, and "
                    "calibrated model copies (default .melanoma)")
     p.add_argument("--public-url", help="base URL of the case links in alerts (default http://HOST:PORT)")
