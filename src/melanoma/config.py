@@ -100,6 +100,12 @@ class TrainConfig:
                 raise ConfigError(message)
         return self
 
+    def monitored_metric(self) -> str:
+        """What chooses the checkpoint and stops early: balanced accuracy, or the melanoma AUC (the default when a
+        held-out source validates, since what must carry to a new clinic is the melanoma ranking)."""
+        name = self.monitor if self.monitor != "auto" else ("mel_auc" if self.holdout_source else "bal_acc")
+        return f"val/{name}"
+
     def absolutize(self) -> "TrainConfig":
         """Every path made absolute (config.yaml then means the same from any working folder, e.g. for --resume)."""
         def absolute(path):

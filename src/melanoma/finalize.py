@@ -49,17 +49,18 @@ def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_s
     return np.concatenate(logits), np.concatenate(features), np.concatenate(stats)
 
 
-def _best_epoch(run: Path) -> dict:
-    """Epoch count and best validation balanced accuracy read from the CSV log (for the model card)."""
+def _best_epoch(run: Path, monitor: str = "val/bal_acc") -> dict:
+    """Epoch count and the epoch with the best monitored validation figure, read from the CSV log (model card)."""
     log = run / "logs" / "metrics.csv"
     if not log.exists():
         return {}
     import csv
 
-    rows = [r for r in csv.DictReader(log.open()) if r.get("val/bal_acc")]
+    with log.open(newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get(monitor)]
     if not rows:
         return {}
-    best = max(rows, key=lambda r: float(r["val/bal_acc"]))
+    best = max(rows, key=lambda r: float(r[monitor]))
     return {"epochs_run": int(float(rows[-1]["epoch"])) + 1, "best_epoch": int(float(best["epoch"])) + 1}
 
 
@@ -175,7 +176,7 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
                                    seed=cfg.seed, groups=[table.samples[i].group for i in val_idx])
     atomic_write_text(run / "val_metrics.json", json.dumps(full, indent=2))
     head = headline_metrics(full)
-    epochs = _best_epoch(run)
+    epochs = _best_epoch(run, cfg.monitored_metric())
     tensors = {**tensors, **fingerprint.load(cfg.out)}  # the training set's hashes travel with the weights
     save_model(model, model_metadata(cfg, table, pre, calibration, threshold, referral_meta, head, epochs), run,
                tensors)
@@ -185,7 +186,9 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
               "temperature": calibration["temperature"], "melanoma_alert": threshold,
               "seconds": round(seconds, 1), **epochs}
     atomic_write_text(run / "result.json", json.dumps(result, indent=2))
-    print(f"{run}: balanced accuracy {head['balanced_accuracy']:.3f}, melanoma AUC {head['melanoma_auc']}, "
+    auc = head["melanoma_auc"]
+    print(f"{run}: balanced accuracy {head['balanced_accuracy']:.3f}, "
+          f"melanoma AUC {'-' if auc is None else f'{auc:.3f}'}, "
           f"{result['seconds']:.0f} s")
     return {"summary": result, **result}
 

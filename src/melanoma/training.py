@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -149,17 +150,10 @@ class FlushLogEachEpoch(L.Callback):
             trainer.logger.save()
 
 
-def monitored_metric(cfg: TrainConfig) -> str:
-    """What chooses the checkpoint and stops early: balanced accuracy, or the melanoma AUC (the default when a
-    held-out source validates, since what must carry to a new clinic is the melanoma ranking)."""
-    name = cfg.monitor if cfg.monitor != "auto" else ("mel_auc" if cfg.holdout_source else "bal_acc")
-    return f"val/{name}"
-
-
 def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
     """A Lightning Trainer checkpointing every epoch (last.ckpt) and the best validation score; with --ema or
     --swa-epochs the averaged weights are validated, checkpointed and shipped."""
-    monitor = monitored_metric(cfg)
+    monitor = cfg.monitored_metric()
     checkpoint = ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=monitor, mode="max",
                                  save_last=True)
     callbacks = [checkpoint, LearningRateMonitor("epoch"), FlushLogEachEpoch(), *averaging_callbacks(cfg, run)]
@@ -173,7 +167,8 @@ def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
         callbacks=[*callbacks, *extra_callbacks],
         limit_train_batches=cfg.max_train_batches or 1.0, use_distributed_sampler=False,
         num_sanity_val_steps=0, log_every_n_steps=5, enable_model_summary=False,
-        enable_progress_bar=bool(cfg.extra.get("progress_bar", True)),
+        # a progress bar only for a person watching a terminal, never in log files
+        enable_progress_bar=bool(cfg.extra.get("progress_bar", sys.stderr.isatty())),
     )
 
 
