@@ -280,6 +280,9 @@ def test_holdout_source_trains_on_the_others_and_validates_on_it(tiny_isic, ham_
     assert result["n_train"] <= 45 and result["n_val"] > 0
     meta = json.loads((run / "model.json").read_text())
     assert meta["training"]["holdout_source"] == "ham"
+    # the card's limitations describe this model's data, not a stock text
+    assert "the held-out source ham" in meta["model_card"]["limitations"]
+    assert "images only" in meta["model_card"]["limitations"]
     with pytest.raises(ConfigError, match="not a training source"):
         train(tiny_config(tiny_isic, tmp_path / "bad", extra_data=[str(ham)], holdout_source="nowhere"))
 

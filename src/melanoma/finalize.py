@@ -21,15 +21,6 @@ from melanoma.referral import Referrer, embed, fit_referral, softmax
 from melanoma.transforms import eval_transform
 
 
-# Measured, not assumed (README "Cross-source check"): the recipe trained on one source and scored on another.
-LIMITATIONS = (
-    "Trained on ISIC archive images (the sources above); other clinics, devices, skin types and non-dermoscopic "
-    "photos may degrade it. Validation, thresholds and calibration use the first source only (extra sources only "
-    "train). On a dermoscopy source not seen in training the recipe lost 0.15-0.19 melanoma AUC and an alert "
-    "chosen for 90% sensitivity caught 67-79% of melanomas: re-choose the threshold on local labelled images "
-    "(`melanoma threshold MODEL --predictions CSV`) before use.")
-
-
 def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_size: int = 64):
     """Eval-preset logits, pre-logit features and input statistics (input_check) for cached uint8 images;
     returns numpy (logits, features, image_stats)."""
@@ -93,7 +84,7 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
     """model.json content (the single source of truth read by evaluate, predict, export and serve)."""
     summary_path = Path(cfg.out) / "data_summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
-    return {
+    meta = {
         "architecture": cfg.model,
         "class_names": list(table.classes),
         "melanoma_class": find_melanoma_class(table.classes),
@@ -114,7 +105,6 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
                      "`preprocessing`",
             "output": "probability per class (temperature-scaled), melanoma alert, referral flag",
             "training_data": [Path(p).name or str(p) for p in [cfg.data, *cfg.extra_data]],
-            "limitations": LIMITATIONS,
             "validated_on": validation_description(cfg),
             "expected_alert_share": expected_alert_share(headline.get("melanoma_sensitivity"),
                                                          headline.get("melanoma_specificity")),
@@ -122,6 +112,11 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
                        "5:180161): use these weights non-commercially and cite the sources.",
         },
     }
+    # limitations of THIS model, from the data it was trained and validated on (the report shows the same text)
+    from melanoma.report import describe_limitations
+
+    meta["model_card"]["limitations"] = " ".join(describe_limitations(meta))
+    return meta
 
 
 # Melanoma prevalence in a dermatology referral clinic (~10%) and in population screening (~1-2%).

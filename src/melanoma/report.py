@@ -210,13 +210,21 @@ def describe_limitations(meta: dict) -> list[str]:
                      + f": do not rely on its output for {'this class' if len(small) == 1 else 'these classes'}.")
     n_val = (meta.get("metrics") or {}).get("n")
     first = _source_name(data["source"])
-    items.append(f"Validation, the alert threshold and the calibration come from {first} only"
-                 + (f" ({n_val:,} validation images)" if n_val else "")
-                 + (": the extra sources only train." if data.get("extra_sources") else "."))
+    validated_on = (meta.get("model_card") or {}).get("validated_on") or ""
+    held_out = ((meta.get("training") or {}).get("holdout_source"))
+    if held_out or "every training source" in validated_on:
+        items.append(f"Validation, the alert threshold and the calibration come from {validated_on}"
+                     + (f" ({n_val:,} validation images)." if n_val else "."))
+    else:
+        items.append(f"Validation, the alert threshold and the calibration come from {first} only"
+                     + (f" ({n_val:,} validation images)" if n_val else "")
+                     + (": the extra sources only train." if data.get("extra_sources") else "."))
     if not data.get("extra_sources"):
         items.append(f"One source only ({first}): the model has seen no other clinic, camera or population, and "
                      "can learn the look of its source instead of the lesion.")
-    items.append("Not measured on images from a source left out of training. In this project's cross-source check "
+    items.append(("Measured on one source left out of training; other clinics can differ again. "
+                  if held_out else "Not measured on images from a source left out of training. ")
+                 + "In this project's cross-source check "
                  "(docs/results.md) a new source cost 0.15-0.19 melanoma AUC and an alert chosen for 90% "
                  "sensitivity caught 67-79% of the melanomas: re-choose the threshold on local labelled images "
                  "(`melanoma threshold MODEL --predictions CSV`) before use.")
@@ -264,7 +272,8 @@ def _model_card(meta: dict | None, where: Path) -> str:
             ("output", card.get("output", "probability per class, melanoma alert, referral flag")),
             ("training data", describe_training_data(meta)),
             ("limitations", _bullets(describe_limitations(meta)))]
-    if stored and not str(stored).startswith(STOCK_LIMITATIONS_START):
+    derived = " ".join(describe_limitations(meta))
+    if stored and not str(stored).startswith(STOCK_LIMITATIONS_START) and stored != derived:
         rows.append(("notes stored with the model", stored))
     if card.get("licence"):
         rows.append(("licence", card["licence"]))
