@@ -529,15 +529,18 @@ def _add_export(sub) -> None:
 
 
 def _run_export(args) -> int:
-    from melanoma.export import export_int8, export_onnx
+    with _library_output_to_stderr():  # the ONNX exporter's own messages never reach stdout
+        from melanoma.export import export_int8, export_onnx
 
-    result = export_onnx(args.model, args.out, opset=args.opset)
-    if args.int8:
-        try:
-            result["int8"] = export_int8(args.model, args.out, calibration=args.calibration, check=args.int8_check)
-        except MelanomaError:
-            print(json.dumps(result, indent=2))  # the fp32 file is written and good
-            raise
+        _quiet_third_party_logs(getattr(args, "verbose", False))
+        result = export_onnx(args.model, args.out, opset=args.opset)
+        if args.int8:
+            try:
+                result["int8"] = export_int8(args.model, args.out, calibration=args.calibration,
+                                             check=args.int8_check)
+            except MelanomaError:
+                print(json.dumps(result, indent=2), file=sys.__stdout__)  # the fp32 file is written and good
+                raise
     print(json.dumps(result, indent=2))
     return 0
 

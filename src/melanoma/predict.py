@@ -654,7 +654,10 @@ def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False
     if rows and explain_dir:
         from melanoma.explain import write_explanations
 
-        written = write_explanations(predictor, [row[1] for row in rows], explain_dir)
+        explained = [row[1] for row in rows]
+        # with TTA, the panels show the TTA prediction the CSV holds (one more pass; Grad-CAM dominates anyway)
+        shown = predictor.predict(explained, tta=True, tta_views=tta_views) if tta else None
+        written = write_explanations(predictor, explained, explain_dir, predictions=shown)
         print(f"wrote {len(written)} Grad-CAM images to {explain_dir}", file=sys.stderr)
     column = {name: header.index(name) for name in ("melanoma_alert", "refer")}
     print(_summary(len(rows), len(problems) + len(skipped), sum(r[column["melanoma_alert"]] == "true" for r in rows),
