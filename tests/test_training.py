@@ -154,10 +154,14 @@ def _kill_config(tmp_path: Path, marker: Path | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def uninterrupted_run(tiny_isic, tmp_path_factory) -> Path:
+    import time
+
     root = tmp_path_factory.mktemp("uninterrupted")
+    started = time.time()
     done = subprocess.run(_train_command(tiny_isic, root / "run", _kill_config(root)), capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    (root / "seconds").write_text(str(time.time() - started))  # how long a whole run takes here
     return root / "run"
 
 
@@ -207,8 +211,9 @@ def test_killed_training_resumes_from_another_folder_to_the_same_model(how, tiny
     elif how == "sigkill-finalising":
         _wait_for(lambda: (run / "training_done.json").exists(), proc)
     else:  # any moment once the run exists: scanning, decoding, training, validating, finalising
+        whole = float((uninterrupted_run.parent / "seconds").read_text())
         _wait_for(lambda: (run / "config.yaml").exists(), proc)
-        time.sleep(rng.uniform(0.0, 8.0))
+        time.sleep(rng.uniform(0.0, 0.6 * whole))  # the step pauses make this run longer than the reference
     proc.send_signal(signal.SIGTERM if how.startswith("sigterm") else signal.SIGKILL)
     proc.wait(timeout=120)
     assert "Traceback" not in proc.stderr.read()
