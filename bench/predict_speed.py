@@ -7,7 +7,8 @@ Prints, for models/default (efficientnet_lite0, 160 px, with its referral statis
 * single-image end-to-end p50 / p95 (file -> decode -> preprocess -> model -> probabilities, alert, referral),
   model-only p50, and end-to-end batch throughput (`predict_paths`, decoding in threads) in images/s, for
   PyTorch fp32, ONNX fp32 and ONNX INT8. INT8 is built like `melanoma export --int8` but WITHOUT its quality bounds,
-  to show what the refused file would have bought (`kept` says whether `export --int8` writes it);
+  to show what the refused file would have bought (`kept` says whether `export --int8` writes it), and for a
+  3-member ensemble (three copies of the shipped model, `melanoma ensemble`) in PyTorch and as one ONNX graph;
 * peak memory (RSS) of `melanoma predict` over 200 images with the ONNX model, in a fresh process, and whether that
   process imported torch.
 
@@ -105,6 +106,19 @@ def peak_rss_of_onnx_predict(onnx_path: Path, paths: list[str], tmp: Path) -> di
             "images": len(paths)}
 
 
+def three_member_ensemble(tmp: Path) -> Path:
+    """An ensemble of three copies of the shipped model (speed only: three members cost the same whatever their
+    weights), built like `melanoma ensemble` (its threshold fitted on the members' validation images)."""
+    from melanoma.ensemble import build_ensemble
+
+    runs = []
+    for k in range(3):
+        runs.append(tmp / f"member-{k}")
+        shutil.copytree(MODEL, runs[-1], ignore=shutil.ignore_patterns("*.onnx"))
+    build_ensemble(runs, tmp / "ensemble", bootstrap=10)
+    return tmp / "ensemble"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1, help="torch and onnxruntime intra-op threads (default 1)")
@@ -132,14 +146,20 @@ def main(argv=None) -> int:
         cal = export._split(MODEL, None, None)[0]
         int8_path = tmp / "model.int8.onnx"
         int8_path.write_bytes(export._quantize(fp32_path, fp32, cal))
+        ensemble = three_member_ensemble(tmp)
+        ensemble_onnx = tmp / "ensemble.onnx"
+        export.export_onnx(ensemble, ensemble_onnx)
         predictors = {"PyTorch fp32": Predictor.load(MODEL), "ONNX fp32": fp32,
-                      "ONNX INT8": Predictor.load(int8_path, threads=args.threads)}
+                      "ONNX INT8": Predictor.load(int8_path, threads=args.threads),
+                      "3x PyTorch": Predictor.load(ensemble),
+                      "3x ONNX": Predictor.load(ensemble_onnx, threads=args.threads)}
         input_path(fp32.pre, paths, args.runs)
         rows = {name: measure(p, paths, args.runs, args.batch) for name, p in predictors.items()}
     ref = rows["ONNX fp32"]["result"]
     print(f"\n{'backend':<14}{'e2e p50 ms':>11}{'e2e p95 ms':>11}{'model p50 ms':>13}{'b' + str(args.batch) + ' img/s':>11}"
           f"{'alerts = fp32':>15}")
     for name, m in rows.items():
+        # an ensemble has its own threshold: its alert agreement with the single model is not a quality figure
         agree = float(np.mean(m["result"].alert == ref.alert))
         print(f"{name:<14}{m['e2e_p50']:>11.2f}{m['e2e_p95']:>11.2f}{m['model_p50']:>13.2f}{m['throughput']:>11.1f}"
               f"{agree:>15.1%}")
