@@ -15,23 +15,23 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.optim.swa_utils import update_bn
-from lightning.pytorch.callbacks import (EarlyStopping, EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint,
-                                         WeightAveraging)
+from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from melanoma import data as datalib
 from melanoma import fingerprint
 from melanoma.artifacts import atomic_write_text
+from melanoma.callbacks import SWA, FlushLogEachEpoch, RecordSampledIndices, StepMarker, StopWhenAlreadyStopped
 from melanoma.config import TrainConfig, save_config
 from melanoma.datamodule import LesionDataModule, decode_cache
 from melanoma.errors import ConfigError, MelanomaError
+from melanoma.fastpath import resolve_precision
 from melanoma.finalize import finalize_split, summarize_cv
 from melanoma.images import scan_paths
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing, pretrained_by_default
-from melanoma.fastpath import resolve_precision
+from melanoma.runlog import checkpoint_epochs, set_aside_log, settle_log
 from melanoma.sources import holdout_source_split, load_extra_sources, splits_with_extras
 
 RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
@@ -102,52 +102,8 @@ def sigterm_as_keyboard_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-class StepMarker(L.Callback):
-    """Test hook (config `extra: {step_marker: FILE, step_pause: SECONDS}`): writes the global step after every
-    optimiser step, then pauses, so a test can kill a real training process in the middle of an epoch."""
-
-    def __init__(self, path: Path, pause: float = 0.0):
-        self.path, self.pause = path, pause
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.path.write_text(str(trainer.global_step))
-        time.sleep(self.pause)
-
-
 class TrainingInterrupted(MelanomaError):
     """Ctrl-C or SIGTERM during training: the last finished epoch is checkpointed."""
-
-
-class RecordSampledIndices(L.Callback):
-    """Writes, per rank and epoch, the table indices this rank's sampler yields (checks DDP sharding)."""
-
-    def __init__(self, run: Path, train_idx: np.ndarray):
-        self.run, self.train_idx = run, np.asarray(train_idx)
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        sampler = trainer.datamodule.train_sampler
-        seen = self.train_idx[sampler.epoch_indices()].tolist()
-        path = self.run / f"sampled-rank{trainer.global_rank}-epoch{trainer.current_epoch}.json"
-        atomic_write_text(path, json.dumps({"rank": trainer.global_rank, "world_size": trainer.world_size,
-                                            "indices": seen}))
-
-
-class StopWhenAlreadyStopped(EarlyStopping):
-    """EarlyStopping whose decision survives a resume: `trainer.should_stop` is not in a checkpoint, so a run killed
-    between early stopping and its end would otherwise train on past the epoch where it stopped."""
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        if self.wait_count >= self.patience:
-            trainer.should_stop = True
-
-
-class FlushLogEachEpoch(L.Callback):
-    """Write the CSV log at every epoch start: a SIGKILL then loses at most the epoch it interrupts, which a
-    resume re-runs anyway (Lightning otherwise buffers rows until the end of fit)."""
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        if trainer.logger is not None and trainer.current_epoch > 0:
-            trainer.logger.save()
 
 
 def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
@@ -172,115 +128,12 @@ def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
     )
 
 
-class SWA(WeightAveraging):
-    """Stochastic weight averaging: the equal average of the weights after every optimiser step of the last
-    `epochs` epochs; at the end the batch-norm statistics are recomputed for the averaged weights on one pass over
-    the training data, and the result is written to `path` (the checkpoint that is shipped).
-    Validation uses the average only once it exists (before the window, the current weights)."""
-
-    def __init__(self, epochs: int, total_epochs: int, path: Path):
-        super().__init__(use_buffers=False)
-        self.first_epoch, self.path = total_epochs - epochs, path
-        self.trainer_epoch = 0
-
-    def should_update(self, step_idx=None, epoch_idx=None) -> bool:
-        return step_idx is not None and self.trainer_epoch >= self.first_epoch
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.trainer_epoch = trainer.current_epoch
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-
-    def _averaging(self) -> bool:
-        return self._average_model is not None and int(self._average_model.n_averaged) > 0
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        if self._averaging():
-            super().on_validation_epoch_start(trainer, pl_module)
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        if self._averaging():
-            super().on_validation_epoch_end(trainer, pl_module)
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        super().on_train_end(trainer, pl_module)  # averaged weights -> the module
-        update_bn(trainer.train_dataloader, pl_module.model, device=pl_module.device)
-        if trainer.is_global_zero:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"state_dict": pl_module.state_dict()}, self.path)
-
-
 def averaging_callbacks(cfg: TrainConfig, run: Path) -> list[L.Callback]:
     if cfg.ema:
         return [EMAWeightAveraging(decay=cfg.ema)]  # buffers (BN statistics) averaged too
     if cfg.swa_epochs:
         return [SWA(cfg.swa_epochs, cfg.epochs, run / "checkpoints" / "swa.ckpt")]
     return []
-
-
-def checkpoint_epochs(last: Path) -> int:
-    """Epochs whose training AND validation finished in checkpoint `last` (0 when there is none): its log rows
-    are final; rows of later epochs come from an interrupted epoch."""
-    if not last.exists():
-        return 0
-    state = torch.load(last, map_location="cpu", weights_only=True)
-    # saved at validation end (epoch not yet counted as processed) or at the end of training
-    return int(state["epoch"]) + 1
-
-
-def read_log_rows(log: Path) -> list[dict]:
-    """Rows of a CSV log; a row cut short by a kill (fewer fields than the header) is dropped."""
-    import csv
-
-    if not log.exists():
-        return []
-    with log.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        return [row for row in reader if None not in row.values() and None not in row]
-
-
-def _row_epoch(row: dict) -> float | None:
-    return float(row["epoch"]) if row.get("epoch") not in (None, "") else None
-
-
-def write_log_rows(log: Path, rows: list[dict]) -> None:
-    import csv
-    import io
-
-    fields = sorted({k for r in rows for k in r})
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(log, buffer.getvalue())
-
-
-BEFORE_RESUME = "metrics-before-resume.csv"
-
-
-def finished_log_rows(run: Path, epochs_done: int) -> list[dict]:
-    """The log rows of the `epochs_done` finished epochs: the rows set aside at earlier resumes, then the current
-    log's rows of later epochs (a resume from a validation-end checkpoint re-runs the end of that epoch, whose
-    train metrics restart from empty states: the earlier rows win), cut at the first unfinished epoch."""
-    logs = run / "logs"
-    earlier = read_log_rows(logs / BEFORE_RESUME)
-    last_earlier = max((e for e in map(_row_epoch, earlier) if e is not None), default=-1.0)
-    current = [r for r in read_log_rows(logs / "metrics.csv") if _row_epoch(r) is None or _row_epoch(r) > last_earlier]
-    return [r for r in earlier + current if _row_epoch(r) is None or _row_epoch(r) < epochs_done]
-
-
-def set_aside_log(run: Path, epochs_done: int) -> None:
-    """Before a resume: Lightning's CSVLogger deletes an existing metrics.csv, so keep the finished epochs aside."""
-    rows = finished_log_rows(run, epochs_done)
-    write_log_rows(run / "logs" / BEFORE_RESUME, rows)
-    (run / "logs" / "metrics.csv").unlink(missing_ok=True)
-
-
-def settle_log(run: Path, epochs_done: int | float) -> None:
-    """metrics.csv = every finished epoch's rows, once (after a resumed fit, or cut back after an interruption)."""
-    if not (run / "logs" / BEFORE_RESUME).exists() and epochs_done == float("inf"):
-        return
-    write_log_rows(run / "logs" / "metrics.csv", finished_log_rows(run, epochs_done))
-    (run / "logs" / BEFORE_RESUME).unlink(missing_ok=True)
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:

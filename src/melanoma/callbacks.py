@@ -1,0 +1,97 @@
+"""The Lightning callbacks of `melanoma train`: early stopping that survives a resume, the log written each epoch,
+stochastic weight averaging with recomputed batch-norm statistics, and two test/diagnostic hooks."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, WeightAveraging
+from torch.optim.swa_utils import update_bn
+
+from melanoma.artifacts import atomic_write_text
+
+
+class StopWhenAlreadyStopped(EarlyStopping):
+    """EarlyStopping whose decision survives a resume: `trainer.should_stop` is not in a checkpoint, so a run killed
+    between early stopping and its end would otherwise train on past the epoch where it stopped."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.wait_count >= self.patience:
+            trainer.should_stop = True
+
+
+class FlushLogEachEpoch(L.Callback):
+    """Write the CSV log at every epoch start: a SIGKILL then loses at most the epoch it interrupts, which a
+    resume re-runs anyway (Lightning otherwise buffers rows until the end of fit)."""
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.logger is not None and trainer.current_epoch > 0:
+            trainer.logger.save()
+
+
+class SWA(WeightAveraging):
+    """Stochastic weight averaging: the equal average of the weights after every optimiser step of the last
+    `epochs` epochs; at the end the batch-norm statistics are recomputed for the averaged weights on one pass over
+    the training data, and the result is written to `path` (the checkpoint that is shipped).
+    Validation uses the average only once it exists (before the window, the current weights)."""
+
+    def __init__(self, epochs: int, total_epochs: int, path: Path):
+        super().__init__(use_buffers=False)
+        self.first_epoch, self.path = total_epochs - epochs, path
+        self.trainer_epoch = 0
+
+    def should_update(self, step_idx=None, epoch_idx=None) -> bool:
+        return step_idx is not None and self.trainer_epoch >= self.first_epoch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.trainer_epoch = trainer.current_epoch
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def _averaging(self) -> bool:
+        return self._average_model is not None and int(self._average_model.n_averaged) > 0
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if self._averaging():
+            super().on_validation_epoch_start(trainer, pl_module)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if self._averaging():
+            super().on_validation_epoch_end(trainer, pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        super().on_train_end(trainer, pl_module)  # averaged weights -> the module
+        update_bn(trainer.train_dataloader, pl_module.model, device=pl_module.device)
+        if trainer.is_global_zero:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state_dict": pl_module.state_dict()}, self.path)
+
+
+class RecordSampledIndices(L.Callback):
+    """Writes, per rank and epoch, the table indices this rank's sampler yields (checks DDP sharding)."""
+
+    def __init__(self, run: Path, train_idx: np.ndarray):
+        self.run, self.train_idx = run, np.asarray(train_idx)
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        sampler = trainer.datamodule.train_sampler
+        seen = self.train_idx[sampler.epoch_indices()].tolist()
+        path = self.run / f"sampled-rank{trainer.global_rank}-epoch{trainer.current_epoch}.json"
+        atomic_write_text(path, json.dumps({"rank": trainer.global_rank, "world_size": trainer.world_size,
+                                            "indices": seen}))
+
+
+class StepMarker(L.Callback):
+    """Test hook (config `extra: {step_marker: FILE, step_pause: SECONDS}`): writes the global step after every
+    optimiser step, then pauses, so a test can kill a real training process in the middle of an epoch."""
+
+    def __init__(self, path: Path, pause: float = 0.0):
+        self.path, self.pause = path, pause
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.path.write_text(str(trainer.global_step))
+        time.sleep(self.pause)
