@@ -15,13 +15,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from melanoma import data as datalib
 from melanoma import fingerprint
 from melanoma.artifacts import atomic_write_text
-from melanoma.callbacks import SWA, FlushLogEachEpoch, RecordSampledIndices, StepMarker, StopWhenAlreadyStopped
+from melanoma.callbacks import EMA, SWA, FlushLogEachEpoch, RecordSampledIndices, StepMarker, StopWhenAlreadyStopped
 from melanoma.config import TrainConfig, save_config
 from melanoma.datamodule import LesionDataModule, decode_cache
 from melanoma.errors import ConfigError, MelanomaError
@@ -130,7 +130,7 @@ def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
 
 def averaging_callbacks(cfg: TrainConfig, run: Path) -> list[L.Callback]:
     if cfg.ema:
-        return [EMAWeightAveraging(decay=cfg.ema)]  # buffers (BN statistics) averaged too
+        return [EMA(cfg.ema)]  # buffers (BN statistics) averaged too
     if cfg.swa_epochs:
         return [SWA(cfg.swa_epochs, cfg.epochs, run / "checkpoints" / "swa.ckpt")]
     return []
