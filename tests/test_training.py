@@ -316,3 +316,15 @@ def test_val_sources_all_validates_on_every_source_and_states_the_alert_share(ti
     shares = card["expected_alert_share"]
     assert set(shares) == {"referral clinic (10% melanoma)", "screening (2% melanoma)"}
     assert all(0.0 <= v <= 1.0 for v in shares.values())
+
+
+def test_cv_run_ships_its_fold_ensemble_as_one_model(tiny_isic, tmp_path):
+    result = train(tiny_config(tiny_isic, tmp_path / "cv", folds=2, fold_ensemble=True))
+    meta = json.loads((Path(result["ensemble"]) / "model.json").read_text())
+    assert meta["architecture"].startswith("ensemble(") and meta["architecture"].count(",") == 1
+    net, _ = load_model(result["ensemble"])
+    with torch.no_grad():
+        probs = net(torch.zeros(2, 3, 64, 64)).softmax(-1)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    with pytest.raises(ConfigError, match="--fold-ensemble needs --folds"):
+        train(tiny_config(tiny_isic, tmp_path / "bad", fold_ensemble=True))

@@ -316,6 +316,9 @@ def _add_train(sub) -> None:
     p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help=_with_default("hardware", "accelerator"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format, faster convolutions on AVX-512/AMX CPUs and GPUs (default: on)")
+    p.add_argument("--fold-ensemble", action="store_true", default=None,
+                   help="with --folds: also write the K fold models as ONE model (RUN/ensemble) whose alert "
+                        "threshold and referral are fitted on the out-of-fold predictions")
     p.add_argument("--val-sources", choices=["primary", "all"],
                    help="validate on the primary data only (default) or on a share of every source (--extra-data "
                         "too), so checkpoint, alert threshold and referral statistics fit every training source")

@@ -36,6 +36,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     val_fraction: float = 0.2
     folds: int | None = None              # K-fold cross-validation instead of one hold-out split
+    fold_ensemble: bool = False           # with folds: also ship the K fold models as one ensemble (run/ensemble)
     seed: int = 42
     accelerator: str = "auto"
     devices: str = "auto"
@@ -89,6 +90,7 @@ class TrainConfig:
              f"SWA epochs must be between 1 and epochs ({self.epochs}), got {self.swa_epochs}"),
             (self.ema is None or self.swa_epochs is None, "choose one weight average: --ema or --swa-epochs"),
             (self.holdout_source is None or not self.folds, "--holdout-source and --folds exclude each other"),
+            (not self.fold_ensemble or bool(self.folds), "--fold-ensemble needs --folds"),
             (self.val_sources in ("primary", "all"), f"unknown val sources {self.val_sources!r} (primary or all)"),
             (self.holdout_max_images >= 10, f"holdout max images must be >= 10, got {self.holdout_max_images}"),
             (self.monitor in ("auto", "bal_acc", "mel_auc"), f"unknown monitor {self.monitor!r} (auto, bal_acc, mel_auc)"),

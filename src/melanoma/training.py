@@ -257,4 +257,20 @@ def train_cross_validation(cfg, run: Path, table, images, pre, callbacks=()) -> 
         fold_results.append(result)
     if not fold_results:
         return {"run": str(run)}
-    return {"run": str(run), **summarize_cv(cfg, run, table, fold_results)}
+    result = {"run": str(run), **summarize_cv(cfg, run, table, fold_results)}
+    if cfg.fold_ensemble:
+        result["ensemble"] = ship_fold_ensemble(cfg, run)
+    return result
+
+
+def ship_fold_ensemble(cfg, run: Path) -> str:
+    """The K fold models as one model (run/ensemble): mean of their calibrated probabilities, its alert threshold
+    and referral fitted on the out-of-fold predictions (each image scored by the fold that did not train on it)."""
+    from melanoma.ensemble import build_ensemble
+
+    out = run / "ensemble"
+    if not (out / "model.json").exists():  # a resumed run keeps an ensemble already built
+        build_ensemble([run], out, target_sensitivity=cfg.target_sensitivity,
+                       bootstrap=int(cfg.extra.get("bootstrap", 1000)), seed=cfg.seed)
+    print(f"fold ensemble: {out}")
+    return str(out)
