@@ -11,10 +11,9 @@ import yaml
 from melanoma.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
-AUGMENTATION_LEVELS = ("standard", "strong")
+AUGMENTATION_LEVELS = ("standard", "strong")  # transforms.augmentation_ops; here so the CLI needs no torch import
 NAMED_LABEL_MAPS = ("auto", "ham10000")  # --extra-labels values that are not files (sources.py)
-# Options that may differ on --resume without changing what the run computes.
-RESUME_SAFE_OPTIONS = ("num_workers",)  # transforms.augmentation_ops; here so the CLI needs no torch import
+RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 
 
 @dataclass
@@ -93,7 +92,8 @@ class TrainConfig:
             (not self.fold_ensemble or bool(self.folds), "--fold-ensemble needs --folds"),
             (self.val_sources in ("primary", "all"), f"unknown val sources {self.val_sources!r} (primary or all)"),
             (self.holdout_max_images >= 10, f"holdout max images must be >= 10, got {self.holdout_max_images}"),
-            (self.monitor in ("auto", "bal_acc", "mel_auc"), f"unknown monitor {self.monitor!r} (auto, bal_acc, mel_auc)"),
+            (self.monitor in ("auto", "bal_acc", "mel_auc"),
+             f"unknown monitor {self.monitor!r} (auto, bal_acc, mel_auc)"),
             (self.precision in (None, "32-true", "bf16-mixed", "16-mixed", "bf16-true"),
              f"unknown precision {self.precision!r} (32-true, bf16-mixed, 16-mixed)"),
         ]

@@ -87,8 +87,9 @@ def choose_cpu_precision(architecture: str, size: int, batch: int, num_classes: 
 def resolve_precision(cfg) -> str:
     """cfg.precision if given, else $MELANOMA_PRECISION if set (the test suite pins 32-true: no probing); bf16-mixed
     on a GPU; else the measured faster CPU path."""
-    if cfg.precision or os.environ.get("MELANOMA_PRECISION"):
-        return cfg.precision or os.environ["MELANOMA_PRECISION"]
+    chosen = cfg.precision or os.environ.get("MELANOMA_PRECISION")
+    if chosen:
+        return chosen
     if torch.cuda.is_available() and cfg.accelerator != "cpu":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return choose_cpu_precision(cfg.model, int(cfg.image_size), cfg.batch_size)

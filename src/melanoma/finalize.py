@@ -133,9 +133,9 @@ def expected_alert_share(sensitivity, specificity) -> dict | None:
 
 def validation_description(cfg) -> str:
     """Which images chose the checkpoint, the alert threshold and the referral statistics."""
-    if getattr(cfg, "holdout_source", None):
+    if cfg.holdout_source:
         return f"the held-out source {cfg.holdout_source} (never trained on)"
-    if getattr(cfg, "val_sources", "primary") == "all" and cfg.extra_data:
+    if cfg.val_sources == "all" and cfg.extra_data:
         return "a group-aware share of every training source"
     return "a group-aware share of the primary data only"
 

@@ -211,8 +211,9 @@ def describe_limitations(meta: dict) -> list[str]:
     n_val = (meta.get("metrics") or {}).get("n")
     first = _source_name(data["source"])
     validated_on = (meta.get("model_card") or {}).get("validated_on") or ""
-    held_out = ((meta.get("training") or {}).get("holdout_source"))
-    if held_out or "every training source" in validated_on:
+    training = meta.get("training") or {}
+    held_out = training.get("holdout_source")
+    if held_out or (training.get("val_sources") == "all" and data.get("extra_sources")):
         items.append(f"Validation, the alert threshold and the calibration come from {validated_on}"
                      + (f" ({n_val:,} validation images)." if n_val else "."))
     else:

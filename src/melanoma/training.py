@@ -14,7 +14,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -208,7 +207,6 @@ def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, c
     if not trainer.is_global_zero:
         return None
     settle_log(run, float("inf"))
-    module.to(memory_format=torch.contiguous_format)  # safetensors and ONNX export want plain layouts
     swa = run / "checkpoints" / "swa.ckpt"
     best = str(swa) if cfg.swa_epochs else trainer.checkpoint_callback.best_model_path or str(last)
     return {"best_checkpoint": str(Path(best).resolve()), "seconds": round(time.time() - started, 1)}
