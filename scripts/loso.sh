@@ -21,7 +21,11 @@ case $RECIPE in
   ema) EXTRA=(--ema 0.99) ;;            # ~100-step window: the average of the last fifth of a 200-step run
   swa) EXTRA=(--swa-epochs 2) ;;
   lite2) EXTRA=(--model efficientnet_lite2 --image-size 192) ;;
-  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2)" >&2; exit 2 ;;
+  size192) EXTRA=(--image-size 192) ;;  # about the data's native size (9-class 180x180, HAM10000 200x150)
+  strong) EXTRA=(--augmentation strong) ;;
+  coarse) EXTRA=(--coarse-labels) ;;    # HAM10000 akiec / bkl train through summed probabilities
+  blr) EXTRA=(--backbone-lr-scale 0.1) ;;  # backbone at a tenth of the head's learning rate
+  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr)" >&2; exit 2 ;;
 esac
 mkdir -p runs/loso
 for SEED in "$@"; do

@@ -153,3 +153,32 @@ def test_data_and_sources_do_not_import_each_other():
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == ("True" if first == "melanoma.sources" else "False")
+
+
+def test_coarse_labels_train_through_their_classes_and_never_validate(ham_dir, tmp_path):
+    from conftest import make_mini_ham
+    from melanoma.sources import coarse_indices, loss_targets
+
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 6, dx=("akiec", "bkl", "mel"))
+    classes = ["actinic keratosis", "melanoma", "pigmented benign keratosis", "seborrheic keratosis",
+               "squamous cell carcinoma"]
+    off, = load_extra_sources([ham], "auto", classes)
+    assert off.summary["reference_only"] == 6 and off.summary["coarse"] == 0  # akiec: reference only
+    assert {s.label for s in off.samples if s.label} == {"melanoma", "pigmented benign keratosis"}
+    on, = load_extra_sources([ham], "auto", classes, coarse=True)
+    assert on.summary["coarse"] == 12 and on.summary["reference_only"] == 0
+    allowed = {s.allowed for s in on.samples}
+    assert allowed == {None, ("actinic keratosis", "squamous cell carcinoma"),
+                       ("pigmented benign keratosis", "seborrheic keratosis")}
+    # with a primary dataset: coarse images always train, even when the extra source validates too
+    primary = [data.Sample(tmp_path / f"p{i}.jpg", classes[i % 5], f"p{i}") for i in range(40)]
+    table = data.DatasetTable(tmp_path, "folders", classes, primary + list(on.samples))
+    coarse = set(coarse_indices(table).tolist())
+    assert len(coarse) == 12
+    (tr, va), = splits_with_extras(table, None, 0.3, 0, validate_extras=True)
+    assert coarse <= set(tr.tolist()) and not coarse & set(va.tolist())
+    assert any(table.samples[i].origin for i in va)  # the extra source's fine labels do validate
+    targets, groups = loss_targets(table)
+    assert groups == [[0, 4], [2, 3]]
+    assert sorted(set(targets[sorted(coarse)].tolist())) == [5, 6]
+    assert all(targets[i] == classes.index(s.label) for i, s in enumerate(table.samples) if s.allowed is None)

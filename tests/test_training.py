@@ -328,3 +328,20 @@ def test_cv_run_ships_its_fold_ensemble_as_one_model(tiny_isic, tmp_path):
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
     with pytest.raises(ConfigError, match="--fold-ensemble needs --folds"):
         train(tiny_config(tiny_isic, tmp_path / "bad", fold_ensemble=True))
+
+
+def test_coarse_labels_backbone_lr_and_split_seed(tiny_isic, ham_dir, tmp_path):
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 40, dx=("akiec", "bkl", "mel"))
+    common = dict(extra_data=[str(ham)], lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"),
+                  val_sources="all", split_seed=7, model="efficientnet_lite0", image_size=64, pretrained=False,
+                  coarse_labels=True)
+    a = train(tiny_config(tiny_isic, tmp_path / "a", backbone_lr_scale=0.1, seed=1, **common))
+    b = train(tiny_config(tiny_isic, tmp_path / "b", seed=2, **common))
+    summary = json.loads((Path(a["run"]) / "data_summary.json").read_text())
+    assert summary["extra"]["sources"][0]["coarse"] > 0  # akiec and bkl rows train as coarse labels
+    validated = [(Path(r) / "val_predictions.csv").read_text().splitlines() for r in (a["run"], b["run"])]
+    paths = [sorted(line.split(",")[0] for line in rows[1:]) for rows in validated]
+    assert paths[0] == paths[1]  # one split seed, two seeds: the same validation images
+    ckpt = torch.load(Path(a["run"]) / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    head, backbone = (group["lr"] for group in ckpt["optimizer_states"][0]["param_groups"])
+    assert backbone == pytest.approx(head * 0.1)

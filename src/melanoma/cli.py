@@ -262,6 +262,11 @@ TRAIN_NUMBERS = [
      "share of the primary data held out for validation (hold-out runs; ignored with --folds)"),
     ("--folds", _number(int, 2), "K-fold cross-validation with K >= 2 folds (default: none, one hold-out split)"),
     ("--seed", NON_NEGATIVE_INT, "random seed (splits, sampling, augmentation)"),
+    ("--split-seed", NON_NEGATIVE_INT, "seed of the train/validation split only (default: --seed); runs of "
+     "several seeds with one split seed validate on the same images, so their ensemble is scored on them"),
+    ("--backbone-lr-scale", _number(float, 0.0, 1.0, low_open=True),
+     "the pretrained backbone learns at --lr times this, the new classifier head at --lr (< 1 keeps more of the "
+     "pretrained features)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
     ("--target-sensitivity", PROBABILITY,
@@ -343,6 +348,10 @@ def _add_train(sub) -> None:
     p.add_argument("--extra-labels", metavar="MAP",
                    help="label map of --extra-data into the training classes: auto (default: HAM10000 dx codes "
                         "-> 9-class names), ham10000, or a YAML file 'label: class | [classes] | null'")
+    p.add_argument("--coarse-labels", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on --extra-data's ambiguous labels (HAM10000 akiec = actinic keratosis or squamous "
+                        "cell carcinoma, bkl = pigmented benign or seborrheic keratosis) through the summed "
+                        "probability of the classes they allow (default: off, they only settle conflicts)")
     p.add_argument("--lesion-metadata", metavar="CSV", type=existing_path,
                    help="HAM10000-style metadata (image_id, lesion_id): all photos of a lesion stay on one side of "
                         "every split, e.g. ../shared/data/ham10000/HAM10000_metadata.csv")

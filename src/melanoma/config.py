@@ -12,7 +12,7 @@ from melanoma.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
 AUGMENTATION_LEVELS = ("standard", "strong")  # transforms.augmentation_ops; here so the CLI needs no torch import
-NAMED_LABEL_MAPS = ("auto", "ham10000")  # --extra-labels values that are not files (sources.py)
+NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 
 
@@ -33,10 +33,17 @@ class TrainConfig:
     weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1
+    backbone_lr_scale: float = 1.0        # the pretrained backbone learns at lr * this (the new head at lr): < 1
+                                          # keeps more of the ImageNet features
+    coarse_labels: bool = False           # an extra source's ambiguous labels (HAM10000 akiec = AK or SCC, bkl =
+                                          # pigmented benign or seborrheic keratosis) train through the summed
+                                          # probability of the classes they allow instead of being left out
     val_fraction: float = 0.2
     folds: int | None = None              # K-fold cross-validation instead of one hold-out split
     fold_ensemble: bool = False           # with folds: also ship the K fold models as one ensemble (run/ensemble)
     seed: int = 42
+    split_seed: int | None = None         # seed of the train/validation split (None: --seed); runs of several
+                                          # seeds that share it share their validation images (one ensemble split)
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
@@ -84,6 +91,8 @@ class TrainConfig:
             (self.samples_per_epoch is None or self.samples_per_epoch >= 1,
              f"samples per epoch must be >= 1, got {self.samples_per_epoch}"),
             (0.0 < self.target_sensitivity <= 1.0, f"target sensitivity must be in (0, 1], got {self.target_sensitivity}"),
+            (0.0 < self.backbone_lr_scale <= 1.0,
+             f"backbone lr scale must be in (0, 1], got {self.backbone_lr_scale}"),
             (self.ema is None or 0.0 < self.ema < 1.0, f"EMA decay must be in (0, 1), got {self.ema}"),
             (self.swa_epochs is None or 1 <= self.swa_epochs <= self.epochs,
              f"SWA epochs must be between 1 and epochs ({self.epochs}), got {self.swa_epochs}"),
@@ -101,6 +110,9 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(message)
         return self
+
+    def split_seed_or_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def monitored_metric(self) -> str:
         """What chooses the checkpoint and stops early: balanced accuracy, or the melanoma AUC (the default when a

@@ -13,6 +13,7 @@ import csv
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,13 +36,16 @@ CONFLICT_POLICIES = ("drop", "keep", "first", "reference")
 @dataclass(frozen=True)
 class Sample:
     """One image: absolute path, class name (None if unlabelled), leak group, source image for a copy, and origin
-    (None: the primary dataset; else the extra dataset it comes from, which only ever trains, see sources.py)."""
+    (None: the primary dataset; else the extra dataset it comes from, which only ever trains, see sources.py).
+    A coarse sample (`allowed` set, extra sources with --coarse-labels) trains and is sampled under `label`, its
+    loss counts any of `allowed`, and it never validates."""
 
     path: Path
     label: str | None
     group: str
     source: Path | None = None
     origin: str | None = None
+    allowed: tuple[str, ...] | None = None  # a coarse label: the classes it allows (`label` = the first of them)
 
 
 @dataclass
@@ -382,10 +386,19 @@ def _extras_to_train(extra: list[Sample], primary: list[Sample], classes: list[s
     """Extra samples that may train: not sharing a group with a primary image (extras_for_training)
     and labelled with a class the primary data still has. Returns (kept, {reason: count removed})."""
     kept, removed = extras_for_training(extra, {s.group for s in primary})
-    in_classes = [s for s in kept if s.label in classes]
+    in_classes = [c for c in map(partial(_within_classes, classes=classes), kept) if c is not None]
     if len(kept) > len(in_classes):
         removed["class_not_in_primary"] = len(kept) - len(in_classes)
     return in_classes, removed
+
+
+def _within_classes(sample: Sample, classes: list[str]) -> Sample | None:
+    """The sample with its label (a coarse sample: the classes it allows) restricted to `classes`; None if none
+    is left. A coarse label left with one class becomes that fine label."""
+    allowed = [c for c in (sample.allowed or (sample.label,)) if c in classes]
+    if not allowed:
+        return None
+    return replace(sample, label=allowed[0], allowed=tuple(allowed) if len(allowed) > 1 else None)
 
 
 def _extra_summary(extras, kept: list[Sample], removed: dict, classes: list[str]) -> dict:

@@ -99,9 +99,12 @@ class LesionDataModule(L.LightningDataModule):
 
     def __init__(self, images, labels, train_idx, val_idx, preprocessing: dict, batch_size: int,
                  balanced: bool, seed: int, num_workers: int, samples_per_epoch: int | None = None,
-                 sources=None, augmentation: str = "standard"):
+                 sources=None, augmentation: str = "standard", targets=None):
         super().__init__()
+        # labels: one class per image (sampling, validation); targets: what the loss sees (a coarse target is
+        # >= the class count, see LesionClassifier._loss); None = the labels
         self.images, self.labels = images, np.asarray(labels)
+        self.targets = self.labels if targets is None else np.asarray(targets)
         self.train_idx, self.val_idx = np.asarray(train_idx), np.asarray(val_idx)
         self.pre, self.batch_size, self.balanced = preprocessing, batch_size, balanced
         self.seed, self.num_workers, self.samples_per_epoch = seed, num_workers, samples_per_epoch
@@ -109,8 +112,9 @@ class LesionDataModule(L.LightningDataModule):
         self.augmentation = augmentation
         self.train_sampler: SeededSampler | None = None
 
-    def _subset(self, idx, transform) -> CachedImages:
-        return CachedImages([self.images[i] for i in idx], self.labels[idx], transform, self.seed)
+    def _subset(self, idx, transform, targets=None) -> CachedImages:
+        labels = (self.labels if targets is None else targets)[idx]
+        return CachedImages([self.images[i] for i in idx], labels, transform, self.seed)
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -118,8 +122,8 @@ class LesionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        dataset = self._subset(self.train_idx, train_transform(self.pre, self.augmentation))
-        self.train_sampler = SeededSampler(dataset.labels, self.balanced, self.seed, rank, world, dataset,
+        dataset = self._subset(self.train_idx, train_transform(self.pre, self.augmentation), self.targets)
+        self.train_sampler = SeededSampler(self.labels[self.train_idx], self.balanced, self.seed, rank, world, dataset,
                                            self.samples_per_epoch,
                                            None if self.sources is None else self.sources[self.train_idx])
         return DataLoader(dataset, batch_size=self.batch_size, sampler=self.train_sampler,

@@ -16,9 +16,10 @@ explain, export and the service use it like any single network:
   Needs equal feature-map grids (same input size and network stride); otherwise explain says so.
 
 Alert threshold, referral statistics and metrics are fitted on the ensemble's own held-out predictions: the images
-of the members' validation sets. Runs sharing data and seed share their split: the whole ensemble scores it. The
-folds of one CV run (or runs of other seeds) hold out different images: each image is then scored by the members
-that did not train on it (out-of-fold, a conservative stand-in for the whole ensemble).
+of the members' validation sets. Runs sharing data and split seed (--split-seed, else --seed) share their split:
+the whole ensemble scores it. The folds of one CV run (or runs of other split seeds) hold out different images:
+each image is then scored by the members that did not train on it (out-of-fold, a conservative stand-in for the
+whole ensemble).
 """
 
 from __future__ import annotations

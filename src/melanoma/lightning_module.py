@@ -20,7 +20,8 @@ class LesionClassifier(L.LightningModule):
                  weight_decay: float, optimizer: str = "adamw", warmup_fraction: float = 0.1,
                  label_smoothing: float = 0.1, class_weights: list[float] | None = None,
                  pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224,
-                 channels_last: bool = False):
+                 channels_last: bool = False, backbone_lr_scale: float = 1.0,
+                 coarse_groups: list[list[int]] | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(architecture, num_classes=num_classes, pretrained=pretrained, weights=weights,
@@ -29,6 +30,11 @@ class LesionClassifier(L.LightningModule):
             self.model = self.model.to(memory_format=torch.channels_last)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
+        # target t >= num_classes means "one of the classes coarse_groups[t - num_classes]" (sources.py)
+        masks = torch.zeros(len(coarse_groups or []), num_classes, dtype=torch.bool)
+        for g, members in enumerate(coarse_groups or []):
+            masks[g, members] = True
+        self.register_buffer("coarse_masks", masks, persistent=False)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_bal_acc = MulticlassAccuracy(num_classes, average="macro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -48,13 +54,31 @@ class LesionClassifier(L.LightningModule):
         params = dict(self.model.named_parameters())
         return spec["coef"] * sum(params[name].pow(2).sum() for name in spec["param_names"])
 
+    def _loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy with label smoothing; a coarse target's negative log-likelihood is that of the summed
+        probability of the classes it allows (-log sum_c p_c), its smoothing term the same as a fine one's."""
+        n = logits.shape[1]
+        if not bool((y >= n).any()):
+            return F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing)
+        allowed = F.one_hot(y.clamp(max=n - 1), n).bool()
+        coarse = y >= n
+        allowed[coarse] = self.coarse_masks[y[coarse] - n]
+        log_p = logits.float().log_softmax(-1)
+        nll = -log_p.masked_fill(~allowed, float("-inf")).logsumexp(-1)
+        eps = self.hparams.label_smoothing
+        per_image = (1 - eps) * nll - eps * log_p.mean(-1)
+        if self.class_weight is None:
+            return per_image.mean()
+        w = (self.class_weight * allowed).sum(-1) / allowed.sum(-1)  # a coarse target: its classes' mean weight
+        return (w * per_image).sum() / w.sum()
+
     def training_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        loss = F.cross_entropy(logits, y, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing)
-        loss = loss + self._l2_penalty()
-        self.train_acc(logits, y)
-        self.train_bal_acc(logits, y)
+        loss = self._loss(logits, y) + self._l2_penalty()
+        fine = y < logits.shape[1]  # coarse targets have no single class to be accurate on
+        self.train_acc(logits[fine], y[fine])
+        self.train_bal_acc(logits[fine], y[fine])
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True)
         self.log("train/bal_acc", self.train_bal_acc, on_step=False, on_epoch=True)
@@ -82,10 +106,11 @@ class LesionClassifier(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
+        groups = self._param_groups()
         if hp.optimizer == "adam":  # the notebooks' seed-cnn recipe (Keras Adam 1e-3, no decoupled decay)
-            opt = torch.optim.Adam(self.parameters(), lr=hp.lr)
+            opt = torch.optim.Adam(groups, lr=hp.lr)
         else:
-            opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(total * hp.warmup_fraction))
 
@@ -95,5 +120,16 @@ class LesionClassifier(L.LightningModule):
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)  # the same factor scales every group's lr
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _param_groups(self) -> list[dict]:
+        """One group (every parameter at lr), or with backbone_lr_scale < 1 the classifier head at lr and the
+        backbone at lr * scale."""
+        scale = self.hparams.backbone_lr_scale
+        if scale == 1.0 or not hasattr(self.model, "get_classifier"):
+            return [{"params": list(self.parameters())}]
+        head = {id(p) for p in self.model.get_classifier().parameters()}
+        backbone = [p for p in self.parameters() if id(p) not in head]
+        return [{"params": [p for p in self.parameters() if id(p) in head]},
+                {"params": backbone, "lr": self.hparams.lr * scale}]

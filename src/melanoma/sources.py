@@ -33,7 +33,11 @@ HAM10000_TO_ISIC9 = {
     "vasc": "vascular lesion", "bkl": "pigmented benign keratosis",
     "akiec": ["actinic keratosis", "squamous cell carcinoma"],
 }
-TRAINING_LABEL_PRESETS = {"ham10000": HAM10000_TO_ISIC9}
+# With --coarse-labels: HAM10000's coarse labels train through the summed probability of the classes they cover
+# (akiec = actinic keratosis or intraepithelial carcinoma; bkl = pigmented benign keratosis, seborrheic keratosis
+# or solar lentigo -- the 9-class set files solar lentigines as pigmented benign keratosis).
+HAM10000_COARSE = {**HAM10000_TO_ISIC9, "bkl": ["pigmented benign keratosis", "seborrheic keratosis"]}
+TRAINING_LABEL_PRESETS = {"ham10000": HAM10000_TO_ISIC9, "ham10000-coarse": HAM10000_COARSE}
 
 
 @dataclass
@@ -60,12 +64,14 @@ def _preset_within(preset: dict, classes: list[str]) -> dict:
     return out
 
 
-def load_training_labels(spec, table, classes: list[str]) -> dict:
+def load_training_labels(spec, table, classes: list[str], coarse: bool = False) -> dict:
     """{normalised dataset label: class | [classes] | None} from "auto" (HAM10000 layout -> the `ham10000`
-    preset, otherwise labels must already be class names), a preset name, or a YAML file (whose targets must
-    all be training classes; a preset's targets missing from `classes` just leave those labels out)."""
+    preset, `ham10000-coarse` with coarse=True; otherwise labels must already be class names), a preset name, or
+    a YAML file (whose targets must all be training classes; a preset's targets missing from `classes` just leave
+    those labels out)."""
     if spec in (None, "auto"):
-        raw = (_preset_within(HAM10000_TO_ISIC9, classes) if table.kind == "ham10000"
+        ham = HAM10000_COARSE if coarse else HAM10000_TO_ISIC9
+        raw = (_preset_within(ham, classes) if table.kind == "ham10000"
                else {c: c for c in table.classes if c in classes})
     elif str(spec).lower() in TRAINING_LABEL_PRESETS:
         raw = _preset_within(TRAINING_LABEL_PRESETS[str(spec).lower()], classes)
@@ -89,10 +95,11 @@ def _check_targets(mapping: dict, classes: list[str], where: str) -> None:
                                   f"training data ({', '.join(classes)})")
 
 
-def load_extra_source(path, spec, classes: list[str]) -> ExtraSource:
-    """Discover an extra dataset and map its labels into `classes`; unmapped labels are left out and counted."""
+def load_extra_source(path, spec, classes: list[str], coarse: bool = False) -> ExtraSource:
+    """Discover an extra dataset and map its labels into `classes`; unmapped labels are left out and counted.
+    An ambiguous label ([class, class]) is a reference only, or with coarse=True a coarse training label."""
     table = discover(path)
-    mapping = load_training_labels(spec, table, classes)
+    mapping = load_training_labels(spec, table, classes, coarse)
     _check_targets(mapping, classes, str(path))
     source = ExtraSource(name=str(path))
     unmapped: Counter = Counter()
@@ -102,19 +109,24 @@ def load_extra_source(path, spec, classes: list[str]) -> ExtraSource:
             unmapped[str(s.label)] += 1
             continue
         allowed = tuple(target) if isinstance(target, list) else (target,)
-        source.samples.append(replace(s, label=allowed[0] if len(allowed) == 1 else None, origin=source.name))
+        if len(allowed) == 1:
+            s = replace(s, label=allowed[0])
+        else:
+            s = replace(s, label=allowed[0], allowed=allowed) if coarse else replace(s, label=None)
+        source.samples.append(replace(s, origin=source.name))
         source.compatible[s.path] = allowed
     if not source.samples:
         raise ConfigError(f"{path}: none of its labels ({', '.join(table.classes)}) maps to a training class; "
                           f"give a training label map (--extra-labels)")
     source.summary = {"source": str(Path(path).resolve()), "images": len(table), "mapped": len(source.samples),
                       "reference_only": sum(s.label is None for s in source.samples),
+                      "coarse": sum(s.allowed is not None for s in source.samples),
                       "unmapped_labels": dict(unmapped)}
     return source
 
 
-def load_extra_sources(paths, spec, classes: list[str]) -> list[ExtraSource]:
-    return [load_extra_source(p, spec, classes) for p in paths or []]
+def load_extra_sources(paths, spec, classes: list[str], coarse: bool = False) -> list[ExtraSource]:
+    return [load_extra_source(p, spec, classes, coarse) for p in paths or []]
 
 
 def primary_indices(table) -> np.ndarray:
@@ -136,14 +148,31 @@ def splits_with_extras(table, folds: int | None, val_fraction: float, seed: int,
     primary = primary_indices(table)
     pairs = [(primary[tr], primary[va]) for tr, va in _group_splits(table.subset(primary), folds, val_fraction, seed)]
     for origin in sorted({s.origin for s in table.samples if s.origin is not None}):
-        members = np.flatnonzero([s.origin == origin for s in table.samples]).astype(np.int64)
+        members = np.flatnonzero([s.origin == origin and s.allowed is None for s in table.samples]).astype(np.int64)
         if not validate_extras:
             pairs = [(np.concatenate([tr, members]), va) for tr, va in pairs]
             continue
         extra = _group_splits(table.subset(members), folds, val_fraction, seed)
         pairs = [(np.concatenate([tr, members[etr]]), np.concatenate([va, members[eva]]))
                  for (tr, va), (etr, eva) in zip(pairs, extra)]
-    return pairs
+    coarse = coarse_indices(table)  # no single class to validate against: always on the training side
+    return [(np.concatenate([tr, coarse]), va) for tr, va in pairs] if len(coarse) else pairs
+
+
+def coarse_indices(table) -> np.ndarray:
+    return np.flatnonzero([s.allowed is not None for s in table.samples]).astype(np.int64)
+
+
+def loss_targets(table) -> tuple[np.ndarray, list[list[int]]]:
+    """(target per sample, coarse groups): a fine sample's target is its class index; a coarse sample's is
+    len(classes) + g, where groups[g] lists the class indices its label allows (LesionClassifier._loss)."""
+    index = {c: i for i, c in enumerate(table.classes)}
+    groups: list[tuple[int, ...]] = sorted({tuple(index[c] for c in s.allowed) for s in table.samples if s.allowed})
+    targets = table.label_indices()
+    for i, s in enumerate(table.samples):
+        if s.allowed:
+            targets[i] = len(table.classes) + groups.index(tuple(index[c] for c in s.allowed))
+    return targets, [list(g) for g in groups]
 
 
 def source_names(table, primary_data: str) -> dict[str, str | None]:
@@ -168,6 +197,7 @@ def holdout_source_split(table, source: str, primary_data: str, max_val: int | N
     origin = names[source]
     held = np.flatnonzero([s.origin == origin for s in table.samples]).astype(np.int64)
     train = np.setdiff1d(np.arange(len(table)), held)
+    held = np.setdiff1d(held, coarse_indices(table))  # a coarse label neither trains here nor validates
     if len(train) == 0:
         raise ConfigError(f"--holdout-source {source}: nothing left to train on; add --extra-data")
     if max_val and len(held) > max_val:

@@ -31,7 +31,7 @@ from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing, pretrained_by_default
 from melanoma.runlog import checkpoint_epochs, set_aside_log, settle_log
-from melanoma.sources import holdout_source_split, load_extra_sources, splits_with_extras
+from melanoma.sources import holdout_source_split, load_extra_sources, loss_targets, splits_with_extras
 
 RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
 
@@ -69,7 +69,7 @@ def load_training_table(cfg: TrainConfig, run: Path):
     fingerprint (every scanned image, see fingerprint.py) written to the run."""
     table = datalib.discover(cfg.data)
     lesions = datalib.read_lesion_ids(cfg.lesion_metadata) if cfg.lesion_metadata else None
-    extras = load_extra_sources(cfg.extra_data, cfg.extra_labels, table.classes)
+    extras = load_extra_sources(cfg.extra_data, cfg.extra_labels, table.classes, cfg.coarse_labels)
     entries = datalib.scan(table) + scan_paths([s.path for src in extras for s in src.samples])
     fingerprint.save(fingerprint.build(entries), run)
     table, summary = datalib.prepare_training_table(table, conflict_policy=cfg.conflict_policy,
@@ -147,7 +147,8 @@ def source_codes(table) -> np.ndarray:
     return np.array([0 if s.origin is None else 1 + names.index(s.origin) for s in table.samples], dtype=np.int64)
 
 
-def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndarray) -> LesionClassifier:
+def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndarray,
+                 coarse_groups: list[list[int]] | None = None) -> LesionClassifier:
     mel = find_melanoma_class(class_names)
     weights = class_weights(train_labels, len(class_names)) if cfg.imbalance == "weighted-loss" else None
     return LesionClassifier(
@@ -155,13 +156,14 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
         weight_decay=cfg.weight_decay, optimizer=cfg.extra["optimizer"],
         warmup_fraction=min(0.5, cfg.warmup_epochs / cfg.epochs), label_smoothing=cfg.label_smoothing,
         class_weights=weights, pretrained=cfg.pretrained, weights=cfg.weights, seed=cfg.seed,
-        image_size=cfg.image_size, channels_last=cfg.channels_last)
+        image_size=cfg.image_size, channels_last=cfg.channels_last, backbone_lr_scale=cfg.backbone_lr_scale,
+        coarse_groups=coarse_groups or None)
 
 
 def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
     """Train on one split in `run`; on global rank 0 finalise (calibrate, thresholds, save). Resumes last.ckpt."""
     run.mkdir(parents=True, exist_ok=True)
-    module = build_module(cfg, table.classes, table.label_indices()[train_idx])
+    module = build_module(cfg, table.classes, table.label_indices()[train_idx], loss_targets(table)[1])
     done = run / "training_done.json"  # written once fit returns: a kill during finalisation does not re-train
     if cfg.resume and done.exists():
         trained = json.loads(done.read_text())
@@ -183,7 +185,7 @@ def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, c
     dm = LesionDataModule(images, table.label_indices(), train_idx, val_idx, pre, cfg.batch_size,
                           balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers,
                           samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table),
-                          augmentation=cfg.augmentation)
+                          augmentation=cfg.augmentation, targets=loss_targets(table)[0])
     if cfg.extra.get("record_samples"):
         callbacks = [*callbacks, RecordSampledIndices(run, train_idx)]
     if cfg.extra.get("step_marker"):
@@ -228,10 +230,10 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
         return train_cross_validation(cfg, run, table, images, pre, callbacks)
     if cfg.holdout_source:
         train_idx, val_idx = holdout_source_split(table, cfg.holdout_source, cfg.data, cfg.holdout_max_images,
-                                                  cfg.seed)
+                                                  cfg.split_seed_or_seed())
         print(f"held-out source {cfg.holdout_source}: {len(train_idx)} train / {len(val_idx)} validation images")
     else:
-        train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.seed,
+        train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.split_seed_or_seed(),
                                                 validate_extras=cfg.val_sources == "all")[0]
     result = fit_split(cfg, run, table, images, pre, train_idx, val_idx, callbacks)
     return {"run": str(run), **(result or {})}
@@ -240,7 +242,8 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
 def train_cross_validation(cfg, run: Path, table, images, pre, callbacks=()) -> dict:
     """Group-aware stratified K-fold: one run folder per fold (finished folds are skipped on resume)."""
     fold_results = []
-    for k, (train_idx, val_idx) in enumerate(splits_with_extras(table, cfg.folds, cfg.val_fraction, cfg.seed,
+    for k, (train_idx, val_idx) in enumerate(splits_with_extras(table, cfg.folds, cfg.val_fraction,
+                                                                   cfg.split_seed_or_seed(),
                                                                    validate_extras=cfg.val_sources == "all")):
         fold_dir = run / f"fold-{k}"
         done = fold_dir / "result.json"
