@@ -18,14 +18,19 @@ pytestmark = pytest.mark.slow
 
 def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
     ham = make_mini_ham(ham_dir, tmp_path / "ham", 12, dx=("mel", "nv"))
-    env = {**os.environ, "DEVICE": "gpu", "SMOKE": "1", "DATA": str(tiny_isic), "HAM": str(ham),
+    env = {**os.environ, "DEVICE": "gpu", "SMOKE": "1", "MEMBERS": "2", "DATA": str(tiny_isic), "HAM": str(ham),
            "MELANOMA": str(Path(sys.executable).parent / "melanoma")}
     out = tmp_path / "default-gpu"
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_default.sh"), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, (out.with_suffix(".log").read_text()[-3000:] if out.with_suffix(".log").exists()
-                                  else done.stderr)
-    training = json.loads((out / "model.json").read_text())["training"]
-    assert training["accelerator"] == "cpu" and training["precision"] == "32-true"
-    assert training["conflict_policy"] == "reference" and training["color_constancy"] == "shades_of_gray"
-    assert training["extra_data"] == [str(ham)]
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted(out.glob("*.log")))
+    assert done.returncode == 0, logs or done.stderr
+    members = [json.loads((out / f"seed{s}" / "model.json").read_text())["training"] for s in (1, 2)]
+    for training in members:
+        assert training["accelerator"] == "cpu" and training["precision"] == "32-true"
+        assert training["conflict_policy"] == "reference" and training["color_constancy"] == "shades_of_gray"
+        assert training["extra_data"] == [str(ham)] and training["val_sources"] == "all"
+        assert training["split_seed"] == 42
+    assert [t["seed"] for t in members] == [1, 2]
+    ensemble = json.loads((out / "ensemble" / "model.json").read_text())
+    assert ensemble["architecture"] == "ensemble(efficientnet_lite0,efficientnet_lite0)"

@@ -1,0 +1,48 @@
+"""Seed ensembles on the leave-one-source-out check: per recipe, the held-out melanoma AUC of the mean of its
+seeds' melanoma probabilities, next to each seed alone, on the held-out images every seed validated on (each
+seed draws its own 2,000-image sample of the held-out source, so the shared images are a subset).
+
+    .venv/bin/python scripts/loso_ensemble.py [runs/loso]
+"""
+
+from __future__ import annotations
+
+import csv
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from sklearn.metrics import roc_auc_score
+
+
+def melanoma_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
+    """{image path: (melanoma probability, is melanoma)} from a run's val_predictions.csv."""
+    with (run / "val_predictions.csv").open(newline="") as f:
+        return {row["path"]: (float(row["melanoma_probability"]), row["label"] == "melanoma")
+                for row in csv.DictReader(f)}
+
+
+def recipe_row(runs: list[Path]) -> str:
+    seeds = [melanoma_probabilities(r) for r in runs]
+    shared = sorted(set.intersection(*(set(s) for s in seeds)))
+    truth = [seeds[0][p][1] for p in shared]
+    singles = [roc_auc_score(truth, [s[p][0] for p in shared]) for s in seeds]
+    mean = roc_auc_score(truth, [statistics.fmean(s[p][0] for s in seeds) for p in shared])
+    return (f"| {runs[0].name.rsplit('-seed', 1)[0]} | {len(runs)} | {len(shared)} ({sum(truth)} melanoma) | "
+            f"{statistics.mean(singles):.3f} ± {statistics.stdev(singles):.3f} | {mean:.3f} |")
+
+
+def main(root: Path) -> None:
+    by_recipe: dict[str, list[Path]] = defaultdict(list)
+    for result in sorted(root.glob("*-seed*/result.json")):
+        by_recipe[result.parent.name.rsplit("-seed", 1)[0]].append(result.parent)
+    print("| recipe | seeds | shared held-out images | one seed: melanoma AUC | mean of the seeds |")
+    print("|---|---|---|---|---|")
+    for runs in by_recipe.values():
+        if len(runs) >= 2:
+            print(recipe_row(runs))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "runs/loso"))
