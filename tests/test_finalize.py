@@ -127,3 +127,33 @@ def test_threshold_corrupt_model_json_and_out_of_range_target(tmp_path, capsys):
     for bad in ("1.5", "0", "-0.1", "nan", "abc"):
         assert cli.main(["threshold", str(run), "--target-sensitivity", bad, "--in-place"]) == 2
         assert "--target-sensitivity: expected a number > 0.0 and <= 1.0" in capsys.readouterr().err
+
+
+def test_per_source_threshold_keeps_the_target_on_every_source(tmp_path, capsys):
+    """Source b's melanomas score lower (a harder clinic): the pooled threshold misses the target there, the
+    per-source (worst source) one keeps it on both."""
+    run = build_test_model(tmp_path / "run", image_size=64)
+    meta = json.loads((run / "model.json").read_text())
+    classes, mel = meta["class_names"], meta["class_names"].index("melanoma")
+    meta["data"] = {"source": "/clinics/a", "extra_sources": ["/clinics/b"]}
+    (run / "model.json").write_text(json.dumps(meta))
+    rng = np.random.default_rng(0)
+    lines = [",".join(["image", "path", *classes, "prediction", "label"])]
+    for source, shift in (("a", 0.6), ("b", 0.15)):
+        for i in range(200):
+            label = "melanoma" if i < 60 else "nevus"
+            probs = rng.dirichlet(np.ones(len(classes)))
+            probs[mel] += shift if label == "melanoma" else 0.0
+            probs /= probs.sum()
+            lines.append(",".join([f"{source}{i}.jpg", f"/clinics/{source}/{label}/{source}{i}.jpg",
+                                   *(f"{v:.6f}" for v in probs), label, label]))
+    (run / "val_predictions.csv").write_text("\n".join(lines) + "\n")
+    pooled = rethreshold(run, 0.9, out=tmp_path / "pooled")
+    assert pooled["by_source"]["b"]["sensitivity"] < 0.9 <= pooled["by_source"]["a"]["sensitivity"]
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--per-source",
+                     "--out", str(tmp_path / "worst")]) == 0
+    out = capsys.readouterr().out
+    assert "  a: sensitivity" in out and "  b: sensitivity" in out
+    stored = json.loads((tmp_path / "worst" / "model.json").read_text())["thresholds"]
+    assert stored["melanoma_alert"] < pooled["new"] and stored["melanoma_alert_policy"] == "worst source"
+    assert all(v["sensitivity"] >= 0.9 for v in stored["melanoma_alert_by_source"].values())

@@ -393,6 +393,9 @@ def _add_threshold(sub) -> None:
                    help="the highest threshold keeping at least this melanoma sensitivity (0-1] is chosen")
     p.add_argument("--predictions", type=existing_path, help="predictions.csv written by `melanoma evaluate` on "
                    "local labelled images (default: the model's validation predictions, RUN/val_predictions.csv)")
+    p.add_argument("--per-source", action="store_true",
+                   help="the lowest of the thresholds reaching the target on each training source's images "
+                        "separately, so no source falls below it (an alert meant for clinics unlike any one source)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="new model folder: a copy of RUN with the new threshold (RUN is untouched)")
     where.add_argument("--in-place", action="store_true", help="update RUN/model.json itself")
@@ -405,13 +408,16 @@ def _threshold_summary(r: dict) -> str:
     return (f"melanoma alert threshold {old} -> {r['new']:.4f} for target sensitivity {r['target_sensitivity']:.3f}\n"
             f"on {r['n_melanoma']} melanoma / {r['n_other']} other images ({r['predictions']}): "
             f"sensitivity {r['sensitivity']:.3f}, specificity {r['specificity']:.3f}\n"
-            f"wrote {r['model']}")
+            + "".join(f"  {name}: sensitivity {_round(v['sensitivity'])}, specificity {_round(v['specificity'])}, "
+                      f"alerts on {v['alert_share']:.1%} of {v['n']} images\n" for name, v in r["by_source"].items())
+            + f"wrote {r['model']}")
 
 
 def _run_threshold(args) -> int:
     from melanoma.finalize import rethreshold
 
-    result = rethreshold(args.run, args.target_sensitivity, args.predictions, out=args.out)
+    result = rethreshold(args.run, args.target_sensitivity, args.predictions, out=args.out,
+                         per_source=args.per_source)
     _emit(result, args.json, _threshold_summary(result))
     return 0
 

@@ -301,7 +301,37 @@ def _warn_about(preds_path: Path, is_mel, paths, model_dir: Path, meta: dict, ow
                       stacklevel=3)
 
 
-def rethreshold(run, target_sensitivity: float, predictions=None, out=None) -> dict:
+def training_sources(meta: dict) -> list[str]:
+    """The resolved folders of a model's training sources (primary first), from model.json's `data`."""
+    data = meta.get("data") if isinstance(meta.get("data"), dict) else {}
+    return [str(p) for p in [data.get("source"), *(data.get("extra_sources") or [])] if p]
+
+
+def source_of(path: str, roots: list[str]) -> str:
+    """The folder name of the source root `path` lies under (the deepest one), else "other"."""
+    parents = {str(p) for p in Path(path).resolve().parents}
+    under = [r for r in roots if r in parents]
+    return Path(max(under, key=len)).name if under else "other"
+
+
+def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> tuple[float, dict]:
+    """The highest threshold that keeps `target` sensitivity on EVERY source with at least 5 melanomas and 5 other
+    images (the minimum of the per-source thresholds): an alert for a clinic unlike any one source. Returns
+    (threshold, {source: {n_melanoma, n_other, threshold}})."""
+    sources = np.asarray(sources)
+    per_source = {}
+    for name in sorted(set(sources.tolist())):
+        here = sources == name
+        n_mel, n_other = int(is_mel[here].sum()), int((~is_mel[here]).sum())
+        if n_mel >= 5 and n_other >= 5:
+            per_source[name] = {"n_melanoma": n_mel, "n_other": n_other, "threshold": float(
+                metrics.choose_alert_threshold(is_mel[here], p_mel[here], target))}
+    if not per_source:
+        raise DataError("no source has 5 melanoma and 5 other labelled images: cannot choose a per-source threshold")
+    return min(v["threshold"] for v in per_source.values()), per_source
+
+
+def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool = False) -> dict:
     """Re-choose the melanoma alert threshold of a model without retraining. From the run's stored validation
     (CV: out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
     `melanoma evaluate` wrote on a clinic's own labelled images), for that clinic: a threshold chosen on one
@@ -309,8 +339,9 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None) -> d
 
     Writes the new threshold (and where it came from) into `out`, a new model folder holding a copy of RUN's
     model files, or, with out=None, into RUN/model.json itself. Warns (ThresholdWarning) when the predictions
-    hold fewer than 30 melanomas or images the model was trained on. Returns old and new values and the
-    achieved operating point."""
+    hold fewer than 30 melanomas or images the model was trained on. per_source=True: the lowest of the thresholds
+    that reach the target on each training source's images separately (`worst_source_threshold`). Returns old and
+    new values and the achieved operating point (per source too)."""
     from melanoma.artifacts import read_meta
     from melanoma.evaluate import read_predictions_csv
     from melanoma.labelmaps import MELANOMA_NAMES, normalise_label
@@ -340,15 +371,36 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None) -> d
         raise DataError(f"{preds_path}: {int(is_mel.sum())} melanoma and {int((~is_mel).sum())} other labelled "
                         "images; choosing a threshold needs at least 5 of each (far more for a stable one)")
     _warn_about(preds_path, is_mel, [p for p, ok in zip(table.paths, labelled) if ok], run, meta, not predictions)
-    new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
+    paths = [p for p, ok in zip(table.paths, labelled) if ok]
+    sources = [source_of(p, training_sources(meta)) for p in paths]
+    if per_source:
+        new, by_source = worst_source_threshold(is_mel, p_mel, sources, target_sensitivity)
+    else:
+        new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
     old = meta["thresholds"].get("melanoma_alert")
     target_dir = _copy_model(run, out) if out else run
     meta = json.loads((target_dir / "model.json").read_text())  # as stored (read_meta may normalise)
-    meta["thresholds"].update(melanoma_alert=new, target_sensitivity=target_sensitivity,
-                              melanoma_alert_source=str(preds_path.resolve()) if predictions else "validation")
-    atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
     flagged = p_mel >= new
+    achieved = operating_points(is_mel, flagged, sources)
+    meta["thresholds"].update(melanoma_alert=new, target_sensitivity=target_sensitivity,
+                              melanoma_alert_source=str(preds_path.resolve()) if predictions else "validation",
+                              melanoma_alert_policy="worst source" if per_source else "pooled",
+                              melanoma_alert_by_source=achieved)
+    atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
     return {"model": str(target_dir / "model.json"), "predictions": str(preds_path),
-            "target_sensitivity": target_sensitivity, "old": old, "new": new,
+            "target_sensitivity": target_sensitivity, "old": old, "new": new, "per_source": per_source,
             "sensitivity": float(flagged[is_mel].mean()), "specificity": float((~flagged[~is_mel]).mean()),
-            "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum())}
+            "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved}
+
+
+def operating_points(is_mel, flagged, sources: list[str]) -> dict:
+    """{source: {sensitivity, specificity, alert_share, n}} of an alert (None where a source lacks a class)."""
+    sources = np.asarray(sources)
+    out = {}
+    for name in sorted(set(sources.tolist())):
+        here = sources == name
+        mel, other = flagged[here & is_mel], flagged[here & ~is_mel]
+        out[name] = {"sensitivity": float(mel.mean()) if len(mel) else None,
+                     "specificity": float((~other).mean()) if len(other) else None,
+                     "alert_share": float(flagged[here].mean()), "n": int(here.sum())}
+    return out
