@@ -4,15 +4,18 @@
 # the run never trains on (--holdout-source Train; its copies of HAM10000 images are left out of training). One
 # row per recipe and seed, so every comparison carries its seed spread (scripts/loso_table.py prints it).
 #   scripts/loso.sh RECIPE SEED...      e.g. scripts/loso.sh base 1 2 3; scripts/loso.sh ema 1 2 3
+# The other direction: HOLDOUT=ham10000 scripts/loso.sh base 1 2 3 (train on the 9-class Train split alone,
+# validate on HAM10000; rows in runs/loso-ham10000/).
 # Budget: 5 epochs x 1,280 class-balanced draws at 160 px, about 8 minutes per row on 2 idle cores. Resumes.
 set -u
 cd "$(dirname "$0")/.."
 RECIPE=${1:?usage: scripts/loso.sh RECIPE SEED...}; shift
 DATA=${DATA:-../shared/data/isic-9class/Train}
 HAM=${HAM:-../shared/data/ham10000}
+HOLDOUT=${HOLDOUT:-Train}
 EPOCHS=${EPOCHS:-5}
 DRAWS=${DRAWS:-1280}
-COMMON=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --holdout-source Train
+COMMON=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --holdout-source "$HOLDOUT"
         --holdout-max-images 2000 --model efficientnet_lite0 --image-size 160 --color-constancy shades_of_gray
         --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --config scripts/cpu_long.yaml)
 case $RECIPE in
@@ -27,9 +30,10 @@ case $RECIPE in
   blr) EXTRA=(--backbone-lr-scale 0.1) ;;  # backbone at a tenth of the head's learning rate
   *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr)" >&2; exit 2 ;;
 esac
-mkdir -p runs/loso
+ROOT=runs/loso; [ "$HOLDOUT" = Train ] || ROOT=runs/loso-$HOLDOUT
+mkdir -p "$ROOT"
 for SEED in "$@"; do
-  OUT=runs/loso/$RECIPE-seed$SEED
+  OUT=$ROOT/$RECIPE-seed$SEED
   [ -f "$OUT/result.json" ] && continue
   if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else ARGS=("${COMMON[@]}" "${EXTRA[@]}" --seed "$SEED" --out "$OUT"); fi
   ( time .venv/bin/melanoma train "${ARGS[@]}" ) > "$OUT.log" 2>&1 || { echo "$OUT failed, see $OUT.log" >&2; exit 1; }
