@@ -136,6 +136,7 @@ def test_per_source_threshold_keeps_the_target_on_every_source(tmp_path, capsys)
     meta = json.loads((run / "model.json").read_text())
     classes, mel = meta["class_names"], meta["class_names"].index("melanoma")
     meta["data"] = {"source": "/clinics/a", "extra_sources": ["/clinics/b"]}
+    meta["model_card"] = {"expected_alert_share": None}
     (run / "model.json").write_text(json.dumps(meta))
     rng = np.random.default_rng(0)
     lines = [",".join(["image", "path", *classes, "prediction", "label"])]
@@ -157,3 +158,7 @@ def test_per_source_threshold_keeps_the_target_on_every_source(tmp_path, capsys)
     stored = json.loads((tmp_path / "worst" / "model.json").read_text())["thresholds"]
     assert stored["melanoma_alert"] < pooled["new"] and stored["melanoma_alert_policy"] == "worst source"
     assert all(v["sensitivity"] >= 0.9 for v in stored["melanoma_alert_by_source"].values())
+    card = json.loads((tmp_path / "worst" / "model.json").read_text())["model_card"]
+    pooled_card = json.loads((tmp_path / "pooled" / "model.json").read_text())["model_card"]
+    assert card["expected_alert_share"]["screening (2% melanoma)"] > pooled_card["expected_alert_share"][
+        "screening (2% melanoma)"]  # a lower threshold alerts more

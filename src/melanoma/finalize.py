@@ -382,14 +382,17 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     meta = json.loads((target_dir / "model.json").read_text())  # as stored (read_meta may normalise)
     flagged = p_mel >= new
     achieved = operating_points(is_mel, flagged, sources)
+    sensitivity, specificity = float(flagged[is_mel].mean()), float((~flagged[~is_mel]).mean())
     meta["thresholds"].update(melanoma_alert=new, target_sensitivity=target_sensitivity,
                               melanoma_alert_source=str(preds_path.resolve()) if predictions else "validation",
                               melanoma_alert_policy="worst source" if per_source else "pooled",
                               melanoma_alert_by_source=achieved)
+    if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
+        meta["model_card"]["expected_alert_share"] = expected_alert_share(sensitivity, specificity)
     atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
     return {"model": str(target_dir / "model.json"), "predictions": str(preds_path),
             "target_sensitivity": target_sensitivity, "old": old, "new": new, "per_source": per_source,
-            "sensitivity": float(flagged[is_mel].mean()), "specificity": float((~flagged[~is_mel]).mean()),
+            "sensitivity": sensitivity, "specificity": specificity,
             "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved}
 
 
