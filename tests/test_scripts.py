@@ -34,3 +34,23 @@ def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
     assert [t["seed"] for t in members] == [1, 2]
     ensemble = json.loads((out / "ensemble" / "model.json").read_text())
     assert ensemble["architecture"] == "ensemble(efficientnet_lite0,efficientnet_lite0)"
+
+
+def test_loso_ensemble_scores_the_mean_of_seeds_on_shared_images(tmp_path):
+    """Two seeds that each rank a different half of the melanomas right: the mean of their probabilities ranks
+    every one right (AUC 1.0) while each seed alone does not; images only one seed validated are left out."""
+    truth = [True] * 4 + [False] * 4
+    seeds = {1: [0.9, 0.9, 0.1, 0.1, 0.3, 0.3, 0.3, 0.3], 2: [0.1, 0.1, 0.9, 0.9, 0.3, 0.3, 0.3, 0.3]}
+    for seed, probs in seeds.items():
+        run = tmp_path / f"base-seed{seed}"
+        run.mkdir()
+        (run / "result.json").write_text("{}")
+        rows = ["path,melanoma_probability,label"] + [
+            f"/img{i}.jpg,{p},{'melanoma' if t else 'nevus'}" for i, (p, t) in enumerate(zip(probs, truth))]
+        rows.append(f"/only-seed{seed}.jpg,0.5,nevus")
+        (run / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "loso_ensemble.py"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.strip().splitlines()[-1]
+    assert row.startswith("| base | 2 | 8 (4 melanoma) | 0.500 ± 0.000 |") and row.endswith("| 1.000 |")
