@@ -12,7 +12,10 @@ Prints, for models/default (efficientnet_lite0, 160 px, with its referral statis
 * peak memory (RSS) of `melanoma predict` over 200 images with the ONNX model, in a fresh process, and whether that
   process imported torch.
 
-    python bench/predict_speed.py [--threads 1] [--runs 60] [--images 200]
+    python bench/predict_speed.py [--threads 1] [--runs 60] [--images 200] [--model runs/default-v3/seed1]
+
+When the model is itself an ensemble (the shipped default since session 6) the 3-member rows are left out: its
+own rows are the ensemble's figures; `--model` measures another model folder (e.g. one member) the same way.
 
 Other processes loading the CPU inflate the figures; the 1-minute load average is printed before and after.
 """
@@ -106,7 +109,7 @@ def peak_rss_of_onnx_predict(onnx_path: Path, paths: list[str], tmp: Path) -> di
             "images": len(paths)}
 
 
-def three_member_ensemble(tmp: Path) -> Path:
+def three_member_ensemble(tmp: Path, model: Path) -> Path:
     """An ensemble of three copies of the shipped model (speed only: three members cost the same whatever their
     weights), built like `melanoma ensemble` (its threshold fitted on the members' validation images)."""
     from melanoma.ensemble import build_ensemble
@@ -114,7 +117,7 @@ def three_member_ensemble(tmp: Path) -> Path:
     runs = []
     for k in range(3):
         runs.append(tmp / f"member-{k}")
-        shutil.copytree(MODEL, runs[-1], ignore=shutil.ignore_patterns("*.onnx"))
+        shutil.copytree(model, runs[-1], ignore=shutil.ignore_patterns("*.onnx"))
     build_ensemble(runs, tmp / "ensemble", bootstrap=10)
     return tmp / "ensemble"
 
@@ -125,7 +128,9 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=int, default=60, help="timed repetitions per single-image figure (default 60)")
     ap.add_argument("--images", type=int, default=200, help="images for throughput and peak memory (default 200)")
     ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--model", type=Path, default=MODEL, help="model folder (default: the shipped models/default)")
     args = ap.parse_args(argv)
+    model = args.model
 
     import torch
 
@@ -140,19 +145,20 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         fp32_path = tmp / "model.onnx"
-        export.export_onnx(MODEL, fp32_path)
+        export.export_onnx(model, fp32_path)
         rss = peak_rss_of_onnx_predict(fp32_path, paths, tmp)
         fp32 = Predictor.load(fp32_path, threads=args.threads)
-        cal = export._split(MODEL, None, None)[0]
+        cal = export._split(model, None, None)[0]
         int8_path = tmp / "model.int8.onnx"
         int8_path.write_bytes(export._quantize(fp32_path, fp32, cal))
-        ensemble = three_member_ensemble(tmp)
-        ensemble_onnx = tmp / "ensemble.onnx"
-        export.export_onnx(ensemble, ensemble_onnx)
-        predictors = {"PyTorch fp32": Predictor.load(MODEL), "ONNX fp32": fp32,
-                      "ONNX INT8": Predictor.load(int8_path, threads=args.threads),
-                      "3x PyTorch": Predictor.load(ensemble),
-                      "3x ONNX": Predictor.load(ensemble_onnx, threads=args.threads)}
+        predictors = {"PyTorch fp32": Predictor.load(model), "ONNX fp32": fp32,
+                      "ONNX INT8": Predictor.load(int8_path, threads=args.threads)}
+        if not str(json.loads((model / "model.json").read_text())["architecture"]).startswith("ensemble("):
+            ensemble = three_member_ensemble(tmp, model)
+            ensemble_onnx = tmp / "ensemble.onnx"
+            export.export_onnx(ensemble, ensemble_onnx)
+            predictors.update({"3x PyTorch": Predictor.load(ensemble),
+                               "3x ONNX": Predictor.load(ensemble_onnx, threads=args.threads)})
         input_path(fp32.pre, paths, args.runs)
         rows = {name: measure(p, paths, args.runs, args.batch) for name, p in predictors.items()}
     ref = rows["ONNX fp32"]["result"]
