@@ -137,6 +137,7 @@ def test_per_source_threshold_keeps_the_target_on_every_source(tmp_path, capsys)
     classes, mel = meta["class_names"], meta["class_names"].index("melanoma")
     meta["data"] = {"source": "/clinics/a", "extra_sources": ["/clinics/b"]}
     meta["model_card"] = {"expected_alert_share": None}
+    meta["metrics"] = {"melanoma_sensitivity": None, "melanoma_specificity": None}
     (run / "model.json").write_text(json.dumps(meta))
     rng = np.random.default_rng(0)
     lines = [",".join(["image", "path", *classes, "prediction", "label"])]
@@ -155,7 +156,9 @@ def test_per_source_threshold_keeps_the_target_on_every_source(tmp_path, capsys)
                      "--out", str(tmp_path / "worst")]) == 0
     out = capsys.readouterr().out
     assert "  a: sensitivity" in out and "  b: sensitivity" in out
-    stored = json.loads((tmp_path / "worst" / "model.json").read_text())["thresholds"]
+    worst = json.loads((tmp_path / "worst" / "model.json").read_text())
+    stored = worst["thresholds"]
+    assert worst["metrics"]["melanoma_sensitivity"] >= 0.9  # the headline follows the new alert
     assert stored["melanoma_alert"] < pooled["new"] and stored["melanoma_alert_policy"] == "worst source"
     assert all(v["sensitivity"] >= 0.9 for v in stored["melanoma_alert_by_source"].values())
     card = json.loads((tmp_path / "worst" / "model.json").read_text())["model_card"]

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
-    ham = make_mini_ham(ham_dir, tmp_path / "ham", 12, dx=("mel", "nv"))
+    # 40 + 40: the HAM10000 validation share holds the >= 5 melanomas the per-source threshold needs
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 40, dx=("mel", "nv"))
     env = {**os.environ, "DEVICE": "gpu", "SMOKE": "1", "MEMBERS": "2", "DATA": str(tiny_isic), "HAM": str(ham),
            "MELANOMA": str(Path(sys.executable).parent / "melanoma")}
     out = tmp_path / "default-gpu"
@@ -34,6 +35,8 @@ def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
     assert [t["seed"] for t in members] == [1, 2]
     ensemble = json.loads((out / "ensemble" / "model.json").read_text())
     assert ensemble["architecture"] == "ensemble(efficientnet_lite0,efficientnet_lite0)"
+    shipped = json.loads((out / "shipped" / "model.json").read_text())
+    assert shipped["thresholds"]["melanoma_alert_policy"] == "worst source"
 
 
 def test_loso_ensemble_scores_the_mean_of_seeds_on_shared_images(tmp_path):

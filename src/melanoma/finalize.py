@@ -389,6 +389,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
                               melanoma_alert_by_source=achieved)
     if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
         meta["model_card"]["expected_alert_share"] = expected_alert_share(sensitivity, specificity)
+    if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too
+        meta["metrics"].update(melanoma_sensitivity=sensitivity, melanoma_specificity=specificity)
     atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
     return {"model": str(target_dir / "model.json"), "predictions": str(preds_path),
             "target_sensitivity": target_sensitivity, "old": old, "new": new, "per_source": per_source,
