@@ -393,9 +393,11 @@ def _add_threshold(sub) -> None:
                    help="the highest threshold keeping at least this melanoma sensitivity (0-1] is chosen")
     p.add_argument("--predictions", type=existing_path, help="predictions.csv written by `melanoma evaluate` on "
                    "local labelled images (default: the model's validation predictions, RUN/val_predictions.csv)")
-    p.add_argument("--per-source", action="store_true",
+    p.add_argument("--per-source", action=argparse.BooleanOptionalAction, default=None,
                    help="the lowest of the thresholds reaching the target on each training source's images "
-                        "separately, so no source falls below it (an alert meant for clinics unlike any one source)")
+                        "separately, so no source falls below it (an alert meant for clinics unlike any one source); "
+                        "--no-per-source: one threshold on all images pooled (default: as the model's alert was "
+                        "chosen, model.json thresholds.melanoma_alert_policy)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--out", help="new model folder: a copy of RUN with the new threshold (RUN is untouched)")
     where.add_argument("--in-place", action="store_true", help="update RUN/model.json itself")

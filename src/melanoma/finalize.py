@@ -331,7 +331,7 @@ def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> 
     return min(v["threshold"] for v in per_source.values()), per_source
 
 
-def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool = False) -> dict:
+def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool | None = None) -> dict:
     """Re-choose the melanoma alert threshold of a model without retraining. From the run's stored validation
     (CV: out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
     `melanoma evaluate` wrote on a clinic's own labelled images), for that clinic: a threshold chosen on one
@@ -340,8 +340,9 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     Writes the new threshold (and where it came from) into `out`, a new model folder holding a copy of RUN's
     model files, or, with out=None, into RUN/model.json itself. Warns (ThresholdWarning) when the predictions
     hold fewer than 30 melanomas or images the model was trained on. per_source=True: the lowest of the thresholds
-    that reach the target on each training source's images separately (`worst_source_threshold`). Returns old and
-    new values and the achieved operating point (per source too)."""
+    that reach the target on each training source's images separately (`worst_source_threshold`); None: as the
+    model's alert was chosen (model.json). Returns old and new values and the achieved operating point (per source
+    too)."""
     from melanoma.artifacts import read_meta
     from melanoma.evaluate import read_predictions_csv
     from melanoma.labelmaps import MELANOMA_NAMES, normalise_label
@@ -371,6 +372,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
         raise DataError(f"{preds_path}: {int(is_mel.sum())} melanoma and {int((~is_mel).sum())} other labelled "
                         "images; choosing a threshold needs at least 5 of each (far more for a stable one)")
     _warn_about(preds_path, is_mel, [p for p, ok in zip(table.paths, labelled) if ok], run, meta, not predictions)
+    if per_source is None:  # keep how this model's alert was chosen
+        per_source = meta["thresholds"].get("melanoma_alert_policy") == "worst source"
     paths = [p for p, ok in zip(table.paths, labelled) if ok]
     sources = [source_of(p, training_sources(meta)) for p in paths]
     if per_source:
