@@ -217,9 +217,9 @@ def test_shipped_model_card_names_its_two_sources_and_its_one_tiny_class(tmp_pat
     shipped = json.loads((Path(__file__).parents[1] / "models" / "default" / "model.json").read_text())
     items = " ".join(describe_limitations(shipped))
     assert "seborrheic keratosis (2)" in items and "images only" not in items and "One source only" not in items
-    assert "398 validation images" in items
+    assert "from a group-aware share of every training source (2,037 validation images)" in items
     assert describe_training_data(shipped).startswith("1,987 images of Train (split into training and validation)"
-                                                      " + 8,194 training-only images of ham10000")
+                                                      " + 8,194 images of ham10000 (split the same way")
 
 
 @pytest.fixture(scope="module")

@@ -322,6 +322,7 @@ def test_cv_run_ships_its_fold_ensemble_as_one_model(tiny_isic, tmp_path):
     result = train(tiny_config(tiny_isic, tmp_path / "cv", folds=2, fold_ensemble=True))
     meta = json.loads((Path(result["ensemble"]) / "model.json").read_text())
     assert meta["architecture"].startswith("ensemble(") and meta["architecture"].count(",") == 1
+    assert meta["training"]["folds"] == 2 and meta["training"]["member_seeds"] == [3, 3]  # what members share
     net, _ = load_model(result["ensemble"])
     with torch.no_grad():
         probs = net(torch.zeros(2, 3, 64, 64)).softmax(-1)

@@ -316,9 +316,17 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
             "melanoma_alert": threshold}
 
 
+def shared_training(metas) -> dict:
+    """The training options every member shares (how the data was split and validated, the recipe), plus the
+    members' seeds; what differs between members (seed, best epoch) is left out."""
+    trainings = [m.get("training") or {} for m in metas]
+    shared = {k: v for k, v in trainings[0].items() if all(t.get(k) == v for t in trainings[1:])}
+    return {**shared, "member_seeds": [t.get("seed") for t in trainings]}
+
+
 def _ensemble_meta(members, metas, net, calibration, threshold, target, referral_meta, head, heldout) -> dict:
     """model.json: the first member's (data, model card, preprocessing) with the ensemble's own fitted values."""
-    dropped = ("extra", "cv", "training", "calibration", "format", "format_version", "package_version")
+    dropped = ("extra", "cv", "calibration", "format", "format_version", "package_version")
     first = {k: v for k, v in metas[0].items() if k not in dropped}
     card = dict(first.get("model_card") or {})
     card["output"] = ("probability per class: the mean of the members' temperature-scaled probabilities; melanoma "
@@ -332,6 +340,7 @@ def _ensemble_meta(members, metas, net, calibration, threshold, target, referral
     return {
         **first,
         "architecture": ensemble_name([m["architecture"] for m in metas]),
+        "training": shared_training(metas),
         "temperature": 1.0,
         "calibration": calibration,
         "thresholds": {"melanoma_alert": threshold, "target_sensitivity": target,

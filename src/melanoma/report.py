@@ -183,7 +183,10 @@ def describe_training_data(meta: dict) -> str:
     count = _readable(primary) if primary else "an unrecorded number of"
     text = f"{count} images of {_source_name(data['source'])} ({split})"
     extras = [_source_name(e) for e in data.get("extra_sources") or []]
-    if extras:
+    if extras and (meta.get("training") or {}).get("val_sources") == "all":
+        text += f" + {n_extra:,} images of {' and '.join(extras)} (split the same way; copies and other photos " \
+                f"of {_source_name(data['source'])} lesions left out)"
+    elif extras:
         text += f" + {n_extra:,} training-only images of {' and '.join(extras)} (after leaving out copies and " \
                 "other photos of the validation lesions)"
     return text
