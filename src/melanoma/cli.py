@@ -411,7 +411,8 @@ def _threshold_summary(r: dict) -> str:
             f"on {r['n_melanoma']} melanoma / {r['n_other']} other images ({r['predictions']}): "
             f"sensitivity {r['sensitivity']:.3f}, specificity {r['specificity']:.3f}\n"
             + "".join(f"  {name}: sensitivity {_round(v['sensitivity'])}, specificity {_round(v['specificity'])}, "
-                      f"alerts on {v['alert_share']:.1%} of {v['n']} images\n" for name, v in r["by_source"].items())
+                      f"alerts on {v['alert_share']:.1%} of {v['n']} images\n" for name, v in r["by_source"].items()
+                      if len(r["by_source"]) > 1)  # one line per source, when there are several
             + f"wrote {r['model']}")
 
 
