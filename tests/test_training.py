@@ -343,6 +343,6 @@ def test_coarse_labels_backbone_lr_and_split_seed(tiny_isic, ham_dir, tmp_path):
     validated = [(Path(r) / "val_predictions.csv").read_text().splitlines() for r in (a["run"], b["run"])]
     paths = [sorted(line.split(",")[0] for line in rows[1:]) for rows in validated]
     assert paths[0] == paths[1]  # one split seed, two seeds: the same validation images
-    ckpt = torch.load(Path(a["run"]) / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
+    ckpt = torch.load(Path(a["run"]) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     head, backbone = (group["lr"] for group in ckpt["optimizer_states"][0]["param_groups"])
     assert backbone == pytest.approx(head * 0.1)
