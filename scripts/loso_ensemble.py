@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import statistics
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
+
+from loso_table import runs_by_recipe  # scripts/ is on sys.path when this file runs as a script
 
 
 def melanoma_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
@@ -23,25 +24,22 @@ def melanoma_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
                 for row in csv.DictReader(f)}
 
 
-def recipe_row(runs: list[Path]) -> str:
+def recipe_row(recipe: str, runs: list[Path]) -> str:
     seeds = [melanoma_probabilities(r) for r in runs]
     shared = sorted(set.intersection(*(set(s) for s in seeds)))
     truth = [seeds[0][p][1] for p in shared]
     singles = [roc_auc_score(truth, [s[p][0] for p in shared]) for s in seeds]
     mean = roc_auc_score(truth, [statistics.fmean(s[p][0] for s in seeds) for p in shared])
-    return (f"| {runs[0].name.rsplit('-seed', 1)[0]} | {len(runs)} | {len(shared)} ({sum(truth)} melanoma) | "
+    return (f"| {recipe} | {len(runs)} | {len(shared)} ({sum(truth)} melanoma) | "
             f"{statistics.mean(singles):.3f} ± {statistics.stdev(singles):.3f} | {mean:.3f} |")
 
 
 def main(root: Path) -> None:
-    by_recipe: dict[str, list[Path]] = defaultdict(list)
-    for result in sorted(root.glob("*-seed*/result.json")):
-        by_recipe[result.parent.name.rsplit("-seed", 1)[0]].append(result.parent)
     print("| recipe | seeds | shared held-out images | one seed: melanoma AUC | mean of the seeds |")
     print("|---|---|---|---|---|")
-    for runs in by_recipe.values():
+    for recipe, runs in runs_by_recipe(root).items():
         if len(runs) >= 2:
-            print(recipe_row(runs))
+            print(recipe_row(recipe, runs))
 
 
 if __name__ == "__main__":

@@ -21,14 +21,22 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def runs_by_recipe(root: Path) -> dict[str, list[Path]]:
+    """{recipe: its finished run folders} from root/<recipe>-seed<N>/result.json, in name order."""
+    runs: dict[str, list[Path]] = defaultdict(list)
+    for result in sorted(root.glob("*-seed*/result.json")):
+        runs[result.parent.name.rsplit("-seed", 1)[0]].append(result.parent)
+    return runs
+
+
 def main(root: Path) -> None:
     rows: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for result in sorted(root.glob("*-seed*/result.json")):
-        recipe = result.parent.name.rsplit("-seed", 1)[0]
-        data = json.loads(result.read_text())
-        for key in FIGURES:
-            if data.get(key) is not None:
-                rows[recipe][key].append(float(data[key]))
+    for recipe, runs in runs_by_recipe(root).items():
+        for run in runs:
+            data = json.loads((run / "result.json").read_text())
+            for key in FIGURES:
+                if data.get(key) is not None:
+                    rows[recipe][key].append(float(data[key]))
     if not rows:
         sys.exit(f"{root}: no finished runs (run scripts/loso.sh first)")
     print("| recipe | seeds | " + " | ".join(FIGURES) + " |")

@@ -314,21 +314,21 @@ def source_of(path: str, roots: list[str]) -> str:
     return Path(max(under, key=len)).name if under else "other"
 
 
-def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> tuple[float, dict]:
-    """The highest threshold that keeps `target` sensitivity on EVERY source with at least 5 melanomas and 5 other
-    images (the minimum of the per-source thresholds): an alert for a clinic unlike any one source. Returns
-    (threshold, {source: {n_melanoma, n_other, threshold}})."""
+def _source_masks(sources: list[str]):
+    """(source name, boolean mask of its rows) for each source, in name order."""
     sources = np.asarray(sources)
-    per_source = {}
     for name in sorted(set(sources.tolist())):
-        here = sources == name
-        n_mel, n_other = int(is_mel[here].sum()), int((~is_mel[here]).sum())
-        if n_mel >= 5 and n_other >= 5:
-            per_source[name] = {"n_melanoma": n_mel, "n_other": n_other, "threshold": float(
-                metrics.choose_alert_threshold(is_mel[here], p_mel[here], target))}
-    if not per_source:
+        yield name, sources == name
+
+
+def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> float:
+    """The highest threshold that keeps `target` sensitivity on EVERY source with at least 5 melanomas and 5 other
+    images (the minimum of the per-source thresholds): an alert for a clinic unlike any one source."""
+    thresholds = [float(metrics.choose_alert_threshold(is_mel[here], p_mel[here], target))
+                  for _, here in _source_masks(sources) if is_mel[here].sum() >= 5 and (~is_mel[here]).sum() >= 5]
+    if not thresholds:
         raise DataError("no source has 5 melanoma and 5 other labelled images: cannot choose a per-source threshold")
-    return min(v["threshold"] for v in per_source.values()), per_source
+    return min(thresholds)
 
 
 def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool | None = None) -> dict:
@@ -375,9 +375,10 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     if per_source is None:  # keep how this model's alert was chosen
         per_source = meta["thresholds"].get("melanoma_alert_policy") == "worst source"
     paths = [p for p, ok in zip(table.paths, labelled) if ok]
-    sources = [source_of(p, training_sources(meta)) for p in paths]
+    roots = training_sources(meta)
+    sources = [source_of(p, roots) for p in paths]
     if per_source:
-        new, by_source = worst_source_threshold(is_mel, p_mel, sources, target_sensitivity)
+        new = worst_source_threshold(is_mel, p_mel, sources, target_sensitivity)
     else:
         new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
     old = meta["thresholds"].get("melanoma_alert")
@@ -403,10 +404,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
 
 def operating_points(is_mel, flagged, sources: list[str]) -> dict:
     """{source: {sensitivity, specificity, alert_share, n}} of an alert (None where a source lacks a class)."""
-    sources = np.asarray(sources)
     out = {}
-    for name in sorted(set(sources.tolist())):
-        here = sources == name
+    for name, here in _source_masks(sources):
         mel, other = flagged[here & is_mel], flagged[here & ~is_mel]
         out[name] = {"sensitivity": float(mel.mean()) if len(mel) else None,
                      "specificity": float((~other).mean()) if len(other) else None,

@@ -163,12 +163,13 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
 def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
     """Train on one split in `run`; on global rank 0 finalise (calibrate, thresholds, save). Resumes last.ckpt."""
     run.mkdir(parents=True, exist_ok=True)
-    module = build_module(cfg, table.classes, table.label_indices()[train_idx], loss_targets(table)[1])
+    targets, coarse_groups = loss_targets(table)
+    module = build_module(cfg, table.classes, table.label_indices()[train_idx], coarse_groups)
     done = run / "training_done.json"  # written once fit returns: a kill during finalisation does not re-train
     if cfg.resume and done.exists():
         trained = json.loads(done.read_text())
     else:
-        trained = fit_module(cfg, run, module, table, images, pre, train_idx, val_idx, callbacks)
+        trained = fit_module(cfg, run, module, table, images, pre, train_idx, val_idx, callbacks, targets)
         if trained is None:  # not rank 0
             return None
         atomic_write_text(done, json.dumps(trained, indent=2))
@@ -176,16 +177,18 @@ def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=
                           seconds=trained["seconds"])
 
 
-def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
+def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, callbacks=(), targets=None
+               ) -> dict | None:
     """Lightning fit from scratch or from last.ckpt; a kill or SIGTERM at any moment leaves the run resumable and
-    its log holding finished epochs only. Returns the best checkpoint (rank 0) or None (other ranks)."""
+    its log holding finished epochs only. `targets`: what the loss sees per sample (sources.loss_targets; None: the
+    labels). Returns the best checkpoint (rank 0) or None (other ranks)."""
     # Augmentation runs in DataLoader workers: torch gives each worker one thread, and on a busy CPU a
     # 2-thread torch process augments 10-30x slower (OpenMP spin-waits) than a 1-thread worker.
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
     dm = LesionDataModule(images, table.label_indices(), train_idx, val_idx, pre, cfg.batch_size,
                           balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers,
                           samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table),
-                          augmentation=cfg.augmentation, targets=loss_targets(table)[0])
+                          augmentation=cfg.augmentation, targets=targets)
     if cfg.extra.get("record_samples"):
         callbacks = [*callbacks, RecordSampledIndices(run, train_idx)]
     if cfg.extra.get("step_marker"):
