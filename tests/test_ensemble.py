@@ -3,6 +3,7 @@ predict, evaluate, explain and export to one ONNX file; a CV run's folds scored 
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -156,6 +157,21 @@ def test_ensemble_artifact_is_one_model_fitted_on_its_own_heldout_predictions(th
     assert meta["model_card"]["intended_use"].startswith("Decision support")
     assert (ensemble_dir / "val_predictions.csv").is_file() and (ensemble_dir / "val_metrics.json").is_file()
     assert any(k.startswith("fingerprint.") for k in meta["extra"])  # evaluate still finds training images
+
+
+@pytest.mark.slow
+def test_float16_ensemble_is_fitted_on_the_weights_it_ships(three_runs, ensemble_dir, tiny_isic, tmp_path):
+    half = tmp_path / "half"
+    build_ensemble(three_runs, half, bootstrap=50, weights_dtype="float16")
+    full_size = (ensemble_dir / "model.safetensors").stat().st_size
+    assert (half / "model.safetensors").stat().st_size < 0.6 * full_size
+    meta = json.loads((half / "model.json").read_text())
+    assert meta["weights_dtype"] == "float16"
+    # the stored validation probabilities (what the threshold was chosen on) are the reloaded model's predictions
+    rows = list(csv.DictReader((half / "val_predictions.csv").open()))[:8]
+    again = Predictor.load(half).predict_paths([r["path"] for r in rows])
+    mel = again.class_names.index("melanoma")
+    np.testing.assert_allclose(again.probs[:, mel], [float(r["melanoma_probability"]) for r in rows], atol=1e-5)
 
 
 @pytest.mark.slow

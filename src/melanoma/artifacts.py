@@ -4,6 +4,12 @@ model.json is the single source of truth for class names, preprocessing, tempera
 records `weights_sha256`, the SHA-256 of model.safetensors: loading refuses a truncated, swapped or edited weights
 file. Artifacts written before the hash existed (no `weights_sha256`) still load.
 
+`weights_dtype` in model.json ("float32", the default, or "float16") is how the network's floating-point weights
+are STORED; they are always loaded into float32. float16 halves the file (the shipped 3-member ensemble: 41 -> 21
+MB); whoever writes a float16 model must fit its thresholds on the rounded weights (`round_weights`), which is
+what `melanoma ensemble --weights-dtype float16` does. Extra tensors (referral statistics, fingerprints) stay
+float32.
+
 torch is imported inside the functions that need it: the torch-free ONNX prediction path uses this module's
 atomic writers.
 """
@@ -23,6 +29,7 @@ FORMAT = "melanoma-model"
 FORMAT_VERSION = 1
 EXTRA_PREFIX = "extra."
 HASH_KEY = "weights_sha256"  # model.json key: hex SHA-256 of model.safetensors
+WEIGHTS_DTYPES = ("float32", "float16")  # model.json "weights_dtype": storage of the network's float weights
 INTENDED_USE = ("Decision support for dermatologists: flags dermoscopic lesions that need a second look. "
                 "Not a diagnosis, not for use without a clinician, not validated for clinical deployment.")
 
@@ -70,15 +77,39 @@ def verify_weights(weights_path: Path, meta: dict) -> None:
                          f"{str(expected)[:16]}...: the weights file was truncated, replaced or edited")
 
 
+def weights_dtype(meta: dict) -> str:
+    """The storage dtype model.json names ("float32" when absent); ModelError for anything else."""
+    name = meta.get("weights_dtype") or "float32"
+    if name not in WEIGHTS_DTYPES:
+        raise ModelError(f"unknown weights_dtype {name!r} in model metadata (expected one of {WEIGHTS_DTYPES})")
+    return name
+
+
+def round_weights(model, dtype: str):
+    """Round `model`'s floating-point parameters and buffers in place to what `dtype` storage keeps (float32:
+    unchanged), so predictions made now equal those of the saved and reloaded model; returns the model."""
+    import torch
+
+    if dtype == "float16":
+        with torch.no_grad():
+            for tensor in model.state_dict().values():  # state_dict tensors share storage with the model
+                if tensor.is_floating_point():
+                    tensor.copy_(tensor.half())
+    return model
+
+
 def save_model(model, meta: dict, out_dir, extra_tensors: dict | None = None) -> Path:
     """Write model.safetensors (+ `extra.*` tensors) and model.json (with the weights' SHA-256) atomically;
-    returns the model.json path."""
+    the network's floating-point tensors are stored as meta["weights_dtype"] (default float32). Returns the
+    model.json path."""
     import torch
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    half = weights_dtype(meta) == "float16"
+    tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
     for name, value in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + name] = torch.as_tensor(value).detach().cpu().contiguous()
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".safetensors.tmp")
@@ -132,6 +163,7 @@ def read_meta(path) -> dict:
 def load_model(path) -> tuple:
     """Rebuild the model described by model.json and load its weights (after checking their SHA-256 against
     model.json); returns (torch model in eval mode, meta)."""
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -145,7 +177,10 @@ def load_model(path) -> tuple:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights_path}: unreadable weights ({exc})") from None
     extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    weights_dtype(meta)  # a model.json naming an unknown storage dtype is refused before anything is built
+    # float16-stored weights come back as float32 (exactly: every float16 value is a float32 value).
+    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()
+             if not k.startswith(EXTRA_PREFIX)}
     model = create_model(meta["architecture"], num_classes=len(meta["class_names"]), pretrained=False,
                          image_size=int(meta["preprocessing"]["input_size"]))
     try:

@@ -582,6 +582,9 @@ def _add_ensemble(sub) -> None:
                    help="the alert keeps at least this held-out melanoma sensitivity (default: the first run's)")
     p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the bootstrap and referral folds")
+    p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
+                   help="storage of the members' weights: float16 halves the file; the members are rounded "
+                        "before the held-out predictions, so threshold and referral fit the shipped weights")
     _add_json_flag(p)
     p.set_defaults(func=_run_ensemble)
 
@@ -590,7 +593,7 @@ def _run_ensemble(args) -> int:
     from melanoma.ensemble import build_ensemble
 
     result = build_ensemble(args.runs, args.out, target_sensitivity=args.target_sensitivity,
-                            bootstrap=args.bootstrap, seed=args.seed)
+                            bootstrap=args.bootstrap, seed=args.seed, weights_dtype=args.weights_dtype)
     m = result["metrics"]
     _emit(result, args.json, f"wrote {result['out']}: {len(result['members'])} members, "
                              f"{result['heldout']['images']} held-out images ({result['heldout']['scoring']}); "

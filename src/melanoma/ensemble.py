@@ -252,19 +252,23 @@ def _union_fingerprint(extras: list[dict]) -> dict[str, torch.Tensor]:
 
 # --------------------------------------------------------------------------------------------------- building
 def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap: int = 1000,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, weights_dtype: str = "float32") -> dict:
     """Write the ensemble of `runs` (run folders; a CV run = its folds) to the model folder `out`; returns
-    {"out", "members", "heldout", "metrics", "melanoma_alert"}."""
+    {"out", "members", "heldout", "metrics", "melanoma_alert"}. weights_dtype "float16" stores the members at
+    half the size; they are rounded BEFORE the held-out predictions, so the threshold, referral and metrics are
+    those of the weights that ship."""
     from melanoma import input_check, metrics
-    from melanoma.artifacts import atomic_write_text, load_model, save_model
+    from melanoma.artifacts import WEIGHTS_DTYPES, atomic_write_text, load_model, round_weights, save_model
     from melanoma.finalize import (calibrate_and_threshold, headline_metrics, infer, write_predictions)
     from melanoma.referral import Referrer, fit_referral, softmax
 
     out = Path(out)
     if (out / "model.json").exists():
         raise ModelError(f"{out}: already holds a model; choose another --out")
+    if weights_dtype not in WEIGHTS_DTYPES:
+        raise ModelError(f"weights dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
     members = expand_runs(runs)
-    loaded = [load_model(run) for run in members]
+    loaded = [(round_weights(model, weights_dtype), meta) for model, meta in map(load_model, members)]
     metas = [meta for _, meta in loaded]
     check_compatible(members, metas)
     first = metas[0]
@@ -304,6 +308,7 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
 
     heldout = {"images": len(paths), "scoring": scoring, "per_member_images": mask.sum(1).tolist()}
     meta = _ensemble_meta(members, metas, net, calibration, threshold, target, referral_meta, head, heldout)
+    meta["weights_dtype"] = weights_dtype
     extra = {**tensors, **_union_fingerprint([m.get("extra") or {} for m in metas])}
     out.mkdir(parents=True, exist_ok=True)
     save_model(net, meta, out, extra)
