@@ -28,7 +28,9 @@ case $RECIPE in
   strong) EXTRA=(--augmentation strong) ;;
   coarse) EXTRA=(--coarse-labels) ;;    # HAM10000 akiec / bkl train through summed probabilities
   blr) EXTRA=(--backbone-lr-scale 0.1) ;;  # backbone at a tenth of the head's learning rate
-  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr)" >&2; exit 2 ;;
+  lpft) EXTRA=(--linear-probe-epochs 1) ;;  # head alone for the first epoch, then everything (LP-FT)
+  long) EXTRA=(--epochs 5 --samples-per-epoch 1920) ;;  # 2.5x the draws of EPOCHS=4 DRAWS=960 (base's budget)
+  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long)" >&2; exit 2 ;;
 esac
 ROOT=runs/loso; [ "$HOLDOUT" = Train ] || ROOT=runs/loso-$HOLDOUT
 mkdir -p "$ROOT"

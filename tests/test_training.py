@@ -346,3 +346,36 @@ def test_coarse_labels_backbone_lr_and_split_seed(tiny_isic, ham_dir, tmp_path):
     ckpt = torch.load(Path(a["run"]) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     head, backbone = (group["lr"] for group in ckpt["optimizer_states"][0]["param_groups"])
     assert backbone == pytest.approx(head * 0.1)
+
+
+class _SnapshotEachEpoch(L.Callback):
+    """Copies of the backbone, head and BN running statistics at the start of training and after each epoch."""
+
+    def __init__(self):
+        self.states = []
+
+    def _snap(self, pl_module):
+        self.states.append({k: v.detach().clone() for k, v in pl_module.model.state_dict().items()})
+
+    def on_train_start(self, trainer, pl_module):
+        self._snap(pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._snap(pl_module)
+
+
+def test_linear_probe_epochs_train_the_head_only_then_everything(tiny_isic, tmp_path):
+    snapshots = _SnapshotEachEpoch()
+    train(tiny_config(tiny_isic, tmp_path / "lpft", model="efficientnet_lite0", image_size=64, pretrained=False,
+                      epochs=2, linear_probe_epochs=1), callbacks=[snapshots])
+    start, probed, tuned = snapshots.states
+    head = {k for k in start if k.startswith("classifier.")}
+    backbone = [k for k in start if k not in head and start[k].is_floating_point()]
+    assert head and all(not torch.equal(start[k], probed[k]) for k in head if k.endswith("weight"))
+    # epoch 0: the backbone, BN running statistics included, is exactly as it started
+    assert all(torch.equal(start[k], probed[k]) for k in backbone)
+    # epoch 1: everything learns
+    assert any(not torch.equal(probed[k], tuned[k]) for k in backbone if k.endswith("conv_stem.weight"))
+    assert any(not torch.equal(probed[k], tuned[k]) for k in backbone if k.endswith("running_mean"))
+    with pytest.raises(ConfigError, match="linear-probe epochs must be between 0 and epochs - 1"):
+        tiny_config(tiny_isic, tmp_path / "bad", epochs=2, linear_probe_epochs=2).validate()

@@ -1,5 +1,6 @@
 """The Lightning callbacks of `melanoma train`: early stopping that survives a resume, the log written each epoch,
-stochastic weight averaging with recomputed batch-norm statistics, and two test/diagnostic hooks."""
+stochastic weight averaging with recomputed batch-norm statistics, linear probing before fine-tuning, and two
+test/diagnostic hooks."""
 
 from __future__ import annotations
 
@@ -33,6 +34,37 @@ class FlushLogEachEpoch(L.Callback):
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         if trainer.logger is not None and trainer.current_epoch > 0:
             trainer.logger.save()
+
+
+class LinearProbeFirst(L.Callback):
+    """Linear probe, then fine-tune (Kumar et al. 2022, "LP-FT"): for the first `epochs` epochs only the new
+    classifier head learns; the pretrained backbone is frozen (no gradients, so AdamW leaves it, decay included,
+    exactly as it was) with its batch-norm layers in eval mode (the ImageNet statistics, not this data's). Then
+    everything trains on under the one schedule. The phase follows from the epoch number, so a resumed run is in
+    the right phase. Idea: a head fitted first on the pretrained features distorts those features less during
+    fine-tuning, which is meant to keep more of what transfers to new sources."""
+
+    def __init__(self, epochs: int):
+        self.epochs = int(epochs)
+
+    @staticmethod
+    def _backbone(pl_module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
+        head = pl_module.model.get_classifier()
+        head_params = {id(p) for p in head.parameters()}
+        head_modules = set(map(id, head.modules()))
+        params = [p for p in pl_module.model.parameters() if id(p) not in head_params]
+        norms = [m for m in pl_module.model.modules()
+                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
+        return params, norms
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # per batch, not per epoch: Lightning puts the whole model back in train mode after each validation
+        probing = trainer.current_epoch < self.epochs
+        params, norms = self._backbone(pl_module)
+        for p in params:
+            p.requires_grad_(not probing)
+        for m in norms:
+            m.train(not probing)
 
 
 class EMA(WeightAveraging):

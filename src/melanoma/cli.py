@@ -267,6 +267,8 @@ TRAIN_NUMBERS = [
     ("--backbone-lr-scale", _number(float, 0.0, 1.0, low_open=True),
      "the pretrained backbone learns at --lr times this, the new classifier head at --lr (< 1 keeps more of the "
      "pretrained features)"),
+    ("--linear-probe-epochs", NON_NEGATIVE_INT, "train only the classifier head for the first N epochs (backbone "
+     "frozen, its batch norm in eval mode), then everything: linear probe then fine-tune (LP-FT)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
     ("--target-sensitivity", PROBABILITY,

@@ -35,6 +35,8 @@ class TrainConfig:
     label_smoothing: float = 0.1
     backbone_lr_scale: float = 1.0        # the pretrained backbone learns at lr * this (the new head at lr): < 1
                                           # keeps more of the ImageNet features
+    linear_probe_epochs: int = 0          # first N epochs: only the classifier head learns (backbone frozen,
+                                          # its BN in eval mode), then all of it ("LP-FT")
     coarse_labels: bool = False           # an extra source's ambiguous labels (HAM10000 akiec = AK or SCC, bkl =
                                           # pigmented benign or seborrheic keratosis) train through the summed
                                           # probability of the classes they allow instead of being left out
@@ -93,6 +95,9 @@ class TrainConfig:
             (0.0 < self.target_sensitivity <= 1.0, f"target sensitivity must be in (0, 1], got {self.target_sensitivity}"),
             (0.0 < self.backbone_lr_scale <= 1.0,
              f"backbone lr scale must be in (0, 1], got {self.backbone_lr_scale}"),
+            (0 <= self.linear_probe_epochs < self.epochs,
+             f"linear-probe epochs must be between 0 and epochs - 1 ({self.epochs - 1}), got "
+             f"{self.linear_probe_epochs}"),
             (self.ema is None or 0.0 < self.ema < 1.0, f"EMA decay must be in (0, 1), got {self.ema}"),
             (self.swa_epochs is None or 1 <= self.swa_epochs <= self.epochs,
              f"SWA epochs must be between 1 and epochs ({self.epochs}), got {self.swa_epochs}"),
