@@ -1,6 +1,8 @@
 """A real headless chromium (Debian's chromium + chromium-driver, driven by Selenium) uses the service's UI: uploads
 images, waits for the result cards, toggles a heatmap, opens the worklist, reviews a case; saves the screenshots
-in docs/. Skipped (with the reason) without chromium; FAILS on CI (CI=true), where .ci/run installs it."""
+(in the test's temporary folder; in docs/ with MELANOMA_SCREENSHOTS=docs, which refreshes the documentation's, so a
+plain test run leaves the working tree clean). Skipped (with the reason) without chromium; FAILS on CI (CI=true),
+where .ci/run installs it."""
 
 from __future__ import annotations
 
@@ -16,6 +18,10 @@ from melanoma.serve.testing import ServerProcess, copy_model
 pytestmark = pytest.mark.browser
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def _screenshot_dir(tmp_path: Path) -> Path:
+    return DOCS if os.environ.get("MELANOMA_SCREENSHOTS") == "docs" else tmp_path
 
 
 def _driver(width: int, height: int):
@@ -51,7 +57,7 @@ def _wait(driver, condition, timeout=120):
     return WebDriverWait(driver, timeout).until(condition)
 
 
-def test_upload_result_cards_worklist_and_review(server, shared_train):
+def test_upload_result_cards_worklist_and_review(server, shared_train, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
 
@@ -72,14 +78,14 @@ def test_upload_result_cards_worklist_and_review(server, shared_train):
         toggle.click()  # Grad-CAM (the server loads the PyTorch model for the first explanation)
         _wait(driver, lambda d: toggle.get_attribute("aria-pressed") == "true", timeout=180)
         assert "Grad-CAM" in cards[0].text
-        DOCS.mkdir(exist_ok=True)
-        driver.save_screenshot(str(DOCS / "screenshot-result.png"))
+        shots = _screenshot_dir(tmp_path)
+        driver.save_screenshot(str(shots / "screenshot-result.png"))
 
         driver.get(server.url + "/#/worklist")
         _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "tbody tr")))
         rows = driver.find_elements(By.CSS_SELECTOR, "tbody tr")
         assert len(rows) == 3 and "MELANOMA ALERT" in rows[0].text.upper()
-        driver.save_screenshot(str(DOCS / "screenshot-worklist.png"))
+        driver.save_screenshot(str(shots / "screenshot-worklist.png"))
 
         rows[0].find_element(By.CSS_SELECTOR, "a").click()  # open the top case, review it by keyboard-usable buttons
         _wait(driver, ec.presence_of_element_located((By.ID, "final-diagnosis")))
