@@ -379,3 +379,12 @@ def test_linear_probe_epochs_train_the_head_only_then_everything(tiny_isic, tmp_
     assert any(not torch.equal(probed[k], tuned[k]) for k in backbone if k.endswith("running_mean"))
     with pytest.raises(ConfigError, match="linear-probe epochs must be between 0 and epochs - 1"):
         tiny_config(tiny_isic, tmp_path / "bad", epochs=2, linear_probe_epochs=2).validate()
+
+
+def test_auto_named_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
+    from melanoma.training import new_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    first, second = new_run_dir("runs/lite0-20261201-101500"), new_run_dir("runs/lite0-20261201-101500")
+    assert first.name == "lite0-20261201-101500" and second.name == "lite0-20261201-101500-2"
+    assert first.is_dir() and second.is_dir()

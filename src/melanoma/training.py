@@ -50,11 +50,27 @@ def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
     return cfg
 
 
+def new_run_dir(stem: str) -> Path:
+    """A NEW folder named `stem`, or `stem-2`, `stem-3`, ... when taken: mkdir is atomic, so two runs started in
+    the same second (auto-named by the second) never share a folder."""
+    for n in range(1, 1000):
+        run = Path(stem if n == 1 else f"{stem}-{n}").resolve()
+        try:
+            run.mkdir(parents=True)
+            return run
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{stem}: 999 run folders of that name exist; choose --out")
+
+
 def prepare_run_dir(cfg: TrainConfig) -> Path:
     """Create (or, with --resume, reopen) the run folder; never overwrite a finished or started run."""
     is_ddp_child = int(os.environ.get("LOCAL_RANK", "0")) > 0 or int(os.environ.get("NODE_RANK", "0")) > 0
     inherited = os.environ.get(RUN_DIR_ENV) if is_ddp_child else None
-    run = Path(cfg.out or inherited or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    if cfg.out or inherited:
+        run = Path(cfg.out or inherited).resolve()
+    else:
+        run = new_run_dir(f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     os.environ[RUN_DIR_ENV] = str(run)  # DDP children re-run this command: they must find the same folder
     if (run / "config.yaml").exists() and not cfg.resume and not is_ddp_child:
         raise ConfigError(f"{run}: run folder already exists; continue it with --resume {run} or choose another --out")
