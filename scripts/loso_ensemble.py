@@ -1,6 +1,8 @@
 """Seed ensembles on the leave-one-source-out check: per recipe, the held-out melanoma AUC of the mean of its
 seeds' melanoma probabilities, next to each seed alone, on the held-out images every seed validated on (each
-seed draws its own 2,000-image sample of the held-out source, so the shared images are a subset).
+seed draws its own 2,000-image sample of the held-out source, so the shared images are a subset). With 6 or
+more seeds, also the ensembles of disjoint groups of 3 seeds (seeds 1-3, 4-6, ...), mean +- sd: the spread of a
+3-seed ensemble.
 
     .venv/bin/python scripts/loso_ensemble.py [runs/loso]
 """
@@ -24,19 +26,25 @@ def melanoma_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
                 for row in csv.DictReader(f)}
 
 
-def recipe_row(recipe: str, runs: list[Path]) -> str:
+def recipe_row(recipe: str, runs: list[Path], group: int = 3) -> str:
     seeds = [melanoma_probabilities(r) for r in runs]
     shared = sorted(set.intersection(*(set(s) for s in seeds)))
     truth = [seeds[0][p][1] for p in shared]
+
+    def ensemble_auc(members) -> float:
+        return roc_auc_score(truth, [statistics.fmean(s[p][0] for s in members) for p in shared])
+
     singles = [roc_auc_score(truth, [s[p][0] for p in shared]) for s in seeds]
-    mean = roc_auc_score(truth, [statistics.fmean(s[p][0] for s in seeds) for p in shared])
+    groups = [ensemble_auc(seeds[i:i + group]) for i in range(0, len(seeds) - group + 1, group)]
+    grouped = f"{statistics.mean(groups):.3f} ± {statistics.stdev(groups):.3f} ({len(groups)})" if len(groups) > 1 else "-"
     return (f"| {recipe} | {len(runs)} | {len(shared)} ({sum(truth)} melanoma) | "
-            f"{statistics.mean(singles):.3f} ± {statistics.stdev(singles):.3f} | {mean:.3f} |")
+            f"{statistics.mean(singles):.3f} ± {statistics.stdev(singles):.3f} | {grouped} | {ensemble_auc(seeds):.3f} |")
 
 
 def main(root: Path) -> None:
-    print("| recipe | seeds | shared held-out images | one seed: melanoma AUC | mean of the seeds |")
-    print("|---|---|---|---|---|")
+    print("| recipe | seeds | shared held-out images | one seed: melanoma AUC | mean of 3 seeds (groups) | "
+          "mean of all seeds |")
+    print("|---|---|---|---|---|---|")
     for recipe, runs in runs_by_recipe(root).items():
         if len(runs) >= 2:
             print(recipe_row(recipe, runs))
