@@ -5,7 +5,7 @@
 # row per recipe and seed, so every comparison carries its seed spread (scripts/loso_table.py prints it).
 #   scripts/loso.sh RECIPE SEED...      e.g. scripts/loso.sh base 1 2 3; scripts/loso.sh ema 1 2 3
 # The other direction: HOLDOUT=ham10000 scripts/loso.sh base 1 2 3 (train on the 9-class Train split alone,
-# validate on HAM10000; rows in runs/loso-ham10000/).
+# validate on HAM10000; rows in runs/loso-ham10000/; with SPLIT_SEED=42 one shared sample, runs/loso-ham10000-split42/).
 # Budget: 5 epochs x 1,280 class-balanced draws at 160 px, about 8 minutes per row on 2 idle cores. Resumes.
 set -u
 cd "$(dirname "$0")/.."
@@ -33,6 +33,9 @@ case $RECIPE in
   *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long)" >&2; exit 2 ;;
 esac
 ROOT=runs/loso; [ "$HOLDOUT" = Train ] || ROOT=runs/loso-$HOLDOUT
+# SPLIT_SEED=42: every seed validates on the same sample of the held-out source (HAM10000 has more images than
+# --holdout-max-images, so otherwise each seed draws its own and their ensemble shares few images)
+if [ -n "${SPLIT_SEED:-}" ]; then COMMON+=(--split-seed "$SPLIT_SEED"); ROOT=$ROOT-split$SPLIT_SEED; fi
 mkdir -p "$ROOT"
 for SEED in "$@"; do
   OUT=$ROOT/$RECIPE-seed$SEED
