@@ -26,10 +26,15 @@ def melanoma_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
                 for row in csv.DictReader(f)}
 
 
+def shared_images(seeds: list[dict]) -> tuple[list[str], list[bool]]:
+    """(the image paths every seed validated on, sorted; whether each is a melanoma)."""
+    shared = sorted(set.intersection(*(set(s) for s in seeds)))
+    return shared, [seeds[0][p][1] for p in shared]
+
+
 def recipe_row(recipe: str, runs: list[Path], group: int = 3) -> str:
     seeds = [melanoma_probabilities(r) for r in runs]
-    shared = sorted(set.intersection(*(set(s) for s in seeds)))
-    truth = [seeds[0][p][1] for p in shared]
+    shared, truth = shared_images(seeds)
 
     def ensemble_auc(members) -> float:
         return roc_auc_score(truth, [statistics.fmean(s[p][0] for s in members) for p in shared])

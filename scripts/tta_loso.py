@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from loso_ensemble import melanoma_probabilities  # scripts/ is on sys.path when this file runs as a script
+from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
 from loso_table import runs_by_recipe
 
 
@@ -47,8 +47,7 @@ def _cell(values: list[float]) -> str:
 
 def recipe_row(recipe: str, runs: list[Path], views: int) -> str:
     plain = [melanoma_probabilities(run) for run in runs]
-    shared = sorted(set.intersection(*(set(p) for p in plain)))
-    truth = [plain[0][p][1] for p in shared]
+    shared, truth = shared_images(plain)
     tta = [tta_probabilities(run, sorted(p), views) for run, p in zip(runs, plain)]
     auc_plain = [roc_auc_score(truth, [p[x][0] for x in shared]) for p in plain]
     auc_tta = [roc_auc_score(truth, [t[x] for x in shared]) for t in tta]

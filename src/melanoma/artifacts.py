@@ -77,11 +77,11 @@ def verify_weights(weights_path: Path, meta: dict) -> None:
                          f"{str(expected)[:16]}...: the weights file was truncated, replaced or edited")
 
 
-def weights_dtype(meta: dict) -> str:
-    """The storage dtype model.json names ("float32" when absent); ModelError for anything else."""
-    name = meta.get("weights_dtype") or "float32"
+def checked_weights_dtype(name: str | None) -> str:
+    """A storage dtype for model.json's `weights_dtype` ("float32" for None); ModelError for anything else."""
+    name = name or "float32"
     if name not in WEIGHTS_DTYPES:
-        raise ModelError(f"unknown weights_dtype {name!r} in model metadata (expected one of {WEIGHTS_DTYPES})")
+        raise ModelError(f"unknown weights_dtype {name!r} (expected one of {WEIGHTS_DTYPES})")
     return name
 
 
@@ -107,7 +107,7 @@ def save_model(model, meta: dict, out_dir, extra_tensors: dict | None = None) ->
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    half = weights_dtype(meta) == "float16"
+    half = checked_weights_dtype(meta.get("weights_dtype")) == "float16"
     tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
                for k, v in model.state_dict().items()}
     for name, value in (extra_tensors or {}).items():
@@ -177,7 +177,7 @@ def load_model(path) -> tuple:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{weights_path}: unreadable weights ({exc})") from None
     extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-    weights_dtype(meta)  # a model.json naming an unknown storage dtype is refused before anything is built
+    checked_weights_dtype(meta.get("weights_dtype"))  # an unknown storage dtype is refused before anything is built
     # float16-stored weights come back as float32 (exactly: every float16 value is a float32 value).
     state = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()
              if not k.startswith(EXTRA_PREFIX)}

@@ -46,24 +46,23 @@ class LinearProbeFirst(L.Callback):
 
     def __init__(self, epochs: int):
         self.epochs = int(epochs)
+        self.params: list[torch.nn.Parameter] = []
+        self.norms: list[torch.nn.Module] = []
 
-    @staticmethod
-    def _backbone(pl_module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
+    def on_fit_start(self, trainer, pl_module) -> None:
+        """The backbone: every parameter and batch-norm layer outside the classifier head."""
         head = pl_module.model.get_classifier()
-        head_params = {id(p) for p in head.parameters()}
-        head_modules = set(map(id, head.modules()))
-        params = [p for p in pl_module.model.parameters() if id(p) not in head_params]
-        norms = [m for m in pl_module.model.modules()
-                 if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
-        return params, norms
+        head_params, head_modules = set(map(id, head.parameters())), set(map(id, head.modules()))
+        self.params = [p for p in pl_module.model.parameters() if id(p) not in head_params]
+        self.norms = [m for m in pl_module.model.modules()
+                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # per batch, not per epoch: Lightning puts the whole model back in train mode after each validation
         probing = trainer.current_epoch < self.epochs
-        params, norms = self._backbone(pl_module)
-        for p in params:
+        for p in self.params:
             p.requires_grad_(not probing)
-        for m in norms:
+        for m in self.norms:
             m.train(not probing)
 
 

@@ -258,15 +258,14 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     half the size; they are rounded BEFORE the held-out predictions, so the threshold, referral and metrics are
     those of the weights that ship."""
     from melanoma import input_check, metrics
-    from melanoma.artifacts import WEIGHTS_DTYPES, atomic_write_text, load_model, round_weights, save_model
+    from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
     from melanoma.finalize import (calibrate_and_threshold, headline_metrics, infer, write_predictions)
     from melanoma.referral import Referrer, fit_referral, softmax
 
     out = Path(out)
     if (out / "model.json").exists():
         raise ModelError(f"{out}: already holds a model; choose another --out")
-    if weights_dtype not in WEIGHTS_DTYPES:
-        raise ModelError(f"weights dtype must be one of {WEIGHTS_DTYPES}, got {weights_dtype!r}")
+    weights_dtype = checked_weights_dtype(weights_dtype)  # before minutes of loading and predicting
     members = expand_runs(runs)
     loaded = [(round_weights(model, weights_dtype), meta) for model, meta in map(load_model, members)]
     metas = [meta for _, meta in loaded]
