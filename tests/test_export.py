@@ -1,6 +1,7 @@
 """ONNX export: parity with PyTorch, dynamic batch, embedded metadata, and ONNX Predictor == PyTorch Predictor."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -195,6 +196,36 @@ def test_int8_outside_bounds_is_refused_in_one_line(exported, tiny_isic, tmp_pat
     assert captured.err.strip().count("\n") == 0 and "INT8 model not written: melanoma AUC moved by" in captured.err
     assert "alert decisions agree on" in captured.err
     assert out.exists() and not (tmp_path / "m.int8.onnx").exists()  # the fp32 export is kept
+
+
+def test_int8_survives_a_failing_symbolic_shape_inference(exported, tiny_isic, tmp_path, monkeypatch):
+    """onnxruntime's symbolic shape inference raised a TypeError on the shipped 3-member ensemble's graph: the
+    quantizer falls back to ONNX shape inference; anything else it raises is one line naming the file."""
+    import onnxruntime.quantization.shape_inference as shape_inference
+
+    real = shape_inference.quant_pre_process
+    calls = []
+
+    def symbolic_fails(src, dst, **kwargs):
+        calls.append(kwargs)
+        if not kwargs.get("skip_symbolic_shape"):
+            raise TypeError("object of type 'NoneType' has no len()")
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", symbolic_fails)
+    monkeypatch.setattr(export, "INT8_MAX_AUC_CHANGE", 1.0)
+    monkeypatch.setattr(export, "INT8_MIN_ALERT_AGREEMENT", 0.0)
+    fp32 = tmp_path / "m.onnx"
+    export.export_onnx(exported[0], fp32)
+    figures = export.export_int8(exported[0], fp32, calibration=tiny_isic, check=tiny_isic)
+    assert Path(figures["path"]).is_file() and calls == [{}, {"skip_symbolic_shape": True}]
+
+    monkeypatch.setattr(shape_inference, "quant_pre_process", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("graph is broken\nsecond line")))
+    with pytest.raises(ModelError, match=r"INT8 quantization failed \(RuntimeError: graph is broken\)") as info:
+        export.export_int8(exported[0], fp32, out=tmp_path / "other.int8.onnx", calibration=tiny_isic,
+                           check=tiny_isic)
+    assert "\n" not in str(info.value) and str(fp32) in str(info.value)
 
 
 def test_int8_check_needs_labelled_melanomas(exported, tiny_isic, tmp_path):

@@ -243,11 +243,21 @@ def _quantize(fp32_path: Path, predictor, calibration: list[str]) -> bytes:
     try:
         with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
             prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-            quant_pre_process(str(fp32_path), str(prepared))
+            try:
+                quant_pre_process(str(fp32_path), str(prepared))
+            except Exception:  # noqa: BLE001 - onnxruntime's symbolic shape inference fails on some graphs
+                # (the 3-member ensemble: a TypeError deep inside it); ONNX's own shape inference suffices for CNNs
+                quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             quantize_static(str(prepared), str(quantized), _calibration_batches(predictor, calibration),
                             quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
             return quantized.read_bytes()
+    except ModelError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the quantizer raises many types; the user gets one line
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(f"{fp32_path}: INT8 quantization failed ({type(exc).__name__}: {first}); the float32 "
+                         "ONNX file is unaffected") from None
     finally:
         root.setLevel(level)
 
