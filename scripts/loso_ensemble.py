@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from loso_table import runs_by_recipe  # scripts/ is on sys.path when this file runs as a script
+from loso_table import mean_sd, runs_by_recipe  # scripts/ is on sys.path when this file runs as a script
 
 
 def melanoma_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
@@ -41,9 +41,9 @@ def recipe_row(recipe: str, runs: list[Path], group: int = 3) -> str:
 
     singles = [roc_auc_score(truth, [s[p][0] for p in shared]) for s in seeds]
     groups = [ensemble_auc(seeds[i:i + group]) for i in range(0, len(seeds) - group + 1, group)]
-    grouped = f"{statistics.mean(groups):.3f} ± {statistics.stdev(groups):.3f} ({len(groups)})" if len(groups) > 1 else "-"
+    grouped = f"{mean_sd(groups)} ({len(groups)})" if len(groups) > 1 else "-"
     return (f"| {recipe} | {len(runs)} | {len(shared)} ({sum(truth)} melanoma) | "
-            f"{statistics.mean(singles):.3f} ± {statistics.stdev(singles):.3f} | {grouped} | {ensemble_auc(seeds):.3f} |")
+            f"{mean_sd(singles)} | {grouped} | {ensemble_auc(seeds):.3f} |")
 
 
 def main(root: Path) -> None:

@@ -15,7 +15,8 @@ from pathlib import Path
 FIGURES = ("melanoma_auc", "balanced_accuracy", "melanoma_sensitivity", "melanoma_specificity")
 
 
-def _cell(values: list[float]) -> str:
+def mean_sd(values: list[float]) -> str:
+    """'mean ± sd' over seeds (3 decimals); one value is marked as one seed, none as '-'."""
     if len(values) < 2:
         return f"{values[0]:.3f} (1 seed)" if values else "-"
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
@@ -43,7 +44,7 @@ def main(root: Path) -> None:
     print("|---|---|" + "---|" * len(FIGURES))
     for recipe, figures in rows.items():
         seeds = len(figures["melanoma_auc"])
-        print(f"| {recipe} | {seeds} | " + " | ".join(_cell(figures[k]) for k in FIGURES) + " |")
+        print(f"| {recipe} | {seeds} | " + " | ".join(mean_sd(figures[k]) for k in FIGURES) + " |")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
-from loso_table import runs_by_recipe
+from loso_table import mean_sd, runs_by_recipe
 
 
 def tta_probabilities(run: Path, paths: list[str], views: int) -> dict[str, float]:
@@ -41,10 +41,6 @@ def tta_probabilities(run: Path, paths: list[str], views: int) -> dict[str, floa
         return {row["path"]: float(row["melanoma_probability"]) for row in csv.DictReader(f)}
 
 
-def _cell(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
-
-
 def recipe_row(recipe: str, runs: list[Path], views: int) -> str:
     plain = [melanoma_probabilities(run) for run in runs]
     shared, truth = shared_images(plain)
@@ -54,7 +50,7 @@ def recipe_row(recipe: str, runs: list[Path], views: int) -> str:
     diffs = [b - a for a, b in zip(auc_plain, auc_tta)]
     ens_plain = roc_auc_score(truth, [statistics.fmean(p[x][0] for p in plain) for x in shared])
     ens_tta = roc_auc_score(truth, [statistics.fmean(t[x] for t in tta) for x in shared])
-    return (f"| {recipe} | {len(runs)} | {len(shared)} | {_cell(auc_plain)} | {_cell(auc_tta)} | {_cell(diffs)} | "
+    return (f"| {recipe} | {len(runs)} | {len(shared)} | {mean_sd(auc_plain)} | {mean_sd(auc_tta)} | {mean_sd(diffs)} | "
             f"{ens_plain:.3f} | {ens_tta:.3f} |")
 
 
