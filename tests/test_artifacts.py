@@ -1,5 +1,5 @@
 """Model integrity: model.json records the SHA-256 of model.safetensors; a damaged weights file is refused;
-float16 weight storage halves the file and loads back exactly as the rounded float32 model."""
+float16 / int8 weight storage shrinks the file and loads back exactly as the rounded float32 model."""
 
 import json
 import shutil
@@ -90,25 +90,44 @@ def test_the_shipped_model_records_the_hash_of_its_weights():
     assert meta[HASH_KEY] == file_sha256(SHIPPED / "model.safetensors")
 
 
-def test_float16_storage_halves_the_file_and_loads_the_rounded_model(model_dir, tmp_path):
+@pytest.mark.parametrize("dtype, size_ratio", [("float16", 0.6), ("int8", 0.35)])
+def test_rounded_storage_shrinks_the_file_and_loads_the_rounded_model(model_dir, tmp_path, dtype, size_ratio):
     import torch
     from safetensors import safe_open
 
     model, meta = load_model(model_dir)
     meta = {k: v for k, v in meta.items() if k != "extra"}
     x = torch.rand(2, 3, 48, 48)
-    round_weights(model, "float16")
-    save_model(model, {**meta, "weights_dtype": "float16"}, tmp_path / "half")
-    half_file = tmp_path / "half" / "model.safetensors"
-    assert half_file.stat().st_size < 0.6 * (model_dir / "model.safetensors").stat().st_size
-    with safe_open(str(half_file), "pt") as f:
-        stored = {f.get_tensor(k).dtype for k in f.keys()}
-    assert torch.float16 in stored and torch.float32 not in stored
-    loaded, loaded_meta = load_model(tmp_path / "half")
-    assert loaded_meta["weights_dtype"] == "float16"
+    round_weights(model, dtype)
+    save_model(model, {**meta, "weights_dtype": dtype}, tmp_path / dtype)
+    small_file = tmp_path / dtype / "model.safetensors"
+    assert small_file.stat().st_size < size_ratio * (model_dir / "model.safetensors").stat().st_size
+    with safe_open(str(small_file), "pt") as f:
+        stored = {k: f.get_tensor(k).dtype for k in f.keys()}
+    network = {k: d for k, d in stored.items() if not k.startswith(("extra.", "int8_scale."))}
+    assert torch.float16 in network.values() and torch.float32 not in network.values()
+    assert (torch.int8 in network.values()) == (dtype == "int8")
+    loaded, loaded_meta = load_model(tmp_path / dtype)
+    assert loaded_meta["weights_dtype"] == dtype
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)  # what was fitted is what loads
+
+
+def test_int8_storage_rounds_each_weight_to_its_channel_step(model_dir):
+    """Per-output-channel symmetric int8: every weight moves by at most half its channel's step (max |w| / 127)."""
+    import torch
+
+    original, _ = load_model(model_dir)
+    rounded, _ = load_model(model_dir)
+    round_weights(rounded, "int8")
+    kernels = [(k, w) for k, w in original.state_dict().items() if w.is_floating_point() and w.ndim >= 2]
+    assert kernels
+    for key, weight in kernels:
+        flat = weight.reshape(weight.shape[0], -1)
+        step = flat.abs().amax(1, keepdim=True) / 127
+        error = (rounded.state_dict()[key].reshape(flat.shape) - flat).abs()
+        assert bool((error <= step / 2 + 1e-7).all()), key
 
 
 def test_an_unknown_weights_dtype_is_refused_in_one_line(model_dir, tmp_path):

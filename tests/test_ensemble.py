@@ -160,13 +160,15 @@ def test_ensemble_artifact_is_one_model_fitted_on_its_own_heldout_predictions(th
 
 
 @pytest.mark.slow
-def test_float16_ensemble_is_fitted_on_the_weights_it_ships(three_runs, ensemble_dir, tiny_isic, tmp_path):
-    half = tmp_path / "half"
-    build_ensemble(three_runs, half, bootstrap=50, weights_dtype="float16")
+@pytest.mark.parametrize("dtype, size_ratio", [("float16", 0.6), ("int8", 0.4)])
+def test_rounded_ensemble_is_fitted_on_the_weights_it_ships(three_runs, ensemble_dir, tiny_isic, tmp_path, dtype,
+                                                            size_ratio):
+    half = tmp_path / dtype
+    build_ensemble(three_runs, half, bootstrap=50, weights_dtype=dtype)
     full_size = (ensemble_dir / "model.safetensors").stat().st_size
-    assert (half / "model.safetensors").stat().st_size < 0.6 * full_size
+    assert (half / "model.safetensors").stat().st_size < size_ratio * full_size
     meta = json.loads((half / "model.json").read_text())
-    assert meta["weights_dtype"] == "float16"
+    assert meta["weights_dtype"] == dtype
     # the stored validation probabilities (what the threshold was chosen on) are the reloaded model's predictions
     rows = list(csv.DictReader((half / "val_predictions.csv").open()))[:8]
     again = Predictor.load(half).predict_paths([r["path"] for r in rows])

@@ -4,11 +4,14 @@ model.json is the single source of truth for class names, preprocessing, tempera
 records `weights_sha256`, the SHA-256 of model.safetensors: loading refuses a truncated, swapped or edited weights
 file. Artifacts written before the hash existed (no `weights_sha256`) still load.
 
-`weights_dtype` in model.json ("float32", the default, or "float16") is how the network's floating-point weights
-are STORED; they are always loaded into float32. float16 halves the file (the shipped 3-member ensemble: 41 -> 21
-MB); whoever writes a float16 model must fit its thresholds on the rounded weights (`round_weights`), which is
-what `melanoma ensemble --weights-dtype float16` does. Extra tensors (referral statistics, fingerprints) stay
-float32.
+`weights_dtype` in model.json ("float32", the default, "float16" or "int8") is how the network's floating-point
+weights are STORED; they are always loaded into float32. float16 halves the file (3 Lite0 members: 41 -> 21 MB).
+int8 stores every weight matrix / convolution kernel as int8 with one float32 scale per output channel
+(symmetric, max-abs / 127; tensors `int8_scale.<key>`) and the small 1-D tensors (biases, batch norm) as float16:
+about a quarter of float32 (6 Lite0 members: 24 MB). This is weight STORAGE only: the loaded model computes in
+float32 with the dequantised weights (not ONNX INT8 inference, `export --int8`). Whoever writes a rounded model
+must fit its thresholds on the rounded weights (`round_weights`), which is what `melanoma ensemble
+--weights-dtype` does. Extra tensors (referral statistics, fingerprints) stay float32.
 
 torch is imported inside the functions that need it: the torch-free ONNX prediction path uses this module's
 atomic writers.
@@ -29,7 +32,8 @@ FORMAT = "melanoma-model"
 FORMAT_VERSION = 1
 EXTRA_PREFIX = "extra."
 HASH_KEY = "weights_sha256"  # model.json key: hex SHA-256 of model.safetensors
-WEIGHTS_DTYPES = ("float32", "float16")  # model.json "weights_dtype": storage of the network's float weights
+WEIGHTS_DTYPES = ("float32", "float16", "int8")  # model.json "weights_dtype": storage of the network's float weights
+INT8_SCALE_PREFIX = "int8_scale."  # model.safetensors: per-output-channel float32 scales of int8-stored weights
 INTENDED_USE = ("Decision support for dermatologists: flags dermoscopic lesions that need a second look. "
                 "Not a diagnosis, not for use without a clinician, not validated for clinical deployment.")
 
@@ -85,16 +89,62 @@ def checked_weights_dtype(name: str | None) -> str:
     return name
 
 
+def stored_tensors(state: dict, dtype: str) -> dict:
+    """The network's state dict as `dtype` storage writes it (see the module docstring); integer tensors and
+    float32 storage are kept as they are."""
+    stored = {}
+    for key, value in state.items():
+        value = value.detach().cpu()
+        if not value.is_floating_point() or dtype == "float32":
+            stored[key] = value
+        elif dtype == "int8" and value.ndim >= 2:
+            stored[key], stored[INT8_SCALE_PREFIX + key] = _int8_per_channel(value)
+        else:
+            stored[key] = value.half()
+    return stored
+
+
+def loaded_state(tensors: dict) -> dict:
+    """Inverse of `stored_tensors` (float32 again); `extra.*` tensors are left out."""
+    import torch
+
+    state = {}
+    for key, value in tensors.items():
+        if key.startswith((EXTRA_PREFIX, INT8_SCALE_PREFIX)):
+            continue
+        scale = tensors.get(INT8_SCALE_PREFIX + key)
+        if scale is not None:
+            # the same float32 arithmetic as round_weights, so the reloaded model predicts exactly what was fitted
+            value = (value.float().reshape(value.shape[0], -1) * scale[:, None]).reshape(value.shape)
+        elif value.dtype == torch.float16:
+            value = value.float()  # exact: every float16 value is a float32 value
+        state[key] = value
+    return state
+
+
+def _int8_per_channel(weight):
+    """Symmetric per-output-channel int8 (max-abs / 127; an all-zero channel gets scale 1): (int8 q, float32 scale)."""
+    import torch
+
+    flat = weight.float().reshape(weight.shape[0], -1)
+    scale = flat.abs().amax(dim=1) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(flat / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+    return q.reshape(weight.shape).contiguous(), scale.contiguous()
+
+
 def round_weights(model, dtype: str):
     """Round `model`'s floating-point parameters and buffers in place to what `dtype` storage keeps (float32:
     unchanged), so predictions made now equal those of the saved and reloaded model; returns the model."""
     import torch
 
-    if dtype == "float16":
+    dtype = checked_weights_dtype(dtype)
+    if dtype != "float32":
+        state = model.state_dict()  # state_dict tensors share storage with the model
+        rounded = loaded_state(stored_tensors(state, dtype))
         with torch.no_grad():
-            for tensor in model.state_dict().values():  # state_dict tensors share storage with the model
-                if tensor.is_floating_point():
-                    tensor.copy_(tensor.half())
+            for key, tensor in state.items():
+                tensor.copy_(rounded[key])
     return model
 
 
@@ -107,9 +157,8 @@ def save_model(model, meta: dict, out_dir, extra_tensors: dict | None = None) ->
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    half = checked_weights_dtype(meta.get("weights_dtype")) == "float16"
-    tensors = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-               for k, v in model.state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in
+               stored_tensors(model.state_dict(), checked_weights_dtype(meta.get("weights_dtype"))).items()}
     for name, value in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + name] = torch.as_tensor(value).detach().cpu().contiguous()
     fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".safetensors.tmp")
@@ -163,7 +212,6 @@ def read_meta(path) -> dict:
 def load_model(path) -> tuple:
     """Rebuild the model described by model.json and load its weights (after checking their SHA-256 against
     model.json); returns (torch model in eval mode, meta)."""
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -178,9 +226,7 @@ def load_model(path) -> tuple:
         raise ModelError(f"{weights_path}: unreadable weights ({exc})") from None
     extra = {k[len(EXTRA_PREFIX):]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
     checked_weights_dtype(meta.get("weights_dtype"))  # an unknown storage dtype is refused before anything is built
-    # float16-stored weights come back as float32 (exactly: every float16 value is a float32 value).
-    state = {k: v.float() if v.dtype == torch.float16 else v for k, v in tensors.items()
-             if not k.startswith(EXTRA_PREFIX)}
+    state = loaded_state(tensors)  # float16 / int8 storage comes back as float32
     model = create_model(meta["architecture"], num_classes=len(meta["class_names"]), pretrained=False,
                          image_size=int(meta["preprocessing"]["input_size"]))
     try:

@@ -584,9 +584,10 @@ def _add_ensemble(sub) -> None:
                    help="the alert keeps at least this held-out melanoma sensitivity (default: the first run's)")
     p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the bootstrap and referral folds")
-    p.add_argument("--weights-dtype", choices=["float32", "float16"], default="float32",
-                   help="storage of the members' weights: float16 halves the file; the members are rounded "
-                        "before the held-out predictions, so threshold and referral fit the shipped weights")
+    p.add_argument("--weights-dtype", choices=["float32", "float16", "int8"], default="float32",
+                   help="storage of the members' weights: float16 halves the file, int8 (per output channel, "
+                        "dequantised at load) quarters it; the members are rounded before the held-out "
+                        "predictions, so threshold and referral fit the shipped weights")
     _add_json_flag(p)
     p.set_defaults(func=_run_ensemble)
 
