@@ -82,6 +82,36 @@ def test_fit_referral_refers_a_modest_share_of_validation_and_far_inputs(pca_dim
     assert old.out_of_distribution(far, None).min() > old.out_of_distribution(new_f, None).max()
 
 
+def test_worst_source_limits_keep_every_source_near_its_nominal_share():
+    """A small, more varied second source (like the older archive beside HAM10000): pooled quantiles are set by
+    the big source and refer many of the small one's lesions; worst-source limits keep each near 5% + 2.5%."""
+    big_f, big_l, labels_big, centres = _clusters(n_per_class=300)
+    rng = np.random.default_rng(5)
+    labels_small = np.repeat(np.arange(3), 40)
+    small_f = centres[labels_small] + rng.normal(0, 1.6, (len(labels_small), 32))  # wider spread
+    small_l = rng.normal(0, 1.8, (len(labels_small), 3)) + 2 * np.eye(3)[labels_small]  # less confident
+    features, logits = np.vstack([big_f, small_f]), np.vstack([big_l, small_l])
+    labels = np.concatenate([labels_big, labels_small])
+    sources = ["big"] * len(big_f) + ["small"] * len(small_f)
+
+    pooled, pooled_tensors = referral.fit_referral(features, logits, labels, 1.0)
+    worst, _ = referral.fit_referral(features, logits, labels, 1.0, sources=sources)
+    json.dumps(worst)
+    refer, _ = referral.Referrer(pooled, pooled_tensors).decide(referral.softmax(small_l), small_f, small_l)
+    assert refer.mean() > 0.15  # what the pooled limits do to the small source
+    assert pooled["threshold_policy"] == "pooled" and worst["threshold_policy"] == "worst source"
+    assert worst["thresholds"]["ood_score"] > pooled["thresholds"]["ood_score"]
+    assert worst["thresholds"]["refer_confidence"] < pooled["thresholds"]["refer_confidence"]
+    by_source = worst["validation"]["by_source"]
+    assert set(by_source) == {"big", "small"} and by_source["small"]["n"] == len(small_f)
+    assert by_source["small"]["share_referred"] <= 0.1
+    # the same sources with too few images for their own quantiles: pooled again
+    few, _ = referral.fit_referral(features, logits, labels, 1.0, sources=sources, min_source_images=200)
+    assert few["threshold_policy"] == "pooled"
+    with pytest.raises(ModelError, match="source names"):
+        referral.fit_referral(features, logits, labels, 1.0, sources=sources[:-1])
+
+
 def test_low_confidence_reason_and_no_stats():
     referrer = referral.Referrer({"thresholds": {"refer_confidence": 0.6}}, None)
     probs = np.array([[0.9, 0.1], [0.55, 0.45]])

@@ -259,7 +259,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     those of the weights that ship."""
     from melanoma import input_check, metrics
     from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
-    from melanoma.finalize import (calibrate_and_threshold, headline_metrics, infer, write_predictions)
+    from melanoma.finalize import (calibrate_and_threshold, headline_metrics, infer, source_of, training_sources,
+                                   write_predictions)
     from melanoma.referral import Referrer, fit_referral, softmax
 
     out = Path(out)
@@ -298,7 +299,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     if mel_class is not None:
         mel = classes.index(mel_class)
         threshold = float(metrics.choose_alert_threshold(labels == mel, probs[:, mel], target))
-    referral_meta, tensors = fit_referral(features, logits, labels, 1.0, seed=seed)
+    sources = [source_of(p, training_sources(first)) for p in paths]  # several: worst-source referral limits
+    referral_meta, tensors = fit_referral(features, logits, labels, 1.0, seed=seed, sources=sources)
     referral_meta["input_check"] = input_check.fit(image_stats)
     refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
     full = metrics.compute_metrics(labels, probs, classes, melanoma_class=mel_class, alert_threshold=threshold,

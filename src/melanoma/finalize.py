@@ -163,7 +163,10 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     mel_class = find_melanoma_class(table.classes)
     probs, calibration, threshold = calibrate_and_threshold(logits, labels, table.classes, mel_class,
                                                             cfg.target_sensitivity)
-    referral_meta, tensors = fit_referral(features, logits, labels, calibration["temperature"], seed=cfg.seed)
+    roots = [str(Path(d).resolve()) for d in [cfg.data, *cfg.extra_data]]
+    sources = [source_of(table.samples[i].path, roots) for i in val_idx]  # several: worst-source referral limits
+    referral_meta, tensors = fit_referral(features, logits, labels, calibration["temperature"], seed=cfg.seed,
+                                          sources=sources)
     referral_meta["input_check"] = input_check.fit(image_stats)
     refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
     full = metrics.compute_metrics(labels, probs, table.classes, melanoma_class=mel_class,

@@ -15,6 +15,13 @@ Independent reasons, each calibrated on the validation set by training (`fit_ref
   64 lesion directions). Threshold = the `ood_quantile` (default 97.5%) quantile of *out-of-fold* validation
   scores (5-fold cross-fitting): in-sample distances are too small and would refer too many new lesions.
 
+Several sources ("worst source"): when the validation images come from two or more sources with at least
+`min_source_images` each, both thresholds are the per-source quantiles of the source that needs the most lenient
+one (lowest confidence limit, highest OOD limit), so that no source has more than its nominal share referred. A
+pooled quantile is set by the largest source: on the shipped ensemble (1,639 HAM10000 + 398 older-archive
+validation images) it referred 20% of the older archive's lesions out of fold and 4% of HAM10000's -- and a new
+clinic is at least as far from the training images as a training source's own held-out lesions.
+
 * "not like a dermoscopic image": too little luminance contrast (a blank frame) or too many pixel-scale edges
   (noise, text) for the validation images (input_check.py), which the feature-space score misses. Only models
   fitted with it (`meta["referral"]["input_check"]`) use it.
@@ -163,12 +170,14 @@ def combined_ood_score(distance: np.ndarray, energy: np.ndarray, normalisation: 
 # --------------------------------------------------------------------------------------------- fitting
 def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, temperature: float, *,
                  confidence_quantile: float = 0.05, ood_quantile: float = 0.975, pca_dims: int = 64,
-                 folds: int = 5, seed: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
+                 folds: int = 5, seed: int = 0, sources=None,
+                 min_source_images: int = 50) -> tuple[dict, dict[str, torch.Tensor]]:
     """Calibrate both referral reasons on validation data.
 
     features [N,D] (pre-logits from `embed`), logits [N,C], labels [N] (int class indices), temperature (the
-    fitted calibration temperature). Returns (meta_part for model.json["referral"], extra tensors for
-    model.safetensors, named "referral.*"). Needs at least 4 validation samples.
+    fitted calibration temperature), sources [N] (optional source name per image: worst-source thresholds, see
+    the module docstring). Returns (meta_part for model.json["referral"], extra tensors for model.safetensors,
+    named "referral.*"). Needs at least 4 validation samples.
     """
     import torch
 
@@ -180,17 +189,19 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
                          f"logits {logits.shape}, labels {labels.shape}")
     probs = softmax(logits, temperature)
     confidence = probs.max(axis=1)
-    refer_confidence = float(np.quantile(confidence, confidence_quantile))
-
     oof_distance = _out_of_fold_scores(features, labels, pca_dims, folds, seed)
     energy = energy_score(logits, temperature)
     normalisation = {"mahalanobis": _robust_scale(oof_distance), "energy": _robust_scale(energy)}
     oof_scores = combined_ood_score(oof_distance, energy, normalisation)
-    ood_threshold = float(np.quantile(oof_scores, ood_quantile))
+    groups = _source_groups(sources, len(features), min_source_images)
+    # worst source: the lowest confidence limit and the highest OOD limit of the sources (pooled: one group)
+    refer_confidence = min(float(np.quantile(confidence[m], confidence_quantile)) for _, m in groups)
+    ood_threshold = max(float(np.quantile(oof_scores[m], ood_quantile)) for _, m in groups)
     stats = _fit_ood_stats(features, labels, pca_dims)
 
     low = confidence < refer_confidence
     ood = oof_scores > ood_threshold
+    correct = probs.argmax(axis=1) == labels
     meta_part = {
         "method": METHOD,
         "version": METHOD_VERSION,
@@ -201,11 +212,31 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
         "pca_dims": int(stats["components"].shape[0]),
         "feature_dim": int(features.shape[1]),
         "temperature": float(temperature),
-        "validation": _validation_summary(probs.argmax(axis=1) == labels, low, ood),
+        "threshold_policy": "worst source" if len(groups) > 1 else "pooled",
+        "validation": _validation_summary(correct, low, ood),
     }
+    if sources is not None:
+        names = np.asarray(sources)
+        meta_part["validation"]["by_source"] = {
+            str(name): _validation_summary(correct[names == name], low[names == name], ood[names == name])
+            for name in sorted(set(names.tolist()))}
     tensors = {_PREFIX + name: torch.from_numpy(np.ascontiguousarray(stats[name], dtype=np.float32))
                for name in TENSOR_NAMES}
     return meta_part, tensors
+
+
+def _source_groups(sources, n: int, min_images: int) -> list[tuple[str, np.ndarray]]:
+    """(name, mask) of each source with at least `min_images` validation images when there are two or more such
+    sources; otherwise one pooled group of all images."""
+    if sources is not None:
+        names = np.asarray(sources)
+        if len(names) != n:
+            raise ModelError(f"fit_referral: {len(names)} source names for {n} validation rows")
+        groups = [(str(name), names == name) for name in sorted(set(names.tolist()))]
+        groups = [(name, mask) for name, mask in groups if mask.sum() >= min_images]
+        if len(groups) > 1:
+            return groups
+    return [("all", np.ones(n, bool))]
 
 
 def _validation_summary(correct: np.ndarray, low: np.ndarray, ood: np.ndarray) -> dict:
