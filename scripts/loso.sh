@@ -6,7 +6,8 @@
 #   scripts/loso.sh RECIPE SEED...      e.g. scripts/loso.sh base 1 2 3; scripts/loso.sh ema 1 2 3
 # The other direction: HOLDOUT=ham10000 scripts/loso.sh base 1 2 3 (train on the 9-class Train split alone,
 # validate on HAM10000; rows in runs/loso-ham10000/; with SPLIT_SEED=42 one shared sample, runs/loso-ham10000-split42/).
-# Budget: 5 epochs x 1,280 class-balanced draws at 160 px, about 8 minutes per row on 2 idle cores. Resumes.
+# Budget: EPOCHS x DRAWS class-balanced draws at 160 px (default 5 x 1,280); the tables in docs/results.md use
+# EPOCHS=4 DRAWS=960: about 2-3 min per Lite0 row, 3-4 min per Lite2 row, alone on 2 cores. Resumes.
 set -u
 cd "$(dirname "$0")/.."
 RECIPE=${1:?usage: scripts/loso.sh RECIPE SEED...}; shift
