@@ -35,6 +35,8 @@ def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
     assert [t["seed"] for t in members] == [1, 2]
     ensemble = json.loads((out / "ensemble" / "model.json").read_text())
     assert ensemble["architecture"] == "ensemble(efficientnet_lite0,efficientnet_lite0)"
+    assert ensemble["weights_dtype"] == "int8" and ensemble["referral"]["threshold_policy"] in ("pooled",
+                                                                                               "worst source")
     shipped = json.loads((out / "shipped" / "model.json").read_text())
     assert shipped["thresholds"]["melanoma_alert_policy"] == "worst source"
 
