@@ -9,7 +9,8 @@ RUN=${1:?usage: scripts/ship_default.sh RUN_FOLDER}
 mkdir -p models/default
 # val_predictions.csv: the validation outputs behind the alert threshold (`melanoma threshold` re-chooses from it)
 cp "$RUN/model.safetensors" "$RUN/model.json" "$RUN/val_predictions.csv" models/default/
-IMAGE=$(ls ../shared/data/isic-9class/Train/nevus/*.jpg | head -1)
+IMAGES=(../shared/data/isic-9class/Train/nevus/*.jpg)  # not `ls | head -1`: under pipefail its SIGPIPE (141) ended the script
+IMAGE=${IMAGES[0]}
 .venv/bin/python - "$IMAGE" <<'PY'
 import sys
 from melanoma import Predictor
