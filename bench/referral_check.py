@@ -15,6 +15,10 @@ Two modes:
 
 ``--extra-lesions``: a folder of other dermoscopic images (e.g. HAM10000); a random sample of those whose file
 name is NOT in ``--data`` is predicted too: lesions from another source that a trained model has never seen.
+
+``--compare-policies`` (with ``--model``): refit the referral on the model's validation lesions with pooled and
+with worst-source limits (referral.py) and print, per policy, the out-of-fold share of each source's lesions
+referred and the share of non-dermoscopic inputs referred.
 """
 
 from __future__ import annotations
@@ -107,6 +111,32 @@ def _print_shares(title: str, kinds: list[str], refer: np.ndarray, reasons: list
         print(f"{kind:<18}{len(idx):>5}{refer[idx].mean():>10.1%}{low:>10.1%}{ood:>10.1%}{odd:>10.1%}")
 
 
+def _compare_policies(predictor: Predictor, run: Path, ood_images) -> None:
+    """Refit the referral pooled and worst-source on the validation lesions; print the shares each refers."""
+    from melanoma.finalize import source_of, training_sources
+
+    with (run / "val_predictions.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    paths = [row["path"] for row in rows]
+    labels = np.array([predictor.class_names.index(row["label"]) for row in rows])
+    sources = [source_of(p, training_sources(predictor.meta)) for p in paths]
+    logits, feats, stats = _embed_paths(predictor, paths)
+    x = torch.stack([predictor.preprocess(im) for _, im in ood_images])
+    o_logits, o_feats = predictor.backend(x)
+    o_stats = predictor.input_statistics(x)
+    temperature = float(predictor.meta.get("temperature") or 1.0)
+    print("\nreferral refitted on the validation lesions (lesion shares out of fold)")
+    for policy, min_images in (("pooled", 10 ** 9), ("worst source", 50)):  # 10**9: no source has its own limits
+        meta, tensors = referral.fit_referral(feats, logits, labels, temperature, sources=sources,
+                                              min_source_images=min_images)
+        meta["input_check"] = input_check.fit(stats)
+        shares = {name: f"{part['share_referred']:.1%}" for name, part in meta["validation"]["by_source"].items()}
+        refer, _ = referral.Referrer(meta, tensors).decide(referral.softmax(o_logits, temperature), o_feats,
+                                                           o_logits, o_stats)
+        print(f"{policy:<13} lesions {meta['validation']['share_referred']:.1%} {shares}  "
+              f"non-dermoscopic {refer.mean():.0%}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model")
@@ -118,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--extra-lesions", help="folder of other dermoscopic images (e.g. HAM10000 images/)")
     ap.add_argument("--extra-n", type=int, default=300)
+    ap.add_argument("--compare-policies", action="store_true",
+                    help="refit the referral pooled and worst-source on the validation lesions (with --model)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -148,6 +180,8 @@ def main(argv=None) -> int:
     print("counts:", dict(Counter(k for k, _ in ood)))
     _print_shares("non-dermoscopic images (share referred)", [k for k, _ in ood],
                   np.array([p.refer for p in preds]), [p.refer_reason for p in preds])
+    if args.compare_policies and args.model:
+        _compare_policies(predictor, Path(args.model), ood)
     return 0
 
 

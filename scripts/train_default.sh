@@ -42,7 +42,7 @@ for SEED in $(seq 1 "$MEMBERS"); do
   if [ -f "$RUN/config.yaml" ]; then ARGS=(--resume "$RUN"); else ARGS=("${RECIPE[@]}" "${HARDWARE[@]}" --seed "$SEED" --out "$RUN"); fi
   ( time "$MELANOMA" train "${ARGS[@]}" ) > "$RUN.log" 2>&1
 done
-# int8 weight storage (per output channel, dequantised to float32 at load): 6 Lite0 members in about 24 MB (the
+# int8 weight storage (per output channel, dequantised to float32 at load): 6 Lite0 members in 23 MB (the
 # project keeps tracked files under 25 MB; float16 would need 42). The members are rounded before the ensemble's
 # held-out predictions, so threshold and referral fit what ships.
 [ -f "$OUT/ensemble/model.json" ] || "$MELANOMA" ensemble "${RUNS[@]}" --weights-dtype "${WEIGHTS_DTYPE:-int8}" \

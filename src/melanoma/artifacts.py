@@ -8,7 +8,7 @@ file. Artifacts written before the hash existed (no `weights_sha256`) still load
 weights are STORED; they are always loaded into float32. float16 halves the file (3 Lite0 members: 41 -> 21 MB).
 int8 stores every weight matrix / convolution kernel as int8 with one float32 scale per output channel
 (symmetric, max-abs / 127; tensors `int8_scale.<key>`) and the small 1-D tensors (biases, batch norm) as float16:
-about a quarter of float32 (6 Lite0 members: 24 MB). This is weight STORAGE only: the loaded model computes in
+about a quarter of float32 (6 Lite0 members: 23 MB). This is weight STORAGE only: the loaded model computes in
 float32 with the dequantised weights (not ONNX INT8 inference, `export --int8`). Whoever writes a rounded model
 must fit its thresholds on the rounded weights (`round_weights`), which is what `melanoma ensemble
 --weights-dtype` does. Extra tensors (referral statistics, fingerprints) stay float32.
