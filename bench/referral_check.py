@@ -119,7 +119,8 @@ def _compare_policies(predictor: Predictor, run: Path, ood_images) -> None:
         rows = list(csv.DictReader(fh))
     paths = [row["path"] for row in rows]
     labels = np.array([predictor.class_names.index(row["label"]) for row in rows])
-    sources = [source_of(p, training_sources(predictor.meta)) for p in paths]
+    roots = training_sources(predictor.meta)
+    sources = [source_of(p, roots) for p in paths]
     logits, feats, stats = _embed_paths(predictor, paths)
     x = torch.stack([predictor.preprocess(im) for _, im in ood_images])
     o_logits, o_feats = predictor.backend(x)

@@ -299,7 +299,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     if mel_class is not None:
         mel = classes.index(mel_class)
         threshold = float(metrics.choose_alert_threshold(labels == mel, probs[:, mel], target))
-    sources = [source_of(p, training_sources(first)) for p in paths]  # several: worst-source referral limits
+    roots = training_sources(first)
+    sources = [source_of(p, roots) for p in paths]  # several sources: worst-source referral limits
     referral_meta, tensors = fit_referral(features, logits, labels, 1.0, seed=seed, sources=sources)
     referral_meta["input_check"] = input_check.fit(image_stats)
     refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)

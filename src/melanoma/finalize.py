@@ -17,7 +17,7 @@ from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, write_predictions_csv
-from melanoma.referral import Referrer, embed, fit_referral, softmax
+from melanoma.referral import Referrer, embed, fit_referral, softmax, source_masks
 from melanoma.transforms import eval_transform
 
 
@@ -317,18 +317,11 @@ def source_of(path: str, roots: list[str]) -> str:
     return Path(max(under, key=len)).name if under else "other"
 
 
-def _source_masks(sources: list[str]):
-    """(source name, boolean mask of its rows) for each source, in name order."""
-    sources = np.asarray(sources)
-    for name in sorted(set(sources.tolist())):
-        yield name, sources == name
-
-
 def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> float:
     """The highest threshold that keeps `target` sensitivity on EVERY source with at least 5 melanomas and 5 other
     images (the minimum of the per-source thresholds): an alert for a clinic unlike any one source."""
     thresholds = [float(metrics.choose_alert_threshold(is_mel[here], p_mel[here], target))
-                  for _, here in _source_masks(sources) if is_mel[here].sum() >= 5 and (~is_mel[here]).sum() >= 5]
+                  for _, here in source_masks(sources) if is_mel[here].sum() >= 5 and (~is_mel[here]).sum() >= 5]
     if not thresholds:
         raise DataError("no source has 5 melanoma and 5 other labelled images: cannot choose a per-source threshold")
     return min(thresholds)
@@ -408,7 +401,7 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
 def operating_points(is_mel, flagged, sources: list[str]) -> dict:
     """{source: {sensitivity, specificity, alert_share, n}} of an alert (None where a source lacks a class)."""
     out = {}
-    for name, here in _source_masks(sources):
+    for name, here in source_masks(sources):
         mel, other = flagged[here & is_mel], flagged[here & ~is_mel]
         out[name] = {"sensitivity": float(mel.mean()) if len(mel) else None,
                      "specificity": float((~other).mean()) if len(other) else None,

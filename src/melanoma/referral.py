@@ -216,24 +216,27 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
         "validation": _validation_summary(correct, low, ood),
     }
     if sources is not None:
-        names = np.asarray(sources)
-        meta_part["validation"]["by_source"] = {
-            str(name): _validation_summary(correct[names == name], low[names == name], ood[names == name])
-            for name in sorted(set(names.tolist()))}
+        meta_part["validation"]["by_source"] = {name: _validation_summary(correct[m], low[m], ood[m])
+                                                for name, m in source_masks(sources)}
     tensors = {_PREFIX + name: torch.from_numpy(np.ascontiguousarray(stats[name], dtype=np.float32))
                for name in TENSOR_NAMES}
     return meta_part, tensors
+
+
+def source_masks(sources):
+    """(source name, boolean mask of its rows) for each source, in name order."""
+    sources = np.asarray(sources)
+    for name in sorted(set(sources.tolist())):
+        yield str(name), sources == name
 
 
 def _source_groups(sources, n: int, min_images: int) -> list[tuple[str, np.ndarray]]:
     """(name, mask) of each source with at least `min_images` validation images when there are two or more such
     sources; otherwise one pooled group of all images."""
     if sources is not None:
-        names = np.asarray(sources)
-        if len(names) != n:
-            raise ModelError(f"fit_referral: {len(names)} source names for {n} validation rows")
-        groups = [(str(name), names == name) for name in sorted(set(names.tolist()))]
-        groups = [(name, mask) for name, mask in groups if mask.sum() >= min_images]
+        if len(sources) != n:
+            raise ModelError(f"fit_referral: {len(sources)} source names for {n} validation rows")
+        groups = [(name, mask) for name, mask in source_masks(sources) if mask.sum() >= min_images]
         if len(groups) > 1:
             return groups
     return [("all", np.ones(n, bool))]
