@@ -572,6 +572,8 @@ def _run_export(args) -> int:
 
 
 def _add_ensemble(sub) -> None:
+    from melanoma.artifacts import WEIGHTS_DTYPES  # stdlib-only at import: the CLI stays fast to start
+
     p = _command(sub, "ensemble", "Combine trained runs into ONE model folder whose output is the mean of the "
                  "members' calibrated probabilities; its alert threshold, referral and metrics are fitted on the "
                  "ensemble's own held-out predictions. A CV run stands for all its folds.",
@@ -584,7 +586,7 @@ def _add_ensemble(sub) -> None:
                    help="the alert keeps at least this held-out melanoma sensitivity (default: the first run's)")
     p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=1000, help="bootstrap resamples for the CIs")
     p.add_argument("--seed", type=NON_NEGATIVE_INT, default=0, help="seed of the bootstrap and referral folds")
-    p.add_argument("--weights-dtype", choices=["float32", "float16", "int8"], default="float32",
+    p.add_argument("--weights-dtype", choices=WEIGHTS_DTYPES, default="float32",
                    help="storage of the members' weights: float16 halves the file, int8 (per output channel, "
                         "dequantised at load) quarters it; the members are rounded before the held-out "
                         "predictions, so threshold and referral fit the shipped weights")

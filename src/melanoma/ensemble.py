@@ -254,9 +254,9 @@ def _union_fingerprint(extras: list[dict]) -> dict[str, torch.Tensor]:
 def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap: int = 1000,
                    seed: int = 0, weights_dtype: str = "float32") -> dict:
     """Write the ensemble of `runs` (run folders; a CV run = its folds) to the model folder `out`; returns
-    {"out", "members", "heldout", "metrics", "melanoma_alert"}. weights_dtype "float16" stores the members at
-    half the size; they are rounded BEFORE the held-out predictions, so the threshold, referral and metrics are
-    those of the weights that ship."""
+    {"out", "members", "heldout", "metrics", "melanoma_alert"}. weights_dtype "float16" / "int8" stores the
+    members at a half / a quarter of the size; they are rounded BEFORE the held-out predictions, so the
+    threshold, referral and metrics are those of the weights that ship."""
     from melanoma import input_check, metrics
     from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
     from melanoma.finalize import (calibrate_and_threshold, headline_metrics, infer, source_of, training_sources,
