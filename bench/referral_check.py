@@ -129,7 +129,8 @@ def _compare_policies(predictor: Predictor, run: Path, ood_images) -> None:
     print("\nreferral refitted on the validation lesions (lesion shares out of fold)")
     for policy, min_images in (("pooled", 10 ** 9), ("worst source", 50)):  # 10**9: no source has its own limits
         meta, tensors = referral.fit_referral(feats, logits, labels, temperature, sources=sources,
-                                              min_source_images=min_images)
+                                              min_source_images=min_images, layers=predictor.referrer.layers,
+                                              layer_dim=predictor.referrer.layer_dim)
         meta["input_check"] = input_check.fit(stats)
         shares = {name: f"{part['share_referred']:.1%}" for name, part in meta["validation"]["by_source"].items()}
         refer, _ = referral.Referrer(meta, tensors).decide(referral.softmax(o_logits, temperature), o_feats,

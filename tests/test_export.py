@@ -16,13 +16,17 @@ from melanoma.predict import Predictor
 
 
 def _with_referral(src, out, images) -> str:
-    """Copy of the test model with referral statistics fitted on `images` (so ONNX must carry the tensors)."""
+    """Copy of the test model with referral statistics fitted on `images` (so ONNX must carry the tensors),
+    including an intermediate layer's statistics (version 3: the exported features must end with them)."""
     model, meta = load_model(src)
     predictor = Predictor.load(src)
     x = torch.stack([predictor.preprocess(p) for p in images])
-    features, logits = referral.embed(model, x)
+    layers = referral.tap_layers(model)
+    assert layers, "the test model (seed-cnn) names its referral layer"
+    features, logits = referral.embed(model, x, layers)
     labels = np.arange(len(images)) % 3
-    ref_meta, tensors = referral.fit_referral(features.numpy(), logits.numpy(), labels, 1.0)
+    ref_meta, tensors = referral.fit_referral(features.numpy(), logits.numpy(), labels, 1.0, layers=layers,
+                                              layer_dim=referral.layer_width(model, layers, x.shape[-1]))
     meta.pop("extra")
     meta = {k: v for k, v in meta.items() if k not in ("format", "format_version", "package_version")}
     meta["referral"] = ref_meta
@@ -49,6 +53,7 @@ def test_export_result_and_metadata(exported):
     meta = json.loads(props["melanoma"])
     assert meta["class_names"] == json.loads(props["class_names"]) == load_model(model_dir)[1]["class_names"]
     assert "referral" in meta and props["melanoma.extra"]
+    assert meta["referral"]["layers"] == ["features.12"] and meta["referral"]["version"] == 3
     weights_hash = file_sha256(f"{model_dir}/model.safetensors")
     assert props["melanoma.weights_sha256"] == meta["weights_sha256"] == weights_hash
 
@@ -59,6 +64,8 @@ def test_dynamic_batch(exported):
         logits, features = session.run(["logits", "features"], {"input": np.random.rand(n, 3, 64, 64)
                                                                 .astype(np.float32)})
         assert logits.shape == (n, 9) and features.shape[0] == n
+        # pre-logits (512) then the layer's channel means and standard deviations (2 x 64)
+        assert features.shape[1] == 512 + 128 == load_model(exported[0])[1]["referral"]["feature_dim"]
 
 
 def test_onnx_predictor_matches_pytorch_predictor(exported):
@@ -111,6 +118,19 @@ def test_export_efficientnet_lite0(tmp_path):
     model_dir = build_test_model(tmp_path / "lite0", architecture="efficientnet_lite0", image_size=224)
     result = export.export_onnx(model_dir, tmp_path / "lite0.onnx")
     assert result["max_abs_diff"] <= export.PARITY_TOLERANCE
+
+
+def test_export_traces_the_referral_layer_statistics_of_lite0():
+    """The referral's forward hooks on blocks.5 go into the graph: ONNX features == embed's (parity check)."""
+    from melanoma.models import create_model
+
+    model = create_model("efficientnet_lite0", num_classes=9, pretrained=False).eval()
+    layers = referral.tap_layers(model)
+    assert layers == ["blocks.5"]
+    proto = export._export_proto(export.LogitsAndFeatures(model, layers), 96, 18)
+    assert export._check_parity(model, proto.SerializeToString(), 96, 9, layers) <= export.PARITY_TOLERANCE
+    features, _ = referral.embed(model, torch.randn(1, 3, 96, 96), layers)
+    assert features.shape[1] == model.num_features + 2 * 192
 
 
 def _modules_importing_torch_at_top() -> list[str]:

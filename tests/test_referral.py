@@ -35,6 +35,60 @@ def test_embed_uses_timm_get_classifier():
     torch.testing.assert_close(model.get_classifier()(features), logits)
 
 
+def test_tap_layers_name_one_intermediate_stage_per_network():
+    from melanoma.ensemble import EnsembleNet
+    from melanoma.models import create_model
+
+    lite0 = create_model("efficientnet_lite0", num_classes=9, pretrained=False)
+    assert referral.tap_layers(lite0) == ["blocks.5"]  # of 7 stages: the second-to-last (192 channels)
+    pair = EnsembleNet([create_model("seed-cnn", 9, image_size=64) for _ in range(2)], 64)
+    assert referral.tap_layers(pair) == ["members.0.features.12", "members.1.features.12"]
+    assert referral.tap_layers(_tiny_cnn()) == []
+
+
+def test_embed_appends_layer_means_and_standard_deviations():
+    model = _tiny_cnn()
+    x = torch.randn(2, 3, 16, 16)
+    features, logits = referral.embed(model, x, ["1"])  # the ReLU after the conv: 4 channels
+    out = model[1](model[0](x))
+    torch.testing.assert_close(features[:, :6], model[:-1](x))
+    torch.testing.assert_close(features[:, 6:], torch.cat([out.mean((2, 3)), out.std((2, 3))], 1))
+    assert referral.layer_width(model, ["1"], 16) == 8 and referral.layer_width(model, [], 16) == 0
+    assert not model[1]._forward_hooks and not model[-1]._forward_hooks
+    with pytest.raises(ModelError, match="'9'"):
+        referral.embed(model, x, ["9"])
+
+
+def test_layer_distance_refers_inputs_that_only_intermediate_layers_tell_apart():
+    """Version 3: pre-logits like validation (the classifier maps the odd input among the lesions) but layer
+    statistics far off (texture/colour: a gradient, a photo) -> referred; the version-2 referral misses it."""
+    features, logits, labels, centres = _clusters()
+    rng = np.random.default_rng(7)
+    stats = rng.normal(0, 1, (len(labels), 8))
+    both = np.hstack([features, stats])
+    meta, tensors = referral.fit_referral(both, logits, labels, 1.0, layers=["blocks.5"], layer_dim=8)
+    json.dumps(meta)
+    assert meta["version"] == 3 and meta["layers"] == ["blocks.5"] and meta["feature_dim"] == 40
+    assert {"referral.layers." + n for n in referral.TENSOR_NAMES} <= set(tensors)
+    assert meta["validation"]["share_referred"] <= 0.12
+    referrer = referral.Referrer(meta, tensors)
+    assert referrer.layers == ["blocks.5"]
+    odd = np.hstack([centres[labels[:20]] + rng.normal(0, 1, (20, 32)), rng.normal(0, 1, (20, 8)) * 8 + 10])
+    refer, reasons = referrer.decide(referral.softmax(logits[:20]), odd, logits[:20])
+    assert refer.all() and all(referral.REASON_OOD in r for r in reasons)
+    plain, plain_tensors = referral.fit_referral(features, logits, labels, 1.0)
+    assert plain["version"] == 2 and "layers" not in plain and referral.Referrer(plain, plain_tensors).layers == []
+    refer, _ = referral.Referrer(plain, plain_tensors).decide(referral.softmax(logits[:20]), odd[:, :32],
+                                                              logits[:20])
+    assert refer.mean() < 0.3
+    with pytest.raises(ModelError, match="emits 32 referral features but its referral was fitted on 40"):
+        referrer.decide(referral.softmax(logits[:20]), odd[:, :32], logits[:20])
+    with pytest.raises(ModelError, match="layer-statistics columns"):
+        referral.fit_referral(both, logits, labels, 1.0, layers=["blocks.5"], layer_dim=0)
+    with pytest.raises(ModelError, match="referral.layers"):
+        referral.Referrer(meta, {k: v for k, v in tensors.items() if not k.startswith("referral.layers.")})
+
+
 def test_embed_without_classifier_is_a_model_error():
     with pytest.raises(ModelError, match="classifier"):
         referral.embed(nn.Sequential(nn.Conv2d(3, 2, 1)), torch.randn(1, 3, 4, 4))

@@ -10,7 +10,8 @@ explain, export and the service use it like any single network:
   per-image constant leaves the softmax unchanged and makes the referral's energy score the members' mean energy
   (for one member z is exactly z_1 / T_1). model.json's own temperature is 1.
 * features (the input of `get_classifier()`, which referral and export read): the members' pre-logit features
-  side by side; the ensemble's classifier applies each member's classifier to its slice.
+  side by side; the ensemble's classifier applies each member's classifier to its slice. The referral also reads
+  each member's intermediate layer (`referral.tap_layers`: members.0.blocks.5, ...), appended after them.
 * Grad-CAM: the members' last feature maps pass side by side through one layer (`gradcam_layer`), so one
   Grad-CAM of an ensemble output sums every member's channel-weighted map: the ensemble's (mean) CAM.
   Needs equal feature-map grids (same input size and network stride); otherwise explain says so.
@@ -261,7 +262,7 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
     from melanoma.finalize import (calibrate_and_threshold, headline_metrics, infer, source_of, training_sources,
                                    write_predictions)
-    from melanoma.referral import Referrer, fit_referral, softmax
+    from melanoma.referral import Referrer, fit_referral, layer_width, softmax, tap_layers
 
     out = Path(out)
     if (out / "model.json").exists():
@@ -279,12 +280,13 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
 
     paths, label_names, mask = heldout_set(members, classes)
     labels = np.array([classes.index(name) for name in label_names])
-    logits, features, image_stats = infer(net, _load_images(paths, pre), pre)
+    layers = tap_layers(net)  # each member's intermediate layer, for the referral (referral.py)
+    logits, features, image_stats = infer(net, _load_images(paths, pre), pre, layers=layers)
     scoring = "every member held these images out"
     if not mask.all():  # CV folds: each image scored by the members that did not train on it
         scoring = "out-of-fold: each image scored by the members that did not train on it"
         with torch.no_grad():
-            scaled = net.head.member_logits(torch.from_numpy(features))
+            scaled = net.head.member_logits(torch.from_numpy(features[:, :sum(net.head.widths)]))
             logits = EnsembleHead.combine(scaled, torch.from_numpy(mask)).numpy()
 
     target = float(target_sensitivity if target_sensitivity is not None
@@ -301,7 +303,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
         threshold = float(metrics.choose_alert_threshold(labels == mel, probs[:, mel], target))
     roots = training_sources(first)
     sources = [source_of(p, roots) for p in paths]  # several sources: worst-source referral limits
-    referral_meta, tensors = fit_referral(features, logits, labels, 1.0, seed=seed, sources=sources)
+    referral_meta, tensors = fit_referral(features, logits, labels, 1.0, seed=seed, sources=sources, layers=layers,
+                                          layer_dim=layer_width(net, layers, int(pre["input_size"])))
     referral_meta["input_check"] = input_check.fit(image_stats)
     refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
     full = metrics.compute_metrics(labels, probs, classes, melanoma_class=mel_class, alert_threshold=threshold,

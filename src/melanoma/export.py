@@ -1,7 +1,8 @@
 """ONNX export of a model artifact: outputs (logits, features), dynamic batch, model.json embedded, parity-checked.
 
 The graph has one input "input" [batch, 3, S, S] (eval-preprocessed, normalised, float32) and two outputs:
-"logits" [batch, C] (before temperature) and "features" [batch, D] (pre-logits, for the referral check).
+"logits" [batch, C] (before temperature) and "features" [batch, D] (for the referral check: pre-logits, then the
+statistics of the layers the model's referral reads, `referral.capture`).
 The whole model.json is stored in the ONNX metadata_props under "melanoma" (JSON), the class names under
 "class_names", the SHA-256 of the exported model.safetensors under "melanoma.weights_sha256", and the referral statistics tensors under "melanoma.extra" (base64 safetensors), so an .onnx file
 alone is enough for `Predictor.load("model.onnx")`.
@@ -23,7 +24,7 @@ from torch import nn
 from melanoma.artifacts import HASH_KEY
 from melanoma.errors import ConfigError, ModelError
 from melanoma.predict import ONNX_CLASSES_KEY, ONNX_EXTRA_KEY, ONNX_HASH_KEY, ONNX_META_KEY
-from melanoma.referral import classifier_module, embed
+from melanoma.referral import capture, embed
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch eager
 # torch.onnx's exporter writes opset 18 natively. Below it, it calls a down-converter that fails on this project's
@@ -47,45 +48,20 @@ def check_opset(opset) -> int:
     return opset
 
 
-class _ConcatHead(nn.Module):
-    """Classifier replacement returning [logits | features] so the exported graph exposes both."""
-
-    def __init__(self, head: nn.Module):
-        super().__init__()
-        self.head = head
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.head(x), x.flatten(1)], dim=1)
-
-
 class LogitsAndFeatures(nn.Module):
-    """Wraps a classifier so forward returns (logits, pre-logit features) without hooks (export-friendly).
+    """Wraps a classifier so forward returns (logits, referral features): the same forward hooks as
+    `referral.embed` (the exporter traces them into the graph), so the exported features are embed's by
+    construction; `_check_parity` confirms it numerically."""
 
-    Works when the model's output IS its classifier's output (timm models, seed-cnn); checked against
-    `referral.embed` by the parity test in `export_onnx`.
-    """
-
-    def __init__(self, model: nn.Module, num_classes: int):
+    def __init__(self, model: nn.Module, layers=()):
         super().__init__()
         self.model = copy.deepcopy(model).eval()
-        self.num_classes = num_classes
-        head = classifier_module(self.model)
-        parent, attr = _parent_of(self.model, head)
-        setattr(parent, attr, _ConcatHead(head))
+        self.layers = list(layers)
         self.eval()  # a fresh nn.Module is in training mode; dropout/BN must be in eval for export
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.model(x)
-        return out[:, : self.num_classes], out[:, self.num_classes:]
-
-
-def _parent_of(root: nn.Module, target: nn.Module) -> tuple[nn.Module, str]:
-    """(parent module, attribute name) of `target` inside `root`."""
-    for name, module in root.named_modules():
-        if module is target and name:
-            parent_name, _, attr = name.rpartition(".")
-            return root.get_submodule(parent_name) if parent_name else root, attr
-    raise ModelError(f"cannot locate the classifier inside {type(root).__name__}")
+        features, logits = capture(self.model, x, self.layers)
+        return logits, features
 
 
 def _metadata(meta: dict) -> dict[str, str]:
@@ -113,12 +89,12 @@ def _export_proto(wrapper: nn.Module, size: int, opset: int):
     return program.model_proto
 
 
-def _check_parity(model: nn.Module, data: bytes, size: int, num_classes: int) -> float:
+def _check_parity(model: nn.Module, data: bytes, size: int, num_classes: int, layers=()) -> float:
     """Max |logit difference| onnxruntime vs PyTorch on a random batch of 3; features are compared too."""
     import onnxruntime as ort
 
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
-    features, logits = embed(model, x)
+    features, logits = embed(model, x, layers)
     try:
         session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
         onnx_logits, onnx_features = session.run(["logits", "features"], {"input": x.numpy()})
@@ -147,8 +123,9 @@ def export_onnx(model_path, out, opset: int = 18) -> dict:
     opset = check_opset(opset)
     model, meta = load_model(model_path)
     size, num_classes = int(meta["preprocessing"]["input_size"]), len(meta["class_names"])
+    layers = (meta.get("referral") or {}).get("layers") or []
     try:
-        proto = _export_proto(LogitsAndFeatures(model, num_classes), size, opset)
+        proto = _export_proto(LogitsAndFeatures(model, layers), size, opset)
     except ModelError:
         raise
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types; keep one line for the user
@@ -160,7 +137,7 @@ def export_onnx(model_path, out, opset: int = 18) -> dict:
     if actual_opset != opset:
         raise ModelError(f"the exporter wrote opset {actual_opset}, not the requested {opset}; nothing written")
     data = proto.SerializeToString()
-    diff = _check_parity(model, data, size, num_classes)  # reported in the result (max_abs_diff), not printed
+    diff = _check_parity(model, data, size, num_classes, layers)  # reported in the result (max_abs_diff), not printed
     out = Path(out)
     atomic_write_bytes(out, data)
     return {"path": str(out), "max_abs_diff": diff, "opset": int(actual_opset),

@@ -17,13 +17,13 @@ from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, write_predictions_csv
-from melanoma.referral import Referrer, embed, fit_referral, softmax, source_masks
+from melanoma.referral import Referrer, embed, fit_referral, layer_width, softmax, source_masks, tap_layers
 from melanoma.transforms import eval_transform
 
 
-def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_size: int = 64):
-    """Eval-preset logits, pre-logit features and input statistics (input_check) for cached uint8 images;
-    returns numpy (logits, features, image_stats)."""
+def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_size: int = 64, layers=()):
+    """Eval-preset logits, referral features (pre-logits, then the statistics of `layers`: referral.embed) and
+    input statistics (input_check) for cached uint8 images; returns numpy (logits, features, image_stats)."""
     transform = eval_transform(pre)
     logits, features, stats = [], [], []
     model.eval()
@@ -33,7 +33,7 @@ def infer(model: torch.nn.Module, images: list[torch.Tensor], pre: dict, batch_s
             torch.set_num_threads(1)  # per-image transforms: one thread is 10x faster on a busy CPU
             x = torch.stack([transform(im) for im in images[start:start + batch_size]])
             torch.set_num_threads(threads)
-            feats, out = embed(model, x)
+            feats, out = embed(model, x, layers)
             logits.append(out.float().numpy())
             features.append(feats.float().numpy())
             stats.append(input_check.statistics(x, pre))
@@ -159,14 +159,16 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     module.load_state_dict(state)
     model = module.model.eval()
     labels = table.label_indices()[val_idx]
-    logits, features, image_stats = infer(model, [images[i] for i in val_idx], pre)
+    layers = tap_layers(model)  # the referral's intermediate-layer statistics (referral.py)
+    logits, features, image_stats = infer(model, [images[i] for i in val_idx], pre, layers=layers)
     mel_class = find_melanoma_class(table.classes)
     probs, calibration, threshold = calibrate_and_threshold(logits, labels, table.classes, mel_class,
                                                             cfg.target_sensitivity)
     roots = [str(Path(d).resolve()) for d in [cfg.data, *cfg.extra_data]]
     sources = [source_of(table.samples[i].path, roots) for i in val_idx]  # several: worst-source referral limits
     referral_meta, tensors = fit_referral(features, logits, labels, calibration["temperature"], seed=cfg.seed,
-                                          sources=sources)
+                                          sources=sources, layers=layers,
+                                          layer_dim=layer_width(model, layers, int(pre["input_size"])))
     referral_meta["input_check"] = input_check.fit(image_stats)
     refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
     full = metrics.compute_metrics(labels, probs, table.classes, melanoma_class=mel_class,

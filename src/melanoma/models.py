@@ -120,6 +120,7 @@ class SeedCNN(nn.Module):
         self.fc = nn.Linear(512, num_classes)
         self.num_classes = num_classes
         self.l2_penalty = {"param_names": ["fc1.weight"], "coef": 0.01}
+        self.referral_tap = "features.12"  # the third stage's pooled output (64 channels): referral.tap_layers
         self.apply(_keras_init)
         if image_size is not None:
             self.materialize(image_size)

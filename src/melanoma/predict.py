@@ -108,18 +108,20 @@ class PredictionResult:
 
 # ------------------------------------------------------------------------------------------------ backends
 class _TorchBackend:
-    """PyTorch eager model: float32 NCHW numpy batch -> (logits, pre-logit features) as numpy."""
+    """PyTorch eager model: float32 NCHW numpy batch -> (logits, referral features) as numpy; `layers`: the
+    intermediate layers the model's referral reads (model.json referral.layers; referral.embed)."""
 
     kind = "pytorch"
 
-    def __init__(self, model):
+    def __init__(self, model, layers=()):
         self.model = model.eval()
+        self.layers = list(layers)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch
 
         with torch.inference_mode():
-            features, logits = referral.embed(self.model, torch.from_numpy(_as_numpy(x)))
+            features, logits = referral.embed(self.model, torch.from_numpy(_as_numpy(x)), self.layers)
         return logits.numpy(), features.numpy()
 
 
@@ -267,7 +269,7 @@ class Predictor:
         from melanoma.artifacts import load_model
 
         model, meta = load_model(path)
-        return cls(_TorchBackend(model), meta, str(path))
+        return cls(_TorchBackend(model, (meta.get("referral") or {}).get("layers") or ()), meta, str(path))
 
     def model_input(self, image) -> np.ndarray:
         """Any accepted image (PIL, path, uint8 array/tensor) -> the normalised model input, float32 [3, S, S]."""

@@ -14,6 +14,13 @@ Independent reasons, each calibrated on the validation set by training (`fit_ref
   plain "PCA to 64 dims" separated noise/photos from lesions much worse because they differ mostly OUTSIDE the
   64 lesion directions). Threshold = the `ood_quantile` (default 97.5%) quantile of *out-of-fold* validation
   scores (5-fold cross-fitting): in-sample distances are too small and would refer too many new lesions.
+  Version 3 adds a third score to the maximum: the same distance on the channel means and standard deviations
+  of one intermediate layer per network (`tap_layers`: the second-to-last stage of an EfficientNet, Lite0's
+  `blocks.5`). The pre-logit features of a trained classifier describe the lesion classes only, so gradients,
+  checkerboards and natural photos that happen to land among them passed (66% of the bench's non-dermoscopic
+  inputs referred by the shipped ensemble); the intermediate statistics still describe texture and colour and
+  catch them (100%), at +0.3% of a never-seen source's lesions (docs/results.md). Earlier stages describe the
+  camera: they referred most lesions of a new source.
 
 Several sources ("worst source"): when the validation images come from two or more sources with at least
 `min_source_images` each, both thresholds are the per-source quantiles of the source that needs the most lenient
@@ -44,8 +51,10 @@ REASON_LOW_CONFIDENCE = "low confidence"
 REASON_OOD = "not like the training images"
 TENSOR_NAMES = ("class_means", "components", "variances", "residual_variance")
 _PREFIX = "referral."
+_LAYER_PREFIX = "referral.layers."  # the intermediate-layer distance's statistics (version 3)
 METHOD = "confidence+mahalanobis-ppca-ledoit-wolf+energy"
-METHOD_VERSION = 2  # version 1 (no energy term) models still load and use the distance alone
+METHOD_LAYERS = "confidence+mahalanobis-ppca-ledoit-wolf(pre-logits, layer statistics)+energy"
+METHOD_VERSION = 3  # version 2 (no layer distance) and 1 (no energy term) models still load and use what they have
 
 
 # --------------------------------------------------------------------------------------------- features
@@ -64,26 +73,89 @@ def classifier_module(model: nn.Module) -> nn.Module:
     return linears[-1]
 
 
-def embed(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `model` on the normalised batch `x` [N,3,H,W]; return (features [N,D], logits [N,C]), no grad.
+def tap_layers(model: nn.Module) -> list[str]:
+    """Names of the submodules whose output statistics join the referral features, one per network inside
+    `model` (several for an ensemble): the second-to-last stage of a timm-style `blocks` sequence (Lite0:
+    `blocks.5`, 192 channels at 1/16 of the input), or a module's own `referral_tap` (seed-cnn). Empty for
+    anything else: the referral then uses the pre-logit features alone."""
+    from torch import nn
 
-    The features are captured by a forward hook as the input of the classifier (pre-logits). Works for any
-    model with a timm-style get_classifier() or a final nn.Linear. The hook is always removed.
-    """
+    names = []
+    for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
+        blocks = getattr(module, "blocks", None)
+        if isinstance(blocks, nn.Sequential) and len(blocks) >= 4:
+            names.append(f"{prefix}blocks.{len(blocks) - 2}")
+        elif isinstance(getattr(module, "referral_tap", None), str):
+            names.append(prefix + module.referral_tap)
+    return names
+
+
+def capture(model: nn.Module, x: torch.Tensor, layers=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features [N, D], logits [N, C]) of one forward pass, gradients as the caller has them: the input of the
+    classifier (pre-logits), then for each of `layers` (submodule names) the channel means and standard
+    deviations of its output [N, 2 * channels]. Forward hooks, always removed; ONNX export traces this same
+    function, so the exported "features" output is these features by construction."""
     import torch
 
     captured: list[torch.Tensor] = []
-    hook = classifier_module(model).register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))
+    taps: dict[str, torch.Tensor] = {}
+
+    def layer_hook(name):
+        def hook(_module, _inputs, out):
+            taps[name] = torch.cat([out.mean((2, 3)), out.std((2, 3))], 1)  # the last call wins, like `captured`
+        return hook
+
+    hooks = [classifier_module(model).register_forward_hook(lambda _m, inputs, _out: captured.append(inputs[0]))]
     try:
-        with torch.no_grad():
-            logits = model(x)
+        for name in layers:
+            hooks.append(_submodule(model, name).register_forward_hook(layer_hook(name)))
+        logits = model(x)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     if not captured:
         raise ModelError(f"the classifier of {type(model).__name__} was not called during forward")
     # The LAST call is the one that produced the logits (a module reused earlier would have been called first).
-    features = captured[-1].flatten(1).float()
-    return features, logits.float()
+    parts = [captured[-1].flatten(1)]
+    for name in layers:
+        if name not in taps:
+            raise ModelError(f"the layer {name!r} of {type(model).__name__} was not called during forward")
+        parts.append(taps[name])
+    return torch.cat(parts, 1), logits
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ModelError(f"the referral reads the layer {name!r}, which {type(model).__name__} does not have: "
+                         "the model file does not match its model.json") from None
+
+
+def layer_width(model: nn.Module, layers, image_size: int) -> int:
+    """How many feature columns the statistics of `layers` add (`fit_referral`'s layer_dim): one dry forward."""
+    import torch
+
+    if not layers:
+        return 0
+    was_training = model.training
+    x = torch.zeros(2, 3, int(image_size), int(image_size))
+    with torch.no_grad():
+        width = capture(model.eval(), x, layers)[0].shape[1] - capture(model, x)[0].shape[1]
+    model.train(was_training)
+    return int(width)
+
+
+def embed(model: nn.Module, x: torch.Tensor, layers=()) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `model` on the normalised batch `x` [N,3,H,W]; return (features [N,D], logits [N,C]) as float32, no
+    grad. Features: pre-logits (the input of timm-style get_classifier() or the final nn.Linear), then the
+    statistics of `layers` (`capture`; a model's fitted referral names them: `Referrer.layers`)."""
+    import torch
+
+    with torch.no_grad():
+        features, logits = capture(model, x, layers)
+    return features.float(), logits.float()
 
 
 # --------------------------------------------------------------------------------------------- scores
@@ -161,50 +233,65 @@ def _robust_scale(scores: np.ndarray) -> list[float]:
     return [float(q50), float(max((q75 - q25) / 1.349, 1e-6))]
 
 
-def combined_ood_score(distance: np.ndarray, energy: np.ndarray, normalisation: dict) -> np.ndarray:
-    """The larger of the robustly standardised Mahalanobis distance and energy (HIGHER = less like training data)."""
+def combined_ood_score(distance: np.ndarray, energy: np.ndarray, normalisation: dict,
+                       layer_distance: np.ndarray | None = None) -> np.ndarray:
+    """The largest of the robustly standardised pre-logit distance, energy and (version 3) intermediate-layer
+    distance (HIGHER = less like training data)."""
     (m_d, s_d), (m_e, s_e) = normalisation["mahalanobis"], normalisation["energy"]
-    return np.maximum((np.asarray(distance) - m_d) / s_d, (np.asarray(energy) - m_e) / s_e)
+    score = np.maximum((np.asarray(distance) - m_d) / s_d, (np.asarray(energy) - m_e) / s_e)
+    if layer_distance is not None:
+        m_l, s_l = normalisation["layers"]
+        score = np.maximum(score, (np.asarray(layer_distance) - m_l) / s_l)
+    return score
 
 
 # --------------------------------------------------------------------------------------------- fitting
 def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, temperature: float, *,
                  confidence_quantile: float = 0.05, ood_quantile: float = 0.975, pca_dims: int = 64,
-                 folds: int = 5, seed: int = 0, sources=None,
-                 min_source_images: int = 50) -> tuple[dict, dict[str, torch.Tensor]]:
+                 folds: int = 5, seed: int = 0, sources=None, min_source_images: int = 50,
+                 layers=(), layer_dim: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
     """Calibrate both referral reasons on validation data.
 
-    features [N,D] (pre-logits from `embed`), logits [N,C], labels [N] (int class indices), temperature (the
-    fitted calibration temperature), sources [N] (optional source name per image: worst-source thresholds, see
-    the module docstring). Returns (meta_part for model.json["referral"], extra tensors for model.safetensors,
-    named "referral.*"). Needs at least 4 validation samples.
+    features [N,D] (from `embed`: pre-logits, then `layer_dim` columns of statistics of `layers`), logits [N,C],
+    labels [N] (int class indices), temperature (the fitted calibration temperature), sources [N] (optional source
+    name per image: worst-source thresholds, see the module docstring). Returns (meta_part for
+    model.json["referral"], extra tensors for model.safetensors, named "referral.*"). Needs >= 4 validation samples.
     """
     import torch
 
     features = np.asarray(features, dtype=np.float64)
     logits = np.asarray(logits, dtype=np.float64)
     labels = np.asarray(labels).astype(np.int64)
+    layers, layer_dim = list(layers), int(layer_dim)
     if not (len(features) == len(logits) == len(labels)) or len(features) < 4:
         raise ModelError(f"fit_referral needs >= 4 matching validation rows, got features {features.shape}, "
                          f"logits {logits.shape}, labels {labels.shape}")
+    if bool(layers) != (layer_dim > 0) or not 0 <= layer_dim < features.shape[1]:
+        raise ModelError(f"fit_referral: {layer_dim} layer-statistics columns for layers {layers} of "
+                         f"{features.shape[1]} features")
+    pre_logits, layer_stats = _split_features(features, layer_dim)
     probs = softmax(logits, temperature)
     confidence = probs.max(axis=1)
-    oof_distance = _out_of_fold_scores(features, labels, pca_dims, folds, seed)
+    oof_distance = _out_of_fold_scores(pre_logits, labels, pca_dims, folds, seed)
     energy = energy_score(logits, temperature)
     normalisation = {"mahalanobis": _robust_scale(oof_distance), "energy": _robust_scale(energy)}
-    oof_scores = combined_ood_score(oof_distance, energy, normalisation)
+    oof_layers = None
+    if layer_dim:
+        oof_layers = _out_of_fold_scores(layer_stats, labels, pca_dims, folds, seed)
+        normalisation["layers"] = _robust_scale(oof_layers)
+    oof_scores = combined_ood_score(oof_distance, energy, normalisation, oof_layers)
     groups = _source_groups(sources, len(features), min_source_images)
     # worst source: the lowest confidence limit and the highest OOD limit of the sources (pooled: one group)
     refer_confidence = min(float(np.quantile(confidence[m], confidence_quantile)) for _, m in groups)
     ood_threshold = max(float(np.quantile(oof_scores[m], ood_quantile)) for _, m in groups)
-    stats = _fit_ood_stats(features, labels, pca_dims)
+    stats = _fit_ood_stats(pre_logits, labels, pca_dims)
 
     low = confidence < refer_confidence
     ood = oof_scores > ood_threshold
     correct = probs.argmax(axis=1) == labels
     meta_part = {
-        "method": METHOD,
-        "version": METHOD_VERSION,
+        "method": METHOD_LAYERS if layer_dim else METHOD,
+        "version": METHOD_VERSION if layer_dim else 2,
         "score_normalisation": normalisation,
         "thresholds": {"refer_confidence": refer_confidence, "ood_score": ood_threshold},
         "confidence_quantile": confidence_quantile,
@@ -215,12 +302,29 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
         "threshold_policy": "worst source" if len(groups) > 1 else "pooled",
         "validation": _validation_summary(correct, low, ood),
     }
+    if layer_dim:
+        meta_part.update(layers=layers, layer_dim=layer_dim)
     if sources is not None:
         meta_part["validation"]["by_source"] = {name: _validation_summary(correct[m], low[m], ood[m])
                                                 for name, m in source_masks(sources)}
-    tensors = {_PREFIX + name: torch.from_numpy(np.ascontiguousarray(stats[name], dtype=np.float32))
-               for name in TENSOR_NAMES}
+    tensors = _stat_tensors(stats, _PREFIX)
+    if layer_dim:
+        tensors.update(_stat_tensors(_fit_ood_stats(layer_stats, labels, pca_dims), _LAYER_PREFIX))
     return meta_part, tensors
+
+
+def _split_features(features: np.ndarray, layer_dim: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """(pre-logit features, layer statistics or None): the last `layer_dim` columns are the layers'."""
+    if not layer_dim:
+        return features, None
+    return features[:, :-layer_dim], features[:, -layer_dim:]
+
+
+def _stat_tensors(stats: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:
+    import torch
+
+    return {prefix + name: torch.from_numpy(np.ascontiguousarray(stats[name], dtype=np.float32))
+            for name in TENSOR_NAMES}
 
 
 def source_masks(sources):
@@ -264,11 +368,25 @@ class Referrer:
         conf = thresholds.get("refer_confidence", fallback_confidence)
         self.refer_confidence = None if conf is None else float(conf)
         self.ood_threshold = thresholds.get("ood_score")
-        self.stats = _find_stats(tensors or {}) if self.ood_threshold is not None else None
-        if self.ood_threshold is not None and self.stats is None:
+        self.layer_dim = int(self.meta.get("layer_dim") or 0)
+        self.stats = self.layer_stats = None
+        if self.ood_threshold is not None:
+            self.stats = self._required_stats(tensors, _PREFIX)
+            if self.layer_dim:
+                self.layer_stats = self._required_stats(tensors, _LAYER_PREFIX)
+
+    def _required_stats(self, tensors: dict | None, prefix: str) -> dict[str, np.ndarray]:
+        stats = _find_stats(tensors or {}, prefix)
+        if stats is None:
             raise ModelError(f"model.json has a referral 'ood_score' threshold but the model file lacks the "
-                             f"statistics tensors referral.{{{', '.join(TENSOR_NAMES)}}} (referral method "
-                             f"{self.meta.get('method')!r}, this package fits {METHOD!r}): retrain the model")
+                             f"statistics tensors {prefix}{{{', '.join(TENSOR_NAMES)}}} (referral method "
+                             f"{self.meta.get('method')!r}, this package fits {METHOD_LAYERS!r}): retrain the model")
+        return stats
+
+    @property
+    def layers(self) -> list[str]:
+        """The layers whose statistics the features must end with (`embed(model, x, referrer.layers)`)."""
+        return list(self.meta.get("layers") or []) if self.stats is not None else []
 
     @property
     def needs_features(self) -> bool:
@@ -276,15 +394,22 @@ class Referrer:
         return self.stats is not None
 
     def out_of_distribution(self, features: np.ndarray, logits: np.ndarray | None) -> np.ndarray:
-        """OOD score [N] as fitted: distance + energy (version 2), or the distance alone (version 1 models)."""
-        distance = ood_score(features, self.stats)
+        """OOD score [N] as fitted: distances + energy (versions 2-3), or the distance alone (version 1 models)."""
+        features = np.asarray(features)
+        expected = self.meta.get("feature_dim")
+        if expected is not None and features.shape[1] != int(expected):
+            raise ModelError(f"the model emits {features.shape[1]} referral features but its referral was fitted on "
+                             f"{expected} (an ONNX file exported before the referral was refitted?): export again")
+        pre_logits, layer_stats = _split_features(features, self.layer_dim)
+        distance = ood_score(pre_logits, self.stats)
         normalisation = self.meta.get("score_normalisation")
         if normalisation is None:
             return distance
         if logits is None:
             raise ModelError("this model's referral combines distance and energy: decide() needs the logits")
+        layer_distance = ood_score(layer_stats, self.layer_stats) if self.layer_dim else None
         return combined_ood_score(distance, energy_score(logits, float(self.meta.get("temperature", 1.0))),
-                                  normalisation)
+                                  normalisation, layer_distance)
 
     def decide(self, probs: np.ndarray, features: np.ndarray | None, logits: np.ndarray | None = None,
                image_stats: np.ndarray | None = None) -> tuple[np.ndarray, list[str]]:
@@ -305,15 +430,15 @@ class Referrer:
         return low | ood | bad_input, reasons
 
 
-def _find_stats(tensors: dict) -> dict[str, np.ndarray] | None:
-    """Pick the referral.* tensors out of meta["extra"] (tolerates an "extra." prefix left on the names)."""
+def _find_stats(tensors: dict, prefix: str = _PREFIX) -> dict[str, np.ndarray] | None:
+    """Pick the `prefix`* tensors out of meta["extra"] (tolerates an "extra." prefix left on the names)."""
     out = {}
     for key, value in tensors.items():
         name = key[len("extra."):] if key.startswith("extra.") else key
-        if name.startswith(_PREFIX):
+        if name.startswith(prefix) and name[len(prefix):] in TENSOR_NAMES:
             # a torch tensor (model.safetensors) or a numpy array (ONNX metadata, read without torch)
-            out[name[len(_PREFIX):]] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value,
-                                                  dtype=np.float64)
+            out[name[len(prefix):]] = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value,
+                                                 dtype=np.float64)
     return out if all(n in out for n in TENSOR_NAMES) else None
 
 

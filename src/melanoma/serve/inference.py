@@ -80,8 +80,8 @@ class _DeviceTorchBackend:
 
     kind = "pytorch"
 
-    def __init__(self, model, device: str):
-        self.model, self.device = model.to(device).eval(), device
+    def __init__(self, model, device: str, layers=()):
+        self.model, self.device, self.layers = model.to(device).eval(), device, list(layers)
 
     def __call__(self, x):
         import torch
@@ -89,7 +89,7 @@ class _DeviceTorchBackend:
         from melanoma.referral import embed
 
         with torch.inference_mode():
-            features, logits = embed(self.model, torch.as_tensor(x).to(self.device))
+            features, logits = embed(self.model, torch.as_tensor(x).to(self.device), self.layers)
         return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
 
@@ -149,7 +149,7 @@ def load_model(path: Path, backend: str, state_dir: Path, threads: int | None, d
             raise ModelError(f"{path}: --backend torch needs the model folder (model.json + model.safetensors)")
         predictor = Predictor.load(folder)
         device = _resolve_device(device)
-        predictor.backend = _DeviceTorchBackend(predictor.backend.model, device)
+        predictor.backend = _DeviceTorchBackend(predictor.backend.model, device, predictor.backend.layers)
     else:
         onnx_path = cached_onnx(folder, sha, state_dir) if folder else path
         # spinning off: the service shares the cores with the web server and the database
