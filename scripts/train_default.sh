@@ -13,7 +13,7 @@
 # SMOKE=1: the same command lines on CPU for 2 steps (tests/test_scripts.py runs it on tiny DATA and HAM copies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/default-v4}
+OUT=${1:-runs/default-v5}
 DATA=${DATA:-../shared/data/isic-9class/Train}
 HAM=${HAM:-../shared/data/ham10000}
 DEVICE=${DEVICE:-cpu}

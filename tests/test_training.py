@@ -17,6 +17,7 @@ from melanoma.artifacts import load_model
 from melanoma.config import TrainConfig, load_config
 from melanoma.errors import ConfigError
 from melanoma.labelmaps import find_melanoma_class
+from melanoma.predict import Predictor
 from melanoma.training import train
 
 from conftest import make_mini_ham
@@ -48,6 +49,10 @@ def test_train_one_epoch_writes_a_usable_model(tiny_isic, tmp_path, model, size)
     assert 0.0 <= result["balanced_accuracy"] <= 1.0
     with torch.no_grad():
         assert net(torch.zeros(2, 3, size, size)).shape == (2, 9)
+    # the referral scores an intermediate stage too (version 3), and prediction feeds it those statistics
+    assert meta["referral"]["layers"] == {"seed-cnn": ["features.12"], "efficientnet_lite0": ["blocks.5"]}[model]
+    assert meta["referral"]["version"] == 3 and meta["referral"]["feature_dim"] > meta["referral"]["layer_dim"] > 0
+    assert Predictor.load(run).predict_paths(sorted(tiny_isic.rglob("*.jpg"))[:2]).refer.shape == (2,)
 
 
 class CrashAtEpoch(L.Callback):
