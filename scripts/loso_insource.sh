@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Leave-one-source-out with the SHIPPED procedure's checkpoint choice (session 9). scripts/loso.sh full chooses
+# each checkpoint on the held-out source itself (optimistic); the shipped members choose theirs on held-out images
+# of their own training sources. Here: train on HAM10000 alone at the shipped members' budget (10 x 3,200 draws,
+# batch 32, 160 px), validate and choose the checkpoint on a group-aware 20% of HAM10000 (melanoma AUC), then
+# score the older-archive images the LOSO rows held out (runs/loso/full-seed1/val_predictions.csv) with
+# `melanoma evaluate --label-map binary`; finally the 3-seed ensemble the same way.
+#   scripts/loso_insource.sh SEED...          e.g. scripts/loso_insource.sh 1 2 3   (about 13 min per seed; resumes)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+HAM=${HAM:-../shared/data/ham10000}
+HELDOUT_CSV=${HELDOUT_CSV:-runs/loso/full-seed1/val_predictions.csv}
+ROOT=${ROOT:-runs/loso-insource}
+MELANOMA=${MELANOMA:-.venv/bin/melanoma}
+mkdir -p "$ROOT"
+HELD=$ROOT/heldout-images  # class folders of symlinks: the held-out images, labelled as in the LOSO rows
+if [ ! -d "$HELD" ]; then
+  .venv/bin/python - "$HELDOUT_CSV" "$HELD" <<'PY'
+import csv, os, sys
+from pathlib import Path
+rows, out = list(csv.DictReader(open(sys.argv[1], newline=""))), Path(sys.argv[2] + ".tmp")
+for row in rows:
+    (out / row["label"]).mkdir(parents=True, exist_ok=True)
+    os.symlink(Path(row["path"]).resolve(), out / row["label"] / Path(row["path"]).name)
+out.rename(sys.argv[2])
+print(f"{len(rows)} held-out images in {sys.argv[2]}")
+PY
+fi
+RUNS=()
+for SEED in "$@"; do
+  OUT=$ROOT/full-seed$SEED
+  RUNS+=("$OUT")
+  if [ ! -f "$OUT/result.json" ]; then
+    if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
+      ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model efficientnet_lite0 --image-size 160
+            --color-constancy shades_of_gray --epochs 10 --samples-per-epoch 3200 --batch-size 32 --val-fraction 0.2
+            --monitor mel_auc --split-seed 42 --seed "$SEED" --config scripts/cpu_long.yaml --out "$OUT"); fi
+    ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
+  fi
+  [ -f "$OUT/heldout-eval/metrics.json" ] || "$MELANOMA" evaluate --model "$OUT" --data "$HELD" --label-map binary \
+    --out "$OUT/heldout-eval" > "$OUT/heldout-eval.log" 2>&1
+done
+if [ ${#RUNS[@]} -ge 2 ]; then
+  ENS=$ROOT/ensemble-$(IFS=-; echo "$*")
+  [ -f "$ENS/model.json" ] || "$MELANOMA" ensemble "${RUNS[@]}" --out "$ENS" > "$ENS.log" 2>&1
+  [ -f "$ENS/heldout-eval/metrics.json" ] || "$MELANOMA" evaluate --model "$ENS" --data "$HELD" --label-map binary \
+    --out "$ENS/heldout-eval" > "$ENS/heldout-eval.log" 2>&1
+fi
+for RUN in "${RUNS[@]}" ${ENS:+"$ENS"}; do
+  .venv/bin/python -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], 'held-out source melanoma AUC', m.get('melanoma', {}).get('auc'))" "$RUN/heldout-eval/metrics.json" "$RUN"
+done
