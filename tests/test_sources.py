@@ -13,7 +13,7 @@ from melanoma import data
 from melanoma.config import TrainConfig
 from melanoma.datamodule import SeededSampler
 from melanoma.errors import ConfigError
-from melanoma.sources import load_extra_sources, primary_indices, splits_with_extras
+from melanoma.sources import holdout_source_split, load_extra_sources, primary_indices, splits_with_extras
 
 
 def _jpeg(path: Path, seed: int) -> Path:
@@ -85,6 +85,25 @@ def test_reference_labels_settle_conflicts_and_extras_join_without_leaks(tmp_pat
     # bkl would be pigmented benign keratosis, a class this primary set lacks: left out and counted
     assert summary["extra"]["sources"][0]["unmapped_labels"] == {"bkl": 1}
     assert summary["extra"]["counts"]["nevus"] == 2 and summary["n_images"] == len(primary_indices(prepared))
+
+
+def test_holding_out_the_primary_source_validates_only_on_its_own_images(tmp_path):
+    """The primary images that HAM holds too (picture or lesion) are HAM's: they train, and the held-out
+    primary source validates only on images no training source has (the 9-class split's HAM10000 copies made
+    two-thirds of its leave-one-source-out validation set before session 9)."""
+    prepared, _ = _prepare(tmp_path, "reference")
+    shared = {s.path.stem for s in prepared.samples if s.also_in is not None}
+    assert shared == {"ISIC_0000100", "ISIC_0000101", "ISIC_0000103"}  # HAM copies + the melanoma whose lesion HAM has
+    assert all(Path(s.also_in).name == "ham" for s in prepared.samples if s.also_in)
+    train, val = holdout_source_split(prepared, "primary", str(tmp_path / "primary"), None, seed=0)
+    stems = lambda idx: {prepared.samples[i].path.stem for i in idx}  # noqa: E731
+    assert not shared & stems(val) and shared <= stems(train)
+    assert all(prepared.samples[i].origin is None for i in val) and len(val) == len(primary_indices(prepared)) - 3
+    assert {prepared.samples[i].path.stem for i in train if prepared.samples[i].origin is None} == shared
+    # holding HAM out: its copies of primary images were never in the table, so nothing moves
+    train, val = holdout_source_split(prepared, "ham", str(tmp_path / "primary"), None, seed=0)
+    assert all(prepared.samples[i].origin is not None for i in val)
+    assert all(prepared.samples[i].origin is None for i in train)
 
 
 def by_stem_values(by_stem):

@@ -46,6 +46,7 @@ class Sample:
     source: Path | None = None
     origin: str | None = None
     allowed: tuple[str, ...] | None = None  # a coarse label: the classes it allows (`label` = the first of them)
+    also_in: str | None = None  # a primary image whose picture or lesion an extra source holds too: that origin
 
 
 @dataclass
@@ -360,6 +361,7 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     kept, conflicts = _apply_conflict_policy(primary, table.classes, conflict_policy, refs)
     classes = sorted({s.label for s in kept})
     extra_kept, extra_removed = _extras_to_train(extra, primary, classes)
+    kept = _mark_shared(kept, extra)
     summary = {
         "policy": conflict_policy,
         "n_images_in": len(table),
@@ -380,6 +382,13 @@ def prepare_training_table(table: DatasetTable, conflict_policy: str = "drop",
     if extras:
         summary["extra"] = _extra_summary(extras, extra_kept, extra_removed, classes)
     return DatasetTable(table.root, table.kind, classes, kept + extra_kept), summary
+
+
+def _mark_shared(primary: list[Sample], extra: list[Sample]) -> list[Sample]:
+    """Primary samples whose group (picture, near-duplicate or lesion) an extra source also holds, marked with
+    that source (`also_in`): leaving the primary source out must not validate on another source's images."""
+    holders = {s.group: s.origin for s in extra}
+    return [replace(s, also_in=holders[s.group]) if s.group in holders else s for s in primary]
 
 
 def _extras_to_train(extra: list[Sample], primary: list[Sample], classes: list[str]) -> tuple[list[Sample], dict]:

@@ -253,7 +253,10 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
     if cfg.holdout_source:
         train_idx, val_idx = holdout_source_split(table, cfg.holdout_source, cfg.data, cfg.holdout_max_images,
                                                   cfg.split_seed_or_seed())
-        print(f"held-out source {cfg.holdout_source}: {len(train_idx)} train / {len(val_idx)} validation images")
+        shared = sum(table.samples[i].also_in is not None for i in train_idx if table.samples[i].origin is None)
+        print(f"held-out source {cfg.holdout_source}: {len(train_idx)} train / {len(val_idx)} validation images"
+              + (f" ({shared} of its images that a training source holds too train, never validate)" if shared
+                 else ""))
     else:
         train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.split_seed_or_seed(),
                                                 validate_extras=cfg.val_sources == "all")[0]
