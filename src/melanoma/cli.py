@@ -289,8 +289,8 @@ TRAIN_TEXTS = [
     ("--precision", "32-true, bf16-mixed or 16-mixed (default: bf16-mixed on GPU; on CPU the faster of 32-true "
                     "and bf16-mixed for this model, measured once and cached)"),
     ("--holdout-source", "leave this source out (the primary data's folder name or an --extra-data folder name): "
-                         "train on the others, validate, choose checkpoints and thresholds on it (its images "
-                         "that another source holds too train as that source's and never validate)"),
+                         "train on the others, validate, choose checkpoints and thresholds on it (images it and "
+                         "a training source both hold do neither)"),
 ]
 
 

@@ -253,10 +253,9 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
     if cfg.holdout_source:
         train_idx, val_idx = holdout_source_split(table, cfg.holdout_source, cfg.data, cfg.holdout_max_images,
                                                   cfg.split_seed_or_seed())
-        shared = sum(table.samples[i].also_in is not None for i in train_idx if table.samples[i].origin is None)
+        shared = sum(s.also_in is not None for s in table.samples)
         print(f"held-out source {cfg.holdout_source}: {len(train_idx)} train / {len(val_idx)} validation images"
-              + (f" ({shared} of its images that a training source holds too train, never validate)" if shared
-                 else ""))
+              + (f"; {shared} images both sources hold do neither" if shared else ""))
     else:
         train_idx, val_idx = splits_with_extras(table, None, cfg.val_fraction, cfg.split_seed_or_seed(),
                                                 validate_extras=cfg.val_sources == "all")[0]
