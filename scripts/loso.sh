@@ -35,7 +35,10 @@ case $RECIPE in
   *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full)" >&2
      exit 2 ;;
 esac
-ROOT=runs/loso; [ "$HOLDOUT" = Train ] || ROOT=runs/loso-$HOLDOUT
+# runs/loso2: since session 9 --holdout-source leaves the images both sources hold (the 9-class split's ~1,300
+# HAM10000 pictures) out of training AND validation; runs/loso* (before) validated on them -- not comparable, see
+# scripts/loso_by_collection.py
+ROOT=runs/loso2; [ "$HOLDOUT" = Train ] || ROOT=runs/loso2-$HOLDOUT
 # SPLIT_SEED=42: every seed validates on the same sample of the held-out source (HAM10000 has more images than
 # --holdout-max-images, so otherwise each seed draws its own and their ensemble shares few images)
 if [ -n "${SPLIT_SEED:-}" ]; then COMMON+=(--split-seed "$SPLIT_SEED"); ROOT=$ROOT-split$SPLIT_SEED; fi

@@ -59,3 +59,24 @@ def test_loso_ensemble_scores_the_mean_of_seeds_on_shared_images(tmp_path):
     assert done.returncode == 0, done.stderr
     row = done.stdout.strip().splitlines()[-1]
     assert row.startswith("| base | 2 | 8 (4 melanoma) | 0.500 ± 0.000 |") and row.endswith("| 1.000 |")
+
+
+def test_loso_by_collection_scores_the_older_archive_alone(tmp_path, ham_dir):
+    """Melanomas from the older archive, non-melanomas partly HAM10000 pictures (the pre-session-9 LOSO set): a
+    seed that only tells the collections apart scores 0.75 on all images but 0.5 (chance) on the older archive."""
+    ham_id = (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()[1].split(",")[1]
+    images = [f"ISIC_000000{i}.jpg" for i in range(4)] + [f"{ham_id}.jpg", f"{ham_id} (1).jpg",
+                                                          "ISIC_0000010.jpg", "ISIC_0000011.jpg"]
+    truth = [True] * 4 + [False] * 4
+    probs = [0.9] * 4 + [0.1, 0.1, 0.9, 0.9]  # HAM10000 pictures low, everything of the older archive high
+    for seed in (1, 2):
+        run = tmp_path / "loso" / f"base-seed{seed}"
+        run.mkdir(parents=True)
+        rows = ["image,melanoma_probability,label"] + [
+            f"{im},{p},{'melanoma' if t else 'nevus'}" for im, p, t in zip(images, probs, truth)]
+        (run / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "loso_by_collection.py"), str(tmp_path / "loso")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    row = done.stdout.strip().splitlines()[-1]
+    assert row == ("| loso/base | 2 | 0.750 ± 0.000 (8) | 0.500 ± 0.000 (6, 4 melanomas) | 0.750 | 0.500 |"), row
