@@ -35,26 +35,27 @@ from melanoma.predict import Predictor  # noqa: E402
 BLOCKS = (0, 5, 6)
 
 
-def _embed(net, predictor, images) -> dict[str, np.ndarray]:
+def _embed(net, predictor, images, layers: list[str], widths: list[int]) -> dict[str, np.ndarray]:
     """Pre-logits, logits, input statistics and the statistics of BLOCKS of every network, for one batch."""
-    networks = list(net.members) if hasattr(net, "members") else [net]
-    layers = [f"members.{i}.blocks.{k}" if hasattr(net, "members") else f"blocks.{k}"
-              for k in BLOCKS for i in range(len(networks))]
     x = torch.stack([predictor.preprocess(im) for im in images])
     features, logits = referral.embed(net, x, layers)
-    pre_width = features.shape[1] - referral.layer_width(net, layers, x.shape[-1])
+    pre_width = features.shape[1] - sum(widths)
     out = {"pre": features[:, :pre_width].double().numpy(), "logits": logits.double().numpy(),
            "stats": np.asarray(predictor.input_statistics(x))}
-    stats = features[:, pre_width:].double().numpy()
-    widths = [referral.layer_width(net, [name], x.shape[-1]) for name in layers]
-    parts = np.split(stats, np.cumsum(widths)[:-1], axis=1)
+    parts = np.split(features[:, pre_width:].double().numpy(), np.cumsum(widths)[:-1], axis=1)
     for k in BLOCKS:
         out[f"b{k}"] = np.hstack([p for p, name in zip(parts, layers) if name.endswith(f"blocks.{k}")])
     return out
 
 
 def embed_all(net, predictor, items, batch: int = 32) -> dict[str, np.ndarray]:
-    parts = [_embed(net, predictor, [load_image(p) if isinstance(p, str) else p for p in items[i:i + batch]])
+    networks = list(net.members) if hasattr(net, "members") else [net]
+    layers = [f"members.{i}.blocks.{k}" if hasattr(net, "members") else f"blocks.{k}"
+              for k in BLOCKS for i in range(len(networks))]
+    size = int(predictor.meta["preprocessing"]["input_size"])
+    widths = [referral.layer_width(net, [name], size) for name in layers]  # once, not per batch
+    parts = [_embed(net, predictor, [load_image(p) if isinstance(p, str) else p for p in items[i:i + batch]],
+                    layers, widths)
              for i in range(0, len(items), batch)]
     return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
