@@ -24,7 +24,7 @@ from torch import nn
 from melanoma.artifacts import HASH_KEY
 from melanoma.errors import ConfigError, ModelError
 from melanoma.predict import ONNX_CLASSES_KEY, ONNX_EXTRA_KEY, ONNX_HASH_KEY, ONNX_META_KEY
-from melanoma.referral import capture, embed
+from melanoma.referral import capture, embed, layers_of
 
 PARITY_TOLERANCE = 1e-4  # max |logit difference| between onnxruntime and PyTorch eager
 # torch.onnx's exporter writes opset 18 natively. Below it, it calls a down-converter that fails on this project's
@@ -123,7 +123,7 @@ def export_onnx(model_path, out, opset: int = 18) -> dict:
     opset = check_opset(opset)
     model, meta = load_model(model_path)
     size, num_classes = int(meta["preprocessing"]["input_size"]), len(meta["class_names"])
-    layers = (meta.get("referral") or {}).get("layers") or []
+    layers = layers_of(meta)
     try:
         proto = _export_proto(LogitsAndFeatures(model, layers), size, opset)
     except ModelError:

@@ -269,7 +269,7 @@ class Predictor:
         from melanoma.artifacts import load_model
 
         model, meta = load_model(path)
-        return cls(_TorchBackend(model, (meta.get("referral") or {}).get("layers") or ()), meta, str(path))
+        return cls(_TorchBackend(model, referral.layers_of(meta)), meta, str(path))
 
     def model_input(self, image) -> np.ndarray:
         """Any accepted image (PIL, path, uint8 array/tensor) -> the normalised model input, float32 [3, S, S]."""

@@ -133,6 +133,12 @@ def _submodule(model: nn.Module, name: str) -> nn.Module:
                          "the model file does not match its model.json") from None
 
 
+def layers_of(meta: dict) -> list[str]:
+    """The layers a model's fitted referral reads (model.json `referral.layers`; none before version 3): what
+    `embed` and the ONNX export must append to the features."""
+    return list((meta.get("referral") or {}).get("layers") or [])
+
+
 def layer_width(model: nn.Module, layers, image_size: int) -> int:
     """How many feature columns the statistics of `layers` add (`fit_referral`'s layer_dim): one dry forward."""
     import torch

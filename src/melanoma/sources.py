@@ -185,22 +185,32 @@ def source_names(table, primary_data: str) -> dict[str, str | None]:
     return names
 
 
+def source_origin(table, source: str, primary_data: str) -> str | None:
+    """The `origin` of the source a user named (ConfigError naming the known sources otherwise)."""
+    names = source_names(table, primary_data)
+    if source not in names:
+        known = ", ".join(sorted({Path(k).name for k in names}))
+        raise ConfigError(f"--holdout-source {source}: not a training source (sources: {known})")
+    return names[source]
+
+
+def shared_with_source(table, origin: str | None) -> np.ndarray:
+    """Mask of the images that the source `origin` and another source both hold (`Sample.also_in`)."""
+    return np.array([s.also_in is not None and origin in (s.origin, s.also_in) for s in table.samples], bool)
+
+
 def holdout_source_split(table, source: str, primary_data: str, max_val: int | None, seed: int
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Leave one source out: train on every other source, validate on `source` (the question a new clinic asks).
     No image the held-out source holds trains; at most `max_val` of its images validate (a stratified, group-aware
     sample, so photos of one lesion stay together); the rest is unused. Images that the held-out source AND a
-    training source hold (`Sample.also_in`: the 9-class Train split's 1,700-odd HAM10000 pictures) do neither:
-    validating on them made the "new source" two-thirds HAM10000 pictures with 3 of its ~360 melanomas, so its
+    training source hold (`shared_with_source`: the 9-class Train split's ~1,300 HAM10000 pictures) do neither:
+    validating on them made the "new source" two-thirds HAM10000 pictures with none of its 362 melanomas, so its
     melanoma AUC was partly a which-collection score; training on them (holding HAM10000 out) would train on the
     held-out source (docs/results.md, session 9)."""
-    names = source_names(table, primary_data)
-    if source not in names:
-        known = ", ".join(sorted({Path(k).name for k in names}))
-        raise ConfigError(f"--holdout-source {source}: not a training source (sources: {known})")
-    origin = names[source]
+    origin = source_origin(table, source, primary_data)
     own = np.array([s.origin == origin for s in table.samples])
-    shared = np.array([s.also_in is not None and origin in (s.origin, s.also_in) for s in table.samples])
+    shared = shared_with_source(table, origin)
     held, train = np.flatnonzero(own & ~shared).astype(np.int64), np.flatnonzero(~own & ~shared).astype(np.int64)
     held = np.setdiff1d(held, coarse_indices(table))  # a coarse label neither trains here nor validates
     if len(train) == 0:

@@ -32,7 +32,8 @@ from melanoma.labelmaps import find_melanoma_class
 from melanoma.lightning_module import LesionClassifier
 from melanoma.models import default_preprocessing, pretrained_by_default
 from melanoma.runlog import checkpoint_epochs, set_aside_log, settle_log
-from melanoma.sources import holdout_source_split, load_extra_sources, loss_targets, splits_with_extras
+from melanoma.sources import (holdout_source_split, load_extra_sources, loss_targets, shared_with_source,
+                              source_origin, splits_with_extras)
 
 RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-run the same command
 
@@ -253,7 +254,7 @@ def train(cfg: TrainConfig, callbacks=()) -> dict:
     if cfg.holdout_source:
         train_idx, val_idx = holdout_source_split(table, cfg.holdout_source, cfg.data, cfg.holdout_max_images,
                                                   cfg.split_seed_or_seed())
-        shared = sum(s.also_in is not None for s in table.samples)
+        shared = int(shared_with_source(table, source_origin(table, cfg.holdout_source, cfg.data)).sum())
         print(f"held-out source {cfg.holdout_source}: {len(train_idx)} train / {len(val_idx)} validation images"
               + (f"; {shared} images both sources hold do neither" if shared else ""))
     else:
