@@ -38,7 +38,7 @@ from melanoma.errors import ModelError
 
 PREFIX = "ensemble("
 MIN_HELDOUT = 4  # referral fitting needs at least 4 held-out images (far more for stable thresholds)
-PREPROCESSING_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "color_constancy")
+PREPROCESSING_KEYS = ("input_size", "resize", "interpolation", "mean", "std", "color_constancy", "detail_size")
 
 
 def ensemble_name(architectures: list[str]) -> str:
@@ -258,11 +258,11 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     {"out", "members", "heldout", "metrics", "melanoma_alert"}. weights_dtype "float16" / "int8" stores the
     members at a half / a quarter of the size; they are rounded BEFORE the held-out predictions, so the
     threshold, referral and metrics are those of the weights that ship."""
-    from melanoma import input_check, metrics
+    from melanoma import metrics
     from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
-    from melanoma.finalize import (calibrate_and_threshold, headline_metrics, infer, source_of, training_sources,
-                                   write_predictions)
-    from melanoma.referral import Referrer, fit_referral, layer_width, softmax, tap_layers
+    from melanoma.finalize import (calibrate_and_threshold, fit_referral_on_validation, headline_metrics, infer,
+                                   source_of, training_sources, write_predictions)
+    from melanoma.referral import softmax, tap_layers
 
     out = Path(out)
     if (out / "model.json").exists():
@@ -303,10 +303,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
         threshold = float(metrics.choose_alert_threshold(labels == mel, probs[:, mel], target))
     roots = training_sources(first)
     sources = [source_of(p, roots) for p in paths]  # several sources: worst-source referral limits
-    referral_meta, tensors = fit_referral(features, logits, labels, 1.0, seed=seed, sources=sources, layers=layers,
-                                          layer_dim=layer_width(net, layers, int(pre["input_size"])))
-    referral_meta["input_check"] = input_check.fit(image_stats)
-    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
+    referral_meta, tensors, refer, reasons = fit_referral_on_validation(
+        net, layers, (logits, features, image_stats), probs, labels, 1.0, sources, int(pre["input_size"]), seed)
     full = metrics.compute_metrics(labels, probs, classes, melanoma_class=mel_class, alert_threshold=threshold,
                                    bootstrap=bootstrap, seed=seed)
     head = headline_metrics(full)

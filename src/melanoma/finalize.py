@@ -152,6 +152,19 @@ def headline_metrics(m: dict) -> dict:
             "melanoma_specificity": value(mel.get("specificity")), "n": m.get("n_images")}
 
 
+def fit_referral_on_validation(model, layers, outputs, probs, labels, temperature: float, sources, input_size: int,
+                               seed: int):
+    """Fit the referral (referral.fit_referral, worst-source limits) and the input check on a model's validation
+    outputs (`infer`'s logits, features, image statistics), then refer those images with them.
+    Returns (referral metadata, referral tensors, refer [N] bool, reasons [N])."""
+    logits, features, image_stats = outputs
+    referral_meta, tensors = fit_referral(features, logits, labels, temperature, seed=seed, sources=sources,
+                                          layers=layers, layer_dim=layer_width(model, layers, input_size))
+    referral_meta["input_check"] = input_check.fit(image_stats)
+    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
+    return referral_meta, tensors, refer, reasons
+
+
 def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, train_idx, val_idx,
                    seconds: float) -> dict:
     """Best weights -> calibration, alert threshold, referral, metrics, model artifact and result.json."""
@@ -166,11 +179,9 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
                                                             cfg.target_sensitivity)
     roots = [str(Path(d).resolve()) for d in [cfg.data, *cfg.extra_data]]
     sources = [source_of(table.samples[i].path, roots) for i in val_idx]  # several: worst-source referral limits
-    referral_meta, tensors = fit_referral(features, logits, labels, calibration["temperature"], seed=cfg.seed,
-                                          sources=sources, layers=layers,
-                                          layer_dim=layer_width(model, layers, int(pre["input_size"])))
-    referral_meta["input_check"] = input_check.fit(image_stats)
-    refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
+    referral_meta, tensors, refer, reasons = fit_referral_on_validation(
+        model, layers, (logits, features, image_stats), probs, labels, calibration["temperature"], sources,
+        int(pre["input_size"]), cfg.seed)
     full = metrics.compute_metrics(labels, probs, table.classes, melanoma_class=mel_class,
                                    alert_threshold=threshold, bootstrap=int(cfg.extra.get("bootstrap", 1000)),
                                    seed=cfg.seed, groups=[table.samples[i].group for i in val_idx])
