@@ -198,6 +198,7 @@ def test_default_preprocessing():
     assert seed == {"input_size": 180, "resize": 180, "interpolation": "bilinear",
                     "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0], "color_constancy": "none"}
     assert default_preprocessing("efficientnet_lite0", image_size=180)["resize"] == round(180 / 0.875)
+    assert default_preprocessing("efficientnet_lite0", detail_size=150) == {**lite, "detail_size": 150}
     assert default_preprocessing("resnet18")["mean"] == pytest.approx([0.485, 0.456, 0.406])
     # native sizes and timm's crop percentages: 240 / 0.882 = 272, 260 / 0.89 = 292
     assert [default_preprocessing(n)["input_size"] for n in LITE_MODELS] == [224, 240, 260]

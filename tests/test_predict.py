@@ -194,15 +194,17 @@ def test_cli_predict_explain_writes_pngs(model_dir, tiny_isic, tmp_path):
     assert len(list((tmp_path / "cams").glob("*.png"))) == 2
 
 
-@pytest.mark.parametrize("constancy", ["none", "shades_of_gray"])
+@pytest.mark.parametrize("constancy,detail", [("none", None), ("shades_of_gray", None), ("shades_of_gray", 150)])
 @pytest.mark.parametrize("size", [(180, 180), (200, 150)], ids=["square", "landscape"])
-def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size, constancy):
+def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size, constancy, detail):
     """Predict must feed the model the pixels validation (thresholds, temperature, referral) was computed on:
     the trainer decodes through transforms.prepare_image (PIL resize, colour constancy), then eval_transform."""
     from melanoma.datamodule import decode_prepared  # the trainer's cache decoder
 
     predictor = Predictor.load(build_test_model(tmp_path / "m", image_size=64))
     predictor.meta["preprocessing"]["color_constancy"] = constancy
+    if detail:
+        predictor.meta["preprocessing"]["detail_size"] = detail
     path = tmp_path / "img.png"
     Image.open(_images(tiny_isic)[0]).convert("RGB").resize(size).save(path)
     cached = eval_transform(predictor.pre)(decode_prepared(path, predictor.pre))

@@ -120,7 +120,7 @@ def test_ddp_two_cpu_processes_see_disjoint_samples_and_write_one_model(tiny_isi
 def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
     ham = make_mini_ham(ham_dir, tmp_path / "ham", 40)
     cfg = tiny_config(tiny_isic, tmp_path / "run", extra_data=[str(ham)], samples_per_epoch=16,
-                      color_constancy="shades_of_gray",
+                      color_constancy="shades_of_gray", detail_size=150,
                       max_train_batches=None, lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"))
     result = train(cfg)
     run = Path(result["run"])
@@ -128,7 +128,7 @@ def test_extra_data_only_trains_and_is_recorded(tiny_isic, ham_dir, tmp_path):
     assert 0 < summary["n_images"] <= 40 and summary["sources"][0]["mapped"] == 40
     meta = json.loads((run / "model.json").read_text())
     assert meta["data"]["extra_sources"] == [str(ham.resolve())] and Path(meta["data"]["source"]).is_absolute()
-    assert meta["preprocessing"]["color_constancy"] == "shades_of_gray"
+    assert meta["preprocessing"]["color_constancy"] == "shades_of_gray" and meta["preprocessing"]["detail_size"] == 150
     _, loaded = load_model(run)  # every image of both sources is fingerprinted, also those training left out
     assert len(loaded["extra"]["fingerprint.pixel"]) == 45 + 40
     predicted = (run / "val_predictions.csv").read_text()

@@ -341,9 +341,14 @@ def _add_train(sub) -> None:
     p.add_argument("--color-constancy", choices=["none", "shades_of_gray"],
                    help="colour normalisation before the network, stored in model.json and applied on every path "
                         "(default: none; shades_of_gray evens out clinic / device colour casts)")
+    p.add_argument("--detail-size", type=POSITIVE_INT, metavar="PX",
+                   help="reduce every larger image to this shorter side first, on every path (stored in model.json), "
+                        "so sharper sources do not look different from the lowest-resolution one (e.g. 150 for "
+                        "HAM10000's 200x150 copies; default: off)")
     p.add_argument("--augmentation", choices=AUGMENTATION_LEVELS,
                    help="training augmentation (default: standard; strong adds wider colour jitter, blur and JPEG "
-                        "re-compression; measured WORSE on a new source, see docs)")
+                        "re-compression; measured WORSE on a new source, see docs; resolution: half the draws first shrunk to "
+                        "40-100%% of their size and enlarged back, so detail stops being a cue)")
     p.add_argument("--extra-data", action="append", metavar="DIR", type=existing_path,
                    help="extra dataset that trains (repeatable), e.g. ../shared/data/ham10000; it validates only "
                         "with --val-sources all or --holdout-source; its copies of primary images and lesions are "

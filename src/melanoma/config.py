@@ -11,7 +11,7 @@ import yaml
 from melanoma.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
-AUGMENTATION_LEVELS = ("standard", "strong")  # transforms.augmentation_ops; here so the CLI needs no torch import
+AUGMENTATION_LEVELS = ("standard", "strong", "resolution")  # transforms.augmentation_ops; here so the CLI needs no torch import
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 
@@ -27,6 +27,8 @@ class TrainConfig:
     epochs: int = 12
     image_size: int | None = None         # None: the model's default input size
     color_constancy: str = "none"         # none | shades_of_gray (applied on every path, stored in model.json)
+    detail_size: int | None = None        # larger images are first reduced to this shorter side (px), on every
+                                          # path, so every source shows one level of detail (None: off)
     augmentation: str = "standard"        # standard | strong (wider colour jitter + blur + JPEG: for new sources)
     batch_size: int = 32
     lr: float | None = None               # None: 1e-3 for seed-cnn (Adam, as the notebooks), 5e-4 otherwise (AdamW)
@@ -88,6 +90,8 @@ class TrainConfig:
              "conflict policy 'reference' needs --extra-data, whose labels settle the conflicts"),
             (self.color_constancy in ("none", "shades_of_gray"),
              f"unknown colour constancy {self.color_constancy!r} (none or shades_of_gray)"),
+            (self.detail_size is None or self.detail_size >= 16,
+             f"detail size must be at least 16 px, got {self.detail_size}"),
             (self.augmentation in AUGMENTATION_LEVELS,
              f"unknown augmentation level {self.augmentation!r} (use {' or '.join(AUGMENTATION_LEVELS)})"),
             (self.samples_per_epoch is None or self.samples_per_epoch >= 1,

@@ -4,7 +4,8 @@ the eval preprocessing of inference (PIL + numpy only, no torch: ONNX prediction
 `data.py` re-exports `load_image`; other modules should import it from there.
 
 Eval preprocessing (`model_input`), the ONE path of `Predictor` for both backends:
-    decode -> resize the shorter side to pre["resize"] (PIL bicubic) -> colour constancy (pre["color_constancy"])
+    decode -> [larger than pre["detail_size"]: reduce the shorter side to it first] -> resize the shorter side
+    to pre["resize"] (PIL bicubic) -> colour constancy (pre["color_constancy"])
     -> centre crop pre["input_size"] -> float32 [0, 1] -> (x - mean) / std, channels first.
 It equals `transforms.eval_transform(pre)(prepare_image(image, pre))` (the trainer's validation path) within 1e-6
 (tests/test_predict.py compares them on real images).
@@ -234,10 +235,19 @@ def shades_of_gray(image: Image.Image, power: int = 6) -> Image.Image:
 
 def prepare_image(image: Image.Image, pre: dict) -> Image.Image:
     """The deterministic PIL stage EVERY path shares (training cache, predict, evaluate, explain, export parity):
-    resize the shorter side to pre["resize"], then the colour constancy pre["color_constancy"] names (if any)."""
+    reduce an image whose shorter side exceeds pre["detail_size"] (if set) to it, resize the shorter side to
+    pre["resize"], then apply the colour constancy pre["color_constancy"] names (if any).
+
+    Why detail_size: sources come at different resolutions (HAM10000 copies 200x150, the 9-class split 180x180,
+    clinic cameras megapixels). Resized straight to `resize`, a sharp source and an upsampled low-resolution one
+    differ in fine detail, a cue a network learns and that says nothing about the lesion. Reduced to the lowest
+    source's shorter side first, every image carries the same detail (measured in docs/results.md, session 10)."""
     method = pre.get("color_constancy") or "none"
     if method not in COLOR_CONSTANCY:
         raise ConfigError(f"unknown colour constancy {method!r} in preprocessing (use {' or '.join(COLOR_CONSTANCY)})")
+    detail = pre.get("detail_size")
+    if detail and min(image.size) > int(detail):
+        image = resize_shorter_side(image, int(detail))  # same level of detail as the lowest-resolution source
     image = resize_shorter_side(image, int(pre.get("resize", pre["input_size"])))
     return shades_of_gray(image) if method == "shades_of_gray" else image
 

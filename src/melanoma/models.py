@@ -451,15 +451,17 @@ def _timm_data_config(name: str) -> dict:
     return resolve_data_config(pretrained_cfg=cfg.to_dict())
 
 
-def default_preprocessing(name: str, image_size: int | None = None, color_constancy: str = "none") -> dict:
+def default_preprocessing(name: str, image_size: int | None = None, color_constancy: str = "none",
+                          detail_size: int | None = None) -> dict:
     """The eval/train preprocessing for model `name`, in the form stored in model.json:
     {"input_size": int, "resize": int (shorter side before the centre crop), "interpolation": str,
-    "mean": [3 floats], "std": [3 floats], "color_constancy": "none" | "shades_of_gray"}.
+    "mean": [3 floats], "std": [3 floats], "color_constancy": "none" | "shades_of_gray"}, plus
+    "detail_size": int (larger images are first reduced to that shorter side) when `detail_size` is given.
     `image_size` overrides input_size (resize scales with it). An ensemble: its first member's."""
     if _is_ensemble_name(name):
         from melanoma.ensemble import member_architectures
 
-        return default_preprocessing(member_architectures(name)[0], image_size, color_constancy)
+        return default_preprocessing(member_architectures(name)[0], image_size, color_constancy, detail_size)
     if name in _REGISTRY:
         cfg = dict(_REGISTRY[name].default_cfg)
     elif _is_timm_model(name):
@@ -476,6 +478,7 @@ def default_preprocessing(name: str, image_size: int | None = None, color_consta
         "mean": [float(v) for v in cfg["mean"]],
         "std": [float(v) for v in cfg["std"]],
         "color_constancy": color_constancy,
+        **({"detail_size": int(detail_size)} if detail_size else {}),
     }
 
 

@@ -240,6 +240,8 @@ def describe_limitations(meta: dict) -> list[str]:
 def _preprocessing_text(pre: dict) -> str:
     size, resize = pre.get("input_size"), pre.get("resize", pre.get("input_size"))
     text = f"{size} x {size} px centre crop after resizing the shorter side to {resize} px"
+    if pre.get("detail_size"):
+        text = f"larger images first reduced to a {pre['detail_size']} px shorter side, then " + text
     if (pre.get("color_constancy") or "none") != "none":
         text += f", {pre['color_constancy'].replace('_', '-')} colour constancy"
     return text

@@ -240,7 +240,8 @@ def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, c
 def train(cfg: TrainConfig, callbacks=()) -> dict:
     """Train as configured; returns {"run": path, "summary": headline numbers, ...}. See docs/DESIGN.md."""
     cfg = resolve_defaults(cfg.validate()).absolutize()
-    pre = default_preprocessing(cfg.model, image_size=cfg.image_size, color_constancy=cfg.color_constancy)
+    pre = default_preprocessing(cfg.model, image_size=cfg.image_size, color_constancy=cfg.color_constancy,
+                                detail_size=cfg.detail_size)
     cfg.image_size = int(pre["input_size"])
     cfg.precision = resolve_precision(cfg)  # measured once per machine; stored so a resume never re-decides
     L.seed_everything(cfg.seed, workers=True, verbose=False)
