@@ -19,6 +19,7 @@ HAM=${HAM:-../shared/data/ham10000}
 DEVICE=${DEVICE:-cpu}
 MEMBERS=${MEMBERS:-6}
 SIZE=${SIZE:-160}
+AUGMENTATION=${AUGMENTATION:-standard}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
 case $DEVICE in
   cpu) HARDWARE=() ;;
@@ -28,7 +29,7 @@ esac
 RECIPE=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --conflict-policy reference
         --color-constancy shades_of_gray --model efficientnet_lite0 --image-size "$SIZE" --epochs 10
         --samples-per-epoch 3200 --val-fraction 0.2 --val-sources all --monitor mel_auc --split-seed 42
-        --batch-size 32 --config scripts/cpu_long.yaml)
+        --batch-size 32 --augmentation "$AUGMENTATION" --config scripts/cpu_long.yaml)
 if [ "${SMOKE:-0}" = 1 ]; then  # the recipe's command lines, two CPU steps
   HARDWARE=(--max-train-batches 2 --epochs 1 --samples-per-epoch 64 --num-workers 0)
   [ "$DEVICE" = gpu ] && HARDWARE+=(--accelerator cpu --precision 32-true)

@@ -80,3 +80,27 @@ def test_loso_by_collection_scores_the_older_archive_alone(tmp_path, ham_dir):
     assert done.returncode == 0, done.stderr
     row = done.stdout.strip().splitlines()[-1]
     assert row == ("| loso/base | 2 | 0.750 ± 0.000 (8) | 0.500 ± 0.000 (6, 4 melanomas) | 0.750 | 0.500 |"), row
+
+
+def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path, shared_train, ham_dir):
+    """A random-weight model: the script predicts the older archive's own images and HAM10000's apart (the 9-class
+    split's HAM10000 pictures in neither), at each level, and keeps a model's own detail size as the floor."""
+    from melanoma.artifacts import build_test_model
+
+    ham_ids = {line.split(",")[1] for line in (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()[1:]}
+    older = {c: [p for p in sorted((shared_train / c).glob("*.jpg")) if p.stem not in ham_ids][:3]
+             for c in ("melanoma", "nevus")}
+    ham_picture = next(p for p in sorted((shared_train / "nevus").glob("*.jpg")) if p.stem in ham_ids)
+    ham = sorted((ham_dir / "images").glob("*.jpg"))[:4]
+    rows = [(p, c) for c, ps in older.items() for p in ps] + [(ham_picture, "nevus")]
+    rows += [(p, "melanoma" if i % 2 else "nevus") for i, p in enumerate(ham)]
+    model = build_test_model(tmp_path / "m", image_size=48)
+    (model / "val_predictions.csv").write_text("image,path,label\n" + "".join(
+        f"{p.name},{p},{label}\n" for p, label in rows))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "detail_robustness.py"), str(model),
+                           "--levels", "0", "100"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
+    assert [(cells[1], " ".join(cells[2:-3])) for cells in lines] == [
+        ("stored", "older archive"), ("stored", "HAM10000"), ("100", "older archive"), ("100", "HAM10000")]
+    assert all(0.0 <= float(cells[-3]) <= 1.0 for cells in lines)

@@ -7,8 +7,8 @@ from PIL import Image
 
 from melanoma.config import TrainConfig
 from melanoma.errors import ConfigError
-from melanoma.transforms import (TTA_VIEW_NAMES, RandomRot90, augmentation_ops, eval_transform, invert_tta_views,
-                                 prepare_image, shades_of_gray, train_transform, tta_views)
+from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomRot90, augmentation_ops, eval_transform,
+                                 invert_tta_views, prepare_image, shades_of_gray, train_transform, tta_views)
 
 PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -62,6 +62,28 @@ def test_strong_augmentation_adds_blur_and_jpeg_and_keeps_the_output_contract(pi
     outs = [train_transform(PRE, "strong")(x) for _ in range(8)]  # JPEG needs uint8: it runs before ToDtype
     assert all(o.shape == (3, 64, 64) and o.dtype == torch.float32 for o in outs)
     assert all(-1.0 - 1e-6 <= o.min() and o.max() <= 1.0 + 1e-6 for o in outs)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_resolution_augmentation_keeps_the_size_and_loses_detail(as_tensor):
+    kinds = lambda level: {type(t).__name__ for op in augmentation_ops(64, level=level)  # noqa: E731
+                           for t in getattr(op, "transforms", [op])}
+    assert "RandomDetailLoss" in kinds("resolution") and "RandomDetailLoss" not in kinds("standard")
+    stripes = _fine_stripes(90)
+    x = as_uint8_tensor(stripes) if as_tensor else stripes
+    lose = RandomDetailLoss(0.4)
+    torch.manual_seed(0)
+    outs = [lose(x) for _ in range(5)]
+    size = lambda im: tuple(im.shape[-2:]) if as_tensor else im.size[::-1]  # noqa: E731
+    assert all(size(o) == (90, 120) for o in outs)  # same size, less detail
+    contrast = lambda im: np.asarray(im, dtype=np.float32).std()  # noqa: E731
+    assert all(contrast(o) < 0.9 * contrast(x) for o in outs)
+    torch.manual_seed(0)
+    out = [train_transform(PRE, "resolution")(x) for _ in range(4)]
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.float32 for o in out)
+    with pytest.raises(ConfigError, match="min_scale must be in"):
+        RandomDetailLoss(0.0)
+    TrainConfig(data="x", augmentation="resolution").validate()
 
 
 def test_unknown_augmentation_level_is_config_error():
@@ -132,3 +154,31 @@ def test_prepare_image_resizes_then_applies_the_named_constancy(pil_image):
                           np.asarray(prepare_image(pil_image, PRE)))
     with pytest.raises(ConfigError, match="colour constancy 'grey-world'"):
         prepare_image(pil_image, {**PRE, "color_constancy": "grey-world"})
+
+
+def _fine_stripes(shorter_side: int) -> Image.Image:
+    """Black and white stripes one pixel wide: detail that a reduction to a smaller size must blur."""
+    stripes = np.tile((np.arange(shorter_side * 4 // 3) % 2 * 255).astype(np.uint8), (shorter_side, 1))
+    return Image.fromarray(np.stack([stripes] * 3, axis=-1))
+
+
+def test_detail_size_reduces_a_sharper_image_to_the_lowest_sources_detail():
+    sharp = _fine_stripes(180)  # e.g. a 9-class copy next to a source stored at 150 px
+    plain = np.asarray(prepare_image(sharp, PRE), dtype=np.float32)
+    reduced = np.asarray(prepare_image(sharp, {**PRE, "detail_size": 40}), dtype=np.float32)
+    assert reduced.shape == plain.shape == (73, 97, 3)  # same output size, less detail
+    assert reduced.std() < plain.std()
+    # the same picture stored at the detail size and upsampled gets the same pixels
+    low = sharp.resize((53, 40), Image.BICUBIC)
+    np.testing.assert_array_equal(reduced, np.asarray(prepare_image(low, PRE), dtype=np.float32))
+
+
+def test_detail_size_leaves_images_at_or_below_it_alone(pil_image):
+    for detail in (90, 200):  # shorter side 90: equal to, and below, the detail size
+        assert np.array_equal(np.asarray(prepare_image(pil_image, {**PRE, "detail_size": detail})),
+                              np.asarray(prepare_image(pil_image, PRE)))
+
+
+def test_detail_size_is_validated():
+    with pytest.raises(ConfigError, match="detail size must be at least 16 px, got 8"):
+        TrainConfig(data="x", detail_size=8).validate()

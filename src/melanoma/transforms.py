@@ -44,6 +44,30 @@ class RandomRot90(v2.Transform):
         return inpt
 
 
+class RandomDetailLoss(v2.Transform):
+    """Shrink the image to a random `min_scale`..1 of its size (antialiased) and enlarge it back to its size: the
+    detail a lower-resolution camera, a smaller copy or a softer focus leaves. The shipped model of session 8
+    learned detail as a cue: its older-archive validation images reduced to a 120 px shorter side before the
+    usual resize were alerted 91% of the time instead of 66% (docs/results.md, session 10)."""
+
+    def __init__(self, min_scale: float = 0.4, interpolation=InterpolationMode.BICUBIC):
+        super().__init__()
+        if not 0.0 < min_scale <= 1.0:
+            raise ConfigError(f"detail loss min_scale must be in (0, 1], got {min_scale}")
+        self.min_scale, self.interpolation = min_scale, interpolation
+
+    def make_params(self, flat_inputs):
+        return {"scale": float(torch.empty(()).uniform_(self.min_scale, 1.0))}
+
+    def transform(self, inpt, params):
+        if not isinstance(inpt, (torch.Tensor, Image.Image)):
+            return inpt
+        h, w = v2.functional.get_size(inpt)
+        small = [max(8, round(h * params["scale"])), max(8, round(w * params["scale"]))]
+        shrunk = v2.functional.resize(inpt, small, interpolation=self.interpolation, antialias=True)
+        return v2.functional.resize(shrunk, [h, w], interpolation=self.interpolation, antialias=True)
+
+
 def _interpolation(pre: dict) -> InterpolationMode:
     name = pre.get("interpolation", "bilinear")
     try:
@@ -58,11 +82,15 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
 
     level "strong" widens the colour jitter and adds blur and JPEG re-compression: the ways images of one lesion
     differ between clinics (light source, optics and focus, camera compression). Measured on a source the model
-    never saw (scripts/transfer_check.sh strong) it LOST 0.04 melanoma AUC: kept as an option, not the default."""
+    never saw (scripts/transfer_check.sh strong) it LOST 0.04 melanoma AUC: kept as an option, not the default.
+    level "resolution" is "standard" with half the draws first shrunk to 40-100% of their size and enlarged back
+    (RandomDetailLoss), so that the level of detail stops being a cue for the class."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     strong = level == "strong"
-    ops = [
+    # "resolution": half the draws lose detail first (before the crop, so the crop's own resize stays last)
+    ops = [v2.RandomApply([RandomDetailLoss(0.4, interpolation)], p=0.5)] if level == "resolution" else []
+    ops += [
         v2.RandomResizedCrop(size, scale=(0.6, 1.0), ratio=(3 / 4, 4 / 3), interpolation=interpolation,
                              antialias=True),
         v2.RandomHorizontalFlip(),

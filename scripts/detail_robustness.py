@@ -1,0 +1,75 @@
+"""Does a model's melanoma output depend on how much detail an image carries? (session 10)
+
+For each run, its validation images (RUN/val_predictions.csv) are predicted again with every image first reduced
+to a smaller shorter side (model.json preprocessing `detail_size`: what a lower-resolution camera or copy gives),
+per collection: the older ISIC archive's own images of the 9-class split (not HAM10000 pictures) and HAM10000.
+Printed per run and level: melanoma AUC, the share of images alerted at the model's own threshold, and the mean
+melanoma probability of the non-melanomas; then mean +- sd over the runs. A model that does not use detail as a
+cue keeps its alert share as the detail drops.
+
+    .venv/bin/python scripts/detail_robustness.py RUN... [--levels 0 150 120 100]   (0 = as stored)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from loso_by_collection import ham_ids  # scripts/ is on sys.path when this file runs as a script
+from melanoma.predict import Predictor
+
+
+def collections(val_csv: Path) -> dict[str, list[dict]]:
+    """Validation rows by collection; the 9-class split's HAM10000 pictures belong to neither and are left out."""
+    ham = ham_ids()
+    rows = list(csv.DictReader(val_csv.open(newline="")))
+    nine = [r for r in rows if "isic-9class" in r["path"]]
+    return {"older archive": [r for r in nine if Path(r["image"]).stem not in ham],
+            "HAM10000": [r for r in rows if "isic-9class" not in r["path"]]}
+
+
+def scores(predictor: Predictor, rows: list[dict]) -> dict[str, float]:
+    y = np.array([r["label"] == "melanoma" for r in rows])
+    p = predictor.predict_paths([r["path"] for r in rows]).melanoma_probability
+    return {"auc": roc_auc_score(y, p), "alerted": float(np.mean(p >= predictor.alert_threshold)),
+            "p_other": float(p[~y].mean())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--levels", nargs="+", type=int, default=[0, 150, 120, 100])
+    args = ap.parse_args(argv)
+    table = defaultdict(list)  # (collection, level) -> per-run score dicts
+    print(f"{'run':40s} {'level':>6s} {'collection':14s} {'AUC':>6s} {'alerted':>8s} {'p(mel) others':>14s}")
+    for run in args.runs:
+        predictor = Predictor.load(run)
+        stored = predictor.pre.get("detail_size")
+        groups = collections(run / "val_predictions.csv")
+        for level in args.levels:
+            predictor.pre.pop("detail_size", None)
+            if level or stored:  # a model trained with a detail size keeps it as the floor
+                predictor.pre["detail_size"] = min(v for v in (level, stored) if v)
+            for name, rows in groups.items():
+                s = scores(predictor, rows)
+                table[name, level].append(s)
+                print(f"{str(run):40s} {level or 'stored':>6} {name:14s} {s['auc']:6.3f} {s['alerted']:8.0%} "
+                      f"{s['p_other']:14.3f}", flush=True)
+    if len(args.runs) > 1:
+        print(f"\nmean +- sd over {len(args.runs)} runs")
+        for (name, level), rows in table.items():
+            cells = [f"{statistics.mean(r[k] for r in rows):.3f} +- {statistics.stdev(r[k] for r in rows):.3f}"
+                     for k in ("auc", "alerted", "p_other")]
+            print(f"{level or 'stored':>6} {name:14s} AUC {cells[0]}  alerted {cells[1]}  p(mel) others {cells[2]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
