@@ -33,7 +33,8 @@ case $RECIPE in
   long) EXTRA=(--epochs 5 --samples-per-epoch 1920) ;;  # 2.5x the draws of EPOCHS=4 DRAWS=960 (base's budget)
   full) EXTRA=(--epochs 10 --samples-per-epoch 3200 --batch-size 32) ;;  # the shipped members' budget (8.3x base)
   detail) EXTRA=(--detail-size 150) ;;  # every image first reduced to HAM10000's 150 px shorter side
-  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full, detail)" >&2
+  resolution) EXTRA=(--augmentation resolution) ;;  # half the draws shrunk to 40-100% and enlarged back
+  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full, detail, resolution)" >&2
      exit 2 ;;
 esac
 # runs/loso2: since session 9 --holdout-source leaves the images both sources hold (the 9-class split's ~1,300
