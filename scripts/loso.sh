@@ -34,7 +34,8 @@ case $RECIPE in
   full) EXTRA=(--epochs 10 --samples-per-epoch 3200 --batch-size 32) ;;  # the shipped members' budget (8.3x base)
   detail) EXTRA=(--detail-size 150) ;;  # every image first reduced to HAM10000's 150 px shorter side
   resolution) EXTRA=(--augmentation resolution) ;;  # half the draws shrunk to 40-100% and enlarged back
-  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full, detail, resolution)" >&2
+  *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full," \
+          "detail, resolution)" >&2
      exit 2 ;;
 esac
 # runs/loso2: since session 9 --holdout-source leaves the images both sources hold (the 9-class split's ~1,300

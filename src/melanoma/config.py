@@ -11,7 +11,8 @@ import yaml
 from melanoma.errors import ConfigError
 
 DEFAULT_MODEL = "efficientnet_lite0"
-AUGMENTATION_LEVELS = ("standard", "strong", "resolution")  # transforms.augmentation_ops; here so the CLI needs no torch import
+# transforms.augmentation_ops; here so the CLI needs no torch import
+AUGMENTATION_LEVELS = ("standard", "strong", "resolution")
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 
@@ -30,6 +31,7 @@ class TrainConfig:
     detail_size: int | None = None        # larger images are first reduced to this shorter side (px), on every
                                           # path, so every source shows one level of detail (None: off)
     augmentation: str = "standard"        # standard | strong (wider colour jitter + blur + JPEG: for new sources)
+                                          # | resolution (half the draws lose detail: transforms.RandomDetailLoss)
     batch_size: int = 32
     lr: float | None = None               # None: 1e-3 for seed-cnn (Adam, as the notebooks), 5e-4 otherwise (AdamW)
     weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
