@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -22,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from loso_by_collection import ham_ids  # scripts/ is on sys.path when this file runs as a script
+from loso_by_collection import ham_ids, isic_id, mean_sd  # scripts/ is on sys.path when run as a script
 from melanoma.predict import Predictor
 
 
@@ -31,7 +30,7 @@ def collections(val_csv: Path) -> dict[str, list[dict]]:
     ham = ham_ids()
     rows = list(csv.DictReader(val_csv.open(newline="")))
     nine = [r for r in rows if "isic-9class" in r["path"]]
-    return {"older archive": [r for r in nine if Path(r["image"]).stem not in ham],
+    return {"older archive": [r for r in nine if isic_id(r["image"]) not in ham],  # 'ISIC_x(1).jpg' copies too
             "HAM10000": [r for r in rows if "isic-9class" not in r["path"]]}
 
 
@@ -63,10 +62,9 @@ def main(argv=None) -> int:
                 print(f"{str(run):40s} {level or 'stored':>6} {name:14s} {s['auc']:6.3f} {s['alerted']:8.0%} "
                       f"{s['p_other']:14.3f}", flush=True)
     if len(args.runs) > 1:
-        print(f"\nmean +- sd over {len(args.runs)} runs")
+        print(f"\nmean ± sd over {len(args.runs)} runs")
         for (name, level), rows in table.items():
-            cells = [f"{statistics.mean(r[k] for r in rows):.3f} +- {statistics.stdev(r[k] for r in rows):.3f}"
-                     for k in ("auc", "alerted", "p_other")]
+            cells = [mean_sd([r[k] for r in rows]) for k in ("auc", "alerted", "p_other")]
             print(f"{level or 'stored':>6} {name:14s} AUC {cells[0]}  alerted {cells[1]}  p(mel) others {cells[2]}")
     return 0
 
