@@ -62,7 +62,7 @@ def _pretrained_lite0_predictor(fit_paths, fit_labels, classes, size: int) -> Pr
     from melanoma.predict import _TorchBackend
 
     predictor = Predictor(_TorchBackend(model), meta, "efficientnet_lite0 (ImageNet features)")
-    x_logits, x_feats, x_stats = _embed_paths(predictor, fit_paths)
+    _, x_logits, x_feats, x_stats = _embed_paths(predictor, fit_paths)
     ref_meta, tensors = referral.fit_referral(x_feats, x_logits, np.asarray(fit_labels), 1.0)
     ref_meta["input_check"] = input_check.fit(x_stats)
     predictor.meta["referral"] = ref_meta
@@ -70,17 +70,16 @@ def _pretrained_lite0_predictor(fit_paths, fit_labels, classes, size: int) -> Pr
     return predictor
 
 
-def _embed_paths(predictor: Predictor, paths, batch: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _embed_paths(predictor: Predictor, paths, batch: int = 32):
+    """(probabilities, logits, features, input statistics) of the images at `paths`, un-augmented."""
     from melanoma.data import load_image
 
-    logits, feats, stats = [], [], []
+    parts = []
     for i in range(0, len(paths), batch):
         x = torch.stack([predictor.preprocess(load_image(p)) for p in paths[i:i + batch]])
-        lg, ft = predictor.backend(x)
-        logits.append(lg)
-        feats.append(ft)
-        stats.append(predictor.input_statistics(x))
-    return np.concatenate(logits), np.concatenate(feats), np.concatenate(stats)
+        probs, feats, logits = predictor.infer(x)
+        parts.append((probs, logits, feats, predictor.input_statistics(x)))
+    return tuple(np.concatenate(column) for column in zip(*parts))
 
 
 def _val_paths(run: Path) -> list[str]:
@@ -111,8 +110,9 @@ def _print_shares(title: str, kinds: list[str], refer: np.ndarray, reasons: list
         print(f"{kind:<18}{len(idx):>5}{refer[idx].mean():>10.1%}{low:>10.1%}{ood:>10.1%}{odd:>10.1%}")
 
 
-def _compare_policies(predictor: Predictor, run: Path, ood_images) -> None:
-    """Refit the referral pooled and worst-source on the validation lesions; print the shares each refers."""
+def _compare_policies(predictor: Predictor, run: Path, embedded, ood_images) -> None:
+    """Refit the referral pooled and worst-source on the validation lesions (`embedded`: their _embed_paths, in
+    val_predictions.csv's order); print the shares each refers."""
     from melanoma.finalize import source_of, training_sources
 
     with (run / "val_predictions.csv").open() as fh:
@@ -121,7 +121,7 @@ def _compare_policies(predictor: Predictor, run: Path, ood_images) -> None:
     labels = np.array([predictor.class_names.index(row["label"]) for row in rows])
     roots = training_sources(predictor.meta)
     sources = [source_of(p, roots) for p in paths]
-    logits, feats, stats = _embed_paths(predictor, paths)
+    _, logits, feats, stats = embedded
     x = torch.stack([predictor.preprocess(im) for _, im in ood_images])
     o_logits, o_feats = predictor.backend(x)
     o_stats = predictor.input_statistics(x)
@@ -168,8 +168,16 @@ def main(argv=None) -> int:
         lesions = [p for p, f in zip(paths, fit) if not f]
         print(f"ImageNet lite0 features: fitted on {int(fit.sum())} lesions, held-out {len(lesions)};",
               predictor.meta["referral"]["validation"])
-    res = predictor.predict_paths(lesions)
-    _print_shares("lesion images (share wrongly referred)", ["lesion"] * len(res), res.refer, res.refer_reason)
+    embedded = None
+    if args.compare_policies and args.model and _val_paths(Path(args.model)):
+        # the validation lesions are embedded once: the shipped referral's decision and the refits share them
+        embedded = _embed_paths(predictor, lesions)
+        probs, logits, feats, stats = embedded
+        refer, reasons = predictor.referrer.decide(probs, feats, logits, stats)
+    else:
+        res = predictor.predict_paths(lesions)
+        refer, reasons = res.refer, res.refer_reason
+    _print_shares("lesion images (share wrongly referred)", ["lesion"] * len(refer), refer, reasons)
 
     if args.extra_lesions:
         extra = predictor.predict_paths(_extra_lesions(Path(args.extra_lesions), Path(args.data), args.extra_n,
@@ -182,8 +190,10 @@ def main(argv=None) -> int:
     print("counts:", dict(Counter(k for k, _ in ood)))
     _print_shares("non-dermoscopic images (share referred)", [k for k, _ in ood],
                   np.array([p.refer for p in preds]), [p.refer_reason for p in preds])
-    if args.compare_policies and args.model:
-        _compare_policies(predictor, Path(args.model), ood)
+    if embedded is not None:
+        _compare_policies(predictor, Path(args.model), embedded, ood)
+    elif args.compare_policies:
+        print("--compare-policies needs --model RUN with a val_predictions.csv: skipped")
     return 0
 
 
