@@ -8,7 +8,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARM=${1:?usage: scripts/resolution_check.sh standard|resolution SEED...}; shift
-HAM=${HAM:-../shared/data/ham10000}
+EPOCHS=${EPOCHS:-4} DRAWS=${DRAWS:-960} AUGMENTATION=$ARM
+source scripts/default_recipe.sh  # RECIPE: the shipped recipe at this budget
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
 ROOT=${ROOT:-runs/resolution}
 mkdir -p "$ROOT"
@@ -18,11 +19,7 @@ for SEED in "$@"; do
   RUNS+=("$OUT")
   [ -f "$OUT/result.json" ] && continue
   if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
-    ARGS=(--data "${DATA:-../shared/data/isic-9class/Train}" --extra-data "$HAM" --lesion-metadata
-          "$HAM/HAM10000_metadata.csv" --conflict-policy reference --color-constancy shades_of_gray
-          --model efficientnet_lite0 --image-size 160 --epochs "${EPOCHS:-4}" --samples-per-epoch "${DRAWS:-960}"
-          --val-fraction 0.2 --val-sources all --monitor mel_auc --split-seed 42 --batch-size 32
-          --augmentation "$ARM" --config scripts/cpu_long.yaml --seed "$SEED" --out "$OUT"); fi
+    ARGS=("${RECIPE[@]}" --seed "$SEED" --out "$OUT"); fi
   ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
 done
 .venv/bin/python scripts/detail_robustness.py "${RUNS[@]}" | tee "$ROOT/$ARM-$(IFS=-; echo "$*").txt"

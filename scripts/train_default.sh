@@ -7,6 +7,7 @@
 # scored 0.738 +- 0.018 held-out melanoma AUC, the mean of 3 seeds 0.770 +- 0.007, of 6 seeds 0.781 (any 6 of
 # the 12 base and lpft runs: 0.782 +- 0.007; docs/results.md). Resumes when re-run.
 #   scripts/train_default.sh [OUT]         then: scripts/ship_default.sh OUT/shipped
+# The recipe itself: scripts/default_recipe.sh (SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE from the environment).
 # CPU (2 cores): about 13 min per member at 160 px (10 epochs x 3,200 class- and source-balanced draws).
 # GPU: DEVICE=gpu scripts/train_default.sh runs/default-gpu -- the same recipe (same batch, learning rate and
 #   draws, so the same models up to bf16 rounding) with bf16 autocast, channels-last and 8 loader workers.
@@ -14,22 +15,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/default-v5}
-DATA=${DATA:-../shared/data/isic-9class/Train}
-HAM=${HAM:-../shared/data/ham10000}
 DEVICE=${DEVICE:-cpu}
 MEMBERS=${MEMBERS:-6}
-SIZE=${SIZE:-160}
-AUGMENTATION=${AUGMENTATION:-standard}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
 case $DEVICE in
   cpu) HARDWARE=() ;;
   gpu) HARDWARE=(--accelerator gpu --devices 1 --precision bf16-mixed --num-workers 8) ;;
   *) echo "DEVICE must be cpu or gpu, got $DEVICE" >&2; exit 2 ;;
 esac
-RECIPE=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --conflict-policy reference
-        --color-constancy shades_of_gray --model efficientnet_lite0 --image-size "$SIZE" --epochs 10
-        --samples-per-epoch 3200 --val-fraction 0.2 --val-sources all --monitor mel_auc --split-seed 42
-        --batch-size 32 --augmentation "$AUGMENTATION" --config scripts/cpu_long.yaml)
+source scripts/default_recipe.sh  # RECIPE; SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE from the environment
 if [ "${SMOKE:-0}" = 1 ]; then  # the recipe's command lines, two CPU steps
   HARDWARE=(--max-train-batches 2 --epochs 1 --samples-per-epoch 64 --num-workers 0)
   [ "$DEVICE" = gpu ] && HARDWARE+=(--accelerator cpu --precision 32-true)

@@ -1,0 +1,13 @@
+# The shipped default's training recipe (issue 14) as a bash array, sourced by scripts/train_default.sh (the
+# shipped budget) and scripts/resolution_check.sh (a short budget): 9-class Train + HAM10000, one group-aware 20%
+# share of EVERY source validates (--val-sources all --split-seed 42), checkpoints chosen on melanoma AUC there.
+# In (all optional): DATA HAM SIZE EPOCHS DRAWS AUGMENTATION DETAIL_SIZE. Out: RECIPE (without --seed / --out).
+DATA=${DATA:-../shared/data/isic-9class/Train}
+HAM=${HAM:-../shared/data/ham10000}
+RECIPE=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --conflict-policy reference
+        --color-constancy shades_of_gray --model efficientnet_lite0 --image-size "${SIZE:-160}"
+        --epochs "${EPOCHS:-10}" --samples-per-epoch "${DRAWS:-3200}" --val-fraction 0.2 --val-sources all
+        --monitor mel_auc --split-seed 42 --batch-size 32 --augmentation "${AUGMENTATION:-standard}"
+        --config scripts/cpu_long.yaml)
+# DETAIL_SIZE, e.g. 150: every image first reduced to that shorter side (HAM10000's own detail; session 11)
+if [ -n "${DETAIL_SIZE:-}" ]; then RECIPE+=(--detail-size "$DETAIL_SIZE"); fi
