@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from loso_by_collection import ham_ids, isic_id, mean_sd  # scripts/ is on sys.path when run as a script
@@ -41,6 +42,14 @@ def scores(predictor: Predictor, rows: list[dict]) -> dict[str, float]:
             "p_other": float(p[~y].mean())}
 
 
+def largest_shorter_side(rows: list[dict]) -> int:
+    """Largest shorter side (px) among the rows' images: a detail size at or above it changes none of them."""
+    def shorter(path: str) -> int:
+        with Image.open(path) as im:  # reads the header only
+            return min(im.size)
+    return max(shorter(r["path"]) for r in rows)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
@@ -52,12 +61,16 @@ def main(argv=None) -> int:
         predictor = Predictor.load(run)
         stored = predictor.pre.get("detail_size")
         groups = collections(run / "val_predictions.csv")
+        largest = {name: largest_shorter_side(rows) for name, rows in groups.items()}
+        done = {}  # (collection, effective detail size) -> scores: HAM10000 (150 px) is the same at 150 and above
         for level in args.levels:
+            detail = min((v for v in (level, stored) if v), default=None)  # a model's own detail size is the floor
             predictor.pre.pop("detail_size", None)
-            if level or stored:  # a model trained with a detail size keeps it as the floor
-                predictor.pre["detail_size"] = min(v for v in (level, stored) if v)
+            if detail:
+                predictor.pre["detail_size"] = detail
             for name, rows in groups.items():
-                s = scores(predictor, rows)
+                key = (name, detail if detail and detail < largest[name] else None)
+                s = done[key] = done.get(key) or scores(predictor, rows)
                 table[name, level].append(s)
                 print(f"{str(run):40s} {level or 'stored':>6} {name:14s} {s['auc']:6.3f} {s['alerted']:8.0%} "
                       f"{s['p_other']:14.3f}", flush=True)

@@ -100,9 +100,12 @@ def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path,
     (model / "val_predictions.csv").write_text("image,path,label\n" + "".join(
         f"{p.name},{p},{label}\n" for p, label in rows))
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "detail_robustness.py"), str(model),
-                           "--levels", "0", "100"], capture_output=True, text=True, timeout=120)
+                           "--levels", "0", "100", "200"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
     assert [(cells[1], " ".join(cells[2:-3])) for cells in lines] == [
-        ("stored", "older archive"), ("stored", "HAM10000"), ("100", "older archive"), ("100", "HAM10000")]
+        ("stored", "older archive"), ("stored", "HAM10000"), ("100", "older archive"), ("100", "HAM10000"),
+        ("200", "older archive"), ("200", "HAM10000")]
     assert all(0.0 <= float(cells[-3]) <= 1.0 for cells in lines)
+    # 200 px is above every image's shorter side (180 / 150): nothing to reduce, the stored figures again
+    assert [cells[-3:] for cells in lines[4:]] == [cells[-3:] for cells in lines[:2]]
