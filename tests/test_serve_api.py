@@ -286,9 +286,22 @@ def test_model_card_openapi_and_health(loaded, tmp_path):
         for path in ("/v1/predict", "/v1/explain", "/v1/model", "/v1/audit", "/v1/cases/{record_id}/review",
                      "/v1/calibration", "/healthz"):
             assert path in paths
-        assert client.get("/docs").status_code == 200
         health = client.get("/healthz").json()
         assert health["status"] == "ok" and health["database"] == "ok"
+
+
+def test_api_docs_pages_load_their_scripts_from_the_service(loaded, tmp_path):
+    """Swagger UI and ReDoc work on a clinic network without internet access: no CDN address in the pages."""
+    import re
+
+    with TestClient(make_app(loaded, tmp_path)) as client:
+        for page in ("/docs", "/redoc"):
+            html = client.get(page)
+            assert html.status_code == 200 and "melanoma clinic service" in html.text
+            assets = re.findall(r'(?:src|href)="([^"]+)"', html.text)
+            assert assets and all(a.startswith("/") for a in assets), assets  # no https://cdn... address
+            for asset in assets:
+                assert client.get(asset).status_code == 200, asset
 
 
 def test_ui_is_served_with_no_external_asset(loaded, tmp_path):

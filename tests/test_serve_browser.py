@@ -117,3 +117,18 @@ def test_pages_fit_laptop_and_tablet_widths(server, width):
             assert [a.text for a in nav] == ["Upload", "Worklist", "Site calibration"]
     finally:
         driver.quit()
+
+
+def test_api_docs_render_without_internet(server):
+    """Swagger UI draws the API from the service's own copy of its scripts (no machine here reaches a CDN)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = _driver(1280, 1000)
+    try:
+        driver.get(server.url + "/docs")
+        title = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".swagger-ui .info .title")), 60)
+        assert "melanoma clinic service" in title.text
+        _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/v1/predict']"))
+    finally:
+        driver.quit()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 
 from melanoma import __version__
 from melanoma.serve.db import make_engine, migrate, session_factory
@@ -18,6 +19,7 @@ from melanoma.serve.settings import Settings
 from melanoma.serve.webhook import AlertSender
 
 STATIC = Path(__file__).resolve().parent / "static"
+DOCS_ASSETS = "/api-docs-assets"
 DESCRIPTION = ("Flags dermoscopic lesion images that need a dermatologist's second look. Every prediction is "
                "recorded in the audit trail. **Decision support, not a diagnosis.**")
 
@@ -45,8 +47,10 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
             app.state.alerts.close()
         engine.dispose()
 
-    app = FastAPI(title="melanoma clinic service", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan)
+    # /docs (Swagger UI) and /redoc load their scripts from the installed package: FastAPI's own pages fetch them
+    # from a CDN, which a clinic network without internet access cannot reach (the pages stayed blank)
+    app = FastAPIOffline(title="melanoma clinic service", version=__version__, description=DESCRIPTION,
+                         lifespan=lifespan, static_url=DOCS_ASSETS)
     app.state.settings, app.state.model, app.state.engine = settings, loaded, engine
     app.state.sessions, app.state.db_revision, app.state.explainer = session_factory(engine), revision, None
     for router in (predict.router, explain.router, audit.router, model.router, calibration.router):
