@@ -9,5 +9,7 @@ RECIPE=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_meta
         --epochs "${EPOCHS:-10}" --samples-per-epoch "${DRAWS:-3200}" --val-fraction 0.2 --val-sources all
         --monitor mel_auc --split-seed 42 --batch-size 32 --augmentation "${AUGMENTATION:-standard}"
         --config scripts/cpu_long.yaml)
-# DETAIL_SIZE, e.g. 150: every image first reduced to that shorter side (HAM10000's own detail; session 11)
-if [ -n "${DETAIL_SIZE:-}" ]; then RECIPE+=(--detail-size "$DETAIL_SIZE"); fi
+# DETAIL_SIZE (default 150, the shipped default since session 11): every image first reduced to that shorter side
+# (HAM10000's own detail); DETAIL_SIZE= (empty) trains on the images as stored, the recipe of sessions 6-10.
+DETAIL_SIZE=${DETAIL_SIZE-150}
+if [ -n "$DETAIL_SIZE" ]; then RECIPE+=(--detail-size "$DETAIL_SIZE"); fi

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ARM=${1:?usage: scripts/resolution_check.sh standard|resolution SEED...}; shift
-EPOCHS=${EPOCHS:-4} DRAWS=${DRAWS:-960} AUGMENTATION=$ARM
+EPOCHS=${EPOCHS:-4} DRAWS=${DRAWS:-960} AUGMENTATION=$ARM DETAIL_SIZE=${DETAIL_SIZE-}  # images as stored (session 10)
 source scripts/default_recipe.sh  # RECIPE: the shipped recipe at this budget
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
 ROOT=${ROOT:-runs/resolution}

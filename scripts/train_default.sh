@@ -14,7 +14,7 @@
 # SMOKE=1: the same command lines on CPU for 2 steps (tests/test_scripts.py runs it on tiny DATA and HAM copies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/default-v5}
+OUT=${1:-runs/default-v8}
 DEVICE=${DEVICE:-cpu}
 MEMBERS=${MEMBERS:-6}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}

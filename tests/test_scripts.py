@@ -20,7 +20,7 @@ def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
     # 40 + 40: the HAM10000 validation share holds the >= 5 melanomas the per-source threshold needs
     ham = make_mini_ham(ham_dir, tmp_path / "ham", 40, dx=("mel", "nv"))
     env = {**os.environ, "DEVICE": "gpu", "SMOKE": "1", "MEMBERS": "2", "DATA": str(tiny_isic), "HAM": str(ham),
-           "DETAIL_SIZE": "150", "MELANOMA": str(Path(sys.executable).parent / "melanoma")}
+           "MELANOMA": str(Path(sys.executable).parent / "melanoma")}
     out = tmp_path / "default-gpu"
     done = subprocess.run(["bash", str(ROOT / "scripts" / "train_default.sh"), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -33,7 +33,7 @@ def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
         assert training["extra_data"] == [str(ham)] and training["val_sources"] == "all"
         assert training["split_seed"] == 42
     assert [t["seed"] for t in members] == [1, 2]
-    for s in (1, 2):  # the environment's recipe options reach every member
+    for s in (1, 2):  # the shipped default's level of detail (scripts/default_recipe.sh) reaches every member
         assert json.loads((out / f"seed{s}" / "model.json").read_text())["preprocessing"]["detail_size"] == 150
     ensemble = json.loads((out / "ensemble" / "model.json").read_text())
     assert ensemble["architecture"] == "ensemble(efficientnet_lite0,efficientnet_lite0)"
