@@ -155,9 +155,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    val_lesions = []  # the model's validation lesions, when it recorded them (what --compare-policies refits on)
     if args.model:
         predictor = Predictor.load(args.model)
-        lesions = _val_paths(Path(args.model)) or _lesion_paths(Path(args.data), args.per_class, args.seed)[0]
+        val_lesions = _val_paths(Path(args.model))
+        lesions = val_lesions or _lesion_paths(Path(args.data), args.per_class, args.seed)[0]
         print(f"model {args.model}; lesions: {len(lesions)} images; referral section:",
               predictor.meta.get("referral", {}).get("validation"))
     else:
@@ -169,7 +171,7 @@ def main(argv=None) -> int:
         print(f"ImageNet lite0 features: fitted on {int(fit.sum())} lesions, held-out {len(lesions)};",
               predictor.meta["referral"]["validation"])
     embedded = None
-    if args.compare_policies and args.model and _val_paths(Path(args.model)):
+    if args.compare_policies and val_lesions:
         # the validation lesions are embedded once: the shipped referral's decision and the refits share them
         embedded = _embed_paths(predictor, lesions)
         probs, logits, feats, stats = embedded
