@@ -111,8 +111,8 @@ def test_cli_predict_skips_bad_files(model_dir, tiny_isic, tmp_path, capsys):
     rows = list(csv.DictReader(out.open()))
     assert sorted(Path(r["image"]).stem for r in rows) == sorted(p.stem for p in good)
     assert list(rows[0])[:3] == ["image", "path", CLASSES[0]]
-    assert list(rows[0])[-6:] == ["prediction", "confidence", "melanoma_probability", "melanoma_alert", "refer",
-                                  "refer_reason"]
+    assert list(rows[0])[-7:] == ["prediction", "confidence", "melanoma_probability", "melanoma_alert", "refer",
+                                  "refer_reason", "warning"]
     err = capsys.readouterr().err
     skipped = [line for line in err.splitlines() if line.startswith("skipped ")]
     assert len(skipped) == 3 and all(name in err for name in ("truncated.jpg", "text.jpg", "empty.png"))
@@ -392,3 +392,34 @@ def test_resume_refuses_another_models_csv(model_dir, tmp_path, capsys):
     assert cli.main(["predict", str(folder), "--model", str(model_dir), "--out", str(out), "--resume"]) == 2
     assert "its columns are not this model's" in capsys.readouterr().err
     assert out.read_text() == "image,path,a,b\nx.png,x.png,0.1,0.9\n"  # nothing already done is lost
+
+
+def test_detail_warning_only_below_the_models_detail_size():
+    from melanoma.predict import LOW_DETAIL, detail_warning
+
+    assert detail_warning(120, {"input_size": 64}) == ""  # no detail_size: trained on mixed detail, no claim
+    assert detail_warning(150, {"detail_size": 150}) == "" and detail_warning(4000, {"detail_size": 150}) == ""
+    text = detail_warning(120, {"detail_size": 150})
+    assert text.startswith(LOW_DETAIL) and "120 px" in text and "150 px" in text
+
+
+def test_images_with_less_detail_than_training_carry_a_warning_everywhere(model_dir, tiny_isic, tmp_path, capsys):
+    """A model trained at detail_size 150: a real 180 px image predicts without warning, the same image reduced
+    to 100 px carries one -- in Prediction, the batch path, the CSV column and the command's summary."""
+    model = _edit_meta(model_dir, tmp_path / "detail", preprocessing={
+        **json.loads((model_dir / "model.json").read_text())["preprocessing"], "detail_size": 150})
+    sharp = _images(tiny_isic)[0]
+    small = tmp_path / "small.png"
+    Image.open(sharp).convert("RGB").resize((100, 100), Image.BICUBIC).save(small)
+    predictor = Predictor.load(model)
+    one_sharp, one_small = predictor.predict([sharp, small])
+    assert one_sharp.warning == "" and "shorter side 100 px" in one_small.warning
+    batch = predictor.predict_paths([sharp, small])
+    assert batch.warnings == [one_sharp.warning, one_small.warning]
+    out = tmp_path / "p.csv"
+    assert cli.main(["predict", str(sharp), str(small), "--model", str(model), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["warning"] for r in rows] == ["", one_small.warning]
+    assert "1 with less detail than the training images" in capsys.readouterr().err
+    # a model without detail_size (the fixture) never warns
+    assert predictor.predict(small)[0].warning != "" and Predictor.load(model_dir).predict(small)[0].warning == ""

@@ -84,6 +84,21 @@ def test_predict_returns_a_recorded_result_per_image(loaded, images, tmp_path):
         assert results[0]["image_sha256"] == hashlib.sha256(images["melanoma"][0].read_bytes()).hexdigest()
 
 
+def test_an_image_with_less_detail_than_training_is_answered_with_a_recorded_warning(loaded, images, tmp_path):
+    """The shipped model trained at a 150 px shorter side: a real image reduced to 100 px is still predicted
+    (not refused, not referred for it), with a `warning` that the audit record keeps; the 180 px original has none."""
+    assert loaded.meta["preprocessing"]["detail_size"] == 150
+    buf = io.BytesIO()
+    Image.open(images["nevus"][0]).convert("RGB").resize((100, 100), Image.BICUBIC).save(buf, format="PNG")
+    with TestClient(make_app(loaded, tmp_path)) as client:
+        files = upload(images["nevus"][:1]) + [("files", ("small.png", buf.getvalue(), "image/png"))]
+        sharp, small = client.post("/v1/predict", files=files).json()["results"]
+        assert sharp["warning"] == ""
+        assert small["warning"].startswith("less detail than the training images: shorter side 100 px")
+        assert "less detail" not in small["refer_reason"]
+        assert client.get(f"/v1/cases/{small['record_id']}").json()["warning"] == small["warning"]
+
+
 def _truncated_jpeg(path: Path) -> bytes:
     data = path.read_bytes()
     return data[: len(data) // 3]
@@ -206,7 +221,7 @@ def test_audit_trail_survives_a_restart(loaded, images, tmp_path):
         audit = client.get("/v1/audit").json()
         assert sorted(r["record_id"] for r in audit["records"]) == sorted(ids)
         assert client.get(f"/v1/cases/{ids[0]}").json()["review"]["final_diagnosis"] == "nevus"
-        assert client.get("/healthz").json()["schema_revision"] == "0001"
+        assert client.get("/healthz").json()["schema_revision"] == "0002"
 
 
 class _Receiver(BaseHTTPRequestHandler):

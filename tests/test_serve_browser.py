@@ -132,3 +132,31 @@ def test_api_docs_render_without_internet(server):
         _wait(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path[data-path='/v1/predict']"))
     finally:
         driver.quit()
+
+
+def test_a_low_resolution_upload_shows_its_image_quality_warning(server, shared_train, tmp_path):
+    """The API's `warning` reaches the clinician: a real image reduced below the model's training detail shows an
+    "Image quality" note on its result card and on its case page; the original image shows none."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    original = sorted((shared_train / "nevus").glob("*.jpg"))[2]
+    small = tmp_path / "small.png"
+    Image.open(original).convert("RGB").resize((100, 100), Image.BICUBIC).save(small)
+    driver = _driver(1366, 1200)
+    try:
+        driver.get(server.url + "/")
+        _wait(driver, ec.presence_of_element_located((By.ID, "files")))
+        driver.find_element(By.ID, "files").send_keys(f"{original}\n{small}")
+        driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        _wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, ".card")) == 2)
+        sharp_card, small_card = driver.find_elements(By.CSS_SELECTOR, ".card")
+        assert not sharp_card.find_elements(By.CSS_SELECTOR, ".quality")
+        note = small_card.find_element(By.CSS_SELECTOR, ".quality")
+        assert "Image quality" in note.text and "shorter side 100 px" in note.text
+        small_card.find_element(By.PARTIAL_LINK_TEXT, "Open case").click()
+        case_note = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".panel .quality")))
+        assert "less detail than the training images" in case_note.text
+    finally:
+        driver.quit()

@@ -59,12 +59,37 @@ def _record(**overrides) -> PredictionRecord:
 
 def test_migrations_create_the_schema_and_are_idempotent(db_url):
     engine = make_engine(db_url)
-    assert migrate(engine) == "0001"
-    assert migrate(engine) == "0001"  # a second start changes nothing
+    assert migrate(engine) == "0002"
+    assert migrate(engine) == "0002"  # a second start changes nothing
     names = set(inspect(engine).get_table_names())
     assert {"predictions", "reviews", "alembic_version"} <= names
     columns = {c["name"] for c in inspect(engine).get_columns("predictions")}
-    assert {"image_sha256", "case_ref", "model_sha256", "probabilities", "alert", "refer"} <= columns
+    assert {"image_sha256", "case_ref", "model_sha256", "probabilities", "alert", "refer", "warning"} <= columns
+    engine.dispose()
+
+
+def test_an_audit_trail_of_revision_0001_upgrades_and_keeps_its_records(db_url):
+    """A clinic's database written before the `warning` column: the next start adds it, old rows read as ""."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import MetaData, Table, insert
+
+    from melanoma.serve.db import MIGRATIONS
+
+    engine = make_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        cfg.attributes["connection"] = connection
+        command.upgrade(cfg, "0001")
+    old = {k: v for k, v in _record().__dict__.items() if not k.startswith("_")}
+    with engine.begin() as connection:
+        connection.execute(insert(Table("predictions", MetaData(), autoload_with=connection)), [old])
+    assert migrate(engine) == "0002"
+    with session_factory(engine)() as session:
+        row = session.get(PredictionRecord, 1)
+        assert (row.image_sha256, row.warning) == ("0" * 64, "")
+        assert records.record_json(row)["warning"] == ""
     engine.dispose()
 
 

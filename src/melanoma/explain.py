@@ -104,7 +104,8 @@ def status_lines(predictor, prediction) -> list[tuple[str, str]]:
     refer = ((f"REFER: do not rely on the model for this image ({prediction.refer_reason or 'see referral rules'})",
               plots.REFER_COLOUR) if prediction.refer else
              ("No referral: no reason found to distrust the model on this image", plots.CALM_COLOUR))
-    return [alert, refer]
+    warning = [(f"IMAGE QUALITY: {prediction.warning}", plots.REFER_COLOUR)] if prediction.warning else []
+    return [alert, refer, *warning]
 
 
 def _title(path: Path, predictor, prediction, target_index: int, empty: bool) -> str:

@@ -6,6 +6,7 @@ the model's `model.json` (for ONNX: the copy embedded by `melanoma export` in th
     probabilities = softmax(logits / temperature)      (TTA: mean of the per-view softmax)
     melanoma_alert = p(melanoma) >= thresholds.melanoma_alert
     refer          = see melanoma.referral (low confidence or not like the training images)
+    warning        = "" or why the result is less reliable without being referred (`detail_warning`)
 
 Preprocessing is `images.model_input` (PIL + numpy) for both backends, and a backend is any callable from a
 float32 NCHW numpy batch to (logits [N,C], features [N,D]) numpy arrays (an ensemble can plug in as one backend).
@@ -56,6 +57,7 @@ class Prediction:
     melanoma_alert: bool
     refer: bool
     refer_reason: str
+    warning: str = ""
 
 
 @dataclass
@@ -70,6 +72,7 @@ class PredictionResult:
     refer: np.ndarray                     # [N] bool
     refer_reason: list[str]               # [N] "" when not referred
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, one-line reason)
+    warning: list[str] = field(default_factory=list)  # [N] "" when none; an empty list: no warnings at all
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -81,6 +84,10 @@ class PredictionResult:
     @property
     def confidence(self) -> np.ndarray:
         return self.probs.max(axis=1) if len(self) else np.zeros(0)
+
+    @property
+    def warnings(self) -> list[str]:
+        return self.warning or [""] * len(self)
 
     @classmethod
     def concat(cls, parts: list[PredictionResult], class_names: list[str]) -> PredictionResult:
@@ -94,16 +101,18 @@ class PredictionResult:
                    alert=np.concatenate([part.alert for part in parts]),
                    refer=np.concatenate([part.refer for part in parts]),
                    refer_reason=[r for part in parts for r in part.refer_reason],
-                   errors=[e for part in parts for e in part.errors])
+                   errors=[e for part in parts for e in part.errors],
+                   warning=[w for part in parts for w in part.warnings])
 
     def predictions(self) -> list[Prediction]:
         """The rows as typed `Prediction` objects."""
-        conf, pred = self.confidence, self.prediction
+        conf, pred, warnings = self.confidence, self.prediction, self.warnings
         return [Prediction(image=p, probabilities={c: float(v) for c, v in zip(self.class_names, self.probs[i])},
                            prediction=pred[i], confidence=float(conf[i]),
                            melanoma_probability=float(self.melanoma_probability[i]),
                            melanoma_alert=bool(self.alert[i]), refer=bool(self.refer[i]),
-                           refer_reason=self.refer_reason[i]) for i, p in enumerate(self.paths)]
+                           refer_reason=self.refer_reason[i], warning=warnings[i])
+                for i, p in enumerate(self.paths)]
 
 
 # ------------------------------------------------------------------------------------------------ backends
@@ -233,6 +242,22 @@ def _name_of(item, index: int) -> str:
     return getattr(item, "filename", "") or f"image-{index}"
 
 
+LOW_DETAIL = "less detail than the training images"
+
+
+def detail_warning(shorter_side: int, pre: dict) -> str:
+    """"" or the warning for an image whose shorter side (px, as decoded) is below the model's
+    preprocessing.detail_size: every training image was first reduced to that side, so a smaller one reaches the
+    network enlarged, with less fine detail than it learned from. Not a referral: such images are ranked nearly
+    as well, but their melanoma probabilities rise, so the alert fires more often (the shipped model of session
+    11: 68% of its older-archive validation images alerted at 150 px, 84% at 120 px, 91% at 100 px;
+    docs/results.md). Models without detail_size trained on mixed detail: no warning."""
+    detail = pre.get("detail_size")
+    if not detail or shorter_side >= int(detail):
+        return ""
+    return f"{LOW_DETAIL}: shorter side {shorter_side} px, trained at {int(detail)} px (alerts fire more often)"
+
+
 # ------------------------------------------------------------------------------------------------ predictor
 class Predictor:
     """A loaded model (PyTorch artifact or ONNX) plus everything model.json says about using it."""
@@ -307,7 +332,8 @@ class Predictor:
         """input_check statistics [N, 2] of a normalised batch (what the referral's input check scores)."""
         return input_check.statistics(_for_input_check(x), self.pre)
 
-    def _result(self, names, probs, features, logits, errors, image_stats=None) -> PredictionResult:
+    def _result(self, names, probs, features, logits, errors, image_stats=None, sides=()) -> PredictionResult:
+        """The batch's PredictionResult; `sides`: each image's shorter side as decoded (px), for the warnings."""
         n = len(names)
         probs = np.zeros((0, len(self.class_names))) if probs is None else probs
         if self.melanoma_index is None:
@@ -320,7 +346,7 @@ class Predictor:
                               else (np.zeros(0, bool), []))
         return PredictionResult(paths=list(names), probs=probs, class_names=self.class_names,
                                 melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
-                                errors=list(errors))
+                                errors=list(errors), warning=[detail_warning(s, self.pre) for s in sides])
 
     def predict(self, images, tta: bool = False, tta_views: int = 8, batch_size: int = 32) -> list[Prediction]:
         """Predict PIL images / paths / uint8 arrays (one image or a list). A bad image raises ImageError
@@ -330,16 +356,20 @@ class Predictor:
         out = []
         for start in range(0, len(images), batch_size):
             chunk = images[start:start + batch_size]
-            x = np.stack([self.model_input(im) for im in chunk])
+            decoded = [_to_image(im) for im in chunk]
+            x = np.stack([self.model_input(im) for im in decoded])
             probs, features, logits = self.infer(x, tta, tta_views)
             names = [_name_of(im, start + i) for i, im in enumerate(chunk)]
-            out += self._result(names, probs, features, logits, [], self.input_statistics(x)).predictions()
+            sides = [min(im.size) for im in decoded]
+            out += self._result(names, probs, features, logits, [], self.input_statistics(x), sides).predictions()
         return out
 
     def _decode(self, path: str):
-        """Decode + preprocess one file; returns the model input (numpy) or the one-line reason it was skipped."""
+        """Decode + preprocess one file: (model input (numpy), shorter side as decoded (px)), or the one-line
+        reason it was skipped."""
         try:
-            return self.model_input(load_image(path))
+            image = load_image(path)
+            return self.model_input(image), min(image.size)
         except ImageError as exc:
             return exc.reason
         except Exception as exc:  # noqa: BLE001 - e.g. an image too small/odd for the transform: skip it
@@ -361,14 +391,14 @@ class Predictor:
                 decoded = [f.result() for f in pending]
                 if index + 1 < len(batches):  # start decoding the next batch while the model runs
                     pending = [pool.submit(self._decode, p) for p in batches[index + 1]]
-                good = [(p, t) for p, t in zip(batch, decoded) if isinstance(t, np.ndarray)]
-                errors = [(p, t) for p, t in zip(batch, decoded) if not isinstance(t, np.ndarray)]
+                good = [(p, t) for p, t in zip(batch, decoded) if not isinstance(t, str)]
+                errors = [(p, t) for p, t in zip(batch, decoded) if isinstance(t, str)]
                 part = self._result([], None, None, None, errors)
                 if good:
-                    x = np.stack([t for _, t in good])
+                    x = np.stack([t for _, (t, _side) in good])
                     probs, feats, logits = self.infer(x, tta, tta_views)
                     part = self._result([p for p, _ in good], probs, feats, logits, errors,
-                                        self.input_statistics(x))
+                                        self.input_statistics(x), [side for _, (_t, side) in good])
                 bar.update(len(batch))
                 yield part
 
@@ -436,18 +466,18 @@ def _bool(value) -> str:
 def csv_header(class_names, labels: bool = False) -> list[str]:
     """Columns of the shared prediction CSV layout (docs/DESIGN.md)."""
     return ["image", "path", *class_names, "prediction", "confidence", "melanoma_probability",
-            "melanoma_alert", "refer", "refer_reason"] + (["label"] if labels else [])
+            "melanoma_alert", "refer", "refer_reason", "warning"] + (["label"] if labels else [])
 
 
 def prediction_rows(result: PredictionResult, labels=None) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the shared prediction CSV layout (docs/DESIGN.md), `label` last when given."""
     header = csv_header(result.class_names, labels is not None)
-    conf, pred = result.confidence, result.prediction
+    conf, pred, warnings = result.confidence, result.prediction, result.warnings
     rows = []
     for i, path in enumerate(result.paths):
         row = [Path(path).name, str(path), *(_fmt(v) for v in result.probs[i]), pred[i], _fmt(conf[i]),
                _fmt(result.melanoma_probability[i]), _bool(result.alert[i]), _bool(result.refer[i]),
-               result.refer_reason[i]]
+               result.refer_reason[i], warnings[i]]
         rows.append(row + ([str(labels[i]) if labels[i] is not None else ""] if labels is not None else []))
     return header, rows
 
@@ -527,7 +557,7 @@ def _emit(text: str, out) -> None:
 
 def write_predictions_csv(result: PredictionResult, out, labels=None) -> None:
     """The prediction CSV (image, path, one column per class, prediction, confidence, melanoma_probability,
-    melanoma_alert, refer, refer_reason[, label]); booleans are written true/false, probabilities to 6 places."""
+    melanoma_alert, refer, refer_reason, warning[, label]); booleans are written true/false, probabilities to 6 places."""
     _emit(_csv_text(*prediction_rows(result, labels)), out)
 
 
@@ -584,9 +614,11 @@ def _check_format(predictor: Predictor, fmt: str) -> None:
         isic_matrix(empty)
 
 
-def _summary(predicted: int, skipped: int, alerts: int, referred: int, resumed: int = 0) -> str:
+def _summary(predicted: int, skipped: int, alerts: int, referred: int, resumed: int = 0, warned: int = 0) -> str:
     earlier = f" ({resumed} from the earlier run)" if resumed else ""
-    return f"{predicted} predicted{earlier}, {skipped} skipped, {alerts} melanoma alerts, {referred} referred"
+    warnings = f", {warned} with {LOW_DETAIL} (column warning)" if warned else ""
+    return (f"{predicted} predicted{earlier}, {skipped} skipped, {alerts} melanoma alerts, {referred} referred"
+            f"{warnings}")
 
 
 def _check_options(fmt: str, out, resume: bool, tta: bool, tta_views: int, batch_size: int) -> None:
@@ -661,9 +693,10 @@ def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False
         shown = predictor.predict(explained, tta=True, tta_views=tta_views) if tta else None
         written = write_explanations(predictor, explained, explain_dir, predictions=shown)
         print(f"wrote {len(written)} Grad-CAM images to {explain_dir}", file=sys.stderr)
-    column = {name: header.index(name) for name in ("melanoma_alert", "refer")}
+    column = {name: header.index(name) for name in ("melanoma_alert", "refer", "warning")}
     print(_summary(len(rows), len(problems) + len(skipped), sum(r[column["melanoma_alert"]] == "true" for r in rows),
-                   sum(r[column["refer"]] == "true" for r in rows), resumed), file=sys.stderr)
+                   sum(r[column["refer"]] == "true" for r in rows), resumed,
+                   sum(bool(r[column["warning"]]) for r in rows)), file=sys.stderr)
     if not rows:
         print("error: no image could be read", file=sys.stderr)
         return 1

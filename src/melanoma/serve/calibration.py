@@ -45,12 +45,13 @@ def write_predictions_csv(records: list[PredictionRecord], class_names: list[str
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(["image", "path", *class_names, "prediction", "confidence", "melanoma_probability",
-                         "melanoma_alert", "refer", "refer_reason", "label"])
+                         "melanoma_alert", "refer", "refer_reason", "warning", "label"])
         for r in records:
             probs = [f"{float(r.probabilities.get(c, 0.0)):.6f}" for c in class_names]
             writer.writerow([f"record-{r.id}", f"record-{r.id}", *probs, r.prediction, f"{r.confidence:.6f}",
                              "" if r.melanoma_probability is None else f"{r.melanoma_probability:.6f}",
-                             str(r.alert).lower(), str(r.refer).lower(), r.refer_reason, r.final_diagnosis])
+                             str(r.alert).lower(), str(r.refer).lower(), r.refer_reason, r.warning or "",
+                             r.final_diagnosis])
 
 
 def operating_point(records: list[PredictionRecord], model: LoadedModel, threshold: float | None) -> dict:

@@ -51,6 +51,7 @@ class PredictionRecord(Base):
     alert: Mapped[bool] = mapped_column(Boolean, index=True)
     refer: Mapped[bool] = mapped_column(Boolean)
     refer_reason: Mapped[str] = mapped_column(Text, default="")
+    warning: Mapped[str] = mapped_column(Text, default="")  # predict.detail_warning; "" for none (migration 0002)
     image_file: Mapped[str | None] = mapped_column(String(200))  # name inside --keep-images (sha256 + extension)
     # The latest review, copied here for the worklist; every review is kept in `reviews`.
     review_decision: Mapped[str | None] = mapped_column(String(16), index=True)

@@ -62,6 +62,11 @@ function bars(probabilities, melanomaClass, top = 4) {
       h("span", { class: "pct" }, pct(p)))));
 }
 
+// The API's `warning`: why this result is less reliable without being referred (e.g. a low-resolution image).
+function qualityNote(r) {
+  return r.warning ? h("div", { class: "quality", role: "note" }, h("strong", {}, "Image quality: "), r.warning) : null;
+}
+
 function alertBadge(record) {
   return record.melanoma_alert
     ? h("span", { class: "badge alert" }, "Melanoma alert")
@@ -158,6 +163,7 @@ function resultCard(r, file) {
         h("span", { class: "label" }, `melanoma probability · alert at ≥ ${pct(r.alert_threshold)}`)),
       r.refer ? h("div", { class: "referral" }, h("strong", {}, "Refer: "), r.refer_reason || "the model is unsure")
               : h("div", { class: "note" }, "No referral flag: the image looks like the training images and the model is confident."),
+      qualityNote(r),
       bars(r.probabilities, mel),
       h("div", { class: "foot" }, toggle, h("a", { href: `#/case/${r.record_id}` }, `Open case #${r.record_id}`)),
       h("div", { class: "note" }, "Decision support, not a diagnosis.")));
@@ -274,6 +280,7 @@ async function renderCase(id) {
         h("div", { class: `melprob ${r.melanoma_alert ? "alert" : ""}` }, h("span", { class: "value" }, pct(r.melanoma_probability)),
           h("span", { class: "label" }, `melanoma probability · alert at ≥ ${pct(r.alert_threshold)}`)),
         r.refer ? h("div", { class: "referral", style: "margin:.6rem 0" }, h("strong", {}, "Refer: "), r.refer_reason) : null,
+        qualityNote(r),
         bars(r.probabilities, mel, 9),
         h("dl", { class: "facts", style: "margin-top:.8rem" },
           h("dt", {}, "Image SHA-256"), h("dd", {}, h("code", {}, r.image_sha256.slice(0, 16) + "…")),
