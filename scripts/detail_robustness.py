@@ -3,9 +3,11 @@
 For each run, its validation images (RUN/val_predictions.csv) are predicted again with every image first reduced
 to a smaller shorter side (model.json preprocessing `detail_size`: what a lower-resolution camera or copy gives),
 per collection: the older ISIC archive's own images of the 9-class split (not HAM10000 pictures) and HAM10000.
-Printed per run and level: melanoma AUC, the share of images alerted at the model's own threshold, and the mean
-melanoma probability of the non-melanomas; then mean +- sd over the runs. A model that does not use detail as a
-cue keeps its alert share as the detail drops.
+Printed per run and level: melanoma AUC, the share of images alerted at the model's own threshold, sensitivity
+and specificity there, the mean melanoma probability of the non-melanomas, and the specificity a threshold
+refitted for 90% sensitivity on these same images would give (`spec@90 refit`: what a detail-aware threshold
+could reach at best; in-sample, so optimistic); then mean +- sd over the runs. A model that does not use detail
+as a cue keeps its alert share as the detail drops.
 
     .venv/bin/python scripts/detail_robustness.py RUN... [--levels 0 150 120 100]   (0 = as stored)
 """
@@ -23,6 +25,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from loso_by_collection import ham_ids, isic_id, mean_sd  # scripts/ is on sys.path when run as a script
+from melanoma.metrics import choose_alert_threshold
 from melanoma.predict import Predictor
 
 
@@ -38,8 +41,14 @@ def collections(val_csv: Path) -> dict[str, list[dict]]:
 def scores(predictor: Predictor, rows: list[dict]) -> dict[str, float]:
     y = np.array([r["label"] == "melanoma" for r in rows])
     p = predictor.predict_paths([r["path"] for r in rows]).melanoma_probability
-    return {"auc": roc_auc_score(y, p), "alerted": float(np.mean(p >= predictor.alert_threshold)),
-            "p_other": float(p[~y].mean())}
+    alert = p >= predictor.alert_threshold
+    refit = p >= choose_alert_threshold(y, p, 0.9)
+    return {"auc": roc_auc_score(y, p), "alerted": float(np.mean(alert)), "sens": float(alert[y].mean()),
+            "spec": float(1 - alert[~y].mean()), "p_other": float(p[~y].mean()),
+            "spec90": float(1 - refit[~y].mean())}
+
+
+KEYS = ("auc", "alerted", "sens", "spec", "p_other", "spec90")
 
 
 def largest_shorter_side(rows: list[dict]) -> int:
@@ -56,7 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", nargs="+", type=int, default=[0, 150, 120, 100])
     args = ap.parse_args(argv)
     table = defaultdict(list)  # (collection, level) -> per-run score dicts
-    print(f"{'run':40s} {'level':>6s} {'collection':14s} {'AUC':>6s} {'alerted':>8s} {'p(mel) others':>14s}")
+    print(f"{'run':40s} {'level':>6s} {'collection':14s} {'AUC':>6s} {'alerted':>8s} {'sens':>5s} {'spec':>5s} "
+          f"{'p(mel) others':>14s} {'spec@90 refit':>13s}")
     for run in args.runs:
         predictor = Predictor.load(run)
         stored = predictor.pre.get("detail_size")
@@ -73,12 +83,14 @@ def main(argv=None) -> int:
                 s = done[key] = done.get(key) or scores(predictor, rows)
                 table[name, level].append(s)
                 print(f"{str(run):40s} {level or 'stored':>6} {name:14s} {s['auc']:6.3f} {s['alerted']:8.0%} "
-                      f"{s['p_other']:14.3f}", flush=True)
+                      f"{s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f} {s['spec90']:13.2f}", flush=True)
     if len(args.runs) > 1:
         print(f"\nmean ± sd over {len(args.runs)} runs")
         for (name, level), rows in table.items():
-            cells = [mean_sd([r[k] for r in rows]) for k in ("auc", "alerted", "p_other")]
-            print(f"{level or 'stored':>6} {name:14s} AUC {cells[0]}  alerted {cells[1]}  p(mel) others {cells[2]}")
+            cells = dict(zip(KEYS, (mean_sd([r[k] for r in rows]) for k in KEYS)))
+            print(f"{level or 'stored':>6} {name:14s} AUC {cells['auc']}  alerted {cells['alerted']}  sensitivity "
+                  f"{cells['sens']}  specificity {cells['spec']}  p(mel) others {cells['p_other']}  spec@90 refit "
+                  f"{cells['spec90']}")
     return 0
 
 

@@ -103,9 +103,10 @@ def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path,
                            "--levels", "0", "100", "200"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lines = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
-    assert [(cells[1], " ".join(cells[2:-3])) for cells in lines] == [
+    # run, level, collection, then AUC, alerted, sensitivity, specificity, p(mel) of others, spec@90 refit
+    assert [(cells[1], " ".join(cells[2:-6])) for cells in lines] == [
         ("stored", "older archive"), ("stored", "HAM10000"), ("100", "older archive"), ("100", "HAM10000"),
         ("200", "older archive"), ("200", "HAM10000")]
-    assert all(0.0 <= float(cells[-3]) <= 1.0 for cells in lines)
+    assert all(0.0 <= float(cells[-6]) <= 1.0 and 0.0 <= float(cells[-1]) <= 1.0 for cells in lines)
     # 200 px is above every image's shorter side (180 / 150): nothing to reduce, the stored figures again
-    assert [cells[-3:] for cells in lines[4:]] == [cells[-3:] for cells in lines[:2]]
+    assert [cells[-6:] for cells in lines[4:]] == [cells[-6:] for cells in lines[:2]]
