@@ -557,7 +557,8 @@ def _emit(text: str, out) -> None:
 
 def write_predictions_csv(result: PredictionResult, out, labels=None) -> None:
     """The prediction CSV (image, path, one column per class, prediction, confidence, melanoma_probability,
-    melanoma_alert, refer, refer_reason, warning[, label]); booleans are written true/false, probabilities to 6 places."""
+    melanoma_alert, refer, refer_reason, warning[, label]); booleans are written true/false, probabilities to 6
+    places."""
     _emit(_csv_text(*prediction_rows(result, labels)), out)
 
 

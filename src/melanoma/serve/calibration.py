@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from melanoma.errors import MelanomaError, ModelError
 from melanoma.labelmaps import MELANOMA_NAMES, normalise_label
+from melanoma.predict import csv_header
 from melanoma.serve.db import PredictionRecord
 from melanoma.serve.inference import LoadedModel
 
@@ -44,8 +45,7 @@ def write_predictions_csv(records: list[PredictionRecord], class_names: list[str
     """The shared prediction CSV layout with `label` = the dermatologist's final diagnosis."""
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["image", "path", *class_names, "prediction", "confidence", "melanoma_probability",
-                         "melanoma_alert", "refer", "refer_reason", "warning", "label"])
+        writer.writerow(csv_header(class_names, labels=True))
         for r in records:
             probs = [f"{float(r.probabilities.get(c, 0.0)):.6f}" for c in class_names]
             writer.writerow([f"record-{r.id}", f"record-{r.id}", *probs, r.prediction, f"{r.confidence:.6f}",

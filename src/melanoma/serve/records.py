@@ -41,7 +41,8 @@ def add_predictions(session: Session, model: LoadedModel, items: list[CheckedIma
             probabilities={k: float(v) for k, v in p.probabilities.items()}, prediction=p.prediction,
             confidence=float(p.confidence), melanoma_probability=_finite(p.melanoma_probability),
             alert_threshold=_finite(model.alert_threshold), alert=bool(p.melanoma_alert), refer=bool(p.refer),
-            refer_reason=p.refer_reason or "", warning=p.warning or "", image_file=keep_image(keep, item) if keep else None))
+            refer_reason=p.refer_reason or "", warning=p.warning or "",
+            image_file=keep_image(keep, item) if keep else None))
     session.add_all(rows)
     session.commit()
     return rows
@@ -58,7 +59,8 @@ def record_json(r: PredictionRecord) -> dict:
             "backend": r.backend, "probabilities": r.probabilities, "prediction": r.prediction,
             "confidence": r.confidence, "melanoma_probability": r.melanoma_probability,
             "melanoma_alert": r.alert, "alert_threshold": r.alert_threshold, "refer": r.refer,
-            "refer_reason": r.refer_reason, "warning": r.warning or "", "image_kept": r.image_file is not None, "review": review}
+            "refer_reason": r.refer_reason, "warning": r.warning or "", "image_kept": r.image_file is not None,
+            "review": review}
 
 
 def list_records(session: Session, since: datetime | None = None, alert: bool | None = None,
