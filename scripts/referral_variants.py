@@ -9,6 +9,8 @@ its worst-source quantile, all as referral.py fits them):
 
     .venv/bin/python scripts/referral_variants.py models/default                          (about 4 min on 2 cores)
     .venv/bin/python scripts/referral_variants.py runs/referral/ham-only --new-source ../shared/data/isic-9class/Train
+
+`--sweep`: version 3 only, over the low-confidence quantile (5% ... 1%) and the distance quantile (97.5% ... 99.9%).
 """
 
 from __future__ import annotations
@@ -67,6 +69,12 @@ def main(argv=None) -> int:
     ap.add_argument("--exclude", type=Path, default=ROOT.parent / "shared/data/ham10000/images",
                     help="images whose file names occur here are not new-source lesions")
     ap.add_argument("--n", type=int, default=600)
+    ap.add_argument("--cache", type=Path, help="an .npz file: the embeddings are read from it when it exists, "
+                    "else computed and written to it (same model and arguments!)")
+    ap.add_argument("--quantiles", type=float, nargs="+", default=[0.975],
+                    help="one table per quantile of the combined score (the add-on scores keep their own)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="version 3 only, over the two quantiles (low-confidence and not-like-the-training-images)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
 
@@ -79,17 +87,30 @@ def main(argv=None) -> int:
     sources = np.array([source_of(r["path"], training_sources(meta)) for r in rows])
     synthetic = referral.synthetic_ood_images(int(meta["preprocessing"]["input_size"]), 10, 0)
     kinds = np.array([k for k, _ in synthetic])
-    data = {"val": embed_all(net, predictor, [r["path"] for r in rows]),
-            "junk": embed_all(net, predictor, [im for _, im in synthetic])}
-    if args.new_source:
-        data["new"] = embed_all(net, predictor, _extra_lesions(args.new_source, args.exclude, args.n, 0))
-    print_table(data, labels, sources, kinds)
+    if args.cache and args.cache.is_file():  # the embeddings of an earlier run with the same arguments
+        with np.load(args.cache) as saved:
+            data = {}
+            for key in saved.files:
+                name, part = key.split("/")
+                data.setdefault(name, {})[part] = saved[key]
+    else:
+        data = {"val": embed_all(net, predictor, [r["path"] for r in rows]),
+                "junk": embed_all(net, predictor, [im for _, im in synthetic])}
+        if args.new_source:
+            data["new"] = embed_all(net, predictor, _extra_lesions(args.new_source, args.exclude, args.n, 0))
+        if args.cache:
+            np.savez(args.cache, **{f"{name}/{part}": v for name, parts in data.items() for part, v in parts.items()})
+    if args.sweep:
+        print_sweep(data, labels, sources, kinds)
+    else:
+        print_table(data, labels, sources, kinds, args.quantiles)
     return 0
 
 
-def print_table(data, labels, sources, kinds) -> None:
+def _scores(data, labels) -> tuple[dict, dict, dict, dict]:
+    """Standardised distances per feature set, standardised energy, confidence and the input check's verdict,
+    each as {set name: per-image array}, fitted on the validation lesions as referral.py fits them."""
     sets = list(data)
-    groups = referral._source_groups(sources, len(labels), 50)
 
     def standardised_distance(key):
         val = data["val"][key]
@@ -102,18 +123,58 @@ def print_table(data, labels, sources, kinds) -> None:
     centre, scale = referral._robust_scale(energy["val"])
     energy = {n: (e - centre) / scale for n, e in energy.items()}
     confidence = {n: referral.softmax(data[n]["logits"]).max(1) for n in sets}
-    low_limit = min(float(np.quantile(confidence["val"][m], 0.05)) for _, m in groups)
     check = input_check.fit(data["val"]["stats"])
-    base = {n: (confidence[n] < low_limit) | input_check.outside(data[n]["stats"], check) for n in sets}
+    outside = {n: input_check.outside(data[n]["stats"], check) for n in sets}
     dist = {k: standardised_distance(k) for k in ("pre", *(f"b{b}" for b in BLOCKS))}
+    return dist, energy, confidence, outside
+
+
+def _shares(refer: dict, sources) -> list[str]:
+    row = [f"{refer['val'][m].mean():.1%}" for _, m in referral.source_masks(sources)]
+    row += [f"{refer['new'].mean():.1%}"] if "new" in refer else []
+    return row + [f"{refer['junk'].mean():.0%}"]
+
+
+def print_sweep(data, labels, sources, kinds) -> None:
+    """Version 3 at other quantiles: the share referred per set (worst-source limits, as referral.py fits them)."""
+    groups = referral._source_groups(sources, len(labels), 50)
+    dist, energy, confidence, outside = _scores(data, labels)
+    score = {n: np.max([dist["pre"][n], dist["b5"][n], energy[n]], axis=0) for n in data}
+    print("| low-confidence quantile | distance quantile | "
+          + " | ".join(f"validation {s} (out of fold)" for s, _ in referral.source_masks(sources))
+          + (" | new-source lesions" if "new" in data else "") + " | non-dermoscopic |")
+    print("|---" * (3 + len(set(sources.tolist())) + ("new" in data)) + "|")
+    for cq in (0.05, 0.03, 0.01):
+        low_limit = min(float(np.quantile(confidence["val"][m], cq)) for _, m in groups)
+        for oq in (0.975, 0.985, 0.99, 0.995, 0.999):
+            limit = max(float(np.quantile(score["val"][m], oq)) for _, m in groups)
+            refer = {n: (confidence[n] < low_limit) | outside[n] | (score[n] > limit) for n in data}
+            print(f"| {cq:.0%} | {oq:.1%} | " + " | ".join(_shares(refer, sources)) + " |")
+
+
+def print_table(data, labels, sources, kinds, quantiles=(0.975,)) -> None:
+    for q in quantiles:
+        print(f"\ncombined score above its {q:.1%} quantile (worst source); low confidence below the 5% quantile")
+        _print_variants(data, labels, sources, kinds, q)
+
+
+def _print_variants(data, labels, sources, kinds, q_main: float) -> None:
+    sets = list(data)
+    groups = referral._source_groups(sources, len(labels), 50)
+    dist, energy, confidence, outside = _scores(data, labels)
+    low_limit = min(float(np.quantile(confidence["val"][m], 0.05)) for _, m in groups)
+    base = {n: (confidence[n] < low_limit) | outside[n] for n in sets}
     variants = {
-        "max(pre-logits, energy) [version 2]": [(("pre", "E"), 0.975)],
-        "max(block 5, energy) [replace]": [(("b5", "E"), 0.975)],
-        "max(pre-logits, block 5, energy) [version 3]": [(("pre", "b5", "E"), 0.975)],
-        "version 2 + block 5 at its 99% quantile": [(("pre", "E"), 0.975), (("b5",), 0.99)],
-        "version 2 + block 6 at its 99% quantile": [(("pre", "E"), 0.975), (("b6",), 0.99)],
-        "version 2 + block 0 at its 99.5% quantile": [(("pre", "E"), 0.975), (("b0",), 0.995)],
-        "max(pre-logits, block 0, block 5, energy)": [(("pre", "b0", "b5", "E"), 0.975)],
+        "max(pre-logits, energy) [version 2]": [(("pre", "E"), q_main)],
+        "max(block 5, energy) [replace]": [(("b5", "E"), q_main)],
+        "max(pre-logits, block 5, energy) [version 3]": [(("pre", "b5", "E"), q_main)],
+        "version 2 + block 5 at its 99% quantile": [(("pre", "E"), q_main), (("b5",), 0.99)],
+        "version 2 + block 5 at its 99.5% quantile": [(("pre", "E"), q_main), (("b5",), 0.995)],
+        "version 2 + block 6 at its 99% quantile": [(("pre", "E"), q_main), (("b6",), 0.99)],
+        "version 2 + block 0 at its 99.5% quantile": [(("pre", "E"), q_main), (("b0",), 0.995)],
+        "max(pre-logits, block 0, block 5, energy)": [(("pre", "b0", "b5", "E"), q_main)],
+        "max(pre-logits, block 0, energy)": [(("pre", "b0", "E"), q_main)],
+        "max(pre-logits, block 6, energy)": [(("pre", "b6", "E"), q_main)],
     }
     names = sorted(set(kinds.tolist()))
     print("| scores | " + " | ".join(f"validation {s} (out of fold)" for s, _ in referral.source_masks(sources))
@@ -125,9 +186,7 @@ def print_table(data, labels, sources, kinds) -> None:
             score = {n: np.max([energy[n] if k == "E" else dist[k][n] for k in keys], axis=0) for n in sets}
             limit = max(float(np.quantile(score["val"][m], q)) for _, m in groups)
             refer = {n: refer[n] | (score[n] > limit) for n in sets}
-        row = [f"{refer['val'][m].mean():.1%}" for _, m in referral.source_masks(sources)]
-        row += [f"{refer['new'].mean():.1%}"] if "new" in data else []
-        row += [f"{refer['junk'].mean():.0%}"] + [f"{refer['junk'][kinds == k].mean():.0%}" for k in names]
+        row = _shares(refer, sources) + [f"{refer['junk'][kinds == k].mean():.0%}" for k in names]
         print(f"| {title} | " + " | ".join(row) + " |")
 
 

@@ -192,6 +192,7 @@ def _minimal_args(bad) -> dict[str, list[str]]:
             "augment": [bad["corrupt_data"], "--per-class", "5", "--out", f"{bad['root']}/aug-x"],
             "train": ["--data", bad["corrupt_data"], "--out", f"{bad['root']}/run-x"],
             "threshold": [bad["model"], "--target-sensitivity", "0.9", "--in-place"],
+            "referral": [bad["model"], "--in-place"],
             "evaluate": ["--model", bad["model"], "--data", bad["corrupt_data"]],
             "report": [bad["model"]],
             "predict": [bad["image"], "--model", bad["model"]],
@@ -256,7 +257,7 @@ def test_help_of_every_command_shows_defaults_meanings_and_examples(capsys):
     assert cli.main(["--help"]) == 0 and cli.main(["-h"]) == 0
     top = capsys.readouterr().out
     commands = _commands()
-    for name in ("audit", "augment", "train", "threshold", "evaluate", "report", "predict", "export"):
+    for name in ("audit", "augment", "train", "threshold", "referral", "evaluate", "report", "predict", "export"):
         assert name in commands and name in top
     for name, parser in commands.items():
         assert cli.main([name, "--help"]) == 0

@@ -107,11 +107,16 @@ def _clusters(n_per_class=200, dim=32, classes=3, seed=0):
 @pytest.mark.parametrize("pca_dims", [64, 8], ids=["all-dims", "pca+residual"])
 def test_fit_referral_refers_a_modest_share_of_validation_and_far_inputs(pca_dims):
     features, logits, labels, centres = _clusters()
-    meta, tensors = referral.fit_referral(features, logits, labels, temperature=1.5, pca_dims=pca_dims)
+    # the quantiles of sessions 9-12 (5% / 97.5%), under which the mechanisms below were designed
+    meta, tensors = referral.fit_referral(features, logits, labels, temperature=1.5, pca_dims=pca_dims,
+                                          confidence_quantile=0.05, ood_quantile=0.975)
     json.dumps(meta)  # must be storable in model.json
     val = meta["validation"]
     assert 0.03 <= val["share_low_confidence"] <= 0.07
     assert val["share_ood"] <= 0.06 and val["share_referred"] <= 0.12
+    lenient, lenient_tensors = referral.fit_referral(features, logits, labels, temperature=1.5, pca_dims=pca_dims)
+    assert lenient["confidence_quantile"] == 0.01 and lenient["ood_quantile"] == 0.995  # the defaults (session 13)
+    assert lenient["validation"]["share_referred"] <= 0.04
     assert set(tensors) == {"referral." + n for n in referral.TENSOR_NAMES}
     assert all(t.dtype == torch.float32 for t in tensors.values())
 
@@ -124,6 +129,8 @@ def test_fit_referral_refers_a_modest_share_of_validation_and_far_inputs(pca_dim
     far = np.random.default_rng(3).normal(0, 1, (20, 32)) * 10 + 40
     refer, reasons = referrer.decide(referral.softmax(new_l[:20], 1.5), far, new_l[:20])
     assert refer.all() and all(referral.REASON_OOD in r for r in reasons)
+    lenient_referrer = referral.Referrer(lenient, {"extra." + k: v for k, v in lenient_tensors.items()})
+    assert lenient_referrer.decide(referral.softmax(new_l[:20], 1.5), far, new_l[:20])[0].all()
 
     # a weak network response (all logits near 0: high energy) on lesion-like features is referred too
     flat = np.random.default_rng(4).normal(0, 0.01, new_l[:20].shape)
@@ -148,8 +155,9 @@ def test_worst_source_limits_keep_every_source_near_its_nominal_share():
     labels = np.concatenate([labels_big, labels_small])
     sources = ["big"] * len(big_f) + ["small"] * len(small_f)
 
-    pooled, pooled_tensors = referral.fit_referral(features, logits, labels, 1.0)
-    worst, _ = referral.fit_referral(features, logits, labels, 1.0, sources=sources)
+    quantiles = {"confidence_quantile": 0.05, "ood_quantile": 0.975}  # the mechanism, at the quantiles it was built at
+    pooled, pooled_tensors = referral.fit_referral(features, logits, labels, 1.0, **quantiles)
+    worst, _ = referral.fit_referral(features, logits, labels, 1.0, sources=sources, **quantiles)
     json.dumps(worst)
     refer, _ = referral.Referrer(pooled, pooled_tensors).decide(referral.softmax(small_l), small_f, small_l)
     assert refer.mean() > 0.15  # what the pooled limits do to the small source

@@ -19,6 +19,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -433,6 +434,56 @@ def _run_threshold(args) -> int:
     return 0
 
 
+def _add_referral(sub) -> None:
+    p = _command(sub, "referral", "Re-fit a model's referral limits at other quantiles of its validation images "
+                 "(their paths and labels in val_predictions.csv; the images must still exist), without retraining: "
+                 "how many lesions are referred for low confidence and as not like the training images. Writes a "
+                 "NEW model folder (--out) unless --in-place; the network's weights stay as they are.",
+                 ["melanoma referral runs/lite0 --out runs/lite0-referral",
+                  "melanoma referral models/default --confidence-quantile 0.05 --ood-quantile 0.975 --out models/strict"])
+    p.add_argument("run", type=existing_path, help="model folder (model.json + model.safetensors + "
+                   "val_predictions.csv)")
+    p.add_argument("--confidence-quantile", type=_number(float, 0.0, 0.5, high_open=True), default=0.01,
+                   help="refer below this quantile of the validation confidences (the most lenient source's)")
+    p.add_argument("--ood-quantile", type=_number(float, 0.5, 1.0, low_open=True), default=0.995,
+                   help="refer above this quantile of the validation lesions' out-of-distribution scores (out of "
+                        "fold; the most lenient source's)")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help="new model folder: a copy of RUN with the new limits (RUN is untouched)")
+    where.add_argument("--in-place", action="store_true", help="update RUN itself")
+    _add_json_flag(p)
+    p.set_defaults(func=_run_referral)
+
+
+def _referral_summary(r: dict) -> str:
+    old, new = r["old"], r["new"]
+    by_source = r["validation"].get("by_source") or {"all": r["validation"]}
+    return (f"referral quantiles: low confidence {_round(old['confidence_quantile'])} -> "
+            f"{new['confidence_quantile']}, not like the training images {_round(old['ood_quantile'])} -> "
+            f"{new['ood_quantile']} (limits {old['refer_confidence']:.4f} / {old['ood_score']:.3f} -> "
+            f"{new['refer_confidence']:.4f} / {new['ood_score']:.3f})\n"
+            + (f"layers read: {_stages(old['layers'])} -> {_stages(new['layers'])}\n"
+               if old["layers"] != new["layers"] else "")
+            + "".join(f"  {name}: {v['share_referred']:.1%} of {v['n']} validation images referred "
+                      f"({v['share_low_confidence']:.1%} low confidence, {v['share_ood']:.1%} not like the training "
+                      "images, out of fold)\n" for name, v in by_source.items())
+            + f"wrote {r['model']}")
+
+
+def _stages(layers: list[str]) -> str:
+    """Layer names without their ensemble member prefix ("members.3.blocks.5" -> "blocks.5"), each once."""
+    return ", ".join(dict.fromkeys(re.sub(r"^members\.\d+\.", "", n) for n in layers)) or "none"
+
+
+def _run_referral(args) -> int:
+    with _library_output_to_stderr():
+        from melanoma.referral_refit import refit_referral
+
+        result = refit_referral(args.run, args.confidence_quantile, args.ood_quantile, out=args.out)
+    _emit(result, args.json, _referral_summary(result))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------ evaluate
 
 
@@ -629,8 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", default=False,
                         help="show library logs, warnings and progress bars (on stderr)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_evaluate, _add_report, _add_predict, _add_export,
-                _add_ensemble,
+    for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_referral, _add_evaluate, _add_report,
+                _add_predict, _add_export, _add_ensemble,
                 __import__("melanoma.serve.cli", fromlist=["add_serve"]).add_serve):
         add(sub)
     for command in sub.choices.values():  # commands added outside this module behave like the others

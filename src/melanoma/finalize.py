@@ -153,13 +153,14 @@ def headline_metrics(m: dict) -> dict:
 
 
 def fit_referral_on_validation(model, layers, outputs, probs, labels, temperature: float, sources, input_size: int,
-                               seed: int):
-    """Fit the referral (referral.fit_referral, worst-source limits) and the input check on a model's validation
-    outputs (`infer`'s logits, features, image statistics), then refer those images with them.
+                               seed: int, **quantiles):
+    """Fit the referral (referral.fit_referral, worst-source limits; `quantiles`: its confidence_quantile and
+    ood_quantile, else its defaults) and the input check on a model's validation outputs (`infer`'s logits,
+    features, image statistics), then refer those images with them.
     Returns (referral metadata, referral tensors, refer [N] bool, reasons [N])."""
     logits, features, image_stats = outputs
     referral_meta, tensors = fit_referral(features, logits, labels, temperature, seed=seed, sources=sources,
-                                          layers=layers, layer_dim=layer_width(model, layers, input_size))
+                                          layers=layers, layer_dim=layer_width(model, layers, input_size), **quantiles)
     referral_meta["input_check"] = input_check.fit(image_stats)
     refer, reasons = Referrer(referral_meta, tensors).decide(probs, features, logits, image_stats)
     return referral_meta, tensors, refer, reasons

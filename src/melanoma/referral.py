@@ -3,17 +3,22 @@
 Independent reasons, each calibrated on the validation set by training (`fit_referral`, `input_check.fit`):
 
 * "low confidence": the top softmax probability (after temperature scaling) is below
-  `thresholds.refer_confidence` = the `confidence_quantile` (default 5%) quantile of validation confidences,
-  so about 5% of validation lesions are referred for this reason -- those are also where the model is wrong
-  most often (the achieved accuracies are recorded in `meta["referral"]["validation"]`).
+  `thresholds.refer_confidence` = the `confidence_quantile` (default 1%; 5% up to session 12) quantile of
+  validation confidences, so about 1% of validation lesions are referred for this reason -- those are also where
+  the model is wrong most often (the achieved accuracies are recorded in `meta["referral"]["validation"]`).
 * "not like the training images": out-of-distribution input (a photo, a screenshot, noise...). Score = the
   larger of two robustly standardised scores (either may raise the alarm; a sum would let one dilute the other) (median / IQR on validation): the energy of the logits (Liu et al. 2020;
   meant for inputs on which the network responds weakly; on the shipped model noise and text still pass, README), and the class-conditional Mahalanobis distance (Lee et al. 2018: per-class means, one shared within-class covariance)
   of the pre-logit features, the covariance Ledoit-Wolf-shrunk and stored as its top 64 eigenpairs plus one
   variance for the remaining directions (probabilistic-PCA style: small, close to the full-dimensional distance;
   plain "PCA to 64 dims" separated noise/photos from lesions much worse because they differ mostly OUTSIDE the
-  64 lesion directions). Threshold = the `ood_quantile` (default 97.5%) quantile of *out-of-fold* validation
-  scores (5-fold cross-fitting): in-sample distances are too small and would refer too many new lesions.
+  64 lesion directions). Threshold = the `ood_quantile` (default 99.5%; 97.5% up to session 12) quantile of
+  *out-of-fold* validation scores (5-fold cross-fitting): in-sample distances are too small and would refer too
+  many new lesions. Why 1% and 99.5%: the non-dermoscopic inputs score far beyond either limit, but a new clinic's
+  lesions are both less confident and a little farther than the training sources' own; three Lite0 seeds trained on
+  HAM10000 alone referred 14.5-35.8% of a never-seen source's lesions at 5% / 97.5%, 2.7-8.8% at 1% / 99.5%,
+  while still referring 98-100% of the non-dermoscopic inputs (docs/results.md). `melanoma referral` re-fits an
+  existing model's limits (referral_refit.py).
   Version 3 adds a third score to the maximum: the same distance on the channel means and standard deviations
   of one intermediate layer per network (`tap_layers`: the second-to-last stage of an EfficientNet, Lite0's
   `blocks.5`). The pre-logit features of a trained classifier describe the lesion classes only, so gradients,
@@ -253,7 +258,7 @@ def combined_ood_score(distance: np.ndarray, energy: np.ndarray, normalisation: 
 
 # --------------------------------------------------------------------------------------------- fitting
 def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, temperature: float, *,
-                 confidence_quantile: float = 0.05, ood_quantile: float = 0.975, pca_dims: int = 64,
+                 confidence_quantile: float = 0.01, ood_quantile: float = 0.995, pca_dims: int = 64,
                  folds: int = 5, seed: int = 0, sources=None, min_source_images: int = 50,
                  layers=(), layer_dim: int = 0) -> tuple[dict, dict[str, torch.Tensor]]:
     """Calibrate both referral reasons on validation data.
@@ -302,6 +307,7 @@ def fit_referral(features: np.ndarray, logits: np.ndarray, labels: np.ndarray, t
         "thresholds": {"refer_confidence": refer_confidence, "ood_score": ood_threshold},
         "confidence_quantile": confidence_quantile,
         "ood_quantile": ood_quantile,
+        "folds": folds, "fold_seed": seed,  # the out-of-fold split: a re-fit (referral_refit.py) repeats it
         "pca_dims": int(stats["components"].shape[0]),
         "feature_dim": int(features.shape[1]),
         "temperature": float(temperature),
