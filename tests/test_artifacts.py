@@ -1,6 +1,7 @@
 """Model integrity: model.json records the SHA-256 of model.safetensors; a damaged weights file is refused;
 float16 / int8 weight storage shrinks the file and loads back exactly as the rounded float32 model."""
 
+import os
 import json
 import shutil
 from pathlib import Path
@@ -141,3 +142,20 @@ def test_an_unknown_weights_dtype_is_refused_in_one_line(model_dir, tmp_path):
 def test_the_shipped_model_fits_the_size_promise():
     """The project keeps every tracked file under 25 MB (the shipped ensemble is stored in float16)."""
     assert (SHIPPED / "model.safetensors").stat().st_size < 25 * 2 ** 20
+
+
+def test_atomic_writes_keep_the_replaced_files_permissions_or_follow_the_umask(tmp_path):
+    import melanoma.artifacts as artifacts
+
+    fresh = tmp_path / "fresh.json"
+    old_umask = os.umask(0o022)
+    saved, artifacts._UMASK = artifacts._UMASK, 0o022
+    try:
+        artifacts.atomic_write_text(fresh, "{}")
+        assert fresh.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: a service user must read it
+        fresh.chmod(0o640)
+        artifacts.atomic_write_text(fresh, "{ }")
+        assert fresh.stat().st_mode & 0o777 == 0o640 and fresh.read_text() == "{ }"
+    finally:
+        artifacts._UMASK = saved
+        os.umask(old_umask)

@@ -48,10 +48,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes 0600: a service running as another user could not read it
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _read_umask() -> int:
+    umask = os.umask(0)  # the only portable way to read it is to set it; done once, at import (threads: later)
+    os.umask(umask)
+    return umask
+
+
+_UMASK = _read_umask()
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions of the file being replaced, else those a plain open() would give (0666 minus the umask)."""
+    try:
+        return path.stat().st_mode & 0o777
+    except FileNotFoundError:
+        return 0o666 & ~_UMASK
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -166,6 +184,7 @@ def save_model(model, meta: dict, out_dir, extra_tensors: dict | None = None) ->
     try:
         save_file(tensors, tmp, metadata={"format": FORMAT})
         digest = file_sha256(tmp)
+        os.chmod(tmp, _mode_for(out_dir / "model.safetensors"))
         os.replace(tmp, out_dir / "model.safetensors")
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
