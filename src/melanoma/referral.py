@@ -16,7 +16,7 @@ Independent reasons, each calibrated on the validation set by training (`fit_ref
   *out-of-fold* validation scores (5-fold cross-fitting): in-sample distances are too small and would refer too
   many new lesions. Why 1% and 99.5%: the non-dermoscopic inputs score far beyond either limit, but a new clinic's
   lesions are both less confident and a little farther than the training sources' own; three Lite0 seeds trained on
-  HAM10000 alone referred 14.5-35.8% of a never-seen source's lesions at 5% / 97.5%, 2.7-8.8% at 1% / 99.5%,
+  HAM10000 alone referred 14.5-35.8% of a never-seen source's lesions at 5% / 97.5%, 2.2-8.5% at 1% / 99.5%,
   while still referring 98-100% of the non-dermoscopic inputs (docs/results.md). `melanoma referral` re-fits an
   existing model's limits (referral_refit.py).
   Version 3 adds a third score to the maximum: the same distance on the channel means and standard deviations
