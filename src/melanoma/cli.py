@@ -407,11 +407,16 @@ def _add_threshold(sub) -> None:
                         "separately, so no source falls below it (an alert meant for clinics unlike any one source); "
                         "--no-per-source: one threshold on all images pooled (default: as the model's alert was "
                         "chosen, model.json thresholds.melanoma_alert_policy)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", help="new model folder: a copy of RUN with the new threshold (RUN is untouched)")
-    where.add_argument("--in-place", action="store_true", help="update RUN/model.json itself")
+    _add_out_or_in_place(p, "the new threshold", "RUN/model.json itself")
     _add_json_flag(p)
     p.set_defaults(func=_run_threshold)
+
+
+def _add_out_or_in_place(p, what: str, in_place: str) -> None:
+    """--out NEW_FOLDER (a copy of RUN with `what`) or --in-place (update `in_place`): one of them, required."""
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", help=f"new model folder: a copy of RUN with {what} (RUN is untouched)")
+    where.add_argument("--in-place", action="store_true", help=f"update {in_place}")
 
 
 def _threshold_summary(r: dict) -> str:
@@ -448,9 +453,7 @@ def _add_referral(sub) -> None:
     p.add_argument("--ood-quantile", type=_number(float, 0.5, 1.0, low_open=True), default=0.995,
                    help="refer above this quantile of the validation lesions' out-of-distribution scores (out of "
                         "fold; the most lenient source's)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--out", help="new model folder: a copy of RUN with the new limits (RUN is untouched)")
-    where.add_argument("--in-place", action="store_true", help="update RUN itself")
+    _add_out_or_in_place(p, "the new limits", "RUN itself")
     _add_json_flag(p)
     p.set_defaults(func=_run_referral)
 
