@@ -101,7 +101,7 @@ def main(argv=None) -> int:
         if args.cache:
             np.savez(args.cache, **{f"{name}/{part}": v for name, parts in data.items() for part, v in parts.items()})
     if args.sweep:
-        print_sweep(data, labels, sources, kinds)
+        print_sweep(data, labels, sources)
     else:
         print_table(data, labels, sources, kinds, args.quantiles)
     return 0
@@ -135,7 +135,7 @@ def _shares(refer: dict, sources) -> list[str]:
     return row + [f"{refer['junk'].mean():.0%}"]
 
 
-def print_sweep(data, labels, sources, kinds) -> None:
+def print_sweep(data, labels, sources) -> None:
     """Version 3 at other quantiles: the share referred per set (worst-source limits, as referral.py fits them)."""
     groups = referral._source_groups(sources, len(labels), 50)
     dist, energy, confidence, outside = _scores(data, labels)

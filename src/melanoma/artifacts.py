@@ -166,12 +166,21 @@ def round_weights(model, dtype: str):
     return model
 
 
+def write_safetensors(path: Path, tensors: dict, metadata: dict | None) -> str:
+    """Write `tensors` (contiguous torch tensors) to a safetensors file atomically; returns its hex SHA-256 (of
+    the bytes written, so the file is not read back)."""
+    from safetensors.torch import save
+
+    data = save(tensors, metadata=metadata)
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
 def save_model(model, meta: dict, out_dir, extra_tensors: dict | None = None) -> Path:
     """Write model.safetensors (+ `extra.*` tensors) and model.json (with the weights' SHA-256) atomically;
     the network's floating-point tensors are stored as meta["weights_dtype"] (default float32). Returns the
     model.json path."""
     import torch
-    from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -179,16 +188,7 @@ def save_model(model, meta: dict, out_dir, extra_tensors: dict | None = None) ->
                stored_tensors(model.state_dict(), checked_weights_dtype(meta.get("weights_dtype"))).items()}
     for name, value in (extra_tensors or {}).items():
         tensors[EXTRA_PREFIX + name] = torch.as_tensor(value).detach().cpu().contiguous()
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT})
-        digest = file_sha256(tmp)
-        os.chmod(tmp, _mode_for(out_dir / "model.safetensors"))
-        os.replace(tmp, out_dir / "model.safetensors")
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    digest = write_safetensors(out_dir / "model.safetensors", tensors, {"format": FORMAT})
     meta = {k: v for k, v in meta.items() if k not in ("extra", HASH_KEY)}  # a re-saved meta gets the NEW hash
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": __version__,
             HASH_KEY: digest, **meta}

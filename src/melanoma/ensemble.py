@@ -228,17 +228,6 @@ def heldout_set(members: list[Path], class_names: list[str]) -> tuple[list[str],
     return paths, labels, mask
 
 
-def _load_images(paths: list[str], pre: dict) -> list[torch.Tensor]:
-    from melanoma.datamodule import decode_prepared
-
-    images = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise ModelError(f"{path}: validation image of a member is missing (moved since training?)")
-        images.append(decode_prepared(path, pre))
-    return images
-
-
 def _union_fingerprint(extras: list[dict]) -> dict[str, torch.Tensor]:
     """All members' training-set fingerprints (fingerprint.* tensors), duplicates removed."""
     from melanoma import fingerprint
@@ -260,8 +249,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     threshold, referral and metrics are those of the weights that ship."""
     from melanoma import metrics
     from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
-    from melanoma.finalize import (calibrate_and_threshold, fit_referral_on_validation, headline_metrics, infer,
-                                   source_of, training_sources, write_predictions)
+    from melanoma.finalize import (calibrate_and_threshold, decode_validation_images, fit_referral_on_validation,
+                                   headline_metrics, infer, source_of, training_sources, write_predictions)
     from melanoma.referral import softmax, tap_layers
 
     out = Path(out)
@@ -281,7 +270,7 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     paths, label_names, mask = heldout_set(members, classes)
     labels = np.array([classes.index(name) for name in label_names])
     layers = tap_layers(net)  # each member's intermediate layer, for the referral (referral.py)
-    logits, features, image_stats = infer(net, _load_images(paths, pre), pre, layers=layers)
+    logits, features, image_stats = infer(net, decode_validation_images(paths, pre), pre, layers=layers)
     scoring = "every member held these images out"
     if not mask.all():  # CV folds: each image scored by the members that did not train on it
         scoring = "out-of-fold: each image scored by the members that did not train on it"

@@ -152,6 +152,18 @@ def headline_metrics(m: dict) -> dict:
             "melanoma_specificity": value(mel.get("specificity")), "n": m.get("n_images")}
 
 
+def decode_validation_images(paths: list[str], pre: dict) -> list[torch.Tensor]:
+    """A model's validation images (the paths its val_predictions.csv lists), decoded for `infer`; every path is
+    checked before any is decoded, so a moved folder fails at once, naming the first missing image."""
+    from melanoma.datamodule import decode_prepared
+
+    missing = [p for p in paths if not Path(p).is_file()]
+    if missing:
+        raise ModelError(f"{missing[0]}: validation image missing ({len(missing)} of {len(paths)}; moved since "
+                         "training?)")
+    return [decode_prepared(p, pre) for p in paths]
+
+
 def fit_referral_on_validation(model, layers, outputs, probs, labels, temperature: float, sources, input_size: int,
                                seed: int, **quantiles):
     """Fit the referral (referral.fit_referral, worst-source limits; `quantiles`: its confidence_quantile and

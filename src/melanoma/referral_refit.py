@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.artifacts import EXTRA_PREFIX, HASH_KEY, atomic_write_bytes, atomic_write_text, file_sha256, read_meta
+from melanoma.artifacts import EXTRA_PREFIX, HASH_KEY, atomic_write_text, read_meta, write_safetensors
 from melanoma.errors import ConfigError, DataError, ModelError
 
 
@@ -28,7 +28,8 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     model folder holding a copy of RUN's model files) or, with out=None, into RUN itself. The out-of-fold split is
     the one the model was fitted with, so the same quantiles give the same limits. Returns the old and new limits
     and the share of validation lesions referred per source."""
-    from melanoma.finalize import _copy_model, fit_referral_on_validation, infer, source_of, training_sources
+    from melanoma.finalize import (_copy_model, decode_validation_images, fit_referral_on_validation, infer,
+                                   source_of, training_sources)
     from melanoma.referral import softmax
 
     _check_quantiles(confidence_quantile, ood_quantile)
@@ -39,18 +40,18 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
         raise ModelError(f"{run / 'model.json'}: the model has no referral to re-fit")
     paths, labels = _validation_images(run / "val_predictions.csv", meta["class_names"])
     model, pre, layers, temperature = _model_for_refit(run, meta)
-    outputs = infer(model, _decode(paths, pre), pre, layers=layers)
+    outputs = infer(model, decode_validation_images(paths, pre), pre, layers=layers)
     probs = softmax(outputs[0], temperature)
     sources = [source_of(p, training_sources(meta)) for p in paths]
     referral_meta, tensors, refer, reasons = fit_referral_on_validation(
         model, layers, outputs, probs, labels, temperature, sources, int(pre["input_size"]), _fold_seed(meta),
         confidence_quantile=confidence_quantile, ood_quantile=ood_quantile)
     target = _copy_model(run, out) if out else run
-    _replace_referral_tensors(target, tensors)  # named referral.*, as fit_referral returns them
+    digest = _replace_referral_tensors(target, tensors)  # named referral.*, as fit_referral returns them
     stored = json.loads((target / "model.json").read_text())  # as stored (read_meta may normalise)
     stored["referral"] = referral_meta
     stored["thresholds"].update(referral_meta["thresholds"])
-    stored[HASH_KEY] = file_sha256(target / "model.safetensors")
+    stored[HASH_KEY] = digest
     atomic_write_text(target / "model.json", json.dumps(stored, indent=2))
     _rewrite_refer_columns(target / "val_predictions.csv", refer, reasons)
     return {"model": str(target / "model.json"), "images": len(paths),
@@ -103,29 +104,18 @@ def _model_for_refit(run: Path, meta: dict):
     return model, meta["preprocessing"], tap_layers(model), float(meta["referral"].get("temperature") or 1.0)
 
 
-def _decode(paths: list[str], pre: dict) -> list:
-    from melanoma.datamodule import decode_prepared
-
-    missing = [p for p in paths if not Path(p).is_file()]
-    if missing:
-        raise ModelError(f"{missing[0]}: validation image missing ({len(missing)} of {len(paths)}; moved since "
-                         "training?); re-fitting the referral needs every validation image")
-    return [decode_prepared(p, pre) for p in paths]
-
-
-def _replace_referral_tensors(folder: Path, tensors: dict) -> None:
+def _replace_referral_tensors(folder: Path, tensors: dict) -> str:
     """Swap the `extra.referral.*` tensors of folder/model.safetensors for `tensors` (names without `extra.`);
-    every other tensor is written back unchanged."""
+    every other tensor is written back unchanged. Returns the new file's SHA-256."""
     import torch
     from safetensors import safe_open
-    from safetensors.torch import save
 
     path = folder / "model.safetensors"
     with safe_open(str(path), framework="pt") as fh:
         file_meta = fh.metadata()
         kept = {k: fh.get_tensor(k) for k in fh.keys() if not k.startswith(EXTRA_PREFIX + "referral.")}
     kept.update({EXTRA_PREFIX + k: torch.as_tensor(v).contiguous() for k, v in tensors.items()})
-    atomic_write_bytes(path, save(kept, metadata=file_meta))
+    return write_safetensors(path, kept, file_meta)
 
 
 def _rewrite_refer_columns(csv_path: Path, refer: np.ndarray, reasons: list[str]) -> None:
