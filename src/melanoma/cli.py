@@ -407,6 +407,11 @@ def _add_threshold(sub) -> None:
                         "separately, so no source falls below it (an alert meant for clinics unlike any one source); "
                         "--no-per-source: one threshold on all images pooled (default: as the model's alert was "
                         "chosen, model.json thresholds.melanoma_alert_policy)")
+    p.add_argument("--detail-levels", type=int, nargs="+", metavar="PX",
+                   help="also calibrate images with less detail than the model trained on: predict its validation "
+                        "images again reduced to each shorter side (px, below its detail_size, e.g. 135 120 100) "
+                        "and store, per level, how far their melanoma odds are lowered so that the alert keeps the "
+                        "target there too (model.json detail_calibration; a few minutes per level)")
     _add_out_or_in_place(p, "the new threshold", "RUN/model.json itself")
     _add_json_flag(p)
     p.set_defaults(func=_run_threshold)
@@ -427,14 +432,23 @@ def _threshold_summary(r: dict) -> str:
             + "".join(f"  {name}: sensitivity {_round(v['sensitivity'])}, specificity {_round(v['specificity'])}, "
                       f"alerts on {v['alert_share']:.1%} of {v['n']} images\n" for name, v in r["by_source"].items()
                       if len(r["by_source"]) > 1)  # one line per source, when there are several
+            + _detail_summary(r.get("detail_calibration"), r.get("detail_calibration_refitted"))
             + f"wrote {r['model']}")
+
+
+def _detail_summary(calibration: dict | None, refitted: bool) -> str:
+    if not calibration:
+        return ""
+    levels = ", ".join(f"{lv['shorter_side']} px {lv['alert_threshold']:.4f}" for lv in calibration["levels"])
+    how = "fitted" if refitted else f"kept (fitted for sensitivity {calibration['target_sensitivity']:.3f})"
+    return f"detail calibration {how}: alert threshold of images reduced to {levels}\n"
 
 
 def _run_threshold(args) -> int:
     from melanoma.finalize import rethreshold
 
     result = rethreshold(args.run, args.target_sensitivity, args.predictions, out=args.out,
-                         per_source=args.per_source)
+                         per_source=args.per_source, detail_levels=args.detail_levels)
     _emit(result, args.json, _threshold_summary(result))
     return 0
 

@@ -282,13 +282,19 @@ MIN_MELANOMAS_FOR_THRESHOLD = 30  # fewer: one melanoma moves the achieved sensi
 MODEL_FILES = ("model.json", "model.safetensors", "val_predictions.csv")  # what a thresholded copy carries
 
 
-def _copy_model(run: Path, out) -> Path:
-    """A new model folder holding RUN's model files (the run's checkpoints and logs stay behind)."""
+def _check_new_folder(run: Path, out) -> Path:
+    """`out` as a Path, or ConfigError when it is RUN itself or a folder (or file) that already holds something."""
     out = Path(out).expanduser()
     if out.resolve() == run.resolve():
         raise ConfigError(f"{out}: --out is the model folder itself; use --in-place to change it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    return out
+
+
+def _copy_model(run: Path, out) -> Path:
+    """A new model folder holding RUN's model files (the run's checkpoints and logs stay behind)."""
+    out = _check_new_folder(run, out)
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         if (run / name).is_file():
@@ -353,7 +359,8 @@ def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> 
     return min(thresholds)
 
 
-def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool | None = None) -> dict:
+def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool | None = None,
+                detail_levels=None) -> dict:
     """Re-choose the melanoma alert threshold of a model without retraining. From the run's stored validation
     (CV: out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
     `melanoma evaluate` wrote on a clinic's own labelled images), for that clinic: a threshold chosen on one
@@ -364,7 +371,10 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     hold fewer than 30 melanomas or images the model was trained on. per_source=True: the lowest of the thresholds
     that reach the target on each training source's images separately (`worst_source_threshold`); None: as the
     model's alert was chosen (model.json). Returns old and new values and the achieved operating point (per source
-    too)."""
+    too). detail_levels (shorter sides in px, below the model's detail_size): also fit the detail calibration on
+    the validation images reduced to each level (`detail_calibration`); without them an existing one is kept (its
+    logit shifts then apply around the new threshold)."""
+    from melanoma import detail_calibration
     from melanoma.artifacts import read_meta
     from melanoma.evaluate import read_predictions_csv
     from melanoma.labelmaps import MELANOMA_NAMES, normalise_label
@@ -379,6 +389,13 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     if not meta_path.is_file():
         raise ModelError(f"{meta_path}: missing; {needs}")
     meta = read_meta(run)  # a corrupt model.json is named before the predictions are looked at
+    if detail_levels:
+        if predictions:
+            raise ConfigError("--detail-levels predicts the model's own validation images again at each level; "
+                              "it cannot be combined with --predictions")
+        detail_calibration.check_levels(detail_levels, (meta.get("preprocessing") or {}).get("detail_size"))
+        if out:
+            _check_new_folder(run, out)  # named now, not after minutes of prediction
     if not preds_path.is_file():
         raise ModelError(f"{preds_path}: missing; {needs}")
     mel = meta.get("melanoma_class")
@@ -404,6 +421,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     else:
         new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
     old = meta["thresholds"].get("melanoma_alert")
+    detail = (detail_calibration.fit(run, detail_levels, target_sensitivity, per_source, new, paths, is_mel)
+              if detail_levels else None)  # before anything is written: a bad image leaves no half-made folder
     target_dir = _copy_model(run, out) if out else run
     meta = json.loads((target_dir / "model.json").read_text())  # as stored (read_meta may normalise)
     flagged = p_mel >= new
@@ -413,6 +432,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
                               melanoma_alert_source=str(preds_path.resolve()) if predictions else "validation",
                               melanoma_alert_policy="worst source" if per_source else "pooled",
                               melanoma_alert_by_source=achieved)
+    if detail:
+        meta["detail_calibration"] = detail
     if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
         meta["model_card"]["expected_alert_share"] = expected_alert_share(sensitivity, specificity)
     if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too
@@ -421,7 +442,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     return {"model": str(target_dir / "model.json"), "predictions": str(preds_path),
             "target_sensitivity": target_sensitivity, "old": old, "new": new, "per_source": per_source,
             "sensitivity": sensitivity, "specificity": specificity,
-            "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved}
+            "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved,
+            "detail_calibration": meta.get("detail_calibration"), "detail_calibration_refitted": bool(detail)}
 
 
 def operating_points(is_mel, flagged, sources: list[str]) -> dict:

@@ -4,6 +4,8 @@ Everything model-specific (class names, preprocessing, temperature, thresholds, 
 the model's `model.json` (for ONNX: the copy embedded by `melanoma export` in the ONNX metadata).
 
     probabilities = softmax(logits / temperature)      (TTA: mean of the per-view softmax)
+                    then, for an image with less detail than the model trained on, the melanoma odds lowered
+                    as model.json's detail_calibration says (melanoma.detail_calibration)
     melanoma_alert = p(melanoma) >= thresholds.melanoma_alert
     refer          = see melanoma.referral (low confidence or not like the training images)
     warning        = "" or why the result is less reliable without being referred (`detail_warning`)
@@ -32,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from melanoma import images, input_check, referral
+from melanoma import detail_calibration, images, input_check, referral
 from melanoma.errors import ConfigError, ImageError, ModelError
 from melanoma.images import is_image_file, load_image
 
@@ -245,17 +247,20 @@ def _name_of(item, index: int) -> str:
 LOW_DETAIL = "less detail than the training images"
 
 
-def detail_warning(shorter_side: int, pre: dict) -> str:
+def detail_warning(shorter_side: int, pre: dict, calibrated: bool = False) -> str:
     """"" or the warning for an image whose shorter side (px, as decoded) is below the model's
     preprocessing.detail_size: every training image was first reduced to that side, so a smaller one reaches the
     network enlarged, with less fine detail than it learned from. Not a referral: such images are ranked nearly
     as well, but their melanoma probabilities rise, so the alert fires more often (the shipped model of session
     11: 68% of its older-archive validation images alerted at 150 px, 84% at 120 px, 91% at 100 px;
-    docs/results.md). Models without detail_size trained on mixed detail: no warning."""
+    docs/results.md). calibrated: the model's detail calibration lowered the melanoma probability to match
+    (`detail_calibration`), so only the ranking is less reliable. Models without detail_size trained on mixed
+    detail: no warning."""
     detail = pre.get("detail_size")
     if not detail or shorter_side >= int(detail):
         return ""
-    return f"{LOW_DETAIL}: shorter side {shorter_side} px, trained at {int(detail)} px (alerts fire more often)"
+    why = "melanoma probability adjusted for it" if calibrated else "alerts fire more often"
+    return f"{LOW_DETAIL}: shorter side {shorter_side} px, trained at {int(detail)} px ({why})"
 
 
 # ------------------------------------------------------------------------------------------------ predictor
@@ -278,6 +283,8 @@ class Predictor:
                                      if k in ("refer_confidence", "ood_score") and v is not None}}
         self.referrer = referral.Referrer(ref_meta, meta.get("extra"))
         self.pre: dict = meta["preprocessing"]
+        # images with less detail than pre["detail_size"]: melanoma log-odds lowered per model.json (or None)
+        self.detail_calibration: dict | None = meta.get("detail_calibration")
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, spinning: bool = False) -> Predictor:
@@ -336,17 +343,22 @@ class Predictor:
         """The batch's PredictionResult; `sides`: each image's shorter side as decoded (px), for the warnings."""
         n = len(names)
         probs = np.zeros((0, len(self.class_names))) if probs is None else probs
+        with _one_blas_thread():  # the referral decides on the outputs it was fitted on, before any detail shift
+            refer, reasons = (self.referrer.decide(probs, features, logits, image_stats) if n
+                              else (np.zeros(0, bool), []))
+        calibrated = bool(self.detail_calibration) and self.melanoma_index is not None
+        if calibrated and len(sides) == n:
+            shifts = [detail_calibration.logit_shift(s, self.detail_calibration, self.pre.get("detail_size"))
+                      for s in sides]
+            probs = detail_calibration.shift_melanoma(probs, self.melanoma_index, shifts)
         if self.melanoma_index is None:
             p_mel, alert = np.full(n, np.nan), np.zeros(n, bool)
         else:
             p_mel = probs[:, self.melanoma_index]
             alert = p_mel >= self.alert_threshold
-        with _one_blas_thread():
-            refer, reasons = (self.referrer.decide(probs, features, logits, image_stats) if n
-                              else (np.zeros(0, bool), []))
         return PredictionResult(paths=list(names), probs=probs, class_names=self.class_names,
                                 melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
-                                errors=list(errors), warning=[detail_warning(s, self.pre) for s in sides])
+                                errors=list(errors), warning=[detail_warning(s, self.pre, calibrated) for s in sides])
 
     def predict(self, images, tta: bool = False, tta_views: int = 8, batch_size: int = 32) -> list[Prediction]:
         """Predict PIL images / paths / uint8 arrays (one image or a list). A bad image raises ImageError

@@ -259,10 +259,14 @@ def _training_text(training: dict) -> str:
     return ", ".join(p for p in parts if p) or "not recorded"
 
 
-def _alert_text(thresholds: dict) -> str:
+def _alert_text(thresholds: dict, detail: dict | None = None) -> str:
     text = f"{_fmt(thresholds.get('melanoma_alert'))} on the calibrated melanoma probability"
     if thresholds.get("target_sensitivity") is not None:
         text += f" (chosen for {thresholds['target_sensitivity']:.0%} melanoma sensitivity on validation)"
+    if detail and detail.get("levels"):
+        levels = ", ".join(f"{lv['shorter_side']} px {_fmt(lv['alert_threshold'])}" for lv in detail["levels"])
+        text += (f"; images with less detail have their melanoma odds lowered so that it acts as the threshold "
+                 f"fitted at their level ({levels}; detail calibration)")
     return text
 
 
@@ -288,7 +292,7 @@ def _model_card(meta: dict | None, where: Path) -> str:
              ("melanoma class", meta.get("melanoma_class") or "none (no melanoma alert)"),
              ("preprocessing", _preprocessing_text(meta.get("preprocessing") or {})),
              ("temperature (calibration)", _fmt(meta.get("temperature"))),
-             ("melanoma alert threshold", _alert_text(thresholds)),
+             ("melanoma alert threshold", _alert_text(thresholds, meta.get("detail_calibration"))),
              ("referral confidence threshold", _fmt(thresholds.get("refer_confidence"))),
              ("training", _training_text(meta.get("training") or {}))]
     return '<p class="warning">Decision support for dermatologists, not a diagnosis.</p>' + _table(None, rows)
