@@ -73,10 +73,16 @@ def test_refit_writes_new_limits_into_a_copy_and_prediction_follows_them(tiny_ru
 def test_referral_cli_in_place_and_one_line_errors(tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
+    staging = tmp_path / ".run.referral-staging"  # what a re-fit killed before its swap would have left
+    staging.mkdir()
+    (staging / "model.json").write_text("{half written")
+    (run / "model.json").chmod(0o644)
     assert cli.main(["referral", str(run), "--in-place", "--ood-quantile", "0.9"]) == 0
     out = capsys.readouterr().out
     assert "not like the training images 0.995 -> 0.9" in out and "validation images referred" in out
     assert json.loads((run / "model.json").read_text())["referral"]["ood_quantile"] == 0.9
+    assert not staging.exists() and (run / "model.json").stat().st_mode & 0o777 == 0o644
+    assert Predictor.load(run).referrer is not None  # weights and model.json's SHA-256 agree
 
     first = next(iter(_refer_column(run)))
     moved = str(tmp_path / "moved" / Path(first).name)

@@ -28,13 +28,15 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     model folder holding a copy of RUN's model files) or, with out=None, into RUN itself. The out-of-fold split is
     the one the model was fitted with, so the same quantiles give the same limits. Returns the old and new limits
     and the share of validation lesions referred per source."""
-    from melanoma.finalize import (_copy_model, decode_validation_images, fit_referral_on_validation, infer,
-                                   source_of, training_sources)
+    from melanoma.finalize import (_check_new_folder, _copy_model, decode_validation_images,
+                                   fit_referral_on_validation, infer, source_of, training_sources)
     from melanoma.referral import softmax
 
     _check_quantiles(confidence_quantile, ood_quantile)
     run = Path(run)
     meta = read_meta(run)
+    if out:
+        _check_new_folder(run, out)  # named now, not after minutes of embedding
     old = meta.get("referral") or {}
     if not old.get("thresholds"):
         raise ModelError(f"{run / 'model.json'}: the model has no referral to re-fit")
@@ -46,7 +48,10 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     referral_meta, tensors, refer, reasons = fit_referral_on_validation(
         model, layers, outputs, probs, labels, temperature, sources, int(pre["input_size"]), _fold_seed(meta),
         confidence_quantile=confidence_quantile, ood_quantile=ood_quantile)
-    target = _copy_model(run, out) if out else run
+    # in place: everything is written into a staging copy first and swapped in by renames at the end, so a kill
+    # never leaves weights whose SHA-256 disagrees with model.json (a model no loader would accept)
+    staging = None if out else _fresh_staging_folder(run)
+    target = _copy_model(run, out or staging)
     digest = _replace_referral_tensors(target, tensors)  # named referral.*, as fit_referral returns them
     stored = json.loads((target / "model.json").read_text())  # as stored (read_meta may normalise)
     stored["referral"] = referral_meta
@@ -54,12 +59,41 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     stored[HASH_KEY] = digest
     atomic_write_text(target / "model.json", json.dumps(stored, indent=2))
     _rewrite_refer_columns(target / "val_predictions.csv", refer, reasons)
+    if staging:
+        target = _swap_in(staging, run)
     return {"model": str(target / "model.json"), "images": len(paths),
             "old": {"confidence_quantile": old.get("confidence_quantile"), "ood_quantile": old.get("ood_quantile"),
                     "layers": old.get("layers") or [], **old["thresholds"]},
             "new": {"confidence_quantile": confidence_quantile, "ood_quantile": ood_quantile,
                     "layers": referral_meta.get("layers") or [], **referral_meta["thresholds"]},
             "validation": referral_meta["validation"]}
+
+
+def _fresh_staging_folder(run: Path) -> Path:
+    """RUN's sibling staging folder for an in-place re-fit, emptied of what a killed earlier re-fit left."""
+    import shutil
+
+    staging = run.resolve().parent / f".{run.resolve().name}.referral-staging"
+    if staging.exists():
+        shutil.rmtree(staging)
+    return staging
+
+
+def _swap_in(staging: Path, run: Path) -> Path:
+    """Move the staging folder's files over RUN's (each keeping the permissions of the file it replaces; the
+    weights first, then model.json, then the CSV), remove the staging folder, return RUN."""
+    import os
+    import stat
+
+    for name in ("model.safetensors", "model.json", "val_predictions.csv"):
+        if (staging / name).is_file():
+            if (run / name).exists():
+                os.chmod(staging / name, stat.S_IMODE((run / name).stat().st_mode))
+            os.replace(staging / name, run / name)
+    for leftover in staging.iterdir():
+        leftover.unlink()
+    staging.rmdir()
+    return run
 
 
 def _check_quantiles(confidence_quantile: float, ood_quantile: float) -> None:
