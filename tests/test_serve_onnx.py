@@ -46,6 +46,11 @@ def test_first_start_exports_beside_the_model_and_matches_pytorch(exported, shar
     torch_probs = np.array([list(p.probabilities.values()) for p in Predictor.load(folder).predict(pil)])
     assert np.abs(onnx_probs - torch_probs).max() < 1e-4
     assert exported.sha256 == file_sha256(folder / "model.safetensors")
+    assert exported.version.endswith("+" + _export_key(folder, exported.sha256)[:12])  # model.json counts too
+    small = pil[1].resize((120, 120))  # below the shipped 150 px: detail-calibrated in the ONNX service too
+    onnx_small, torch_small = exported.predictor.predict(small)[0], Predictor.load(folder).predict(small)[0]
+    assert "adjusted" in onnx_small.warning
+    assert abs(onnx_small.melanoma_probability - torch_small.melanoma_probability) < 1e-4
 
 
 def test_a_changed_model_never_uses_a_stale_export(exported, tmp_path):

@@ -159,7 +159,9 @@ def load_model(path: Path, backend: str, state_dir: Path, threads: int | None, d
     card = json.loads((folder / "model.json").read_text()) if folder else {
         k: v for k, v in meta.items() if k != "extra"}
     name = folder.resolve().name if folder else path.stem
-    version = str(meta.get("version") or f"{meta.get('package_version', '0')}+{sha[:12]}")
+    # model.json counts too: a re-thresholded or detail-calibrated model alerts differently with the same weights
+    key = _export_key(folder, sha) if folder else sha
+    version = str(meta.get("version") or f"{meta.get('package_version', '0')}+{key[:12]}")
     return LoadedModel(predictor, meta, name, version, sha, backend, device, folder, onnx_path, card)
 
 
