@@ -42,6 +42,7 @@ def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
                                                                                                "worst source")
     shipped = json.loads((out / "shipped" / "model.json").read_text())
     assert shipped["thresholds"]["melanoma_alert_policy"] == "worst source"
+    assert [lv["shorter_side"] for lv in shipped["detail_calibration"]["levels"]] == [135, 120, 100]
 
 
 def test_loso_ensemble_scores_the_mean_of_seeds_on_shared_images(tmp_path):
