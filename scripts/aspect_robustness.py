@@ -1,0 +1,79 @@
+"""Does a model's melanoma output depend on an image's geometry? (session 14)
+
+The 9-class split's copies are the whole dermoscopic field squashed to 180x180 squares (its HAM10000 pictures
+show it: HAM10000's own 200x150 copy of the same picture keeps the 4:3 field), while HAM10000's copies and a
+clinic camera's images keep their aspect ratio. Every melanoma of the 9-class split comes from the older archive,
+so "squashed" could be a cue like the level of detail was (session 10). A model's validation images are predicted
+again per collection (`detail_robustness.collections`):
+
+* stored     -- as stored;
+* natural    -- square images stretched back to 4:3 (180x180 -> 240x180: the older archive's pictures are mostly
+                4:3, HAM10000's all are), non-square ones as stored: what a clinic's unsquashed images look like;
+* squashed   -- non-square images squashed to a square along their longer side (200x150 -> 150x150, the same
+                detail), square ones as stored: every image the way the 9-class split's are.
+
+Printed per model, geometry and collection: melanoma AUC, the share alerted at the model's own threshold,
+sensitivity / specificity there and the mean melanoma probability of the non-melanomas (as in
+scripts/detail_robustness.py). A model that does not use geometry as a cue keeps its alert share.
+
+    .venv/bin/python scripts/aspect_robustness.py MODEL... [--geometries stored natural squashed]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from detail_robustness import collections  # scripts/ is on sys.path when run as a script
+from melanoma.images import load_image
+from melanoma.predict import Predictor
+
+
+def reshape(image: Image.Image, geometry: str) -> Image.Image:
+    """The image in `geometry` (see the module doc); the shorter side, and so the level of detail, is kept."""
+    w, h = image.size
+    if geometry == "natural" and w == h:
+        return image.resize((round(w * 4 / 3), h), Image.BICUBIC)
+    if geometry == "squashed" and w != h:
+        side = min(w, h)
+        return image.resize((side, side), Image.BICUBIC)
+    return image
+
+
+def scores(predictor: Predictor, rows: list[dict], geometry: str) -> dict[str, float]:
+    y = np.array([r["label"] == "melanoma" for r in rows])
+    p = np.concatenate([[pr.melanoma_probability for pr in predictor.predict(
+        [reshape(load_image(r["path"]), geometry) for r in rows[i:i + 64]], batch_size=64)]
+        for i in range(0, len(rows), 64)])
+    alert = p >= predictor.alert_threshold
+    return {"auc": roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan"), "alerted": float(alert.mean()),
+            "sens": float(alert[y].mean()) if y.any() else float("nan"),
+            "spec": float(1 - alert[~y].mean()), "p_other": float(p[~y].mean()), "n": len(y), "mel": int(y.sum())}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--geometries", nargs="+", default=["stored", "natural", "squashed"],
+                    choices=["stored", "natural", "squashed"])
+    args = ap.parse_args(argv)
+    print(f"{'model':32s} {'geometry':9s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
+          f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s}")
+    for model in args.models:
+        predictor = Predictor.load(model)
+        groups = collections(model / "val_predictions.csv")
+        for geometry in args.geometries:
+            for name, rows in groups.items():
+                s = scores(predictor, rows, geometry)
+                print(f"{str(model):32s} {geometry:9s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
+                      f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
