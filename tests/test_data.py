@@ -131,11 +131,12 @@ def test_discover_class_folders_with_spaces_and_any_extension_case(tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "basal cell carcinoma" / "b.png")
     (tmp_path / "melanoma").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "melanoma" / "c.Tiff")
+    Image.new("RGB", (8, 8)).save(tmp_path / "melanoma" / "d.webp")  # the formats the service accepts, too
     (tmp_path / "melanoma" / "README.txt").write_text("not an image")
     table = data.discover(tmp_path)
-    assert table.kind == "folders" and len(table) == 3
+    assert table.kind == "folders" and len(table) == 4
     assert table.classes == ["basal cell carcinoma", "melanoma"]
-    assert table.label_indices().tolist() == [0, 0, 1]
+    assert table.label_indices().tolist() == [0, 0, 1, 1]
     assert table.samples[0].group == "basal cell carcinoma/a.JPG" and table.samples[0].path.is_absolute()
     sub = table.subset([2])
     assert len(sub) == 1 and sub.classes == table.classes and sub.label_indices().tolist() == [1]

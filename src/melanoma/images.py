@@ -27,7 +27,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from melanoma.errors import ConfigError, ImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # what the service accepts too
 DEFAULT_MAX_PIXELS = 100_000_000
 # Below this many images a process pool costs more (start-up, pickling) than it saves.
 _MIN_IMAGES_FOR_POOL = 200
