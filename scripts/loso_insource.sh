@@ -6,14 +6,22 @@
 # score the older-archive images the LOSO rows held out (runs/loso/full-seed1/val_predictions.csv) with
 # `melanoma evaluate --label-map binary`; finally the 3-seed ensemble the same way.
 #   scripts/loso_insource.sh SEED...          e.g. scripts/loso_insource.sh 1 2 3   (about 13 min per seed; resumes)
+# DETAIL_SIZE=150 (session 14): the members' level of detail of the shipped recipe since session 11, in training and
+# in scoring. Without runs/loso (HELDOUT_CSV), the held-out images are the whole 9-class split (DATA): `melanoma
+# evaluate` leaves out every picture HAM10000 also holds (the model's training fingerprint: ISIC id, pixels, phash),
+# which leaves the older archive's own images.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HAM=${HAM:-../shared/data/ham10000}
+DATA=${DATA:-../shared/data/isic-9class/Train}
 HELDOUT_CSV=${HELDOUT_CSV:-runs/loso/full-seed1/val_predictions.csv}
 ROOT=${ROOT:-runs/loso-insource}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
+DETAIL=()
+if [ -n "${DETAIL_SIZE:-}" ]; then DETAIL=(--detail-size "$DETAIL_SIZE"); fi
 mkdir -p "$ROOT"
 HELD=$ROOT/heldout-images  # class folders of symlinks: the held-out images, labelled as in the LOSO rows
+if [ ! -f "$HELDOUT_CSV" ]; then HELD=$DATA; fi
 if [ ! -d "$HELD" ]; then
   .venv/bin/python - "$HELDOUT_CSV" "$HELD" <<'PY'
 import csv, os, sys
@@ -34,7 +42,8 @@ for SEED in "$@"; do
     if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
       ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model efficientnet_lite0 --image-size 160
             --color-constancy shades_of_gray --epochs 10 --samples-per-epoch 3200 --batch-size 32 --val-fraction 0.2
-            --monitor mel_auc --split-seed 42 --seed "$SEED" --config scripts/cpu_long.yaml --out "$OUT"); fi
+            --monitor mel_auc --split-seed 42 --seed "$SEED" --config scripts/cpu_long.yaml "${DETAIL[@]}"
+            --out "$OUT"); fi
     ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
   fi
   [ -f "$OUT/heldout-eval/metrics.json" ] || "$MELANOMA" evaluate --model "$OUT" --data "$HELD" --label-map binary \
