@@ -108,6 +108,28 @@ def test_unreadable_images_are_skipped_and_counted(test_model, tiny_isic, tmp_pa
     assert err.count("broken.jpg") == 1
 
 
+def test_a_picture_filed_under_two_labels_is_left_out_and_named(test_model, tiny_isic, tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("melanoma", "nevus", "seborrheic keratosis"):
+        shutil.copytree(tiny_isic / name, data / name)
+    melanoma, nevus = sorted((data / "melanoma").glob("*.jpg"))[0], sorted((data / "nevus").glob("*.jpg"))[0]
+    shutil.copyfile(melanoma, data / "nevus" / "copy-of-a-melanoma.jpg")   # one picture, two labels
+    shutil.copyfile(nevus, data / "nevus" / "same-label-copy.jpg")          # a copy, same label: no conflict
+    shutil.copyfile(nevus, data / "seborrheic keratosis" / "sk-copy.jpg")   # two labels; one target under binary
+    result = evaluate(test_model, data, out=tmp_path / "out", bootstrap=20)
+    conflicts = result["label_conflicts"]
+    assert conflicts["n_pictures"] == 2 and conflicts["n_images"] == 5 and not conflicts["scored"]
+    assert result["n_images"] == 18 - 5 and len(_rows(tmp_path / "out" / "predictions.csv")) == 18
+    assert any(p.endswith("copy-of-a-melanoma.jpg") for p in conflicts["images"])
+    assert "5 images are 2 pictures filed under two or more labels" in capsys.readouterr().err
+
+    binary = evaluate(test_model, data, out=tmp_path / "binary", label_map="binary", bootstrap=20)
+    assert binary["label_conflicts"]["n_pictures"] == 1 and binary["n_images"] == 18 - 2  # nevus = SK = other
+    assert cli.main(["evaluate", "--model", str(test_model), "--data", str(data), "--out", str(tmp_path / "all"),
+                     "--bootstrap", "0", "--score-label-conflicts", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_images"] == 18
+
+
 def test_uncovered_labels_are_counted_not_dropped(test_model, tiny_isic, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_isic / "melanoma", data / "melanoma")

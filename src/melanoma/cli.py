@@ -528,6 +528,10 @@ def _add_evaluate(sub) -> None:
     check.add_argument("--no-overlap-check", action="store_true",
                        help="score every image even if the model was trained on it (warns; recorded in "
                             "metrics.json)")
+    p.add_argument("--score-label-conflicts", action="store_true",
+                   help="also score pictures that DATA holds under two or more labels (identical pixels); by "
+                        "default they are left out of the metrics, named on stderr and in metrics.json, because "
+                        "one copy is wrong whatever the model predicts")
     _add_json_flag(p)
     p.set_defaults(func=_run_evaluate)
 
@@ -540,7 +544,8 @@ def _run_evaluate(args) -> int:
         result = evaluate(args.model, args.data, out=args.out, tta=args.tta, tta_views=args.tta_views,
                           label_map=args.label_map, bootstrap=args.bootstrap, seed=args.seed,
                           batch_size=args.batch_size,
-                          exclude_overlap_with=False if args.no_overlap_check else args.exclude_overlap_with)
+                          exclude_overlap_with=False if args.no_overlap_check else args.exclude_overlap_with,
+                          score_label_conflicts=args.score_label_conflicts)
     _emit(result, args.json, format_metrics(result))
     return 0
 

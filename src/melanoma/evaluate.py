@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,14 +178,15 @@ def _not_checked(table, missing: list[str], why: str) -> tuple[object, dict]:
     return table, {"checked": False, "checked_against": None, "n_excluded": 0, "missing": missing, "note": note}
 
 
-def exclude_training_overlap(table, meta: dict, exclude_with=None, model_file=None) -> tuple[object, dict]:
+def exclude_training_overlap(table, meta: dict, exclude_with=None, model_file=None, entries=None
+                             ) -> tuple[object, dict]:
     """Drop the images of `table` that also occur in the model's training data: same pixels, phash within 2 (in
     any of the 8 orientations) or same ISIC id, and (HAM10000 layout) other photos of those lesions.
 
     The training data is the fingerprint stored in the model (meta["extra"], or read from `model_file`), else
     every source folder recorded in model.json; `exclude_with` (a folder or a list of folders) only ever ADDS
-    to it. `exclude_with=False` turns the check off (a warning on stderr, recorded in the summary). Returns
-    (table, summary)."""
+    to it. `exclude_with=False` turns the check off (a warning on stderr, recorded in the summary). `entries`:
+    a scan of `table`'s samples already made (`images.scan_paths`, same order). Returns (table, summary)."""
     if exclude_with is False:
         print("warning: --no-overlap-check: images the model was trained on are scored too; the metrics may be "
               "optimistic", file=sys.stderr)
@@ -204,10 +206,33 @@ def exclude_training_overlap(table, meta: dict, exclude_with=None, model_file=No
         return _not_checked(table, missing, f"training data not available ({', '.join(missing) or 'not recorded'})")
     if missing:
         print(f"warning: {', '.join(missing)}: not found; overlap with it was NOT checked", file=sys.stderr)
-    entries = scan_paths([s.path for s in table.samples])
+    entries = entries if entries is not None else scan_paths([s.path for s in table.samples])
     found = fingerprint.matches(fingerprint.combine(parts), table.samples, entries, CROSS_SET_PHASH_DISTANCE)
     kept, summary = _drop_overlap(table, set(found), ", ".join(described), fingerprint.summarize(found))
     return kept, {"checked": True, **summary, "missing": missing}
+
+
+def label_conflicts(paths, y: np.ndarray, pixel_hash: dict) -> np.ndarray:
+    """[N] bool: rows whose picture (identical decoded pixels) the data holds under two or more different scored
+    labels (y: label-map targets, -1 = not scored). No prediction can be right for both copies, so scoring them
+    counts the model wrong on one whatever it says (the 9-class split files 74 melanoma pictures as seborrheic
+    keratosis too: melanoma AUC 0.734 with them, 0.794 without, for a HAM10000-only model)."""
+    targets = defaultdict(set)
+    for path, target in zip(paths, y):
+        if target >= 0 and pixel_hash.get(str(path)):
+            targets[pixel_hash[str(path)]].add(int(target))
+    return np.array([len(targets.get(pixel_hash.get(str(p)), ())) > 1 for p in paths], dtype=bool)
+
+
+def _report_conflicts(data, paths, conflicts: np.ndarray, pixel_hash: dict, scored: bool) -> dict:
+    """One stderr line and metrics.json's summary of the label conflicts."""
+    files = [str(p) for p, c in zip(paths, conflicts) if c]
+    pictures = len({pixel_hash[f] for f in files})
+    if files:
+        what = "scored anyway (--score-label-conflicts)" if scored else "left out of the metrics"
+        print(f"{data}: {len(files)} images are {pictures} pictures filed under two or more labels (identical "
+              f"pixels; `melanoma audit` lists them): {what}", file=sys.stderr)
+    return {"n_images": len(files), "n_pictures": pictures, "scored": scored, "images": files}
 
 
 def _drop_overlap(table, shared: set, checked_against: str, matched_by: dict) -> tuple[object, dict]:
@@ -229,16 +254,20 @@ def _drop_overlap(table, shared: set, checked_against: str, matched_by: dict) ->
 
 
 def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label_map=None, bootstrap: int = 1000,
-             seed: int = 0, batch_size: int = 32, exclude_overlap_with=None) -> dict:
+             seed: int = 0, batch_size: int = 32, exclude_overlap_with=None, score_label_conflicts: bool = False
+             ) -> dict:
     """Evaluate `model` (run folder, model.json/.safetensors or .onnx) on labelled `data`; returns metrics.json's
     content (see module docstring for the files written). Images that also occur in the model's training data are
     excluded first (see `exclude_training_overlap`: `exclude_overlap_with` adds folders to the model's training
-    data, False = no check)."""
+    data, False = no check). Pictures that `data` holds under two different labels are left out of the metrics
+    (reported; `label_conflicts`) unless score_label_conflicts."""
     from melanoma.predict import Predictor, write_predictions_csv
 
     predictor = Predictor.load(model)
     full_table = _labelled_table(data)
-    table, overlap = exclude_training_overlap(full_table, predictor.meta, exclude_overlap_with)
+    entries = scan_paths([s.path for s in full_table.samples])  # pixel hashes: overlap and label conflicts
+    pixel_hash = {str(s.path): e.pixel_hash for s, e in zip(full_table.samples, entries)}
+    table, overlap = exclude_training_overlap(full_table, predictor.meta, exclude_overlap_with, entries=entries)
     overlap["n_total"] = len(full_table)
     resolved = labelmaps.resolve_label_map(label_map, predictor.class_names, predictor.meta.get("melanoma_class"))
     out = Path(out) if out else default_output_dir(model, data)
@@ -258,6 +287,12 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     if not keep.any():
         raise DataError(f"{data}: none of its labels ({', '.join(sorted(uncovered)[:8])}) is a class of the model "
                         f"or of label map {resolved.name!r}; try --label-map isic2018|isic2019|isic2017|binary or a YAML map")
+    conflicts = label_conflicts(result.paths, y, pixel_hash)
+    if not score_label_conflicts:
+        keep &= ~conflicts
+        if not keep.any():
+            raise DataError(f"{data}: every scored image is filed under two or more labels; nothing to score "
+                            "(--score-label-conflicts scores them anyway)")
     # score the probabilities exactly as written (6 decimals): metrics.json is reproducible from the CSV
     write_predictions_csv(result, out / "predictions.csv", labels=labels)
     written = read_predictions_csv(out / "predictions.csv", predictor.class_names)
@@ -271,6 +306,7 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
                            tta, tta_views))
     report["calibration"]["temperature"] = report["model"]["temperature"]
     report["training_overlap"] = overlap
+    report["label_conflicts"] = _report_conflicts(data, result.paths, conflicts, pixel_hash, score_label_conflicts)
     if report["melanoma"] is not None:
         report["melanoma"]["alert_threshold"] = threshold  # the model's exact value (compared at 6 decimals)
         report["melanoma"]["alert_threshold_source"] = source
