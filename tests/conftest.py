@@ -6,8 +6,10 @@ Dataset images are only ever copied into pytest's tmp folders, never into the re
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,9 @@ import pytest
 # Training in tests uses fp32 unless a test says otherwise: the fast path's one-off speed probe (fastpath.py) would
 # cost more than the tiny runs themselves, and a fixed precision keeps results comparable between runs.
 os.environ.setdefault("MELANOMA_PRECISION", "32-true")
+# Partial results of interrupted commands (partial.py) go to a throw-away folder, never the user's ~/.cache.
+os.environ["MELANOMA_CACHE_DIR"] = tempfile.mkdtemp(prefix="melanoma-test-cache-")
+atexit.register(shutil.rmtree, os.environ["MELANOMA_CACHE_DIR"], True)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # repo is /work/main, data /work/shared/data
 TINY_PER_CLASS = 5

@@ -309,3 +309,33 @@ def test_default_model_on_its_own_training_images_still_leaves_them_out(shared_t
     assert captured.out.startswith("14 scored / 0 excluded") and "WARNING: overlap check disabled" in captured.out
     recorded = json.loads((tmp_path / "all" / "metrics.json").read_text())["training_overlap"]
     assert recorded["checked"] is False and "--no-overlap-check" in recorded["note"]
+
+
+def test_a_killed_evaluation_resumes_and_scores_the_same(test_model, tiny_isic, tmp_path, monkeypatch, capsys):
+    from melanoma import partial
+    from melanoma.predict import Predictor
+
+    reference = evaluate(test_model, tiny_isic, out=tmp_path / "whole", bootstrap=20)
+    left_before = set((partial.cache_root() / "partial").glob("*"))
+    monkeypatch.setattr(partial, "CHUNK", 16)  # 45 images: 3 chunks
+    original, calls = Predictor.predict_paths, []
+
+    def killed_at_the_third_chunk(self, paths, *args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        calls.append(len(paths))
+        return original(self, paths, *args, **kwargs)
+
+    monkeypatch.setattr(Predictor, "predict_paths", killed_at_the_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(test_model, tiny_isic, out=tmp_path / "out", bootstrap=20)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+    calls.clear()
+    monkeypatch.setattr(Predictor, "predict_paths", lambda self, paths, *a, **k: calls.append(len(paths))
+                        or original(self, paths, *a, **k))
+    result = evaluate(test_model, tiny_isic, out=tmp_path / "out", bootstrap=20)
+    assert calls == [13]  # only the chunk the kill interrupted
+    assert "resuming evaluate: 32 of 45 images" in capsys.readouterr().err
+    assert result["melanoma"]["auc"] == reference["melanoma"]["auc"]
+    assert (tmp_path / "out" / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
+    assert set((partial.cache_root() / "partial").glob("*")) == left_before  # removed once the outputs are written

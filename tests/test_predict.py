@@ -423,3 +423,16 @@ def test_images_with_less_detail_than_training_carry_a_warning_everywhere(model_
     assert "1 with less detail than the training images" in capsys.readouterr().err
     # a model without detail_size (the fixture) never warns
     assert predictor.predict(small)[0].warning != "" and Predictor.load(model_dir).predict(small)[0].warning == ""
+
+
+def test_a_prediction_result_survives_its_arrays(predictor, tiny_isic):
+    from melanoma.predict import PredictionResult
+
+    paths = sorted(str(p) for p in (tiny_isic / "melanoma").glob("*.jpg"))[:3]
+    result = predictor.predict_paths([*paths, str(tiny_isic / "missing.jpg")])
+    result.warning = ["", "less detail", ""]
+    back = PredictionResult.from_arrays(result.to_arrays(), result.class_names)
+    assert back.paths == result.paths and back.errors == result.errors and back.warnings == result.warnings
+    assert back.refer_reason == result.refer_reason and back.alert.dtype == bool
+    assert np.array_equal(back.probs, result.probs) and np.array_equal(back.refer, result.refer)
+    assert PredictionResult.from_arrays(PredictionResult.concat([], ["a"]).to_arrays(), ["a"]).paths == []

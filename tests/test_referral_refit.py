@@ -105,3 +105,29 @@ def test_referral_cli_refuses_quantiles_out_of_range_and_a_model_without_predict
     assert cli.main(["referral", str(run), "--out", str(tmp_path / "b")]) != 0
     err = capsys.readouterr().err
     assert "val_predictions.csv" in err or "no referral" in err
+
+
+@pytest.mark.slow
+def test_a_killed_refit_resumes_with_the_chunks_it_had_embedded(tiny_run, tmp_path, monkeypatch, capsys):
+    from melanoma import finalize, partial
+
+    reference = refit_referral(tiny_run, out=tmp_path / "whole")
+    monkeypatch.setattr(partial, "CHUNK", 4)
+    original, calls = finalize.infer, []
+
+    def killed_at_the_second_chunk(model, images, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(len(images))
+        return original(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(finalize, "infer", killed_at_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        refit_referral(tiny_run, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # nothing written before the embedding is complete
+    monkeypatch.setattr(finalize, "infer", original)
+    resumed = refit_referral(tiny_run, out=tmp_path / "out")
+    assert "resuming referral: 4 of" in capsys.readouterr().err
+    for key in ("refer_confidence", "ood_score"):  # chunked batches: float rounding only
+        assert resumed["new"][key] == pytest.approx(reference["new"][key], rel=1e-5)
+    assert resumed["new"]["layers"] == reference["new"]["layers"]

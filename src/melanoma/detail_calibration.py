@@ -92,10 +92,11 @@ def fit(run, levels, target_sensitivity: float, per_source: bool, alert_threshol
         raise ModelError(f"{run}: the model has no melanoma class, so it has no alert to calibrate")
     predictor.detail_calibration = None  # fit on the raw outputs
     sources = [source_of(p, training_sources(predictor.meta)) for p in paths]
-    fitted = []
+    fitted, jobs = [], []
     for level in levels:
         predictor.pre["detail_size"] = level  # every image first reduced to `level` px: what a smaller one gives
-        result = predictor.predict_paths(paths)
+        result, job = predictor.predict_resumable(f"detail calibration at {level} px", paths)
+        jobs.append(job)
         if result.errors:
             path, reason = result.errors[0]
             raise DataError(f"{path}: {reason} (a validation image of the model; nothing was written)")
@@ -108,6 +109,8 @@ def fit(run, levels, target_sensitivity: float, per_source: bool, alert_threshol
         log(f"  {level} px: alert threshold {threshold:.4f} (logit shift {fitted[-1]['melanoma_logit_shift']:+.3f}); "
             + "; ".join(f"{name} sensitivity {_fmt(v['sensitivity'])} specificity {_fmt(v['specificity'])}"
                         for name, v in by_source.items()))
+    for job in jobs:  # a kill before this point resumes at the level (and chunk) it reached
+        job.finish()
     return {"target_sensitivity": target_sensitivity, "policy": "worst source" if per_source else "pooled",
             "fitted_on": "validation", "levels": fitted}
 

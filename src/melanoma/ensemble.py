@@ -249,8 +249,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     threshold, referral and metrics are those of the weights that ship."""
     from melanoma import metrics
     from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
-    from melanoma.finalize import (calibrate_and_threshold, decode_validation_images, fit_referral_on_validation,
-                                   headline_metrics, infer, source_of, training_sources, write_predictions)
+    from melanoma.finalize import (calibrate_and_threshold, fit_referral_on_validation, headline_metrics,
+                                   infer_validation_images, source_of, training_sources, write_predictions)
     from melanoma.referral import softmax, tap_layers
 
     out = Path(out)
@@ -270,7 +270,8 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     paths, label_names, mask = heldout_set(members, classes)
     labels = np.array([classes.index(name) for name in label_names])
     layers = tap_layers(net)  # each member's intermediate layer, for the referral (referral.py)
-    logits, features, image_stats = infer(net, decode_validation_images(paths, pre), pre, layers=layers)
+    (logits, features, image_stats), job = infer_validation_images(
+        net, paths, pre, layers, f"ensemble ({weights_dtype} weights)", metas)
     scoring = "every member held these images out"
     if not mask.all():  # CV folds: each image scored by the members that did not train on it
         scoring = "out-of-fold: each image scored by the members that did not train on it"
@@ -309,6 +310,7 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
                                                       for p, lab in zip(paths, label_names)])
     write_predictions(out / "val_predictions.csv", table, range(len(paths)), probs, refer, reasons, threshold,
                       mel_class)
+    job.finish()
     return {"out": str(out), "members": [str(m) for m in members], "heldout": heldout, "metrics": head,
             "melanoma_alert": threshold}
 

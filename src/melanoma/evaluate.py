@@ -273,8 +273,9 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     out = Path(out) if out else default_output_dir(model, data)
     out.mkdir(parents=True, exist_ok=True)
 
-    result = predictor.predict_paths([s.path for s in table.samples], tta=tta, tta_views=tta_views,
-                                     batch_size=batch_size, progress=sys.stderr.isatty())
+    result, job = predictor.predict_resumable("evaluate", [s.path for s in table.samples], tta=tta,
+                                              tta_views=tta_views, batch_size=batch_size,
+                                              progress=sys.stderr.isatty())
     _print_errors(result.errors)
     if not len(result.paths):
         raise DataError(f"{data}: none of its {len(table)} images could be read (reasons above)")
@@ -315,6 +316,7 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
                      report)
     report["files"] = {"out": str(out), "metrics": "metrics.json", "predictions": "predictions.csv", "plots": pngs}
     (out / "metrics.json").write_text(json.dumps(report, indent=2, allow_nan=False))
+    job.finish()
     return report
 
 

@@ -22,8 +22,9 @@ PROBE_STEPS = 3  # timed optimiser steps per candidate, after one warm-up step
 
 
 def cache_path() -> Path:
-    root = os.environ.get("MELANOMA_CACHE_DIR") or Path.home() / ".cache" / "melanoma"
-    return Path(root) / "fastpath.json"
+    from melanoma.partial import cache_root
+
+    return cache_root() / "fastpath.json"
 
 
 def _cpu_name() -> str:

@@ -157,11 +157,31 @@ def decode_validation_images(paths: list[str], pre: dict) -> list[torch.Tensor]:
     checked before any is decoded, so a moved folder fails at once, naming the first missing image."""
     from melanoma.datamodule import decode_prepared
 
+    check_validation_images(paths)
+    return [decode_prepared(p, pre) for p in paths]
+
+
+def check_validation_images(paths: list[str]) -> None:
     missing = [p for p in paths if not Path(p).is_file()]
     if missing:
         raise ModelError(f"{missing[0]}: validation image missing ({len(missing)} of {len(paths)}; moved since "
                          "training?)")
-    return [decode_prepared(p, pre) for p in paths]
+
+
+def infer_validation_images(model, paths: list[str], pre: dict, layers, purpose: str, metas: list[dict]):
+    """`infer` on a model's validation images, resumable: decoded and inferred chunk by chunk, each chunk saved
+    (partial.PartialJob; `metas`: the model.json contents the outputs depend on). Returns ((logits, features,
+    image_stats), job); call job.finish() once the outputs are written."""
+    from melanoma.partial import PartialJob
+
+    check_validation_images(paths)
+    settings = {"models": [{k: v for k, v in m.items() if k != "extra"} for m in metas], "pre": pre,
+                "layers": list(layers)}
+    job = PartialJob(purpose, settings, paths)
+    names = ("logits", "features", "image_stats")
+    parts = job.run(lambda chunk: dict(zip(names, infer(model, decode_validation_images(chunk, pre), pre,
+                                                        layers=layers))))
+    return tuple(np.concatenate([part[name] for part in parts]) for name in names), job
 
 
 def fit_referral_on_validation(model, layers, outputs, probs, labels, temperature: float, sources, input_size: int,

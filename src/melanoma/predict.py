@@ -37,6 +37,7 @@ from PIL import Image
 from melanoma import detail_calibration, images, input_check, referral
 from melanoma.errors import ConfigError, ImageError, ModelError
 from melanoma.images import is_image_file, load_image
+from melanoma.partial import PartialJob, file_stamp
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
@@ -105,6 +106,24 @@ class PredictionResult:
                    refer_reason=[r for part in parts for r in part.refer_reason],
                    errors=[e for part in parts for e in part.errors],
                    warning=[w for part in parts for w in part.warnings])
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The rows as named numpy arrays (strings as unicode arrays: no pickle), for partial.PartialJob."""
+        errors = np.array(self.errors, dtype=str).reshape(-1, 2)
+        return {"paths": np.array(self.paths, dtype=str), "probs": self.probs,
+                "melanoma_probability": self.melanoma_probability, "alert": self.alert, "refer": self.refer,
+                "refer_reason": np.array(self.refer_reason, dtype=str), "warning": np.array(self.warnings, dtype=str),
+                "error_path": errors[:, 0], "error_reason": errors[:, 1]}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], class_names: list[str]) -> PredictionResult:
+        """The inverse of `to_arrays`."""
+        text = {name: [str(v) for v in arrays[name]] for name in ("paths", "refer_reason", "warning")}
+        return cls(paths=text["paths"], probs=arrays["probs"], class_names=list(class_names),
+                   melanoma_probability=arrays["melanoma_probability"], alert=arrays["alert"].astype(bool),
+                   refer=arrays["refer"].astype(bool), refer_reason=text["refer_reason"],
+                   errors=[(str(p), str(r)) for p, r in zip(arrays["error_path"], arrays["error_reason"])],
+                   warning=text["warning"] if any(text["warning"]) else [])
 
     def predictions(self) -> list[Prediction]:
         """The rows as typed `Prediction` objects."""
@@ -419,6 +438,23 @@ class Predictor:
         """Predict image files in batches; unreadable files go to `result.errors`, the rest go on."""
         return PredictionResult.concat(list(self.iter_batches(paths, tta, tta_views, batch_size, progress, workers)),
                                        self.class_names)
+
+    def predict_resumable(self, purpose: str, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
+                          progress: bool = False) -> tuple[PredictionResult, PartialJob]:
+        """`predict_paths`, chunk by chunk, reloading the chunks an interrupted run of the same job saved
+        (partial.py). Call the returned job's finish() once the command's outputs are written."""
+        job = PartialJob(purpose, self._job_settings(tta, tta_views), [str(p) for p in paths])
+        parts = job.run(lambda chunk: self.predict_paths(chunk, tta, tta_views, batch_size).to_arrays(), progress)
+        return PredictionResult.concat([PredictionResult.from_arrays(a, self.class_names) for a in parts],
+                                       self.class_names), job
+
+    def _job_settings(self, tta: bool, tta_views: int) -> dict:
+        """What predictions depend on besides the images: model.json (with the weights' SHA-256; an .onnx file's
+        own stamp), the preprocessing, alert threshold and detail calibration as set now, backend, TTA."""
+        return {"meta": {k: v for k, v in self.meta.items() if k != "extra"}, "pre": self.pre,
+                "source": file_stamp(self.source) if Path(self.source).is_file() else "",
+                "alert": self.alert_threshold, "detail_calibration": self.detail_calibration,
+                "backend": self.backend.kind, "tta": [bool(tta), int(tta_views) if tta else 0]}
 
 
 _BLAS_CONTROLLER = None

@@ -28,8 +28,8 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     model folder holding a copy of RUN's model files) or, with out=None, into RUN itself. The out-of-fold split is
     the one the model was fitted with, so the same quantiles give the same limits. Returns the old and new limits
     and the share of validation lesions referred per source."""
-    from melanoma.finalize import (_check_new_folder, _copy_model, decode_validation_images,
-                                   fit_referral_on_validation, infer, source_of, training_sources)
+    from melanoma.finalize import (_check_new_folder, _copy_model, fit_referral_on_validation,
+                                   infer_validation_images, source_of, training_sources)
     from melanoma.referral import softmax
 
     _check_quantiles(confidence_quantile, ood_quantile)
@@ -42,7 +42,7 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
         raise ModelError(f"{run / 'model.json'}: the model has no referral to re-fit")
     paths, labels = _validation_images(run / "val_predictions.csv", meta["class_names"])
     model, pre, layers, temperature = _model_for_refit(run, meta)
-    outputs = infer(model, decode_validation_images(paths, pre), pre, layers=layers)
+    outputs, job = infer_validation_images(model, paths, pre, layers, "referral", [meta])
     probs = softmax(outputs[0], temperature)
     sources = [source_of(p, training_sources(meta)) for p in paths]
     referral_meta, tensors, refer, reasons = fit_referral_on_validation(
@@ -61,6 +61,7 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     _rewrite_refer_columns(target / "val_predictions.csv", refer, reasons)
     if staging:
         target = _swap_in(staging, run)
+    job.finish()
     return {"model": str(target / "model.json"), "images": len(paths),
             "old": {"confidence_quantile": old.get("confidence_quantile"), "ood_quantile": old.get("ood_quantile"),
                     "layers": old.get("layers") or [], **old["thresholds"]},

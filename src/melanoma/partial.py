@@ -1,0 +1,106 @@
+"""Partial results of long predictions, kept so that a killed command resumes where it stopped.
+
+`melanoma evaluate`, `threshold --detail-levels`, `referral` and `ensemble` predict hundreds to thousands of images
+before they write anything: killed after 14 of 15 minutes, they used to start again from the first image. Now their
+images are predicted in chunks of CHUNK; each finished chunk is saved (atomically; plain arrays, no pickle) under
+`cache_root()/partial/KEY/`, and the same command run again loads the saved chunks instead of predicting them.
+
+KEY is a SHA-256 over everything the predictions depend on: the caller's purpose and settings (the model's
+model.json, which holds its weights' SHA-256, the preprocessing, TTA, backend) and every image's path, size and
+modification time -- so a re-trained model, other settings or an edited image never reuse old results. The folder
+is removed once the command has written its outputs; a folder left by a job nobody resumes is only a cache
+(`rm -r ~/.cache/melanoma/partial` is always safe).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+CHUNK = 256  # images per saved chunk: ~1 min of CPU prediction, the most a kill loses
+
+
+def cache_root() -> Path:
+    """$MELANOMA_CACHE_DIR, else ~/.cache/melanoma: measured fast paths and partial results."""
+    return Path(os.environ.get("MELANOMA_CACHE_DIR") or Path.home() / ".cache" / "melanoma")
+
+
+def job_key(purpose: str, settings: dict, items: list[str]) -> str:
+    """Hex key of one job: its purpose, settings (JSON; other objects by str) and each file's path, size, mtime."""
+    digest = hashlib.sha256(json.dumps([purpose, settings], sort_keys=True, default=str).encode())
+    for item in items:
+        digest.update(f"\0{item}\0{file_stamp(item)}".encode())
+    return digest.hexdigest()[:32]
+
+
+def file_stamp(path) -> str:
+    """"size:mtime_ns" of a file ("missing" if there is none): changes whenever the file is rewritten."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return "missing"
+    return f"{stat.st_size}:{stat.st_mtime_ns}"
+
+
+class PartialJob:
+    """One resumable job over `items` (image paths): `run(compute)` computes or reloads each chunk, `finish()`
+    removes the saved chunks once the command's outputs are written."""
+
+    def __init__(self, purpose: str, settings: dict, items, chunk: int | None = None, log=None):
+        self.items = [str(item) for item in items]
+        self.purpose, self.chunk = purpose, max(1, int(chunk or CHUNK))
+        self.folder = cache_root() / "partial" / job_key(purpose, settings, self.items)
+        self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))  # stdout may be --json
+
+    def run(self, compute: Callable[[list[str]], dict[str, np.ndarray]], progress: bool = False
+            ) -> list[dict[str, np.ndarray]]:
+        """compute(chunk of items) -> named arrays, for every chunk in order; saved chunks are loaded instead."""
+        from tqdm import tqdm
+
+        chunks = [self.items[i:i + self.chunk] for i in range(0, len(self.items), self.chunk)]
+        saved = [self._load(i) for i in range(len(chunks))]
+        reused = sum(len(c) for c, s in zip(chunks, saved) if s is not None)
+        if reused:
+            self.log(f"resuming {self.purpose}: {reused} of {len(self.items)} images were predicted by an "
+                     f"interrupted run ({self.folder})")
+        parts = []
+        with tqdm(total=len(self.items), initial=reused, unit="img", file=sys.stderr, disable=not progress) as bar:
+            for index, (chunk, arrays) in enumerate(zip(chunks, saved)):
+                if arrays is None:
+                    arrays = compute(chunk)
+                    self._save(index, arrays)
+                    bar.update(len(chunk))
+                parts.append(arrays)
+        return parts
+
+    def finish(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _path(self, index: int) -> Path:
+        return self.folder / f"chunk-{index:05d}.npz"
+
+    def _load(self, index: int) -> dict[str, np.ndarray] | None:
+        path = self._path(index)
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError):  # unreadable (a disk problem): predicted again
+            return None
+
+    def _save(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        from melanoma.artifacts import atomic_write_bytes
+
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self._path(index), buffer.getvalue())  # a kill mid-write leaves no half chunk
