@@ -103,10 +103,17 @@ def _cfg_default(name: str):
     return field.default
 
 
-def _command(sub, name: str, help_: str, examples: list[str] | str) -> argparse.ArgumentParser:
-    """Add a subcommand whose --help shows what it does, its examples and every option's default."""
+RESUMES = ("Killed before it finished? Run the same command again: it predicts only the images it had not reached "
+           "(partial results under $MELANOMA_CACHE_DIR, default ~/.cache/melanoma).")
+
+
+def _command(sub, name: str, help_: str, examples: list[str] | str, resumes: bool = False
+             ) -> argparse.ArgumentParser:
+    """Add a subcommand whose --help shows what it does, its examples and every option's default; resumes: say
+    that a killed run continues (partial.py)."""
     lines = "\n".join(f"  {e}" for e in ([examples] if isinstance(examples, str) else examples))
-    p = sub.add_parser(name, help=help_.replace("%", "%%"), description=f"{help_}\n\nexamples:\n{lines}",
+    description = f"{help_}" + (f" {RESUMES}" if resumes else "")
+    p = sub.add_parser(name, help=help_.replace("%", "%%"), description=f"{description}\n\nexamples:\n{lines}",
                        formatter_class=HelpFormatter)
     p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
                    help="show library logs, warnings and progress bars (on stderr)")
@@ -411,7 +418,8 @@ def _add_threshold(sub) -> None:
                    help="also calibrate images with less detail than the model trained on: predict its validation "
                         "images again reduced to each shorter side (px, below its detail_size, e.g. 135 120 100) "
                         "and store, per level, how far their melanoma odds are lowered so that the alert keeps the "
-                        "target there too (model.json detail_calibration; a few minutes per level)")
+                        "target there too (model.json detail_calibration; a few minutes per level; run again "
+                        "after a kill, it resumes)")
     _add_out_or_in_place(p, "the new threshold", "RUN/model.json itself")
     _add_json_flag(p)
     p.set_defaults(func=_run_threshold)
@@ -459,7 +467,8 @@ def _add_referral(sub) -> None:
                  "how many lesions are referred for low confidence and as not like the training images. Writes a "
                  "NEW model folder (--out) unless --in-place; the network's weights stay as they are.",
                  ["melanoma referral runs/lite0 --out runs/lite0-referral",
-                  "melanoma referral models/default --confidence-quantile 0.05 --ood-quantile 0.975 --out models/strict"])
+                  "melanoma referral models/default --confidence-quantile 0.05 --ood-quantile 0.975 --out models/strict"],
+                 resumes=True)
     p.add_argument("run", type=existing_path, help="model folder (model.json + model.safetensors + "
                    "val_predictions.csv)")
     p.add_argument("--confidence-quantile", type=_number(float, 0.0, 0.5, high_open=True), default=0.01,
@@ -508,7 +517,8 @@ def _add_evaluate(sub) -> None:
     p = _command(sub, "evaluate", "Evaluate a model on labelled data: ISIC metrics with bootstrap 95% CIs, "
                  "predictions.csv, metrics.json and plots. Images the model was trained on are left out first.",
                  ["melanoma evaluate --model runs/cv --data path/to/Test --out runs/cv/eval",
-                  "melanoma evaluate --model models/default --data ../shared/data/ham10000 --label-map isic2018"])
+                  "melanoma evaluate --model models/default --data ../shared/data/ham10000 --label-map isic2018"],
+                 resumes=True)
     p.add_argument("--model", required=True, type=existing_path,
                    help="run folder, model.json/model.safetensors, or .onnx file")
     p.add_argument("--data", required=True, type=existing_path, help="labelled dataset (any layout `audit` reads)")
@@ -657,7 +667,7 @@ def _add_ensemble(sub) -> None:
                  "members' calibrated probabilities; its alert threshold, referral and metrics are fitted on the "
                  "ensemble's own held-out predictions. A CV run stands for all its folds.",
                  ["melanoma ensemble runs/lite0-s1 runs/lite0-s2 runs/lite0-s3 --out runs/ensemble",
-                  "melanoma ensemble runs/cv --out runs/cv-ensemble"])
+                  "melanoma ensemble runs/cv --out runs/cv-ensemble"], resumes=True)
     p.add_argument("runs", nargs="+", type=existing_path, metavar="RUN",
                    help="run folders written by `melanoma train` (same classes, input size and preprocessing)")
     p.add_argument("--out", required=True, help="new model folder for the ensemble")
