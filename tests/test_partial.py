@@ -76,3 +76,15 @@ def test_the_cache_lives_where_MELANOMA_CACHE_DIR_says(tmp_path, monkeypatch):
     monkeypatch.setenv("MELANOMA_CACHE_DIR", str(tmp_path / "cache"))
     assert PartialJob("test", {}, []).folder.parent == tmp_path / "cache" / "partial"
     assert partial.cache_root() == tmp_path / "cache"
+
+
+def test_an_abandoned_job_is_removed_after_30_days_a_recent_one_kept(tmp_path, monkeypatch):
+    monkeypatch.setenv("MELANOMA_CACHE_DIR", str(tmp_path / "cache"))
+    paths = _files(tmp_path, 2)
+    old, recent = PartialJob("old", {}, paths), PartialJob("recent", {}, paths)
+    old.run(_compute([]))
+    recent.run(_compute([]))
+    month = 31 * 86400
+    os.utime(old.folder, (old.folder.stat().st_atime - month, old.folder.stat().st_mtime - month))
+    PartialJob("another", {}, paths).run(_compute([]))
+    assert not old.folder.exists() and recent.folder.exists()

@@ -8,8 +8,8 @@ images are predicted in chunks of CHUNK; each finished chunk is saved (atomicall
 KEY is a SHA-256 over everything the predictions depend on: the caller's purpose and settings (the model's
 model.json, which holds its weights' SHA-256, the preprocessing, TTA, backend) and every image's path, size and
 modification time -- so a re-trained model, other settings or an edited image never reuse old results. The folder
-is removed once the command has written its outputs; a folder left by a job nobody resumes is only a cache
-(`rm -r ~/.cache/melanoma/partial` is always safe).
+is removed once the command has written its outputs; a folder left by a job nobody resumes is only a cache,
+removed after STALE_DAYS untouched (`rm -r ~/.cache/melanoma/partial` is always safe).
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 CHUNK = 256  # images per saved chunk: ~1 min of CPU prediction, the most a kill loses
+STALE_DAYS = 30  # a job's folder untouched this long is removed when any job runs: nobody is resuming it
 
 
 def cache_root() -> Path:
@@ -50,6 +52,19 @@ def file_stamp(path) -> str:
     return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
+def prune_stale(root: Path, days: float = STALE_DAYS) -> None:
+    """Remove the job folders under `root` not written to for `days` (a failed or abandoned job's chunks)."""
+    if not root.is_dir():
+        return
+    cutoff = time.time() - days * 86400
+    for folder in root.iterdir():
+        try:
+            if folder.is_dir() and folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # another process removed it first
+            pass
+
+
 class PartialJob:
     """One resumable job over `items` (image paths): `run(compute)` computes or reloads each chunk, `finish()`
     removes the saved chunks once the command's outputs are written."""
@@ -65,6 +80,7 @@ class PartialJob:
         """compute(chunk of items) -> named arrays, for every chunk in order; saved chunks are loaded instead."""
         from tqdm import tqdm
 
+        prune_stale(self.folder.parent)
         chunks = [self.items[i:i + self.chunk] for i in range(0, len(self.items), self.chunk)]
         saved = [self._load(i) for i in range(len(chunks))]
         reused = sum(len(c) for c, s in zip(chunks, saved) if s is not None)
