@@ -172,14 +172,15 @@ def infer_validation_images(model, paths: list[str], pre: dict, layers, purpose:
     """`infer` on a model's validation images, resumable: decoded and inferred chunk by chunk, each chunk saved
     (partial.PartialJob; `metas`: the model.json contents the outputs depend on). Returns ((logits, features,
     image_stats), job); call job.finish() once the outputs are written."""
+    from melanoma.datamodule import decode_prepared
     from melanoma.partial import PartialJob
 
-    check_validation_images(paths)
+    check_validation_images(paths)  # all of them, once, before the first chunk
     settings = {"models": [{k: v for k, v in m.items() if k != "extra"} for m in metas], "pre": pre,
                 "layers": list(layers)}
     job = PartialJob(purpose, settings, paths)
     names = ("logits", "features", "image_stats")
-    parts = job.run(lambda chunk: dict(zip(names, infer(model, decode_validation_images(chunk, pre), pre,
+    parts = job.run(lambda chunk: dict(zip(names, infer(model, [decode_prepared(p, pre) for p in chunk], pre,
                                                         layers=layers))))
     return tuple(np.concatenate([part[name] for part in parts]) for name in names), job
 

@@ -118,5 +118,4 @@ class PartialJob:
 
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self._path(index), buffer.getvalue())  # a kill mid-write leaves no half chunk
+        atomic_write_bytes(self._path(index), buffer.getvalue())  # makes the folder; a kill leaves no half chunk
