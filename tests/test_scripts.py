@@ -126,3 +126,33 @@ def test_split_half_threshold_keeps_sensitivity_on_the_held_out_half():
     assert spec.min() == 1.0 and 0.8 <= sens.mean() <= 1.0
     sens, spec = split_half(y, np.random.default_rng(1).random(100), splits=50)
     assert 0.75 < sens.mean() < 0.98 and 0.0 <= spec.min() <= spec.max() <= 1.0
+
+
+def test_adabn_check_sets_each_layer_to_the_new_images_statistics_after_the_layers_before_it():
+    """scripts/adapt_check.py's AdaBN: at strength 1 every BatchNorm layer gets the mean and variance of its input
+    on the new images, measured with the layers before it already adapted; the original model is left as it was;
+    stem_only adapts the first layer alone; strength 0.5 blends."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from adapt_check import adapt
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 3), nn.BatchNorm2d(2))
+    net.eval()
+    x = torch.randn(16, 3, 12, 12) * 3 + 5
+    adapted = adapt(net, x, 1.0)
+    assert torch.equal(net[1].running_mean, torch.zeros(4))  # a copy was adapted
+    with torch.no_grad():
+        first = adapted[0](x)
+        assert torch.allclose(adapted[1].running_mean, first.mean(dim=(0, 2, 3)), atol=1e-5)
+        assert torch.allclose(adapted[1].running_var, first.var(dim=(0, 2, 3)), rtol=1e-4)
+        second = adapted[3](adapted[2](adapted[1](first)))
+        assert torch.allclose(adapted[4].running_mean, second.mean(dim=(0, 2, 3)), atol=1e-5)
+        assert adapted(x).mean(dim=(0, 2, 3)).abs().max() < 1e-4
+    stem = adapt(net, x, 1.0, stem_only=True)
+    assert torch.equal(stem[1].running_mean, adapted[1].running_mean)
+    assert torch.equal(stem[4].running_mean, torch.zeros(2))
+    half = adapt(net, x, 0.5)
+    assert torch.allclose(half[1].running_var, 0.5 + 0.5 * adapted[1].running_var, rtol=1e-5)

@@ -1,0 +1,135 @@
+"""Would adapting the batch-norm statistics to a clinic's unlabelled images (AdaBN) help there? (session 16: no)
+
+AdaBN (Li et al. 2016; Schneider et al. 2020) re-estimates every BatchNorm layer's running mean and variance on
+images of the new site; `strength` blends (0: the training statistics, 1: the new images' alone). Each layer is
+measured after the layers before it were adapted, in one forward pass over the sample (a forward pre-hook per
+layer), so the sample is one batch.
+
+For a model trained WITHOUT the older archive (scripts/loso_insource.sh: HAM10000 alone) this splits images into
+two random halves, adapts a copy of the model on one half (no labels used, except to thin the sample to a clinic's
+10% melanoma prevalence), scores the other half and swaps, so no image is scored by a model adapted on it:
+
+* in-source: the model's own validation images (RUN/val_predictions.csv, HAM10000), where nothing should change;
+* held-out source: the older archive's images `melanoma evaluate` scored (RUN/heldout-eval/predictions.csv, label
+  map binary; the pictures filed under two labels left out as evaluate leaves them out).
+
+Prints melanoma AUC and, on the held-out source, sensitivity / specificity at the model's own alert threshold.
+
+    python scripts/adapt_check.py runs/loso-adapt/full-seed1 [--splits 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from melanoma.predict import Predictor
+
+MAX_IMAGES = 512  # one batch: Lite0 at 160 px peaks near 5 GiB with 320 images
+
+
+def _blend_hook(strength: float):
+    def hook(layer, args):
+        x = args[0].float()
+        dims = [d for d in range(x.dim()) if d != 1]  # every axis but the channels
+        layer.running_mean.mul_(1.0 - strength).add_(strength * x.mean(dim=dims))
+        layer.running_var.mul_(1.0 - strength).add_(strength * x.var(dim=dims, unbiased=True))
+    return hook
+
+
+@torch.no_grad()
+def adapt(model: nn.Module, batch: torch.Tensor, strength: float, stem_only: bool = False) -> nn.Module:
+    """A copy of `model` whose BatchNorm statistics (all layers, or the stem's alone) are re-estimated on `batch`."""
+    model = copy.deepcopy(model).eval()  # eval: each layer normalises with the statistics its hook just set
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [layer.register_forward_pre_hook(_blend_hook(strength)) for layer in layers[:1 if stem_only else None]]
+    model(batch[:MAX_IMAGES])
+    for handle in handles:
+        handle.remove()
+    return model
+
+
+def _rows(csv_path: Path, leave_out=()) -> tuple[list[str], list[str]]:
+    rows = [r for r in csv.DictReader(open(csv_path, newline="")) if r["path"] not in set(leave_out)]
+    return [r["path"] for r in rows], [r["label"] for r in rows]
+
+
+@torch.no_grad()
+def melanoma_probability(model, x, predictor) -> np.ndarray:
+    out = [model(x[i:i + 128]) for i in range(0, len(x), 128)]
+    return torch.cat(out).div(predictor.temperature).softmax(1)[:, predictor.melanoma_index].numpy()
+
+
+def cross_adapted(predictor, x, is_mel, variant: dict, splits: int) -> list[np.ndarray]:
+    """Per random split: melanoma probabilities of every image from a model adapted on the OTHER half."""
+    results = []
+    for split in range(splits):
+        rng = np.random.default_rng(split)
+        order = rng.permutation(len(x))
+        halves = [order[: len(order) // 2], order[len(order) // 2:]]
+        probs = np.zeros(len(x))
+        for scored, adapting in (halves, halves[::-1]):
+            if variant.get("prevalence"):  # all non-melanomas of the half, melanomas drawn to the prevalence
+                others, mels = adapting[~is_mel[adapting]], adapting[is_mel[adapting]]
+                n_mel = min(len(mels), round(variant["prevalence"] / (1 - variant["prevalence"]) * len(others)))
+                adapting = np.concatenate([others, rng.choice(mels, n_mel, replace=False)])
+            model = adapt(predictor.backend.model, x[adapting], variant["strength"], variant.get("stem_only", False))
+            probs[scored] = melanoma_probability(model, x[scored], predictor)
+        results.append(probs)
+    return results
+
+
+def _line(name: str, is_mel, probs_per_split, threshold: float | None) -> str:
+    aucs = [roc_auc_score(is_mel, p) for p in probs_per_split]
+    text = f"  {name:46s} AUC {np.mean(aucs):.3f}" + (f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else "")
+    if threshold is not None:
+        sens = np.mean([(p[is_mel] >= threshold).mean() for p in probs_per_split])
+        spec = np.mean([(p[~is_mel] < threshold).mean() for p in probs_per_split])
+        text += f"  sensitivity / specificity at the alert {sens:.2f} / {spec:.2f}"
+    return text
+
+
+VARIANTS = [("all layers, strength 1", {"strength": 1.0}), ("all layers, strength 0.1", {"strength": 0.1}),
+            ("stem only, strength 1", {"strength": 1.0, "stem_only": True}),
+            ("all layers, strength 1, 10% prevalence sample", {"strength": 1.0, "prevalence": 0.1}),
+            ("stem only, strength 1, 10% prevalence sample", {"strength": 1.0, "stem_only": True, "prevalence": 0.1})]
+
+
+def check(run: Path, splits: int) -> None:
+    predictor = Predictor.load(run)
+    conflicts = json.loads((run / "heldout-eval" / "metrics.json").read_text())["label_conflicts"]["images"]
+    in_source = [VARIANTS[0], VARIANTS[2]]  # where nothing should change
+    sets = {"in-source (HAM10000 validation)": (_rows(run / "val_predictions.csv"), "mel", in_source),
+            "held-out source (older archive)": (_rows(run / "heldout-eval" / "predictions.csv", conflicts),
+                                                "melanoma", VARIANTS)}
+    print(f"{run}: alert threshold {predictor.alert_threshold:.4f}")
+    for name, ((paths, labels), melanoma, variants) in sets.items():
+        is_mel = np.array([lab == melanoma for lab in labels])
+        x = torch.from_numpy(np.stack([predictor.model_input(p) for p in paths]))
+        threshold = predictor.alert_threshold
+        print(f" {name}: {len(paths)} images, {is_mel.sum()} melanomas")
+        print(_line("not adapted", is_mel, [melanoma_probability(predictor.backend.model, x, predictor)], threshold))
+        for label, variant in variants:
+            print(_line(label, is_mel, cross_adapted(predictor, x, is_mel, variant, splits), threshold), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--splits", type=int, default=2, help="random half splits (each scores every image once)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    for run in args.runs:
+        check(run, args.splits)
+
+
+if __name__ == "__main__":
+    main()
