@@ -170,6 +170,13 @@ def uninterrupted_run(tiny_isic, tmp_path_factory) -> Path:
     return root / "run"
 
 
+def _step_reached(marker) -> int:
+    """The step the training process last wrote into `marker`; -1 before the first write or while it is being
+    rewritten (read once: two reads could straddle the rewrite and see an empty file)."""
+    text = marker.read_text().strip() if marker.exists() else ""
+    return int(text) if text.isdigit() else -1
+
+
 def _wait_for(predicate, proc, seconds=300.0) -> None:
     import time
 
@@ -212,7 +219,7 @@ def test_killed_training_resumes_from_another_folder_to_the_same_model(how, tiny
     rng = random.Random()
     if how.endswith("mid-epoch"):  # after a random optimiser step that does not end an epoch
         step = rng.choice([s for s in range(1, KILL_EPOCHS * KILL_BATCHES) if s % KILL_BATCHES])
-        _wait_for(lambda: marker.exists() and marker.read_text() and int(marker.read_text()) >= step, proc)
+        _wait_for(lambda: _step_reached(marker) >= step, proc)
     elif how == "sigkill-finalising":
         _wait_for(lambda: (run / "training_done.json").exists(), proc)
     else:  # any moment once the run exists: scanning, decoding, training, validating, finalising
