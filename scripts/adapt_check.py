@@ -13,7 +13,7 @@ two random halves, adapts a copy of the model on one half (no labels used, excep
 * held-out source: the older archive's images `melanoma evaluate` scored (RUN/heldout-eval/predictions.csv, label
   map binary; the pictures filed under two labels left out as evaluate leaves them out).
 
-Prints melanoma AUC and, on the held-out source, sensitivity / specificity at the model's own alert threshold.
+Prints melanoma AUC and sensitivity / specificity at the model's own alert threshold (chosen on HAM10000).
 
     python scripts/adapt_check.py runs/loso-adapt/full-seed1 [--splits 2]
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import json
 from pathlib import Path
 
@@ -31,9 +30,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from melanoma.evaluate import read_predictions_csv
 from melanoma.predict import Predictor
 
-MAX_IMAGES = 512  # one batch: Lite0 at 160 px peaks near 5 GiB with 320 images
+MAX_IMAGES = 512  # one batch: Lite0 at 160 px peaked near 5 GiB with about 400 images
 
 
 def _blend_hook(strength: float):
@@ -58,12 +58,16 @@ def adapt(model: nn.Module, batch: torch.Tensor, strength: float, stem_only: boo
 
 
 def _rows(csv_path: Path, leave_out=()) -> tuple[list[str], list[str]]:
-    rows = [r for r in csv.DictReader(open(csv_path, newline="")) if r["path"] not in set(leave_out)]
-    return [r["path"] for r in rows], [r["label"] for r in rows]
+    """(paths, labels) of a prediction CSV, without the rows whose path is in `leave_out`."""
+    table, leave_out = read_predictions_csv(csv_path), set(leave_out)
+    kept = [i for i, path in enumerate(table.paths) if path not in leave_out]
+    return [table.paths[i] for i in kept], [table.labels[i] for i in kept]
 
 
 @torch.no_grad()
 def melanoma_probability(model, x, predictor) -> np.ndarray:
+    """Calibrated melanoma probability of the raw network (no detail calibration: every image here is at least
+    the models' 150 px detail size, where it does not apply)."""
     out = [model(x[i:i + 128]) for i in range(0, len(x), 128)]
     return torch.cat(out).div(predictor.temperature).softmax(1)[:, predictor.melanoma_index].numpy()
 
@@ -87,14 +91,12 @@ def cross_adapted(predictor, x, is_mel, variant: dict, splits: int) -> list[np.n
     return results
 
 
-def _line(name: str, is_mel, probs_per_split, threshold: float | None) -> str:
+def _line(name: str, is_mel, probs_per_split, threshold: float) -> str:
     aucs = [roc_auc_score(is_mel, p) for p in probs_per_split]
-    text = f"  {name:46s} AUC {np.mean(aucs):.3f}" + (f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else "")
-    if threshold is not None:
-        sens = np.mean([(p[is_mel] >= threshold).mean() for p in probs_per_split])
-        spec = np.mean([(p[~is_mel] < threshold).mean() for p in probs_per_split])
-        text += f"  sensitivity / specificity at the alert {sens:.2f} / {spec:.2f}"
-    return text
+    sens = np.mean([(p[is_mel] >= threshold).mean() for p in probs_per_split])
+    spec = np.mean([(p[~is_mel] < threshold).mean() for p in probs_per_split])
+    return (f"  {name:46s} AUC {np.mean(aucs):.3f}" + (f" ± {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else "")
+            + f"  sensitivity / specificity at the alert {sens:.2f} / {spec:.2f}")
 
 
 VARIANTS = [("all layers, strength 1", {"strength": 1.0}), ("all layers, strength 0.1", {"strength": 0.1}),
@@ -110,11 +112,11 @@ def check(run: Path, splits: int) -> None:
     sets = {"in-source (HAM10000 validation)": (_rows(run / "val_predictions.csv"), "mel", in_source),
             "held-out source (older archive)": (_rows(run / "heldout-eval" / "predictions.csv", conflicts),
                                                 "melanoma", VARIANTS)}
-    print(f"{run}: alert threshold {predictor.alert_threshold:.4f}")
+    threshold = predictor.alert_threshold
+    print(f"{run}: alert threshold {threshold:.4f}")
     for name, ((paths, labels), melanoma, variants) in sets.items():
         is_mel = np.array([lab == melanoma for lab in labels])
         x = torch.from_numpy(np.stack([predictor.model_input(p) for p in paths]))
-        threshold = predictor.alert_threshold
         print(f" {name}: {len(paths)} images, {is_mel.sum()} melanomas")
         print(_line("not adapted", is_mel, [melanoma_probability(predictor.backend.model, x, predictor)], threshold))
         for label, variant in variants:
