@@ -13,9 +13,16 @@ two random halves, adapts a copy of the model on one half (no labels used, excep
 * held-out source: the older archive's images `melanoma evaluate` scored (RUN/heldout-eval/predictions.csv, label
   map binary; the pictures filed under two labels left out as evaluate leaves them out).
 
+For a scripts/loso.sh row (trained with --holdout-source: its validation images ARE the held-out source's) the
+held-out set is RUN/val_predictions.csv and there is no in-source set.
+
 Prints melanoma AUC and sensitivity / specificity at the model's own alert threshold (chosen on HAM10000).
 
-    python scripts/adapt_check.py runs/loso-adapt/full-seed1 [--splits 2]
+`--statistics` (session 17) asks what the trained statistics encode: the model's in-source validation AUC with its
+statistics re-estimated on its OWN training images (no new site), drawn class-balanced as the training sampler
+draws them or in the source's natural class mix, augmented as in training or not.
+
+    python scripts/adapt_check.py runs/loso-adapt/full-seed1 [--splits 2] [--statistics]
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ import torch
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from melanoma import images, transforms
+from melanoma.data import discover
 from melanoma.evaluate import read_predictions_csv
 from melanoma.predict import Predictor
 
@@ -105,13 +114,55 @@ VARIANTS = [("all layers, strength 1", {"strength": 1.0}), ("all layers, strengt
             ("stem only, strength 1, 10% prevalence sample", {"strength": 1.0, "stem_only": True, "prevalence": 0.1})]
 
 
-def check(run: Path, splits: int) -> None:
+def training_sample(run: Path, n: int, balanced: bool, seed: int = 0) -> list[Path]:
+    """n images of the run's training source that are not among its validation images, in the source's natural
+    class mix or with every class drawn equally often (with replacement where a class has too few)."""
+    data = json.loads((run / "model.json").read_text())["training"]["data"]
+    validation = set(read_predictions_csv(run / "val_predictions.csv").paths)
+    pool = [s for s in discover(data).samples if str(s.path) not in validation]
+    rng = np.random.default_rng(seed)
+    if not balanced:
+        return [pool[i].path for i in rng.choice(len(pool), n, replace=False)]
+    by_class: dict[str, list[Path]] = {}
+    for sample in pool:
+        by_class.setdefault(sample.label, []).append(sample.path)
+    per_class = n // len(by_class)
+    return [path for _, paths in sorted(by_class.items())
+            for path in rng.choice(paths, per_class, replace=len(paths) < per_class)]
+
+
+def statistics_check(run: Path, predictor, n: int = MAX_IMAGES) -> None:
+    """In-source validation AUC with the statistics re-estimated on the model's own training images."""
+    paths, labels = _rows(run / "val_predictions.csv")
+    is_mel = np.array([lab == "mel" for lab in labels])
+    x = torch.from_numpy(np.stack([predictor.model_input(p) for p in paths]))
+    model = predictor.backend.model
+    print(f" in-source (HAM10000 validation), statistics re-estimated on {n} of the model's training images")
+    print(_line("trained statistics", is_mel, [melanoma_probability(model, x, predictor)], predictor.alert_threshold))
+    augmented, clean = transforms.train_transform(predictor.pre), transforms.eval_transform(predictor.pre)
+    for balanced in (True, False):
+        sample = training_sample(run, n, balanced)
+        for name, view in (("augmented", augmented), ("not augmented", clean)):
+            torch.manual_seed(0)
+            batch = torch.stack([view(images.prepare_image(images.load_image(p), predictor.pre)) for p in sample])
+            probs = melanoma_probability(adapt(model, batch, 1.0), x, predictor)
+            mix = "class-balanced" if balanced else "natural class mix"
+            print(_line(f"{mix}, {name}", is_mel, [probs], predictor.alert_threshold), flush=True)
+
+
+def check(run: Path, splits: int, statistics: bool = False) -> None:
     predictor = Predictor.load(run)
-    conflicts = json.loads((run / "heldout-eval" / "metrics.json").read_text())["label_conflicts"]["images"]
-    in_source = [VARIANTS[0], VARIANTS[2]]  # where nothing should change
-    sets = {"in-source (HAM10000 validation)": (_rows(run / "val_predictions.csv"), "mel", in_source),
-            "held-out source (older archive)": (_rows(run / "heldout-eval" / "predictions.csv", conflicts),
-                                                "melanoma", VARIANTS)}
+    if statistics:
+        return statistics_check(run, predictor)
+    if json.loads((run / "model.json").read_text())["training"].get("holdout_source"):  # a scripts/loso.sh row
+        heldout = _rows(run / "val_predictions.csv")
+        sets = {"held-out source (older archive)": (heldout, "melanoma", [VARIANTS[0], VARIANTS[3]])}
+    else:
+        conflicts = json.loads((run / "heldout-eval" / "metrics.json").read_text())["label_conflicts"]["images"]
+        in_source = [VARIANTS[0], VARIANTS[2]]  # where nothing should change
+        sets = {"in-source (HAM10000 validation)": (_rows(run / "val_predictions.csv"), "mel", in_source),
+                "held-out source (older archive)": (_rows(run / "heldout-eval" / "predictions.csv", conflicts),
+                                                    "melanoma", VARIANTS)}
     threshold = predictor.alert_threshold
     print(f"{run}: alert threshold {threshold:.4f}")
     for name, ((paths, labels), melanoma, variants) in sets.items():
@@ -127,10 +178,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--splits", type=int, default=2, help="random half splits (each scores every image once)")
+    parser.add_argument("--statistics", action="store_true",
+                        help="only: the in-source AUC with the statistics re-estimated on the model's training images")
     args = parser.parse_args()
     torch.set_num_threads(2)
     for run in args.runs:
-        check(run, args.splits)
+        check(run, args.splits, args.statistics)
 
 
 if __name__ == "__main__":

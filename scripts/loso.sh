@@ -34,8 +34,11 @@ case $RECIPE in
   full) EXTRA=(--epochs 10 --samples-per-epoch 3200 --batch-size 32) ;;  # the shipped members' budget (8.3x base)
   detail) EXTRA=(--detail-size 150) ;;  # every image first reduced to HAM10000's 150 px shorter side
   resolution) EXTRA=(--augmentation resolution) ;;  # half the draws shrunk to 40-100% and enlarged back
+  # session 17: batches of the natural class mix, classes balanced through the loss instead of the sampler, so the
+  # batch-norm statistics are those of a natural mix (as a clinic's images): compare with `detail`
+  wloss) EXTRA=(--detail-size 150 --imbalance weighted-loss) ;;
   *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full," \
-          "detail, resolution)" >&2
+          "detail, resolution, wloss)" >&2
      exit 2 ;;
 esac
 # runs/loso2: since session 9 --holdout-source leaves the images both sources hold (the 9-class split's ~1,300

@@ -156,3 +156,27 @@ def test_adabn_check_sets_each_layer_to_the_new_images_statistics_after_the_laye
     assert torch.equal(stem[4].running_mean, torch.zeros(2))
     half = adapt(net, x, 0.5)
     assert torch.allclose(half[1].running_var, 0.5 + 0.5 * adapted[1].running_var, rtol=1e-5)
+
+
+def test_adabn_check_draws_training_images_class_balanced_or_natural_never_validation(tiny_isic, tmp_path):
+    """scripts/adapt_check.py --statistics re-estimates the statistics on the model's own training images: drawn
+    class-balanced (as the training sampler draws) or in the natural mix, never one of its validation images."""
+    import csv
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from adapt_check import training_sample
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.json").write_text(json.dumps({"training": {"data": str(tiny_isic)}}))
+    validation = sorted((tiny_isic / "melanoma").glob("*.jpg"))[:2]
+    with (run / "val_predictions.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "path", "melanoma", "prediction", "label"])
+        writer.writerows([[p.name, str(p), "0.5", "melanoma", "melanoma"] for p in validation])
+    balanced = training_sample(run, 18, balanced=True)
+    assert len(balanced) == 18 and not set(balanced) & set(validation)
+    per_class = {c.name: sum(p.parent == c for p in balanced) for c in tiny_isic.iterdir()}
+    assert set(per_class.values()) == {2}
+    natural = training_sample(run, 43, balanced=False)  # 45 images, 2 validate: all 43 others, each once
+    assert len(set(natural)) == 43 and not set(natural) & set(validation)
