@@ -156,9 +156,10 @@ def averaging_callbacks(cfg: TrainConfig, run: Path) -> list[L.Callback]:
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> list[float]:
-    """Inverse-frequency weights N / (C * n_c) for the weighted-loss imbalance mode."""
+    """Inverse-frequency weights N / (C * n_c) for the weighted-loss imbalance mode; 0 for a class with no
+    training image (nothing to weight; e.g. the classes of a held-out source that the others lack)."""
     counts = np.bincount(labels, minlength=num_classes).astype(float)
-    return (len(labels) / (num_classes * np.maximum(counts, 1))).tolist()
+    return np.where(counts > 0, len(labels) / (num_classes * np.maximum(counts, 1)), 0.0).tolist()
 
 
 def source_codes(table) -> np.ndarray:
