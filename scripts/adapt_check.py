@@ -66,11 +66,13 @@ def adapt(model: nn.Module, batch: torch.Tensor, strength: float, stem_only: boo
     return model
 
 
-def _rows(csv_path: Path, leave_out=()) -> tuple[list[str], list[str]]:
-    """(paths, labels) of a prediction CSV, without the rows whose path is in `leave_out`."""
+def scored_images(predictor, csv_path: Path, melanoma: str, leave_out=()) -> tuple[torch.Tensor, np.ndarray]:
+    """(model inputs, is-melanoma flags) of a prediction CSV's images, without the rows whose path is in
+    `leave_out`; `melanoma` is the label the CSV gives melanomas."""
     table, leave_out = read_predictions_csv(csv_path), set(leave_out)
     kept = [i for i, path in enumerate(table.paths) if path not in leave_out]
-    return [table.paths[i] for i in kept], [table.labels[i] for i in kept]
+    x = torch.from_numpy(np.stack([predictor.model_input(table.paths[i]) for i in kept]))
+    return x, np.array([table.labels[i] == melanoma for i in kept])
 
 
 @torch.no_grad()
@@ -133,18 +135,18 @@ def training_sample(run: Path, n: int, balanced: bool, seed: int = 0) -> list[Pa
 
 def statistics_check(run: Path, predictor, n: int = MAX_IMAGES) -> None:
     """In-source validation AUC with the statistics re-estimated on the model's own training images."""
-    paths, labels = _rows(run / "val_predictions.csv")
-    is_mel = np.array([lab == "mel" for lab in labels])
-    x = torch.from_numpy(np.stack([predictor.model_input(p) for p in paths]))
+    x, is_mel = scored_images(predictor, run / "val_predictions.csv", "mel")
     model = predictor.backend.model
     print(f" in-source (HAM10000 validation), statistics re-estimated on {n} of the model's training images")
     print(_line("trained statistics", is_mel, [melanoma_probability(model, x, predictor)], predictor.alert_threshold))
-    augmented, clean = transforms.train_transform(predictor.pre), transforms.eval_transform(predictor.pre)
+    augment = transforms.train_transform(predictor.pre)
+    views = (("augmented", lambda path: augment(images.prepare_image(images.load_image(path), predictor.pre))),
+             ("not augmented", predictor.preprocess))  # exactly what scoring sees
     for balanced in (True, False):
         sample = training_sample(run, n, balanced)
-        for name, view in (("augmented", augmented), ("not augmented", clean)):
+        for name, view in views:
             torch.manual_seed(0)
-            batch = torch.stack([view(images.prepare_image(images.load_image(p), predictor.pre)) for p in sample])
+            batch = torch.stack([view(path) for path in sample])
             probs = melanoma_probability(adapt(model, batch, 1.0), x, predictor)
             mix = "class-balanced" if balanced else "natural class mix"
             print(_line(f"{mix}, {name}", is_mel, [probs], predictor.alert_threshold), flush=True)
@@ -155,20 +157,19 @@ def check(run: Path, splits: int, statistics: bool = False) -> None:
     if statistics:
         return statistics_check(run, predictor)
     if json.loads((run / "model.json").read_text())["training"].get("holdout_source"):  # a scripts/loso.sh row
-        heldout = _rows(run / "val_predictions.csv")
-        sets = {"held-out source (older archive)": (heldout, "melanoma", [VARIANTS[0], VARIANTS[3]])}
+        sets = {"held-out source (older archive)": (run / "val_predictions.csv", "melanoma", (),
+                                                    [VARIANTS[0], VARIANTS[3]])}
     else:
         conflicts = json.loads((run / "heldout-eval" / "metrics.json").read_text())["label_conflicts"]["images"]
         in_source = [VARIANTS[0], VARIANTS[2]]  # where nothing should change
-        sets = {"in-source (HAM10000 validation)": (_rows(run / "val_predictions.csv"), "mel", in_source),
-                "held-out source (older archive)": (_rows(run / "heldout-eval" / "predictions.csv", conflicts),
-                                                    "melanoma", VARIANTS)}
+        sets = {"in-source (HAM10000 validation)": (run / "val_predictions.csv", "mel", (), in_source),
+                "held-out source (older archive)": (run / "heldout-eval" / "predictions.csv", "melanoma", conflicts,
+                                                    VARIANTS)}
     threshold = predictor.alert_threshold
     print(f"{run}: alert threshold {threshold:.4f}")
-    for name, ((paths, labels), melanoma, variants) in sets.items():
-        is_mel = np.array([lab == melanoma for lab in labels])
-        x = torch.from_numpy(np.stack([predictor.model_input(p) for p in paths]))
-        print(f" {name}: {len(paths)} images, {is_mel.sum()} melanomas")
+    for name, (csv_path, melanoma, leave_out, variants) in sets.items():
+        x, is_mel = scored_images(predictor, csv_path, melanoma, leave_out)
+        print(f" {name}: {len(x)} images, {is_mel.sum()} melanomas")
         print(_line("not adapted", is_mel, [melanoma_probability(predictor.backend.model, x, predictor)], threshold))
         for label, variant in variants:
             print(_line(label, is_mel, cross_adapted(predictor, x, is_mel, variant, splits), threshold), flush=True)
