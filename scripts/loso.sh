@@ -37,8 +37,12 @@ case $RECIPE in
   # session 17: batches of the natural class mix, classes balanced through the loss instead of the sampler, so the
   # batch-norm statistics are those of a natural mix (as a clinic's images): compare with `detail`
   wloss) EXTRA=(--detail-size 150 --imbalance weighted-loss) ;;
+  # session 18, against `detail`: a stronger pull towards uniform predictions (label smoothing 0.3, not 0.1); and
+  # batch norm kept at its ImageNet statistics, which carry no trace of the class-balanced training batches
+  smooth) EXTRA=(--detail-size 150 --label-smoothing 0.3) ;;
+  frozenbn) EXTRA=(--detail-size 150 --freeze-bn) ;;
   *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full," \
-          "detail, resolution, wloss)" >&2
+          "detail, resolution, wloss, smooth, frozenbn)" >&2
      exit 2 ;;
 esac
 # runs/loso2: since session 9 --holdout-source leaves the images both sources hold (the 9-class split's ~1,300

@@ -393,6 +393,21 @@ def test_linear_probe_epochs_train_the_head_only_then_everything(tiny_isic, tmp_
         tiny_config(tiny_isic, tmp_path / "bad", epochs=2, linear_probe_epochs=2).validate()
 
 
+def test_freeze_bn_keeps_the_pretrained_statistics_while_everything_else_learns(tiny_isic, tmp_path):
+    snapshots = _SnapshotEachEpoch()  # with LP-FT too: its fine-tuning phase must not switch batch norm back on
+    train(tiny_config(tiny_isic, tmp_path / "frozen", model="efficientnet_lite0", image_size=64, pretrained=False,
+                      epochs=2, linear_probe_epochs=1, freeze_bn=True), callbacks=[snapshots])
+    start, _, tuned = snapshots.states
+    statistics = [k for k in start if k.endswith(("running_mean", "running_var"))]
+    assert statistics and all(torch.equal(start[k], tuned[k]) for k in statistics)
+    assert not torch.equal(start["conv_stem.weight"], tuned["conv_stem.weight"])
+    assert not torch.equal(start["bn1.weight"], tuned["bn1.weight"])  # BN scale and shift still learn
+    with pytest.raises(ConfigError, match="--swa-epochs recomputes them"):
+        tiny_config(tiny_isic, tmp_path / "bad", epochs=2, freeze_bn=True, swa_epochs=1).validate()
+    with pytest.raises(ConfigError, match="label smoothing must be in"):
+        tiny_config(tiny_isic, tmp_path / "bad", label_smoothing=1.0).validate()
+
+
 def test_auto_named_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     from melanoma.training import new_run_dir
 

@@ -50,12 +50,7 @@ class LinearProbeFirst(L.Callback):
         self.norms: list[torch.nn.Module] = []
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        """The backbone: every parameter and batch-norm layer outside the classifier head."""
-        head = pl_module.model.get_classifier()
-        head_params, head_modules = set(map(id, head.parameters())), set(map(id, head.modules()))
-        self.params = [p for p in pl_module.model.parameters() if id(p) not in head_params]
-        self.norms = [m for m in pl_module.model.modules()
-                      if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
+        self.params, self.norms = backbone_parts(pl_module.model)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         # per batch, not per epoch: Lightning puts the whole model back in train mode after each validation
@@ -64,6 +59,35 @@ class LinearProbeFirst(L.Callback):
             p.requires_grad_(not probing)
         for m in self.norms:
             m.train(not probing)
+
+
+def backbone_parts(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
+    """The pretrained backbone of a timm model: every parameter and batch-norm layer outside its classifier head."""
+    head = model.get_classifier()
+    head_params, head_modules = set(map(id, head.parameters())), set(map(id, head.modules()))
+    params = [p for p in model.parameters() if id(p) not in head_params]
+    norms = [m for m in model.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
+    return params, norms
+
+
+class FrozenNormStatistics(L.Callback):
+    """Batch norm with its pretrained statistics (--freeze-bn): the backbone's batch-norm layers normalise with the
+    ImageNet running mean and variance and never update them; their scale and shift still learn. Session 17 found
+    the trained statistics encode the class-balanced mix of the sampler's batches, which no clinic's images have;
+    fixed statistics carry no trace of the training mix (the detection / segmentation practice of frozen BN)."""
+
+    def __init__(self):
+        self.norms: list[torch.nn.Module] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self.norms = backbone_parts(pl_module.model)[1]
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # per batch: Lightning puts the whole model back in train mode after each validation; after
+        # LinearProbeFirst in the callback list, so its fine-tuning phase cannot switch them back
+        for m in self.norms:
+            m.eval()
 
 
 class EMA(WeightAveraging):

@@ -277,6 +277,8 @@ TRAIN_NUMBERS = [
      "pretrained features)"),
     ("--linear-probe-epochs", NON_NEGATIVE_INT, "train only the classifier head for the first N epochs (backbone "
      "frozen, its batch norm in eval mode), then everything: linear probe then fine-tune (LP-FT)"),
+    ("--label-smoothing", _number(float, 0.0, 1.0, high_open=True),
+     "share of every training target spread evenly over all classes (0: plain cross-entropy)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
     ("--target-sensitivity", PROBABILITY,
@@ -332,6 +334,9 @@ def _add_train(sub) -> None:
     p.add_argument("--accelerator", choices=["auto", "cpu", "gpu"], help=_with_default("hardware", "accelerator"))
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format, faster convolutions on AVX-512/AMX CPUs and GPUs (default: on)")
+    p.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="the backbone's batch-norm layers keep their pretrained (ImageNet) statistics for the whole "
+                        "run instead of learning those of the class-balanced training batches (default: off)")
     p.add_argument("--fold-ensemble", action="store_true", default=None,
                    help="with --folds: also write the K fold models as ONE model (RUN/ensemble) whose alert "
                         "threshold and referral are fitted on the out-of-fold predictions")

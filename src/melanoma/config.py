@@ -36,7 +36,8 @@ class TrainConfig:
     lr: float | None = None               # None: 1e-3 for seed-cnn (Adam, as the notebooks), 5e-4 otherwise (AdamW)
     weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
     warmup_epochs: float = 1.0
-    label_smoothing: float = 0.1
+    label_smoothing: float = 0.1          # share of each target spread evenly over all classes
+    freeze_bn: bool = False               # backbone batch norm keeps its ImageNet statistics (eval mode) all run
     backbone_lr_scale: float = 1.0        # the pretrained backbone learns at lr * this (the new head at lr): < 1
                                           # keeps more of the ImageNet features
     linear_probe_epochs: int = 0          # first N epochs: only the classifier head learns (backbone frozen,
@@ -104,6 +105,9 @@ class TrainConfig:
             (0 <= self.linear_probe_epochs < self.epochs,
              f"linear-probe epochs must be between 0 and epochs - 1 ({self.epochs - 1}), got "
              f"{self.linear_probe_epochs}"),
+            (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (not (self.freeze_bn and self.swa_epochs),
+             "--freeze-bn keeps the pretrained batch-norm statistics, --swa-epochs recomputes them: choose one"),
             (self.ema is None or 0.0 < self.ema < 1.0, f"EMA decay must be in (0, 1), got {self.ema}"),
             (self.swa_epochs is None or 1 <= self.swa_epochs <= self.epochs,
              f"SWA epochs must be between 1 and epochs ({self.epochs}), got {self.swa_epochs}"),
