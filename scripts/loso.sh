@@ -41,8 +41,9 @@ case $RECIPE in
   # batch norm kept at its ImageNet statistics, which carry no trace of the class-balanced training batches
   smooth) EXTRA=(--detail-size 150 --label-smoothing 0.3) ;;
   frozenbn) EXTRA=(--detail-size 150 --freeze-bn) ;;
+  mixup) EXTRA=(--detail-size 150 --mixup 0.2) ;;  # blended image pairs: another pull towards less confidence
   *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full," \
-          "detail, resolution, wloss, smooth, frozenbn)" >&2
+          "detail, resolution, wloss, smooth, frozenbn, mixup)" >&2
      exit 2 ;;
 esac
 # runs/loso2: since session 9 --holdout-source leaves the images both sources hold (the 9-class split's ~1,300

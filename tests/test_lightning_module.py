@@ -1,4 +1,4 @@
-"""The training loss: label smoothing, class weights per image, coarse targets."""
+"""The training loss: label smoothing, class weights per image, coarse targets, mixup."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from melanoma.lightning_module import LesionClassifier
 from melanoma.training import class_weights
 
 
-def _module(weights=None, smoothing=0.1) -> LesionClassifier:
+def _module(weights=None, smoothing=0.1, mixup=0.0) -> LesionClassifier:
     return LesionClassifier("seed-cnn", 3, 0, lr=1e-3, weight_decay=0.0, label_smoothing=smoothing,
-                            class_weights=weights, image_size=64)
+                            class_weights=weights, image_size=64, mixup=mixup)
 
 
 def test_class_weights_are_inverse_frequency_and_zero_for_a_class_without_images():
@@ -39,3 +39,21 @@ def test_class_weights_weight_each_image_and_a_class_absent_from_training_pulls_
         assert _module([2.0, 0.5, absent])._loss(logits, y).item() == pytest.approx(expected.item(), rel=1e-5)
     pulled = F.cross_entropy(logits, y, weight=torch.tensor([2.0, 0.5, 100.0]), label_smoothing=0.1)
     assert pulled.item() > 2 * expected.item()  # the formula the loss no longer uses
+
+
+def test_mixup_blends_image_pairs_and_their_losses_alike():
+    module = _module(mixup=0.4).eval()  # no dropout: the two forward passes below must agree
+    x, y = torch.rand(8, 3, 64, 64, generator=torch.Generator().manual_seed(2)), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    torch.manual_seed(5)
+    mixed, y_other, lam = module._mixed(x, y)
+    assert 0.0 < lam < 1.0
+    # image i is lam * itself + (1 - lam) * one partner j, carrying j's label too; the partners are a permutation
+    blends = lam * x[:, None] + (1 - lam) * x[None, :]  # [i, j]
+    partner = [next(j for j in range(len(y)) if torch.allclose(mixed[i], blends[i, j])) for i in range(len(y))]
+    assert sorted(partner) == list(range(len(y)))
+    assert torch.equal(y_other, y[partner])
+    torch.manual_seed(5)  # training_step draws the same blend: its loss is the blend of the two targets' losses
+    loss = module.training_step((x, y), 0)
+    logits = module(mixed)
+    expected = lam * module._loss(logits, y) + (1 - lam) * module._loss(logits, y_other) + module._l2_penalty()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)

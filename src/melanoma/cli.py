@@ -279,6 +279,9 @@ TRAIN_NUMBERS = [
      "frozen, its batch norm in eval mode), then everything: linear probe then fine-tune (LP-FT)"),
     ("--label-smoothing", _number(float, 0.0, 1.0, high_open=True),
      "share of every training target spread evenly over all classes (0: plain cross-entropy)"),
+    ("--mixup", _number(float, 0.0),
+     "mixup (Zhang et al. 2018): train on pairs of images blended with a Beta(ALPHA, ALPHA) weight, the loss blended "
+     "alike (0: off; 0.2 is the usual ImageNet value)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
     ("--target-sensitivity", PROBABILITY,

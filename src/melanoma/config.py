@@ -37,6 +37,7 @@ class TrainConfig:
     weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1          # share of each target spread evenly over all classes
+    mixup: float = 0.0                    # mixup's Beta(alpha, alpha) for the mixing weight (0: off; 0.2 as ImageNet)
     freeze_bn: bool = False               # backbone batch norm keeps its ImageNet statistics (eval mode) all run
     backbone_lr_scale: float = 1.0        # the pretrained backbone learns at lr * this (the new head at lr): < 1
                                           # keeps more of the ImageNet features
@@ -106,6 +107,7 @@ class TrainConfig:
              f"linear-probe epochs must be between 0 and epochs - 1 ({self.epochs - 1}), got "
              f"{self.linear_probe_epochs}"),
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
             (not (self.freeze_bn and self.swa_epochs),
              "--freeze-bn keeps the pretrained batch-norm statistics, --swa-epochs recomputes them: choose one"),
             (self.ema is None or 0.0 < self.ema < 1.0, f"EMA decay must be in (0, 1), got {self.ema}"),

@@ -21,7 +21,7 @@ class LesionClassifier(L.LightningModule):
                  label_smoothing: float = 0.1, class_weights: list[float] | None = None,
                  pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224,
                  channels_last: bool = False, backbone_lr_scale: float = 1.0,
-                 coarse_groups: list[list[int]] | None = None):
+                 coarse_groups: list[list[int]] | None = None, mixup: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(architecture, num_classes=num_classes, pretrained=pretrained, weights=weights,
@@ -78,10 +78,24 @@ class LesionClassifier(L.LightningModule):
         w = (self.class_weight * allowed).sum(-1) / allowed.sum(-1)  # a coarse target: its classes' mean weight
         return (w * per_image).sum() / w.sum()
 
+    def _mixed(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Mixup (Zhang et al. 2018): x blended with a shuffled copy of the batch at a Beta(alpha, alpha) weight.
+        The loss is blended alike from both targets (not one soft target), so coarse targets and class weights
+        work unchanged. Draws from the global RNG, which on_train_batch_start re-seeds per step (resumable)."""
+        alpha = self.hparams.mixup
+        lam = float(torch.distributions.Beta(alpha, alpha).sample())
+        order = torch.randperm(len(y), device=y.device)
+        return lam * x + (1.0 - lam) * x[order], y[order], lam
+
     def training_step(self, batch, batch_idx):
         x, y = batch
-        logits = self(x)
-        loss = self._loss(logits, y) + self._l2_penalty()
+        if self.hparams.mixup > 0:
+            x, y_other, lam = self._mixed(x, y)
+            logits = self(x)
+            loss = lam * self._loss(logits, y) + (1.0 - lam) * self._loss(logits, y_other) + self._l2_penalty()
+        else:
+            logits = self(x)
+            loss = self._loss(logits, y) + self._l2_penalty()
         fine = y < logits.shape[1]  # coarse targets have no single class to be accurate on
         self.train_acc(logits[fine], y[fine])
         self.train_bal_acc(logits[fine], y[fine])
