@@ -66,10 +66,11 @@ class CrashAtEpoch(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_isic, tmp_path):
-    train(tiny_config(tiny_isic, tmp_path / "full", epochs=2))
+@pytest.mark.parametrize("mixup", [0.0, 0.4])  # mixup draws its blends from the per-step seed too
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_isic, tmp_path, mixup):
+    train(tiny_config(tiny_isic, tmp_path / "full", epochs=2, mixup=mixup))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(tiny_config(tiny_isic, tmp_path / "cut", epochs=2), callbacks=[CrashAtEpoch(1)])
+        train(tiny_config(tiny_isic, tmp_path / "cut", epochs=2, mixup=mixup), callbacks=[CrashAtEpoch(1)])
     assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").exists()
     assert not (tmp_path / "cut" / "model.json").exists()
     resumed = load_config(tmp_path / "cut" / "config.yaml", resume=str(tmp_path / "cut"))
