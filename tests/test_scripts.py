@@ -86,6 +86,29 @@ def test_loso_by_collection_scores_the_older_archive_alone(tmp_path, ham_dir):
     assert row == ("| loso/base | 2 | 0.750 ± 0.000 (8) | 0.500 ± 0.000 (6, 4 melanomas) | 0.750 | 0.500 |"), row
 
 
+def test_score_rules_rank_each_collection_by_each_rule(tmp_path):
+    """Older archive: a melanoma whose probability leaked to pigmented benign keratosis ranks below the nevi by
+    p(melanoma) but above them by the odds against nevus; HAM10000: a keratosis more unlike a nevus than the
+    melanoma is ranks above it by those odds, not by p(melanoma)."""
+    rows = ["image,path,melanoma,nevus,pigmented benign keratosis,prediction,label",
+            "ISIC_9000001.jpg,/old/a.jpg,0.6,0.3,0.1,melanoma,melanoma",
+            "ISIC_9000002.jpg,/old/b.jpg,0.2,0.1,0.7,pigmented benign keratosis,melanoma",
+            "ISIC_9000003.jpg,/old/c.jpg,0.3,0.7,0.0,nevus,nevus",
+            "ISIC_9000004.jpg,/old/d.jpg,0.25,0.75,0.0,nevus,nevus",
+            "ISIC_9000005.jpg,/ham10000/e.jpg,0.6,0.3,0.1,melanoma,melanoma",
+            "ISIC_9000006.jpg,/ham10000/f.jpg,0.05,0.01,0.94,pigmented benign keratosis,pigmented benign keratosis",
+            "ISIC_9000007.jpg,/ham10000/g.jpg,0.3,0.7,0.0,nevus,nevus"]
+    for seed in (1, 2):
+        (tmp_path / f"run{seed}").mkdir()
+        (tmp_path / f"run{seed}" / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_rules.py"), str(tmp_path / "run1"),
+                           str(tmp_path / "run2")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    means = done.stdout.strip().splitlines()[-2:]
+    assert means == ["| mean ± sd of 2 | HAM10000 (3, 1 mel) | 1.000 ± 0.000 | 0.500 ± 0.000 | 0.500 ± 0.000 |",
+                     "| mean ± sd of 2 | older archive (4, 2 mel) | 0.500 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 |"]
+
+
 def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path, shared_train, ham_dir):
     """A random-weight model: the script predicts the older archive's own images and HAM10000's apart (the 9-class
     split's HAM10000 pictures in neither), at each level, and keeps a model's own detail size as the floor."""

@@ -1,0 +1,87 @@
+"""Which melanoma score ranks a collection's melanomas best? (session 18)
+
+The alert ranks images by the melanoma probability. On a source the model never saw, a melanoma's probability can
+leak to a neighbouring class (old-archive melanomas to pigmented benign keratosis under HAM10000-trained models)
+while the model still knows "not a nevus". This scores, per run and per collection of its predictions (HAM10000
+pictures, by image id, or the older ISIC archive), the melanoma AUC of three rules over the class probabilities:
+
+    melanoma            p(melanoma), what the project ships
+    melanoma_vs_nevus   log p(melanoma) - log p(nevus): the odds against the commonest look-alike only
+    not_nevus           1 - p(nevus)
+
+then mean ± sd over the runs. A run folder is read from RUN/heldout-eval/predictions.csv or RUN/val_predictions.csv;
+a CSV path is read as it is.
+
+    .venv/bin/python scripts/score_rules.py runs/loso2/detail-seed{1,2,3,4,5}
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loso_by_collection import ham_ids, isic_id  # noqa: E402
+
+from melanoma.evaluate import read_predictions_csv  # noqa: E402
+from melanoma.labelmaps import MELANOMA_NAMES  # noqa: E402
+
+RULES = ("melanoma", "melanoma_vs_nevus", "not_nevus")
+NEVUS_NAMES = ("nevus", "nv")  # the 9-class name and HAM10000's dx code
+
+
+def prediction_csv(path: Path) -> Path:
+    for name in ("heldout-eval/predictions.csv", "val_predictions.csv"):
+        if (path / name).is_file():
+            return path / name
+    return path
+
+
+def rule_scores(probs: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
+    """{rule: one score per image} from the class probabilities (columns named as in the model)."""
+    names = [c.lower() for c in classes]
+    mel = probs[:, next(i for i, c in enumerate(names) if c in MELANOMA_NAMES)]
+    nev = probs[:, next(i for i, c in enumerate(names) if c in NEVUS_NAMES)]
+    tiny = 1e-12  # CSV probabilities have 6 decimals: 0 occurs
+    return {"melanoma": mel, "melanoma_vs_nevus": np.log(mel + tiny) - np.log(nev + tiny), "not_nevus": 1.0 - nev}
+
+
+def aucs_by_collection(csv_path: Path, ham: set[str]) -> dict[str, dict[str, float]]:
+    """{collection: {rule: melanoma AUC}}; a collection without melanomas or without others is skipped."""
+    table = read_predictions_csv(csv_path)
+    is_mel = np.array([(label or "").lower() in MELANOMA_NAMES for label in table.labels])
+    collection = np.array(["HAM10000" if "ham10000" in p.lower() or isic_id(i) in ham else "older archive"
+                           for i, p in zip(table.images, table.paths)])
+    scores = rule_scores(table.probs, table.class_names)
+    out = {}
+    for name in sorted(set(collection)):
+        keep = collection == name
+        if 0 < is_mel[keep].sum() < keep.sum():
+            out[f"{name} ({keep.sum()}, {is_mel[keep].sum()} mel)"] = {
+                rule: float(roc_auc_score(is_mel[keep], s[keep])) for rule, s in scores.items()}
+    return out
+
+
+def main(paths: list[Path]) -> None:
+    ham = ham_ids()
+    per_collection: dict[str, list[dict[str, float]]] = defaultdict(list)
+    print("| run | collection (images, melanomas) | " + " | ".join(RULES) + " |")
+    print("|---|---|" + "---|" * len(RULES))
+    for path in paths:
+        for name, aucs in aucs_by_collection(prediction_csv(path), ham).items():
+            per_collection[name].append(aucs)
+            print(f"| {path} | {name} | " + " | ".join(f"{aucs[r]:.3f}" for r in RULES) + " |")
+    for name, rows in per_collection.items():
+        if len(rows) > 1:
+            cells = [f"{statistics.mean(v):.3f} ± {statistics.stdev(v):.3f}" for v in
+                     ([row[r] for row in rows] for r in RULES)]
+            print(f"| mean ± sd of {len(rows)} | {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main([Path(p) for p in sys.argv[1:]] or sys.exit(__doc__))
