@@ -28,6 +28,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loso_by_collection import ham_ids, isic_id  # noqa: E402
 
+from melanoma.errors import MelanomaError  # noqa: E402
 from melanoma.evaluate import read_predictions_csv  # noqa: E402
 from melanoma.labelmaps import MELANOMA_NAMES  # noqa: E402
 
@@ -84,4 +85,7 @@ def main(paths: list[Path]) -> None:
 
 
 if __name__ == "__main__":
-    main([Path(p) for p in sys.argv[1:]] or sys.exit(__doc__))
+    try:
+        main([Path(p) for p in sys.argv[1:]] or sys.exit(__doc__))
+    except MelanomaError as exc:  # e.g. a path that is neither a run folder nor a prediction CSV: one line
+        sys.exit(f"error: {exc}")
