@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loso_by_collection import ham_ids, isic_id  # noqa: E402
 
-from melanoma.errors import MelanomaError  # noqa: E402
+from melanoma.errors import DataError, MelanomaError  # noqa: E402
 from melanoma.evaluate import read_predictions_csv  # noqa: E402
 from melanoma.labelmaps import MELANOMA_NAMES  # noqa: E402
 
@@ -40,6 +40,8 @@ def prediction_csv(path: Path) -> Path:
     for name in ("heldout-eval/predictions.csv", "val_predictions.csv"):
         if (path / name).is_file():
             return path / name
+    if path.is_dir():
+        raise DataError(f"{path}: no heldout-eval/predictions.csv or val_predictions.csv (unfinished run?)")
     return path
 
 
