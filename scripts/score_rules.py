@@ -3,7 +3,8 @@
 The alert ranks images by the melanoma probability. On a source the model never saw, a melanoma's probability can
 leak to a neighbouring class (old-archive melanomas to pigmented benign keratosis under HAM10000-trained models)
 while the model still knows "not a nevus". This scores, per run and per collection of its predictions (HAM10000
-pictures, by image id, or the older ISIC archive), the melanoma AUC of three rules over the class probabilities:
+pictures, by image id, or the older ISIC archive; a picture filed under two labels left out, as `melanoma
+evaluate` does), the melanoma AUC of three rules over the class probabilities:
 
     melanoma            p(melanoma), what the project ships
     melanoma_vs_nevus   log p(melanoma) - log p(nevus): the odds against the commonest look-alike only
@@ -54,6 +55,15 @@ def rule_scores(probs: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
     return {"melanoma": mel, "melanoma_vs_nevus": np.log(mel + tiny) - np.log(nev + tiny), "not_nevus": 1.0 - nev}
 
 
+def conflicting(images: list[str], labels: list[str | None]) -> np.ndarray:
+    """True for the rows of a picture filed under two labels (the 9-class split's duplicates, one row per folder):
+    `melanoma evaluate` leaves them out of its metrics, and so does this script."""
+    seen: dict[str, set] = defaultdict(set)
+    for image, label in zip(images, labels):
+        seen[isic_id(image)].add(label)
+    return np.array([len(seen[isic_id(image)]) > 1 for image in images])
+
+
 def aucs_by_collection(csv_path: Path, ham: set[str]) -> dict[str, dict[str, float]]:
     """{collection: {rule: melanoma AUC}}; a collection without melanomas or without others is skipped."""
     table = read_predictions_csv(csv_path)
@@ -61,9 +71,10 @@ def aucs_by_collection(csv_path: Path, ham: set[str]) -> dict[str, dict[str, flo
     collection = np.array(["HAM10000" if "ham10000" in p.lower() or isic_id(i) in ham else "older archive"
                            for i, p in zip(table.images, table.paths)])
     scores = rule_scores(table.probs, table.class_names)
+    scored = ~conflicting(table.images, table.labels)
     out = {}
     for name in sorted(set(collection)):
-        keep = collection == name
+        keep = (collection == name) & scored
         if 0 < is_mel[keep].sum() < keep.sum():
             out[f"{name} ({keep.sum()}, {is_mel[keep].sum()} mel)"] = {
                 rule: float(roc_auc_score(is_mel[keep], s[keep])) for rule, s in scores.items()}

@@ -97,7 +97,9 @@ def test_score_rules_rank_each_collection_by_each_rule(tmp_path):
             "ISIC_9000004.jpg,/old/d.jpg,0.25,0.75,0.0,nevus,nevus",
             "ISIC_9000005.jpg,/ham10000/e.jpg,0.6,0.3,0.1,melanoma,melanoma",
             "ISIC_9000006.jpg,/ham10000/f.jpg,0.05,0.01,0.94,pigmented benign keratosis,pigmented benign keratosis",
-            "ISIC_9000007.jpg,/ham10000/g.jpg,0.3,0.7,0.0,nevus,nevus"]
+            "ISIC_9000007.jpg,/ham10000/g.jpg,0.3,0.7,0.0,nevus,nevus",
+            "ISIC_9000008.jpg,/old/mel/h.jpg,0.0,1.0,0.0,nevus,melanoma",  # one picture, two labels: left out
+            "ISIC_9000008.jpg,/old/nev/h.jpg,0.0,1.0,0.0,nevus,nevus"]
     for seed in (1, 2):
         (tmp_path / f"run{seed}").mkdir()
         (tmp_path / f"run{seed}" / "val_predictions.csv").write_text("\n".join(rows) + "\n")
