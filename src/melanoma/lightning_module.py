@@ -89,13 +89,14 @@ class LesionClassifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, y = batch
-        if self.hparams.mixup > 0:
+        mixing = self.hparams.mixup > 0
+        if mixing:
             x, y_other, lam = self._mixed(x, y)
-            logits = self(x)
-            loss = lam * self._loss(logits, y) + (1.0 - lam) * self._loss(logits, y_other) + self._l2_penalty()
-        else:
-            logits = self(x)
-            loss = self._loss(logits, y) + self._l2_penalty()
+        logits = self(x)
+        loss = self._loss(logits, y)
+        if mixing:
+            loss = lam * loss + (1.0 - lam) * self._loss(logits, y_other)
+        loss = loss + self._l2_penalty()
         fine = y < logits.shape[1]  # coarse targets have no single class to be accurate on
         self.train_acc(logits[fine], y[fine])
         self.train_bal_acc(logits[fine], y[fine])
