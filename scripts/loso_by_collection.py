@@ -36,15 +36,20 @@ def isic_id(name: str) -> str:
     return re.sub(r"\s*\(\d+\)$", "", Path(name).stem)
 
 
+def prediction_csv(run: Path) -> Path | None:
+    """The held-out predictions of an in-source run (heldout-eval/predictions.csv) or of a LOSO run
+    (val_predictions.csv); None when the run has neither."""
+    return next((run / n for n in ("heldout-eval/predictions.csv", "val_predictions.csv") if (run / n).is_file()),
+                None)
+
+
 def predictions(run: Path) -> dict[str, tuple[float, bool]] | None:
-    """{image: (melanoma probability, is melanoma)} of a LOSO run (val_predictions.csv) or an in-source run
-    (heldout-eval/predictions.csv); None when the run has neither."""
-    for name in ("heldout-eval/predictions.csv", "val_predictions.csv"):
-        if (run / name).is_file():
-            with (run / name).open(newline="") as fh:
-                return {r["image"]: (float(r["melanoma_probability"]), r["label"] == "melanoma")
-                        for r in csv.DictReader(fh)}
-    return None
+    """{image: (melanoma probability, is melanoma)} from prediction_csv(run); None when the run has none."""
+    found = prediction_csv(run)
+    if found is None:
+        return None
+    with found.open(newline="") as fh:
+        return {r["image"]: (float(r["melanoma_probability"]), r["label"] == "melanoma") for r in csv.DictReader(fh)}
 
 
 def auc(preds: dict, images) -> float:

@@ -27,30 +27,30 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loso_by_collection import ham_ids, isic_id  # noqa: E402
+from loso_by_collection import ham_ids, isic_id, prediction_csv  # noqa: E402
 
 from melanoma.errors import DataError, MelanomaError  # noqa: E402
 from melanoma.evaluate import read_predictions_csv  # noqa: E402
-from melanoma.labelmaps import MELANOMA_NAMES  # noqa: E402
+from melanoma.labelmaps import MELANOMA_NAMES, find_melanoma_class  # noqa: E402
 
 RULES = ("melanoma", "melanoma_vs_nevus", "not_nevus")
 NEVUS_NAMES = ("nevus", "nv")  # the 9-class name and HAM10000's dx code
 
 
-def prediction_csv(path: Path) -> Path:
-    for name in ("heldout-eval/predictions.csv", "val_predictions.csv"):
-        if (path / name).is_file():
-            return path / name
-    if path.is_dir():
+def csv_of(path: Path) -> Path:
+    """A run folder's held-out prediction CSV (loso_by_collection.prediction_csv), or the CSV path itself."""
+    if not path.is_dir():
+        return path
+    found = prediction_csv(path)
+    if found is None:
         raise DataError(f"{path}: no heldout-eval/predictions.csv or val_predictions.csv (unfinished run?)")
-    return path
+    return found
 
 
 def rule_scores(probs: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
     """{rule: one score per image} from the class probabilities (columns named as in the model)."""
-    names = [c.lower() for c in classes]
-    mel = probs[:, next(i for i, c in enumerate(names) if c in MELANOMA_NAMES)]
-    nev = probs[:, next(i for i, c in enumerate(names) if c in NEVUS_NAMES)]
+    mel = probs[:, classes.index(find_melanoma_class(classes))]
+    nev = probs[:, next(i for i, c in enumerate(classes) if c.lower() in NEVUS_NAMES)]
     tiny = 1e-12  # CSV probabilities have 6 decimals: 0 occurs
     return {"melanoma": mel, "melanoma_vs_nevus": np.log(mel + tiny) - np.log(nev + tiny), "not_nevus": 1.0 - nev}
 
@@ -87,7 +87,7 @@ def main(paths: list[Path]) -> None:
     print("| run | collection (images, melanomas) | " + " | ".join(RULES) + " |")
     print("|---|---|" + "---|" * len(RULES))
     for path in paths:
-        for name, aucs in aucs_by_collection(prediction_csv(path), ham).items():
+        for name, aucs in aucs_by_collection(csv_of(path), ham).items():
             per_collection[name].append(aucs)
             print(f"| {path} | {name} | " + " | ".join(f"{aucs[r]:.3f}" for r in RULES) + " |")
     for name, rows in per_collection.items():
