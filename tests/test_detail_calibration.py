@@ -142,3 +142,20 @@ def test_detail_levels_bad_input_is_one_line_and_writes_nothing(tiny_isic, tmp_p
                      "--in-place"]) == 2
     err = capsys.readouterr().err
     assert "no preprocessing.detail_size" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::melanoma.errors.ThresholdWarning")  # 5 melanomas: warned, on purpose
+def test_a_new_prior_correction_refits_the_levels_under_the_new_probabilities(tiny_isic, tmp_path):
+    """The shift is applied after the prior correction, so the levels are fitted under the correction that is
+    stored with them, not the one the model had before."""
+    run, paths, is_mel = _model_with_validation(tiny_isic, tmp_path / "run")
+    result = rethreshold(run, 0.8, out=tmp_path / "mixed", detail_levels=[120], prior_correction="training-mix")
+    assert result["prior_correction_changed"] and result["detail_calibration_refitted"]
+    corrected = Predictor.load(tmp_path / "mixed")
+    assert corrected.class_weights is not None
+    corrected.detail_calibration = None
+    corrected.pre["detail_size"] = 120
+    t120 = float(choose_alert_threshold(is_mel, corrected.predict_paths(paths).melanoma_probability, 0.8))
+    level = json.loads((tmp_path / "mixed" / "model.json").read_text())["detail_calibration"]["levels"][0]
+    assert level["alert_threshold"] == pytest.approx(t120)

@@ -165,3 +165,52 @@ def test_per_source_threshold_keeps_the_target_on_every_source(tmp_path, capsys)
     pooled_card = json.loads((tmp_path / "pooled" / "model.json").read_text())["model_card"]
     assert card["expected_alert_share"]["screening (2% melanoma)"] > pooled_card["expected_alert_share"][
         "screening (2% melanoma)"]  # a lower threshold alerts more
+
+
+def test_threshold_moves_the_probabilities_to_the_training_mix_and_back(tmp_path, capsys):
+    """--prior-correction training-mix: model.json gets the class mix of the validation labels, the stored
+    validation predictions become the corrected ones, the threshold is chosen on them; none restores them."""
+    from melanoma import priors
+    from melanoma.evaluate import read_predictions_csv
+
+    run, _, _ = _fake_run(tmp_path, n=200)
+    before = read_predictions_csv(run / "val_predictions.csv")
+    out = tmp_path / "mix"
+    assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--prior-correction", "training-mix",
+                     "--out", str(out)]) == 0
+    assert "prior correction: probabilities moved to the training mix" in capsys.readouterr().out
+    meta = json.loads((out / "model.json").read_text())
+    section = meta["prior_correction"]
+    assert sum(section["class_counts"].values()) == 200 and section["fitted_on"] == "validation labels"
+    after = read_predictions_csv(out / "val_predictions.csv")
+    weights = priors.weights_of(meta)
+    np.testing.assert_allclose(after.probs, priors.reweight(before.probs, weights), atol=2e-6)
+    mel = meta["class_names"].index("melanoma")
+    is_mel = np.array([label == "melanoma" for label in after.labels])
+    assert (after.probs[is_mel, mel] >= meta["thresholds"]["melanoma_alert"]).mean() >= 0.9
+    assert "prior_correction" not in json.loads((run / "model.json").read_text())  # --out leaves RUN alone
+
+    assert cli.main(["threshold", str(out), "--target-sensitivity", "0.9", "--prior-correction", "none",
+                     "--in-place"]) == 0
+    assert "prior correction removed" in capsys.readouterr().out
+    assert "prior_correction" not in json.loads((out / "model.json").read_text())
+    np.testing.assert_allclose(read_predictions_csv(out / "val_predictions.csv").probs, before.probs, atol=2e-5)
+
+
+def test_prior_correction_is_refused_where_it_cannot_be_fitted_or_would_stale_a_calibration(tmp_path, capsys):
+    run, _, _ = _fake_run(tmp_path, n=60)
+    meta = json.loads((run / "model.json").read_text())
+    meta["training"] = {"holdout_source": "Train", "imbalance": "sampler"}
+    (run / "model.json").write_text(json.dumps(meta))
+    args = ["threshold", str(run), "--target-sensitivity", "0.9", "--prior-correction", "training-mix", "--in-place"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "validated on a held-out source (Train)" in err and len(err.strip().splitlines()) == 1
+    meta["training"] = {"imbalance": "sampler"}
+    meta["preprocessing"]["detail_size"] = 150
+    meta["detail_calibration"] = {"levels": [{"shorter_side": 120, "alert_threshold": 0.2,
+                                              "melanoma_logit_shift": 0.5}], "target_sensitivity": 0.9}
+    (run / "model.json").write_text(json.dumps(meta))
+    assert cli.main(args) == 2
+    assert "needs it refitted: add --detail-levels 120" in capsys.readouterr().err
+    assert "prior_correction" not in json.loads((run / "model.json").read_text())

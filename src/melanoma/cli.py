@@ -428,6 +428,12 @@ def _add_threshold(sub) -> None:
                         "and store, per level, how far their melanoma odds are lowered so that the alert keeps the "
                         "target there too (model.json detail_calibration; a few minutes per level; run again "
                         "after a kill, it resumes)")
+    p.add_argument("--prior-correction", choices=("training-mix", "none"),
+                   help="training-mix: move the probabilities from the balanced classes the network trained on to "
+                        "the class mix of its training sources (read from its validation labels), so that classes "
+                        "rare at a clinic stop drawing melanoma probability; none: remove it (default: keep the "
+                        "model's). The threshold is then chosen on the moved probabilities; a detail calibration "
+                        "must be refitted with it (--detail-levels)")
     _add_out_or_in_place(p, "the new threshold", "RUN/model.json itself")
     _add_json_flag(p)
     p.set_defaults(func=_run_threshold)
@@ -449,7 +455,17 @@ def _threshold_summary(r: dict) -> str:
                       f"alerts on {v['alert_share']:.1%} of {v['n']} images\n" for name, v in r["by_source"].items()
                       if len(r["by_source"]) > 1)  # one line per source, when there are several
             + _detail_summary(r.get("detail_calibration"), r.get("detail_calibration_refitted"))
+            + _prior_summary(r.get("prior_correction"), r.get("prior_correction_changed"))
             + f"wrote {r['model']}")
+
+
+def _prior_summary(section: dict | None, changed: bool) -> str:
+    if not changed:
+        return ""
+    if not section:
+        return "prior correction removed: probabilities as trained (every class equally likely)\n"
+    counts = ", ".join(f"{c} {n}" for c, n in section["class_counts"].items())
+    return f"prior correction: probabilities moved to the training mix ({counts})\n"
 
 
 def _detail_summary(calibration: dict | None, refitted: bool) -> str:
@@ -464,7 +480,8 @@ def _run_threshold(args) -> int:
     from melanoma.finalize import rethreshold
 
     result = rethreshold(args.run, args.target_sensitivity, args.predictions, out=args.out,
-                         per_source=args.per_source, detail_levels=args.detail_levels)
+                         per_source=args.per_source, detail_levels=args.detail_levels,
+                         prior_correction=args.prior_correction)
     _emit(result, args.json, _threshold_summary(result))
     return 0
 

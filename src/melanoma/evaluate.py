@@ -72,6 +72,26 @@ def read_predictions_csv(path, class_names=None) -> PredictionTable:
                            [r.get("label") or None for r in rows], probs.reshape(len(rows), len(class_names)))
 
 
+def update_prediction_csv(path, updates: list[dict[str, str]]) -> None:
+    """Replace columns of a prediction CSV row by row (updates[i]: {column: new text} for row i), in place and
+    atomically; every other column stays as written, and a column the CSV does not have is not added."""
+    import io
+
+    from melanoma.artifacts import atomic_write_text
+
+    path = Path(path)
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        header, rows = list(reader.fieldnames or []), list(reader)
+    for row, update in zip(rows, updates):
+        row.update({column: text for column, text in update.items() if column in header})  # a shorter layout
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
 def threshold_at_csv_precision(threshold: float | None) -> float | None:
     """The alert threshold rounded like the CSV's probabilities (6 decimals).
 

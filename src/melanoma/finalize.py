@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from melanoma import fingerprint, input_check, metrics
+from melanoma import fingerprint, input_check, metrics, priors
 from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
 from melanoma.labelmaps import find_melanoma_class
@@ -381,7 +381,7 @@ def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> 
 
 
 def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool | None = None,
-                detail_levels=None) -> dict:
+                detail_levels=None, prior_correction: str | None = None) -> dict:
     """Re-choose the melanoma alert threshold of a model without retraining. From the run's stored validation
     (CV: out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
     `melanoma evaluate` wrote on a clinic's own labelled images), for that clinic: a threshold chosen on one
@@ -394,7 +394,10 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     model's alert was chosen (model.json). Returns old and new values and the achieved operating point (per source
     too). detail_levels (shorter sides in px, below the model's detail_size): also fit the detail calibration on
     the validation images reduced to each level (`detail_calibration`); without them an existing one is kept (its
-    logit shifts then apply around the new threshold)."""
+    logit shifts then apply around the new threshold). prior_correction ("training-mix" or "none"; None: keep the
+    model's): move the probabilities to the class mix of the model's validation labels, or back to the balanced
+    training classes (melanoma.priors) before the threshold is chosen; the stored validation predictions are
+    rewritten with the new probabilities, and a detail calibration must then be refitted (--detail-levels)."""
     from melanoma import detail_calibration
     from melanoma.artifacts import read_meta
     from melanoma.evaluate import read_predictions_csv
@@ -423,6 +426,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     if mel is None or not isinstance(meta.get("thresholds"), dict):
         raise ModelError(f"{meta_path}: the model has no melanoma class, so it has no alert threshold")
     table = read_predictions_csv(preds_path, meta["class_names"])
+    prior, moved = _prior_change(run, meta, prior_correction, bool(detail_levels))
+    table.probs = priors.reweight(table.probs, moved)
     labelled = np.array([label is not None for label in table.labels], dtype=bool)
     names = {normalise_label(n) for n in (mel, *MELANOMA_NAMES)}
     is_mel = np.array([label is not None and normalise_label(label) in names for label in table.labels],
@@ -442,7 +447,9 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     else:
         new = float(metrics.choose_alert_threshold(is_mel, p_mel, target_sensitivity))
     old = meta["thresholds"].get("melanoma_alert")
-    detail = (detail_calibration.fit(run, detail_levels, target_sensitivity, per_source, new, paths, is_mel)
+    weights = priors.weights_of({**meta, "prior_correction": prior})
+    detail = (detail_calibration.fit(run, detail_levels, target_sensitivity, per_source, new, paths, is_mel,
+                                     class_weights=weights)
               if detail_levels else None)  # before anything is written: a bad image leaves no half-made folder
     target_dir = _copy_model(run, out) if out else run
     meta = json.loads((target_dir / "model.json").read_text())  # as stored (read_meta may normalise)
@@ -455,6 +462,12 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
                               melanoma_alert_by_source=achieved)
     if detail:
         meta["detail_calibration"] = detail
+    if moved is not None:
+        meta["prior_correction"] = prior
+        if prior is None:
+            meta.pop("prior_correction")
+        if not predictions:  # the stored validation outputs follow the model's probabilities
+            _rewrite_probabilities(target_dir / "val_predictions.csv", table, mel, new)
     if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
         meta["model_card"]["expected_alert_share"] = expected_alert_share(sensitivity, specificity)
     if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too
@@ -464,7 +477,51 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
             "target_sensitivity": target_sensitivity, "old": old, "new": new, "per_source": per_source,
             "sensitivity": sensitivity, "specificity": specificity,
             "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved,
-            "detail_calibration": meta.get("detail_calibration"), "detail_calibration_refitted": bool(detail)}
+            "detail_calibration": meta.get("detail_calibration"), "detail_calibration_refitted": bool(detail),
+            "prior_correction": meta.get("prior_correction"), "prior_correction_changed": moved is not None}
+
+
+def _rewrite_probabilities(csv_path: Path, table, melanoma_class: str, threshold: float) -> None:
+    """The class probabilities, prediction, confidence, melanoma probability and alert of a prediction CSV after a
+    prior correction changed (table.probs: the new probabilities, row for row); the rest stays as written."""
+    from melanoma.evaluate import update_prediction_csv
+
+    mel = table.class_names.index(melanoma_class)
+    updates = []
+    for row in table.probs:
+        top = int(np.argmax(row))
+        updates.append({**{c: f"{p:.6f}" for c, p in zip(table.class_names, row)},
+                        "prediction": table.class_names[top], "confidence": f"{row[top]:.6f}",
+                        "melanoma_probability": f"{row[mel]:.6f}",
+                        "melanoma_alert": "true" if row[mel] >= threshold else "false"})
+    update_prediction_csv(csv_path, updates)
+
+
+def _prior_change(run: Path, meta: dict, method: str | None, refitting_detail: bool):
+    """(the model's prior_correction section after `method`, weights moving probabilities made under the current
+    one there, or None for no change). The training mix is read from the labels of RUN/val_predictions.csv, also
+    when the threshold is chosen on a clinic's predictions. A change on a model with a detail calibration needs it
+    refitted (its shifts were fitted around the old probabilities)."""
+    from melanoma.evaluate import read_predictions_csv
+
+    current = meta.get("prior_correction")
+    if method is None:
+        return current, None
+    if method not in priors.METHODS:
+        raise ConfigError(f"--prior-correction {method}: one of {', '.join(priors.METHODS)}")
+    if method == "none":
+        section = None
+    else:
+        own = run / "val_predictions.csv"
+        if not own.is_file():
+            raise ModelError(f"{own}: missing; the training mix is read from the model's validation labels")
+        section = priors.training_mix(meta, read_predictions_csv(own, meta["class_names"]).labels)
+    if meta.get("detail_calibration") and not refitting_detail and section != current:
+        raise ConfigError("the model has a detail calibration fitted around its current probabilities; changing "
+                          "the prior correction needs it refitted: add --detail-levels "
+                          + " ".join(str(lv["shorter_side"]) for lv in meta["detail_calibration"]["levels"]))
+    n = len(meta["class_names"])
+    return section, priors.change(priors.weights_of(meta), priors.weights_of({**meta, "prior_correction": section}), n)
 
 
 def operating_points(is_mel, flagged, sources: list[str]) -> dict:

@@ -4,6 +4,8 @@ Everything model-specific (class names, preprocessing, temperature, thresholds, 
 the model's `model.json` (for ONNX: the copy embedded by `melanoma export` in the ONNX metadata).
 
     probabilities = softmax(logits / temperature)      (TTA: mean of the per-view softmax)
+                    then moved to the training sources' class mix where model.json has a prior_correction
+                    (melanoma.priors; the referral decides before this)
                     then, for an image with less detail than the model trained on, the melanoma odds lowered
                     as model.json's detail_calibration says (melanoma.detail_calibration)
     melanoma_alert = p(melanoma) >= thresholds.melanoma_alert
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from melanoma import detail_calibration, images, input_check, referral
+from melanoma import detail_calibration, images, input_check, priors, referral
 from melanoma.errors import ConfigError, ImageError, ModelError
 from melanoma.images import is_image_file, load_image
 from melanoma.partial import PartialJob, file_stamp
@@ -304,6 +306,8 @@ class Predictor:
         self.pre: dict = meta["preprocessing"]
         # images with less detail than pre["detail_size"]: melanoma log-odds lowered per model.json (or None)
         self.detail_calibration: dict | None = meta.get("detail_calibration")
+        # probabilities moved from the balanced training classes to the training mix (melanoma.priors), or None
+        self.class_weights = priors.weights_of(meta)
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, spinning: bool = False) -> Predictor:
@@ -365,6 +369,7 @@ class Predictor:
         with _one_blas_thread():  # the referral decides on the outputs it was fitted on, before any detail shift
             refer, reasons = (self.referrer.decide(probs, features, logits, image_stats) if n
                               else (np.zeros(0, bool), []))
+        probs = priors.reweight(probs, self.class_weights)
         calibrated = bool(self.detail_calibration) and self.melanoma_index is not None
         if calibrated and len(sides) == n:
             shifts = [detail_calibration.logit_shift(s, self.detail_calibration, self.pre.get("detail_size"))

@@ -12,8 +12,6 @@ SHA-256 in model.json is renewed.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 from pathlib import Path
 
@@ -155,13 +153,7 @@ def _replace_referral_tensors(folder: Path, tensors: dict) -> str:
 
 def _rewrite_refer_columns(csv_path: Path, refer: np.ndarray, reasons: list[str]) -> None:
     """Update the refer / refer_reason columns of a prediction CSV in place; everything else stays as written."""
-    with csv_path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        header, rows = list(reader.fieldnames or []), list(reader)
-    for row, flag, why in zip(rows, refer, reasons):
-        row["refer"], row["refer_reason"] = ("true" if flag else "false"), why
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=header, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(csv_path, buffer.getvalue())
+    from melanoma.evaluate import update_prediction_csv
+
+    update_prediction_csv(csv_path, [{"refer": "true" if flag else "false", "refer_reason": why}
+                                     for flag, why in zip(refer, reasons)])

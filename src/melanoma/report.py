@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma import metrics, plots
+from melanoma import metrics, plots, priors
 from melanoma.errors import DataError, MelanomaError
 
 MIN_EPOCHS = 3
@@ -292,6 +292,7 @@ def _model_card(meta: dict | None, where: Path) -> str:
              ("melanoma class", meta.get("melanoma_class") or "none (no melanoma alert)"),
              ("preprocessing", _preprocessing_text(meta.get("preprocessing") or {})),
              ("temperature (calibration)", _fmt(meta.get("temperature"))),
+             ("prior correction", priors.describe(meta)),
              ("melanoma alert threshold", _alert_text(thresholds, meta.get("detail_calibration"))),
              ("referral confidence threshold", _fmt(thresholds.get("refer_confidence"))),
              ("training", _training_text(meta.get("training") or {}))]
