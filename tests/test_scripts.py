@@ -89,7 +89,7 @@ def test_loso_by_collection_scores_the_older_archive_alone(tmp_path, ham_dir):
 def test_score_rules_rank_each_collection_by_each_rule(tmp_path):
     """Older archive: a melanoma whose probability leaked to pigmented benign keratosis ranks below the nevi by
     p(melanoma) but above them by the odds against nevus; HAM10000: a keratosis more unlike a nevus than the
-    melanoma is ranks above it by those odds, not by p(melanoma)."""
+    melanoma is ranks above it by those odds, not by p(melanoma). The training mix ranks both right."""
     rows = ["image,path,melanoma,nevus,pigmented benign keratosis,prediction,label",
             "ISIC_9000001.jpg,/old/a.jpg,0.6,0.3,0.1,melanoma,melanoma",
             "ISIC_9000002.jpg,/old/b.jpg,0.2,0.1,0.7,pigmented benign keratosis,melanoma",
@@ -103,12 +103,18 @@ def test_score_rules_rank_each_collection_by_each_rule(tmp_path):
     for seed in (1, 2):
         (tmp_path / f"run{seed}").mkdir()
         (tmp_path / f"run{seed}" / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+    # a run validated in-source: its validation labels are its training mix (4 melanoma, 4 nevus, 1 keratosis)
+    (tmp_path / "run1" / "model.json").write_text('{"training": {}}')
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "score_rules.py"), str(tmp_path / "run1"),
                            str(tmp_path / "run2")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     means = done.stdout.strip().splitlines()[-2:]
-    assert means == ["| mean ± sd of 2 | HAM10000 (3, 1 mel) | 1.000 ± 0.000 | 0.500 ± 0.000 | 0.500 ± 0.000 |",
-                     "| mean ± sd of 2 | older archive (4, 2 mel) | 0.500 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 |"]
+    assert means == [
+        "| mean ± sd of 2 | HAM10000 (3, 1 mel) | 1.000 ± 0.000 | 0.500 ± 0.000 | 0.500 ± 0.000 | - |",
+        "| mean ± sd of 2 | older archive (4, 2 mel) | 0.500 ± 0.000 | 1.000 ± 0.000 | 1.000 ± 0.000 | - |"]
+    # moved to that mix, the rare keratosis stops drawing the melanoma's probability and stays below it
+    run1 = [line for line in done.stdout.splitlines() if line.startswith(f"| {tmp_path / 'run1'} |")]
+    assert [line.rsplit("|", 2)[1].strip() for line in run1] == ["1.000", "1.000"]
 
 
 def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path, shared_train, ham_dir):

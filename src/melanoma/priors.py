@@ -76,10 +76,15 @@ def training_mix(meta: dict, labels: list[str | None]) -> dict:
     if sum(counts.values()) < 30:
         raise ConfigError(f"{sum(counts.values())} validation labels among the model's classes; a class mix "
                           "needs at least 30")
-    smoothed = np.array([counts[c] + 1.0 for c in classes])  # add-one: an unseen class keeps some probability
-    weights = smoothed / smoothed.sum() * len(classes)
     return {"method": "training mix", "fitted_on": "validation labels",
-            "class_counts": {c: int(counts[c]) for c in classes}, "weights": [round(float(w), 6) for w in weights]}
+            "class_counts": {c: int(counts[c]) for c in classes},
+            "weights": [round(float(w), 6) for w in mix_weights(counts, classes)]}
+
+
+def mix_weights(counts: dict, classes: list[str]) -> np.ndarray:
+    """w_c = pi_c * C from class counts, add-one smoothed (an unseen class keeps some probability)."""
+    smoothed = np.array([counts.get(c, 0) + 1.0 for c in classes])
+    return smoothed / smoothed.sum() * len(classes)
 
 
 def describe(meta: dict) -> str:
