@@ -174,6 +174,8 @@ def test_threshold_moves_the_probabilities_to_the_training_mix_and_back(tmp_path
     from melanoma.evaluate import read_predictions_csv
 
     run, _, _ = _fake_run(tmp_path, n=200)
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({**meta, "metrics": {"melanoma_auc": 0.5}}))  # as training writes
     before = read_predictions_csv(run / "val_predictions.csv")
     out = tmp_path / "mix"
     assert cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--prior-correction", "training-mix",
@@ -188,6 +190,9 @@ def test_threshold_moves_the_probabilities_to_the_training_mix_and_back(tmp_path
     mel = meta["class_names"].index("melanoma")
     is_mel = np.array([label == "melanoma" for label in after.labels])
     assert (after.probs[is_mel, mel] >= meta["thresholds"]["melanoma_alert"]).mean() >= 0.9
+    from sklearn.metrics import roc_auc_score  # the headline figures are those of the new probabilities
+
+    assert meta["metrics"]["melanoma_auc"] == pytest.approx(roc_auc_score(is_mel, after.probs[:, mel]))
     assert "prior_correction" not in json.loads((run / "model.json").read_text())  # --out leaves RUN alone
 
     assert cli.main(["threshold", str(out), "--target-sensitivity", "0.9", "--prior-correction", "none",

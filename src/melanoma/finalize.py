@@ -472,6 +472,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
         meta["model_card"]["expected_alert_share"] = expected_alert_share(sensitivity, specificity)
     if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too
         meta["metrics"].update(melanoma_sensitivity=sensitivity, melanoma_specificity=specificity)
+        if moved is not None:  # new probabilities: every headline figure is measured again on them
+            meta["metrics"].update(_headline_of(table, meta["class_names"], mel, new))
     atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
     return {"model": str(target_dir / "model.json"), "predictions": str(preds_path),
             "target_sensitivity": target_sensitivity, "old": old, "new": new, "per_source": per_source,
@@ -479,6 +481,15 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
             "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved,
             "detail_calibration": meta.get("detail_calibration"), "detail_calibration_refitted": bool(detail),
             "prior_correction": meta.get("prior_correction"), "prior_correction_changed": moved is not None}
+
+
+def _headline_of(table, class_names: list[str], melanoma_class: str, threshold: float) -> dict:
+    """headline_metrics of a model's stored validation predictions (rows labelled with one of its classes)."""
+    known = [i for i, label in enumerate(table.labels) if label in class_names]
+    labels = np.array([class_names.index(table.labels[i]) for i in known])
+    computed = metrics.compute_metrics(labels, table.probs[known], class_names, melanoma_class=melanoma_class,
+                                       alert_threshold=threshold, bootstrap=0)
+    return {k: v for k, v in headline_metrics(computed).items() if v is not None}
 
 
 def _rewrite_probabilities(csv_path: Path, table, melanoma_class: str, threshold: float) -> None:
