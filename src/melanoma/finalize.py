@@ -470,6 +470,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
             _rewrite_probabilities(target_dir / "val_predictions.csv", table, mel, new)
     if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
         meta["model_card"]["expected_alert_share"] = expected_alert_share(sensitivity, specificity)
+        if moved is not None:
+            meta["model_card"]["prior_correction"] = priors.describe(meta)
     if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too
         meta["metrics"].update(melanoma_sensitivity=sensitivity, melanoma_specificity=specificity)
         if moved is not None:  # new probabilities: every headline figure is measured again on them
