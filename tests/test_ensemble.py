@@ -125,6 +125,21 @@ def test_build_refuses_nested_ensembles_and_runs_without_validation_predictions(
     assert not (tmp_path / "out").exists()
 
 
+def test_build_warns_that_a_members_prior_correction_does_not_carry_over(tmp_path):
+    import json
+
+    from melanoma.artifacts import build_test_model
+    from melanoma.errors import MelanomaWarning
+
+    runs = [build_test_model(tmp_path / name, image_size=64, seed=i) for i, name in enumerate(("a", "b"))]
+    meta = json.loads((runs[1] / "model.json").read_text())
+    meta["prior_correction"] = {"method": "training mix", "weights": [1.0] * len(meta["class_names"])}
+    (runs[1] / "model.json").write_text(json.dumps(meta))
+    with pytest.warns(MelanomaWarning, match=r"b: a prior correction the ensemble does not carry over"), \
+            pytest.raises(ModelError, match="val_predictions.csv: missing"):
+        build_ensemble(runs, tmp_path / "out")
+
+
 # ------------------------------------------------------------------------------------------------ slow
 @pytest.fixture(scope="module")
 def three_runs(tiny_isic, tmp_path_factory) -> list[Path]:

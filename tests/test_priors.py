@@ -66,3 +66,9 @@ def test_the_predictor_applies_the_correction_after_the_referral(tmp_path, tiny_
     np.testing.assert_allclose(after.probs, priors.reweight(before.probs, weights), atol=1e-6)
     np.testing.assert_array_equal(after.refer, before.refer)  # decided on the outputs the referral was fitted on
     assert after.refer_reason == before.refer_reason
+
+    from melanoma.export import export_onnx  # the correction travels inside the ONNX file's model.json
+
+    export_onnx(corrected, tmp_path / "corrected.onnx")
+    onnx = Predictor.load(tmp_path / "corrected.onnx").predict_paths(paths)
+    np.testing.assert_allclose(onnx.probs, after.probs, atol=1e-4)

@@ -197,6 +197,20 @@ def check_compatible(members: list[Path], metas: list[dict]) -> None:
                                  "ensemble members must share input size and preprocessing")
 
 
+def _warn_about_prior_corrections(members: list[Path], metas: list[dict]) -> None:
+    """The ensemble combines the members' outputs as trained: a member's prior correction does not carry over."""
+    import warnings
+
+    from melanoma.errors import MelanomaWarning
+
+    corrected = [str(run) for run, meta in zip(members, metas) if meta.get("prior_correction")]
+    if corrected:
+        warnings.warn(f"{corrected[0]}" + (f" and {len(corrected) - 1} more" if len(corrected) > 1 else "")
+                      + ": a prior correction the ensemble does not carry over (it averages the members' outputs as "
+                      "trained); add one to the ensemble with `melanoma threshold ENSEMBLE --prior-correction "
+                      "training-mix`", MelanomaWarning, stacklevel=2)
+
+
 def _heldout_labels(run: Path, class_names: list[str]) -> dict[str, str]:
     """{image path: true label} of a member's validation set (its val_predictions.csv)."""
     from melanoma.evaluate import read_predictions_csv
@@ -261,6 +275,7 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     loaded = [(round_weights(model, weights_dtype), meta) for model, meta in map(load_model, members)]
     metas = [meta for _, meta in loaded]
     check_compatible(members, metas)
+    _warn_about_prior_corrections(members, metas)
     first = metas[0]
     classes, pre, mel_class = list(first["class_names"]), first["preprocessing"], first.get("melanoma_class")
     net = EnsembleNet([model for model, _ in loaded], int(pre["input_size"]))
