@@ -42,8 +42,11 @@ case $RECIPE in
   smooth) EXTRA=(--detail-size 150 --label-smoothing 0.3) ;;
   frozenbn) EXTRA=(--detail-size 150 --freeze-bn) ;;
   mixup) EXTRA=(--detail-size 150 --mixup 0.2) ;;  # blended image pairs: another pull towards less confidence
+  # session 19, against `detail` moved to its training mix (threshold --prior-correction): batches of the natural
+  # class mix, no balancing at all, so the network learns the clinic-like prior itself instead of having it put back
+  natural) EXTRA=(--detail-size 150 --imbalance none) ;;
   *) echo "unknown recipe $RECIPE (base, current, ema, swa, lite2, size192, strong, coarse, blr, lpft, long, full," \
-          "detail, resolution, wloss, smooth, frozenbn, mixup)" >&2
+          "detail, resolution, wloss, smooth, frozenbn, mixup, natural)" >&2
      exit 2 ;;
 esac
 # runs/loso2: since session 9 --holdout-source leaves the images both sources hold (the 9-class split's ~1,300

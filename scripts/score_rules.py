@@ -60,7 +60,10 @@ def training_counts(run: Path, classes: list[str]) -> dict[str, int] | None:
     """{class: images} of the class mix a run folder trained on (None for a bare CSV): see the module doc."""
     if not (run / "model.json").is_file():
         return None
-    holdout = (json.loads((run / "model.json").read_text()).get("training") or {}).get("holdout_source")
+    training = json.loads((run / "model.json").read_text()).get("training") or {}
+    if training.get("imbalance") == "none":  # trained on the natural mix already: nothing to move
+        return None
+    holdout = training.get("holdout_source")
     if not holdout:
         return dict(Counter(read_predictions_csv(run / "val_predictions.csv", classes).labels))
     if holdout.lower() == "train":  # trained on HAM10000: its dx codes, named as the run names them
