@@ -19,6 +19,10 @@ ROOT=${ROOT:-runs/loso-insource}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
 DETAIL=()
 if [ -n "${DETAIL_SIZE:-}" ]; then DETAIL=(--detail-size "$DETAIL_SIZE"); fi
+# EPOCHS / DRAWS: a shorter budget for recipe checks (session 19: EPOCHS=4 DRAWS=960, as scripts/loso.sh);
+# IMBALANCE: none trains on HAM10000's natural class mix instead of the class-balanced sampler
+EPOCHS=${EPOCHS:-10}; DRAWS=${DRAWS:-3200}
+if [ -n "${IMBALANCE:-}" ]; then DETAIL+=(--imbalance "$IMBALANCE"); fi
 mkdir -p "$ROOT"
 HELD=$ROOT/heldout-images  # class folders of symlinks: the held-out images, labelled as in the LOSO rows
 if [ ! -f "$HELDOUT_CSV" ]; then HELD=$DATA; fi
@@ -41,7 +45,7 @@ for SEED in "$@"; do
   if [ ! -f "$OUT/result.json" ]; then
     if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
       ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model efficientnet_lite0 --image-size 160
-            --color-constancy shades_of_gray --epochs 10 --samples-per-epoch 3200 --batch-size 32 --val-fraction 0.2
+            --color-constancy shades_of_gray --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --batch-size 32 --val-fraction 0.2
             --monitor mel_auc --split-seed 42 --seed "$SEED" --config scripts/cpu_long.yaml "${DETAIL[@]}"
             --out "$OUT"); fi
     ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
