@@ -73,9 +73,9 @@ def training_mix(meta: dict, labels: list[str | None]) -> dict:
                           "no prior correction")
     classes = list(meta["class_names"])
     counts = Counter(label for label in labels if label in classes)
-    if sum(counts.values()) < 30:
+    if sum(counts.values()) < 20:
         raise ConfigError(f"{sum(counts.values())} validation labels among the model's classes; a class mix "
-                          "needs at least 30")
+                          "needs at least 20")
     return {"method": "training mix", "fitted_on": "validation labels",
             "class_counts": {c: int(counts[c]) for c in classes},
             "weights": [round(float(w), 6) for w in mix_weights(counts, classes)]}
