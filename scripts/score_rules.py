@@ -60,7 +60,8 @@ def training_counts(run: Path, classes: list[str]) -> dict[str, int] | None:
     """{class: images} of the class mix a run folder trained on (None for a bare CSV): see the module doc."""
     if not (run / "model.json").is_file():
         return None
-    training = json.loads((run / "model.json").read_text()).get("training") or {}
+    meta = json.loads((run / "model.json").read_text())
+    training = meta.get("training") or {}
     if training.get("imbalance") == "none":  # trained on the natural mix already: nothing to move
         return None
     holdout = training.get("holdout_source")
@@ -70,7 +71,7 @@ def training_counts(run: Path, classes: list[str]) -> dict[str, int] | None:
         dx = [row["dx"] for row in csv.DictReader(HAM_METADATA.open())]
         return dict(Counter(code if code in classes else _HAM_DX[code] for code in dx))
     ham = ham_ids()  # trained on the older archive: the 9-class split's images that are not HAM10000 pictures
-    train = Path(json.loads((run / "model.json").read_text())["data"]["source"])
+    train = Path(meta["data"]["source"])
     return dict(Counter(p.parent.name for p in train.glob("*/*.jpg") if isic_id(p.name) not in ham))
 
 
