@@ -426,7 +426,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     if mel is None or not isinstance(meta.get("thresholds"), dict):
         raise ModelError(f"{meta_path}: the model has no melanoma class, so it has no alert threshold")
     table = read_predictions_csv(preds_path, meta["class_names"])
-    prior, moved = _prior_change(run, meta, prior_correction, bool(detail_levels))
+    prior, moved = _prior_change(run, meta, prior_correction, bool(detail_levels),
+                                 None if predictions else table.labels)
     table.probs = priors.reweight(table.probs, moved)
     labelled = np.array([label is not None for label in table.labels], dtype=bool)
     names = {normalise_label(n) for n in (mel, *MELANOMA_NAMES)}
@@ -510,11 +511,12 @@ def _rewrite_probabilities(csv_path: Path, table, melanoma_class: str, threshold
     update_prediction_csv(csv_path, updates)
 
 
-def _prior_change(run: Path, meta: dict, method: str | None, refitting_detail: bool):
+def _prior_change(run: Path, meta: dict, method: str | None, refitting_detail: bool, validation_labels=None):
     """(the model's prior_correction section after `method`, weights moving probabilities made under the current
-    one there, or None for no change). The training mix is read from the labels of RUN/val_predictions.csv, also
-    when the threshold is chosen on a clinic's predictions. A change on a model with a detail calibration needs it
-    refitted (its shifts were fitted around the old probabilities)."""
+    one there, or None for no change). The training mix is read from the labels of RUN/val_predictions.csv
+    (`validation_labels` when the caller has read them already), also when the threshold is chosen on a clinic's
+    predictions. A change on a model with a detail calibration needs it refitted (its shifts were fitted around the
+    old probabilities)."""
     from melanoma.evaluate import read_predictions_csv
 
     current = meta.get("prior_correction")
@@ -525,10 +527,12 @@ def _prior_change(run: Path, meta: dict, method: str | None, refitting_detail: b
     if method == "none":
         section = None
     else:
-        own = run / "val_predictions.csv"
-        if not own.is_file():
-            raise ModelError(f"{own}: missing; the training mix is read from the model's validation labels")
-        section = priors.training_mix(meta, read_predictions_csv(own, meta["class_names"]).labels)
+        if validation_labels is None:
+            own = run / "val_predictions.csv"
+            if not own.is_file():
+                raise ModelError(f"{own}: missing; the training mix is read from the model's validation labels")
+            validation_labels = read_predictions_csv(own, meta["class_names"]).labels
+        section = priors.training_mix(meta, validation_labels)
     if meta.get("detail_calibration") and not refitting_detail and section != current:
         raise ConfigError("the model has a detail calibration fitted around its current probabilities; changing "
                           "the prior correction needs it refitted: add --detail-levels "
