@@ -93,6 +93,7 @@ def test_numbers_equal_sklearn_on_the_written_csv(evaluated):
 def test_format_metrics_is_a_short_table(evaluated):
     text = format_metrics(evaluated[0])
     assert "balanced accuracy" in text and "pigmented benign keratosis" in text and "pAUC" in text
+    assert "the alert fires on: " in text and "referral clinic (10% melanoma) " in text
     assert len(text.splitlines()) < 40
 
 

@@ -212,6 +212,23 @@ def test_compute_metrics_matches_sklearn_with_ties():
     assert nll == pytest.approx(skm.log_loss(y2, p2, labels=range(5)))
 
 
+def test_alert_share_per_true_class_adds_up_to_sensitivity_and_specificity():
+    y, p = _random_probs(500, 5, seed=9)
+    y[y == 4] = 0  # "vascular lesion" absent: no row, not a 0/0
+    mel = m.compute_metrics(y, p, CLASSES, alert_threshold=0.25, bootstrap=0)["melanoma"]
+    rows, flagged = mel["alerted_by_class"], p[:, 2] >= 0.25
+    assert list(rows) == CLASSES[:4]
+    for k, name in enumerate(CLASSES[:4]):
+        assert rows[name]["n"] == (y == k).sum() and rows[name]["alerted"] == flagged[y == k].sum()
+    assert rows["melanoma"]["share"] == pytest.approx(mel["sensitivity"]["value"], abs=1e-4)
+    false_alerts = sum(r["alerted"] for name, r in rows.items() if name != "melanoma")
+    assert 1 - false_alerts / (y != 2).sum() == pytest.approx(mel["specificity"]["value"])
+    sens, spec = mel["sensitivity"]["value"], mel["specificity"]["value"]
+    assert mel["expected_alert_share"]["referral clinic (10% melanoma)"] == pytest.approx(
+        0.1 * sens + 0.9 * (1 - spec), abs=1e-3)
+    assert m.compute_metrics(y, p, CLASSES, bootstrap=0)["melanoma"].get("alerted_by_class") is None  # no alert
+
+
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # sklearn's reference, not ours
 def test_class_without_positives_gives_null_auc_not_a_crash():
     y, p = _random_probs(200, 5, seed=7)

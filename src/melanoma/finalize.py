@@ -106,8 +106,8 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
             "output": "probability per class (temperature-scaled), melanoma alert, referral flag",
             "training_data": [Path(p).name or str(p) for p in [cfg.data, *cfg.extra_data]],
             "validated_on": validation_description(cfg),
-            "expected_alert_share": expected_alert_share(headline.get("melanoma_sensitivity"),
-                                                         headline.get("melanoma_specificity")),
+            "expected_alert_share": metrics.expected_alert_share(headline.get("melanoma_sensitivity"),
+                                                                 headline.get("melanoma_specificity")),
             "licence": "The training images are CC-BY-NC (ISIC Archive; HAM10000: Tschandl et al. 2018, Sci. Data "
                        "5:180161): use these weights non-commercially and cite the sources.",
         },
@@ -117,18 +117,6 @@ def model_metadata(cfg, table, pre, calibration, threshold, referral_meta, headl
 
     meta["model_card"]["limitations"] = " ".join(describe_limitations(meta))
     return meta
-
-
-# Melanoma prevalence in a dermatology referral clinic (~10%) and in population screening (~1-2%).
-PREVALENCES = {"referral clinic (10% melanoma)": 0.10, "screening (2% melanoma)": 0.02}
-
-
-def expected_alert_share(sensitivity, specificity) -> dict | None:
-    """Share of ALL lesions the alert fires on at typical prevalences: p * sens + (1 - p) * (1 - spec), from the
-    validation operating point (a new site's own share differs as its sensitivity and specificity do)."""
-    if sensitivity is None or specificity is None:
-        return None
-    return {name: round(p * sensitivity + (1 - p) * (1 - specificity), 3) for name, p in PREVALENCES.items()}
 
 
 def validation_description(cfg) -> str:
@@ -470,7 +458,7 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
         if not predictions:  # the stored validation outputs follow the model's probabilities
             _rewrite_probabilities(target_dir / "val_predictions.csv", table, mel, new)
     if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
-        meta["model_card"]["expected_alert_share"] = expected_alert_share(sensitivity, specificity)
+        meta["model_card"]["expected_alert_share"] = metrics.expected_alert_share(sensitivity, specificity)
         if moved is not None:
             meta["model_card"]["prior_correction"] = priors.describe(meta)
     if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too

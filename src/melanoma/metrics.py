@@ -346,8 +346,10 @@ def _per_class(y, probs, class_names, dists) -> dict:
     return table
 
 
-def _melanoma_section(y, probs, mel: int, name: str, threshold, dists) -> dict:
-    """Melanoma vs rest: AUC, ISIC pAUC, AP, specificity at 90/95% sensitivity, sens/spec at the alert."""
+def _melanoma_section(y, probs, mel: int, class_names, threshold, dists) -> dict:
+    """Melanoma vs rest: AUC, ISIC pAUC, AP, specificity at 90/95% sensitivity; at the alert: sensitivity,
+    specificity, the share alerted per true class and at typical prevalences."""
+    name = class_names[mel]
     is_mel, p = y == mel, probs[:, mel]
     both = is_mel.any() and not is_mel.all()
     d = {k.split("/", 1)[1]: v for k, v in dists.items() if k.startswith("melanoma/")}
@@ -368,7 +370,34 @@ def _melanoma_section(y, probs, mel: int, name: str, threshold, dists) -> dict:
         sens, spec = _sens_spec(is_mel, p >= threshold)
         section["sensitivity"] = _with_ci(sens, d.get("sensitivity"))
         section["specificity"] = _with_ci(spec, d.get("specificity"))
+        section["alerted_by_class"] = alerted_by_class(y, p >= threshold, class_names)
+        section["expected_alert_share"] = expected_alert_share(sens, spec)
     return section
+
+
+def alerted_by_class(y, flagged, class_names) -> dict:
+    """{true class: {"n", "alerted", "share"}} for the classes present: which lesions the alert fires on. The same
+    specificity can hide very different clinics (nevi spared, keratoses and carcinomas alerted, or the reverse)."""
+    y, flagged = np.asarray(y), np.asarray(flagged, bool)
+    out = {}
+    for k, name in enumerate(class_names):
+        members = y == k
+        if members.any():
+            n, alerted = int(members.sum()), int(flagged[members].sum())
+            out[name] = {"n": n, "alerted": alerted, "share": round(alerted / n, 4)}
+    return out
+
+
+# Melanoma prevalence in a dermatology referral clinic (~10%) and in population screening (~1-2%).
+PREVALENCES = {"referral clinic (10% melanoma)": 0.10, "screening (2% melanoma)": 0.02}
+
+
+def expected_alert_share(sensitivity, specificity) -> dict | None:
+    """Share of ALL lesions the alert fires on at typical prevalences: p * sens + (1 - p) * (1 - spec), from one
+    operating point (a new site's own share differs as its sensitivity and specificity do)."""
+    if sensitivity is None or specificity is None:
+        return None
+    return {name: round(p * sensitivity + (1 - p) * (1 - specificity), 3) for name, p in PREVALENCES.items()}
 
 
 def _calibration(y, probs, n_bins: int) -> dict:
@@ -409,7 +438,7 @@ def compute_metrics(y_true, probs, class_names, melanoma_class: str | None = "me
         "balanced_accuracy": _with_ci(_balanced_accuracy(y, pred), dists.get("balanced_accuracy")),
         "per_class": _per_class(y, p, class_names, dists),
         "confusion_matrix": skm.confusion_matrix(y, pred, labels=list(range(len(class_names)))).tolist(),
-        "melanoma": None if mel is None else _melanoma_section(y, p, mel, melanoma_class, alert_threshold, dists),
+        "melanoma": None if mel is None else _melanoma_section(y, p, mel, class_names, alert_threshold, dists),
         "calibration": _calibration(y, p, n_bins),
         "bootstrap": {"resamples": int(bootstrap), "seed": int(seed), "level": CI_LEVEL, "method": "percentile",
                       "unit": "image" if units is None else "group",

@@ -601,10 +601,17 @@ def _headline(result: dict, meta: dict | None) -> str:
 
 
 def _per_class_table(result: dict) -> str:
+    alerted = (result.get("melanoma") or {}).get("alerted_by_class") or {}
     rows = [(name, r["support"], _fmt(r["precision"]), _ci(r["recall"]), _fmt(r["specificity"]), _fmt(r["f1"]),
-             _ci(r["auc"]), _fmt(r["average_precision"])) for name, r in result["per_class"].items()]
+             _ci(r["auc"]), _fmt(r["average_precision"]), _alerted(alerted.get(name)))
+            for name, r in result["per_class"].items()]
     return "<h3>Per class</h3>" + _table(["class", "n", "precision", "recall / sensitivity (95% CI)",
-                                          "specificity", "F1", "AUC one-vs-rest (95% CI)", "AP"], rows)
+                                          "specificity", "F1", "AUC one-vs-rest (95% CI)", "AP",
+                                          "melanoma alert fires on"], rows)
+
+
+def _alerted(row: dict | None) -> str:
+    return "n/a" if row is None else f"{row['alerted']}/{row['n']} ({row['share']:.0%})"
 
 
 def _validation_plots(result, y, probs, names, melanoma, threshold, out_dir: Path) -> str:
