@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from melanoma import __version__
-from melanoma.config import AUGMENTATION_LEVELS, TrainConfig
+from melanoma.config import AUGMENTATION_LEVELS, PRIOR_CORRECTIONS, TrainConfig
 from melanoma.errors import DataError, MelanomaError
 
 SHARED_TRAIN = "../shared/data/isic-9class/Train"
@@ -428,7 +428,7 @@ def _add_threshold(sub) -> None:
                         "and store, per level, how far their melanoma odds are lowered so that the alert keeps the "
                         "target there too (model.json detail_calibration; a few minutes per level; run again "
                         "after a kill, it resumes)")
-    p.add_argument("--prior-correction", choices=("training-mix", "none"),
+    p.add_argument("--prior-correction", choices=PRIOR_CORRECTIONS,
                    help="training-mix: move the probabilities from the balanced classes the network trained on to "
                         "the class mix of its training sources (read from its validation labels), so that classes "
                         "rare at a clinic stop drawing melanoma probability; none: remove it (default: keep the "

@@ -13,6 +13,8 @@ from melanoma.errors import ConfigError
 DEFAULT_MODEL = "efficientnet_lite0"
 # transforms.augmentation_ops; here so the CLI needs no torch import
 AUGMENTATION_LEVELS = ("standard", "strong", "resolution")
+# `melanoma threshold --prior-correction` (melanoma.priors); here so the CLI offers them without importing numpy
+PRIOR_CORRECTIONS = ("training-mix", "none")
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 

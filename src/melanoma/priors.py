@@ -27,9 +27,8 @@ from collections import Counter
 
 import numpy as np
 
+from melanoma.config import PRIOR_CORRECTIONS as METHODS
 from melanoma.errors import ConfigError
-
-METHODS = ("training-mix", "none")
 
 
 def weights_of(meta: dict) -> np.ndarray | None:
