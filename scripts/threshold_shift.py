@@ -1,11 +1,14 @@
 """What a melanoma alert threshold chosen on the training source keeps on a NEW source (transfer_check runs).
 
 For a run trained on one source (its val_predictions.csv: in-source hold-out) and scored on a source it never saw
-(RUN/eval-old-archive/predictions.csv), choose the threshold the way training does (metrics.choose_alert_threshold)
-for several in-source sensitivity targets, and print the sensitivity and specificity it keeps on the new source;
-then the in-source sensitivity that the threshold reaching 90% on the new source corresponds to.
+(RUN/eval-old-archive/predictions.csv, or RUN/NEW/predictions.csv with --new NEW: scripts/loso_insource.sh writes
+heldout-eval), choose the threshold the way training does (metrics.choose_alert_threshold) for several in-source
+sensitivity targets, and print the sensitivity and specificity it keeps on the new source; then the in-source
+sensitivity that the threshold reaching 90% on the new source corresponds to; finally which in-source lesions the
+90% threshold alerts, per true class (metrics.alerted_by_class: the same specificity can spare nevi and alert
+keratoses, or the reverse).
 
-    python scripts/threshold_shift.py runs/ham-only-lite0-long [RUN ...]
+    python scripts/threshold_shift.py [--new heldout-eval] runs/ham-only-lite0-long [RUN ...]
 """
 
 from __future__ import annotations
@@ -16,17 +19,29 @@ from pathlib import Path
 
 import numpy as np
 
-from melanoma.metrics import choose_alert_threshold
+from melanoma.metrics import alerted_by_class, choose_alert_threshold
 
 from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the project's one list)
 TARGETS = (0.90, 0.95, 0.97)
 
 
 def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    labels, p = _read_labels(path)
+    return np.array([label.strip().lower() in MELANOMA for label in labels]), p
+
+
+def _read_labels(path: Path) -> tuple[list[str], np.ndarray]:
     with open(path, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("label")]
-    return (np.array([r["label"].strip().lower() in MELANOMA for r in rows]),
-            np.array([float(r["melanoma_probability"]) for r in rows]))
+    return [r["label"] for r in rows], np.array([float(r["melanoma_probability"]) for r in rows])
+
+
+def class_lines(path: Path, threshold: float) -> list[str]:
+    """Per true class: how many of its images the alert at `threshold` fires on."""
+    labels, p = _read_labels(path)
+    names = sorted(set(labels))
+    rows = alerted_by_class([names.index(label) for label in labels], p >= threshold, names)
+    return [f"    {name:<28} {r['alerted']:>4} / {r['n']:<5} alerted ({r['share']:.2f})" for name, r in rows.items()]
 
 
 def _sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
@@ -34,10 +49,10 @@ def _sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, f
     return float(flagged[y].mean()), float((~flagged[~y]).mean())
 
 
-def shift_table(run: Path) -> list[str]:
+def shift_table(run: Path, new: str = "eval-old-archive") -> list[str]:
     """Lines of the table for one run."""
     yv, pv = _read(run / "val_predictions.csv")
-    yn, pn = _read(run / "eval-old-archive" / "predictions.csv")
+    yn, pn = _read(run / new / "predictions.csv")
     lines = [f"{run}: in-source {yv.sum()} melanomas / {len(yv)}; new source {yn.sum()} / {len(yn)}"]
     for target in TARGETS:
         t = choose_alert_threshold(yv, pv, target)
@@ -48,14 +63,21 @@ def shift_table(run: Path) -> list[str]:
     (sv, cv), (_, cn) = _sens_spec(yv, pv, t_new), _sens_spec(yn, pn, t_new)
     lines.append(f"  90% on the new source needs threshold {t_new:.3f}: in-source sens {sv:.2f} spec {cv:.2f},"
                  f" new-source spec {cn:.2f}")
-    return lines
+    t = choose_alert_threshold(yv, pv, 0.90)
+    lines.append(f"  in-source lesions alerted at the in-source 90% threshold {t:.3f}, by true class:")
+    return lines + class_lines(run / "val_predictions.csv", t)
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    new = "eval-old-archive"
+    if args[:1] == ["--new"] and len(args) > 1:
+        new, args = args[1], args[2:]
+    if not args:
         sys.exit(__doc__)
-    for arg in sys.argv[1:]:
-        needed = [Path(arg) / "val_predictions.csv", Path(arg) / "eval-old-archive" / "predictions.csv"]
+    for arg in args:
+        needed = [Path(arg) / "val_predictions.csv", Path(arg) / new / "predictions.csv"]
         if missing := [str(n) for n in needed if not n.is_file()]:
-            sys.exit(f"error: {', '.join(missing)}: missing (run scripts/transfer_check.sh for {arg} first)")
-        print("\n".join(shift_table(Path(arg))))
+            sys.exit(f"error: {', '.join(missing)}: missing (run scripts/transfer_check.sh or loso_insource.sh for "
+                     f"{arg} first)")
+        print("\n".join(shift_table(Path(arg), new)))

@@ -117,6 +117,24 @@ def test_score_rules_rank_each_collection_by_each_rule(tmp_path):
     assert [line.rsplit("|", 2)[1].strip() for line in run1] == ["1.000", "1.000"]
 
 
+def test_threshold_shift_counts_in_source_alerts_by_true_class(tmp_path):
+    """The in-source 90% threshold (10 melanomas at 0.91..1.0: it sits between the ninth and tenth) alerts the one
+    keratosis scored above it and none of the nevi, and is carried to the new source read from --new."""
+    header = "image,path,melanoma_probability,label"
+    val = [header] + [f"m{i}.jpg,,{0.91 + i / 100:.2f},melanoma" for i in range(10)]
+    val += [f"n{i}.jpg,,0.10,nevus" for i in range(8)] + ["k.jpg,,0.95,seborrheic keratosis"]
+    (tmp_path / "run" / "heldout-eval").mkdir(parents=True)
+    (tmp_path / "run" / "val_predictions.csv").write_text("\n".join(val) + "\n")
+    (tmp_path / "run" / "heldout-eval" / "predictions.csv").write_text(
+        "\n".join([header, "a.jpg,,0.99,melanoma", "b.jpg,,0.2,melanoma", "c.jpg,,0.96,other"]) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "threshold_shift.py"), "--new", "heldout-eval",
+                           str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    counts = {line.split()[0]: line.split()[-1] for line in done.stdout.splitlines() if "alerted (" in line}
+    assert counts == {"melanoma": "(0.90)", "nevus": "(0.00)", "seborrheic": "(1.00)"}
+    assert "new source sens 0.50 spec 0.00" in done.stdout
+
+
 def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path, shared_train, ham_dir):
     """A random-weight model: the script predicts the older archive's own images and HAM10000's apart (the 9-class
     split's HAM10000 pictures in neither), at each level, and keeps a model's own detail size as the floor."""
