@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from melanoma.metrics import alerted_by_class, choose_alert_threshold
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loso_by_collection import isic_id  # noqa: E402
+
+from melanoma.metrics import alerted_by_class, choose_alert_threshold  # noqa: E402
 
 from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the project's one list)
 TARGETS = (0.90, 0.95, 0.97)
@@ -31,8 +35,14 @@ def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _read_labels(path: Path) -> tuple[list[str], np.ndarray]:
+    """Labels and melanoma probabilities; a picture filed under two labels is left out, as `melanoma evaluate`
+    leaves it out of its metrics (its predictions.csv still lists both copies)."""
     with open(path, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("label")]
+    labels_of = defaultdict(set)
+    for r in rows:
+        labels_of[isic_id(r["image"])].add(r["label"])
+    rows = [r for r in rows if len(labels_of[isic_id(r["image"])]) == 1]
     return [r["label"] for r in rows], np.array([float(r["melanoma_probability"]) for r in rows])
 
 

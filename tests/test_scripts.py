@@ -119,14 +119,16 @@ def test_score_rules_rank_each_collection_by_each_rule(tmp_path):
 
 def test_threshold_shift_counts_in_source_alerts_by_true_class(tmp_path):
     """The in-source 90% threshold (10 melanomas at 0.91..1.0: it sits between the ninth and tenth) alerts the one
-    keratosis scored above it and none of the nevi, and is carried to the new source read from --new."""
+    keratosis scored above it and none of the nevi, and is carried to the new source read from --new (where a
+    picture filed under two labels is left out, as evaluate leaves it out)."""
     header = "image,path,melanoma_probability,label"
     val = [header] + [f"m{i}.jpg,,{0.91 + i / 100:.2f},melanoma" for i in range(10)]
     val += [f"n{i}.jpg,,0.10,nevus" for i in range(8)] + ["k.jpg,,0.95,seborrheic keratosis"]
     (tmp_path / "run" / "heldout-eval").mkdir(parents=True)
     (tmp_path / "run" / "val_predictions.csv").write_text("\n".join(val) + "\n")
     (tmp_path / "run" / "heldout-eval" / "predictions.csv").write_text(
-        "\n".join([header, "a.jpg,,0.99,melanoma", "b.jpg,,0.2,melanoma", "c.jpg,,0.96,other"]) + "\n")
+        "\n".join([header, "a.jpg,,0.99,melanoma", "b.jpg,,0.2,melanoma", "c.jpg,,0.96,other",
+                   "d.jpg,,0.1,melanoma", "d (1).jpg,,0.1,other"]) + "\n")  # one picture, two labels: left out
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "threshold_shift.py"), "--new", "heldout-eval",
                            str(tmp_path / "run")], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
