@@ -7,7 +7,8 @@
 # scored 0.738 +- 0.018 held-out melanoma AUC, the mean of 3 seeds 0.770 +- 0.007, of 6 seeds 0.781 (any 6 of
 # the 12 base and lpft runs: 0.782 +- 0.007; docs/results.md). Resumes when re-run.
 #   scripts/train_default.sh [OUT]         then: scripts/ship_default.sh OUT/shipped
-# The recipe itself: scripts/default_recipe.sh (SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE from the environment).
+# The recipe itself: scripts/default_recipe.sh (SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE, IMBALANCE from the
+# environment).
 # CPU (2 cores): about 13 min per member at 160 px (10 epochs x 3,200 class- and source-balanced draws).
 # GPU: DEVICE=gpu scripts/train_default.sh runs/default-gpu -- the same recipe (same batch, learning rate and
 #   draws, so the same models up to bf16 rounding) with bf16 autocast, channels-last and 8 loader workers.
@@ -23,7 +24,7 @@ case $DEVICE in
   gpu) HARDWARE=(--accelerator gpu --devices 1 --precision bf16-mixed --num-workers 8) ;;
   *) echo "DEVICE must be cpu or gpu, got $DEVICE" >&2; exit 2 ;;
 esac
-source scripts/default_recipe.sh  # RECIPE; SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE from the environment
+source scripts/default_recipe.sh  # RECIPE (and DETAIL_SIZE, IMBALANCE) from the environment
 if [ "${SMOKE:-0}" = 1 ]; then  # the recipe's command lines, two CPU steps
   HARDWARE=(--max-train-batches 2 --epochs 1 --samples-per-epoch 64 --num-workers 0)
   [ "$DEVICE" = gpu ] && HARDWARE+=(--accelerator cpu --precision 32-true)
@@ -53,6 +54,9 @@ fi
 # Since session 19 the probabilities are moved from the balanced classes the members trained on to the class mix
 # of the training sources (--prior-correction training-mix, read from the validation labels; melanoma.priors):
 # on the leave-one-source-out check it raised the never-seen source's melanoma AUC by 0.05-0.09 (19 of 19 runs).
+# Members trained on the natural mix (IMBALANCE=none) already predict at that mix: nothing to move.
+PRIOR=(--prior-correction training-mix)
+[ "$IMBALANCE" = none ] && PRIOR=()
 [ -f "$OUT/shipped/model.json" ] || "$MELANOMA" threshold "$OUT/ensemble" --target-sensitivity 0.9 --per-source \
-  --prior-correction training-mix "${LEVELS[@]}" --out "$OUT/shipped" > "$OUT/threshold.log" 2>&1
+  "${PRIOR[@]}" "${LEVELS[@]}" --out "$OUT/shipped" > "$OUT/threshold.log" 2>&1
 echo "trained $OUT/shipped (logs: $OUT/*.log); ship it with scripts/ship_default.sh $OUT/shipped"
