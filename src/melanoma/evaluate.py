@@ -366,8 +366,8 @@ def _melanoma_lines(mel: dict) -> list[str]:
     lines.append(f"  specificity at 90% / 95% sensitivity: {_ci(mel['specificity_at_90_sensitivity'])} / "
                  f"{_ci(mel['specificity_at_95_sensitivity'])}")
     if mel.get("alerted_by_class"):
-        lines.append("  the alert fires on: " + ", ".join(
-            f"{name} {row['alerted']}/{row['n']} ({row['share']:.0%})" for name, row in mel["alerted_by_class"].items()))
+        lines.append("  the alert fires on: " + ", ".join(f"{name} {row['alerted']}/{row['n']} ({row['share']:.0%})"
+                                                          for name, row in mel["alerted_by_class"].items()))
     if mel.get("expected_alert_share"):
         lines.append("  share of all lesions alerted at this sensitivity and specificity: " + "; ".join(
             f"{where} {share:.0%}" for where, share in mel["expected_alert_share"].items()))
