@@ -29,9 +29,8 @@ from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the pr
 TARGETS = (0.90, 0.95, 0.97)
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    labels, p = _read_labels(path)
-    return np.array([label.strip().lower() in MELANOMA for label in labels]), p
+def _is_melanoma(labels: list[str]) -> np.ndarray:
+    return np.array([label.strip().lower() in MELANOMA for label in labels])
 
 
 def _read_labels(path: Path) -> tuple[list[str], np.ndarray]:
@@ -46,9 +45,8 @@ def _read_labels(path: Path) -> tuple[list[str], np.ndarray]:
     return [r["label"] for r in rows], np.array([float(r["melanoma_probability"]) for r in rows])
 
 
-def class_lines(path: Path, threshold: float) -> list[str]:
+def class_lines(labels: list[str], p: np.ndarray, threshold: float) -> list[str]:
     """Per true class: how many of its images the alert at `threshold` fires on."""
-    labels, p = _read_labels(path)
     names = sorted(set(labels))
     rows = alerted_by_class([names.index(label) for label in labels], p >= threshold, names)
     return [f"    {name:<28} {r['alerted']:>4} / {r['n']:<5} alerted ({r['share']:.2f})" for name, r in rows.items()]
@@ -61,11 +59,13 @@ def _sens_spec(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, f
 
 def shift_table(run: Path, new: str = "eval-old-archive") -> list[str]:
     """Lines of the table for one run."""
-    yv, pv = _read(run / "val_predictions.csv")
-    yn, pn = _read(run / new / "predictions.csv")
+    labels, pv = _read_labels(run / "val_predictions.csv")
+    yv = _is_melanoma(labels)
+    new_labels, pn = _read_labels(run / new / "predictions.csv")
+    yn = _is_melanoma(new_labels)
     lines = [f"{run}: in-source {yv.sum()} melanomas / {len(yv)}; new source {yn.sum()} / {len(yn)}"]
-    for target in TARGETS:
-        t = choose_alert_threshold(yv, pv, target)
+    thresholds = {target: choose_alert_threshold(yv, pv, target) for target in TARGETS}
+    for target, t in thresholds.items():
         (sv, cv), (sn, cn) = _sens_spec(yv, pv, t), _sens_spec(yn, pn, t)
         lines.append(f"  in-source target {target:.2f}: threshold {t:.3f}  in-source sens {sv:.2f} spec {cv:.2f}"
                      f"  | new source sens {sn:.2f} spec {cn:.2f}")
@@ -73,9 +73,8 @@ def shift_table(run: Path, new: str = "eval-old-archive") -> list[str]:
     (sv, cv), (_, cn) = _sens_spec(yv, pv, t_new), _sens_spec(yn, pn, t_new)
     lines.append(f"  90% on the new source needs threshold {t_new:.3f}: in-source sens {sv:.2f} spec {cv:.2f},"
                  f" new-source spec {cn:.2f}")
-    t = choose_alert_threshold(yv, pv, 0.90)
-    lines.append(f"  in-source lesions alerted at the in-source 90% threshold {t:.3f}, by true class:")
-    return lines + class_lines(run / "val_predictions.csv", t)
+    lines.append(f"  in-source lesions alerted at the in-source 90% threshold {thresholds[0.90]:.3f}, by true class:")
+    return lines + class_lines(labels, pv, thresholds[0.90])
 
 
 if __name__ == "__main__":
