@@ -35,7 +35,6 @@ import torch
 from torch import nn
 
 from melanoma.errors import ModelError
-from melanoma.metrics import expected_alert_share
 
 PREFIX = "ensemble("
 MIN_HELDOUT = 4  # referral fitting needs at least 4 held-out images (far more for stable thresholds)
@@ -348,6 +347,9 @@ def _ensemble_meta(members, metas, net, calibration, threshold, target, referral
                       "alert and referral fitted on the ensemble's own held-out predictions")
     card["ensemble"] = (f"{len(members)} members; threshold, referral and metrics from {heldout['images']} "
                         f"held-out images ({heldout['scoring']})")
+    # imported here: loading an ensemble (every `predict` of the shipped default) needs no scipy / scikit-learn
+    from melanoma.metrics import expected_alert_share
+
     card["expected_alert_share"] = expected_alert_share(  # the ensemble's own operating point, not a member's
         head.get("melanoma_sensitivity"), head.get("melanoma_specificity"))
     return {
