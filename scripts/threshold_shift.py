@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loso_by_collection import isic_id  # noqa: E402
+from score_rules import conflicting  # noqa: E402
 
 from melanoma.metrics import alerted_by_class, choose_alert_threshold  # noqa: E402
 
@@ -38,10 +37,8 @@ def _read_labels(path: Path) -> tuple[list[str], np.ndarray]:
     leaves it out of its metrics (its predictions.csv still lists both copies)."""
     with open(path, newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r.get("label")]
-    labels_of = defaultdict(set)
-    for r in rows:
-        labels_of[isic_id(r["image"])].add(r["label"])
-    rows = [r for r in rows if len(labels_of[isic_id(r["image"])]) == 1]
+    twice = conflicting([r["image"] for r in rows], [r["label"] for r in rows])
+    rows = [r for r, conflict in zip(rows, twice) if not conflict]
     return [r["label"] for r in rows], np.array([float(r["melanoma_probability"]) for r in rows])
 
 

@@ -367,10 +367,11 @@ def _melanoma_section(y, probs, mel: int, class_names, threshold, dists) -> dict
         section[f"specificity_at_{round(target * 100)}_sensitivity"] = _with_ci(
             specificity_at_sensitivity(is_mel, p, target), d.get(key))
     if threshold is not None:
-        sens, spec = _sens_spec(is_mel, p >= threshold)
+        flagged = p >= threshold
+        sens, spec = _sens_spec(is_mel, flagged)
         section["sensitivity"] = _with_ci(sens, d.get("sensitivity"))
         section["specificity"] = _with_ci(spec, d.get("specificity"))
-        section["alerted_by_class"] = alerted_by_class(y, p >= threshold, class_names)
+        section["alerted_by_class"] = alerted_by_class(y, flagged, class_names)
         section["expected_alert_share"] = expected_alert_share(sens, spec)
     return section
 
