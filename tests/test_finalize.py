@@ -8,7 +8,7 @@ import pytest
 
 from melanoma import cli
 from melanoma.artifacts import build_test_model
-from melanoma.errors import ModelError
+from melanoma.errors import ModelError, ThresholdWarning
 from melanoma.finalize import rethreshold
 
 
@@ -39,6 +39,22 @@ def test_rethreshold_meets_each_target_and_updates_model_json(tmp_path):
     assert (np.round(p_mel, 6)[is_mel] >= high["new"]).all()
     meta = json.loads((run / "model.json").read_text())
     assert meta["thresholds"]["melanoma_alert"] == high["new"] and meta["thresholds"]["target_sensitivity"] == 1.0
+
+
+def test_rethreshold_refreshes_the_cards_limitations(tmp_path):
+    """A model trained by an older version keeps stale stock figures in its card until its threshold is re-chosen:
+    then the card states the project's current ones (describe_limitations), as `melanoma report` shows."""
+    from melanoma.report import describe_limitations
+
+    run, _, _ = _fake_run(tmp_path)
+    meta = json.loads((run / "model.json").read_text())
+    meta.setdefault("model_card", {})["limitations"] = "a new source cost 0.15-0.19 melanoma AUC"
+    (run / "model.json").write_text(json.dumps(meta))
+    with pytest.warns(ThresholdWarning):  # few melanomas in the fake run
+        rethreshold(run, 0.9)
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["model_card"]["limitations"] == " ".join(describe_limitations(meta))
+    assert "0.15-0.19" not in meta["model_card"]["limitations"]
 
 
 def test_rethreshold_needs_stored_predictions(tmp_path, capsys):

@@ -458,7 +458,10 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
         if not predictions:  # the stored validation outputs follow the model's probabilities
             _rewrite_probabilities(target_dir / "val_predictions.csv", table, mel, new)
     if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
+        from melanoma.report import describe_limitations  # lazy: report pulls in matplotlib
+
         meta["model_card"]["expected_alert_share"] = metrics.expected_alert_share(sensitivity, specificity)
+        meta["model_card"]["limitations"] = " ".join(describe_limitations(meta))  # and the project's latest figures
         if moved is not None:
             meta["model_card"]["prior_correction"] = priors.describe(meta)
     if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too
