@@ -24,10 +24,11 @@ def _read(path: str) -> dict[str, tuple[bool, float]]:
                 for r in csv.DictReader(fh) if r.get("label")}
 
 
-def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0) -> dict:
-    """AUC(a) - AUC(b) on the images both files scored, with a paired bootstrap 95% CI."""
+def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0, only=None) -> dict:
+    """AUC(a) - AUC(b) on the images both files scored (and in `only`, a set of paths, when given), with a paired
+    bootstrap 95% CI."""
     first, second = _read(a), _read(b)
-    keys = sorted(set(first) & set(second))
+    keys = sorted(set(first) & set(second) & (set(only) if only is not None else set(first)))
     y = np.array([first[k][0] for k in keys])
     pa, pb = (np.array([d[k][1] for k in keys]) for d in (first, second))
     rng, diffs = np.random.default_rng(seed), []

@@ -142,6 +142,32 @@ def test_threshold_shift_counts_in_source_alerts_by_true_class(tmp_path):
     assert "new source sens 0.50 spec 0.00" in done.stdout
 
 
+def test_compare_defaults_pairs_two_models_by_source_and_at_their_own_alerts(tmp_path, ham_dir):
+    """Older-archive images (ids not in HAM10000), a 9-class HAM10000 keratosis and the HAM10000 source: each group
+    gets both AUCs, the paired difference and each model's own operating point."""
+    ham_ids = [line.split(",")[1] for line in (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()[1:4]]
+    rows = [("ISIC_9000001", "/d/Train/melanoma", "melanoma"), ("ISIC_9000002", "/d/Train/melanoma", "melanoma"),
+            ("ISIC_9000003", "/d/Train/nevus", "nevus"), (ham_ids[0], "/d/Train/pigmented", "actinic keratosis"),
+            (ham_ids[1], "/d/ham10000/images", "melanoma"), (ham_ids[2], "/d/ham10000/images", "nevus")]
+    scores = {"old": [0.9, 0.8, 0.1, 0.95, 0.9, 0.1], "new": [0.9, 0.05, 0.1, 0.05, 0.9, 0.1]}
+    for name, probs in scores.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.json").write_text(json.dumps({"thresholds": {"melanoma_alert": 0.5}}))
+        lines = ["image,path,melanoma_probability,label"] + [
+            f"{i}.jpg,{folder}/{i}.jpg,{p},{label}" for (i, folder, label), p in zip(rows, probs)]
+        (tmp_path / name / "val_predictions.csv").write_text("\n".join(lines) + "\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_defaults.py"), str(tmp_path / "old"),
+                           str(tmp_path / "new"), "50"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in done.stdout.splitlines()}
+    assert out["older archive's own (3, 2 melanoma): AUC"][:2] == ["1.000", "0.500"]
+    assert out["older archive's own (3): sensitivity / specificity at the alert"][:2] == ["1.00 / 1.00", "0.50 / 1.00"]
+    assert out["9-class split's HAM10000 keratoses, carcinomas, others (1): sensitivity / specificity at the alert"][
+        :2] == ["- / 0.00", "- / 1.00"]
+    assert out["HAM10000 source (2): sensitivity / specificity at the alert"][:2] == ["1.00 / 1.00", "1.00 / 1.00"]
+    assert out["alert threshold"][:2] == ["0.500", "0.500"]
+
+
 def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path, shared_train, ham_dir):
     """A random-weight model: the script predicts the older archive's own images and HAM10000's apart (the 9-class
     split's HAM10000 pictures in neither), at each level, and keeps a model's own detail size as the floor."""
