@@ -62,7 +62,7 @@ def training_counts(run: Path, classes: list[str]) -> dict[str, int] | None:
         return None
     meta = json.loads((run / "model.json").read_text())
     training = meta.get("training") or {}
-    if training.get("imbalance") == "none":  # trained on the natural mix already: nothing to move
+    if training.get("imbalance") in ("none", "source-balanced"):  # trained on the natural mix: nothing to move
         return None
     holdout = training.get("holdout_source")
     if not holdout:

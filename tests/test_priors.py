@@ -41,6 +41,7 @@ def test_training_mix_counts_the_validation_labels_add_one_smoothed():
 @pytest.mark.parametrize("training, labels, message", [
     ({"holdout_source": "Train"}, ["nevus"] * 60, "held-out source"),
     ({"imbalance": "none"}, ["nevus"] * 60, "natural class mix"),
+    ({"imbalance": "source-balanced"}, ["nevus"] * 60, "natural class mix"),
     ({}, ["nevus"] * 19, "at least 20"),
 ])
 def test_training_mix_refuses_what_is_not_a_training_mix(training, labels, message):

@@ -136,6 +136,16 @@ def test_source_balanced_sampler_gives_each_source_half_of_a_shared_class():
     assert abs((drawn >= 100).mean() - 0.25) < 0.02  # the 10 primary images of class 1 get a quarter
 
 
+def test_source_balanced_natural_mix_keeps_class_shares_and_equalises_sources_within_a_class():
+    labels = np.array([0] * 10 + [1] * 90 + [1] * 10)  # class 1: 90 extra images, 10 primary ones
+    sources = np.array([0] * 10 + [1] * 90 + [0] * 10)
+    sampler = SeededSampler(labels, balanced=True, seed=0, sources=sources, samples_per_epoch=20_000,
+                            natural_classes=True)
+    drawn = np.array(sampler.epoch_indices())
+    assert abs((labels[drawn] == 0).mean() - 10 / 110) < 0.01  # class 0 keeps its natural share
+    assert abs((drawn >= 100).mean() - 50 / 110) < 0.02  # half of class 1: its 10 primary images equal the 90 extra
+
+
 def test_bad_maps_and_reference_without_extras_are_config_errors(tmp_path):
     primary, ham = _two_sources(tmp_path)
     classes = data.discover(primary).classes

@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from melanoma import __version__
-from melanoma.config import AUGMENTATION_LEVELS, PRIOR_CORRECTIONS, TrainConfig
+from melanoma.config import AUGMENTATION_LEVELS, IMBALANCE_MODES, PRIOR_CORRECTIONS, TrainConfig
 from melanoma.errors import DataError, MelanomaError
 
 SHARED_TRAIN = "../shared/data/isic-9class/Train"
@@ -349,8 +349,9 @@ def _add_train(sub) -> None:
     p.add_argument("--monitor", choices=["auto", "bal_acc", "mel_auc"],
                    help="validation figure that chooses the checkpoint and stops early (default: auto = mel_auc "
                         "with --holdout-source, else bal_acc)")
-    p.add_argument("--imbalance", choices=["sampler", "weighted-loss", "none"],
-                   help="class imbalance handling (default: class-balanced sampler)")
+    p.add_argument("--imbalance", choices=IMBALANCE_MODES,
+                   help="class imbalance handling (default: sampler, every class and source equally often; "
+                        "source-balanced: the natural class mix, sources equal within a class)")
     p.add_argument("--conflict-policy", choices=["drop", "keep", "first", "reference"],
                    help="images filed under two classes: drop (default), keep, first, or reference (the label "
                         "--extra-data gives the same image or lesion decides)")

@@ -15,6 +15,9 @@ DEFAULT_MODEL = "efficientnet_lite0"
 AUGMENTATION_LEVELS = ("standard", "strong", "resolution")
 # `melanoma threshold --prior-correction` (melanoma.priors); here so the CLI offers them without importing numpy
 PRIOR_CORRECTIONS = ("training-mix", "none")
+# sampler: every class and, within it, every source equally often; source-balanced: the natural class mix with
+# every source equally often within a class; weighted-loss: inverse-frequency loss weights; none: the natural mix
+IMBALANCE_MODES = ("sampler", "source-balanced", "weighted-loss", "none")
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 
@@ -67,7 +70,7 @@ class TrainConfig:
     holdout_max_images: int = 2000        # at most this many held-out images validate (stratified, group-aware)
     monitor: str = "auto"                 # checkpoint choice: bal_acc | mel_auc | auto (mel_auc with a held-out source)
     num_workers: int | None = None        # None: min(4, cores - 1)
-    imbalance: str = "sampler"            # sampler | weighted-loss | none
+    imbalance: str = "sampler"            # one of IMBALANCE_MODES
     conflict_policy: str = "drop"         # drop | keep | first | reference (labels of --extra-data settle them)
     extra_data: list = field(default_factory=list)  # extra datasets that only ever train (e.g. HAM10000)
     extra_labels: str = "auto"            # their label map into our classes: auto | ham10000 | YAML (sources.py)
@@ -89,7 +92,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"batch size must be >= 1, got {self.batch_size}"),
             (0.0 < self.val_fraction < 0.5, f"val fraction must be in (0, 0.5), got {self.val_fraction}"),
             (self.folds is None or self.folds >= 2, f"folds must be >= 2, got {self.folds}"),
-            (self.imbalance in ("sampler", "weighted-loss", "none"), f"unknown imbalance mode {self.imbalance!r}"),
+            (self.imbalance in IMBALANCE_MODES, f"unknown imbalance mode {self.imbalance!r}"),
             (self.conflict_policy in ("drop", "keep", "first", "reference"),
              f"unknown conflict policy {self.conflict_policy!r}"),
             (self.conflict_policy != "reference" or bool(self.extra_data),

@@ -56,11 +56,11 @@ class SeededSampler(Sampler[int]):
     """
 
     def __init__(self, labels, balanced: bool, seed: int, rank: int = 0, world_size: int = 1, dataset=None,
-                 samples_per_epoch: int | None = None, sources=None):
+                 samples_per_epoch: int | None = None, sources=None, natural_classes: bool = False):
         self.labels = torch.as_tensor(np.asarray(labels))
         self.sources = torch.as_tensor(np.zeros(len(labels), np.int64) if sources is None else np.asarray(sources))
         self.balanced, self.seed, self.rank, self.world_size = balanced, seed, rank, world_size
-        self.dataset, self.epoch = dataset, 0
+        self.dataset, self.epoch, self.natural_classes = dataset, 0, natural_classes
         per_epoch = samples_per_epoch or len(self.labels)
         self.num_samples = -(-per_epoch // world_size)  # ceil: every rank gets the same count
 
@@ -71,11 +71,13 @@ class SeededSampler(Sampler[int]):
             self.dataset.epoch = epoch
 
     def sample_weights(self) -> torch.Tensor:
-        """1 / (number of sources in the sample's class * count of its (class, source) cell)."""
+        """1 / (number of sources in the sample's class * count of its (class, source) cell); times the class's
+        count where the classes keep their natural mix."""
         n_sources = int(self.sources.max()) + 1
         cell = self.labels * n_sources + self.sources  # one id per (class, source) pair
         sources_per_class = torch.bincount(torch.unique(cell) // n_sources).double()
-        return 1.0 / (sources_per_class[self.labels] * torch.bincount(cell).double()[cell])
+        weights = 1.0 / (sources_per_class[self.labels] * torch.bincount(cell).double()[cell])
+        return weights * torch.bincount(self.labels).double()[self.labels] if self.natural_classes else weights
 
     def epoch_indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 7919 + self.epoch)
@@ -99,7 +101,7 @@ class LesionDataModule(L.LightningDataModule):
 
     def __init__(self, images, labels, train_idx, val_idx, preprocessing: dict, batch_size: int,
                  balanced: bool, seed: int, num_workers: int, samples_per_epoch: int | None = None,
-                 sources=None, augmentation: str = "standard", targets=None):
+                 sources=None, augmentation: str = "standard", targets=None, natural_classes: bool = False):
         super().__init__()
         # labels: one class per image (sampling, validation); targets: what the loss sees (a coarse target is
         # >= the class count, see LesionClassifier._loss); None = the labels
@@ -109,7 +111,7 @@ class LesionDataModule(L.LightningDataModule):
         self.pre, self.batch_size, self.balanced = preprocessing, batch_size, balanced
         self.seed, self.num_workers, self.samples_per_epoch = seed, num_workers, samples_per_epoch
         self.sources = None if sources is None else np.asarray(sources)
-        self.augmentation = augmentation
+        self.augmentation, self.natural_classes = augmentation, natural_classes
         self.train_sampler: SeededSampler | None = None
 
     def _subset(self, idx, transform, targets=None) -> CachedImages:
@@ -125,7 +127,8 @@ class LesionDataModule(L.LightningDataModule):
         dataset = self._subset(self.train_idx, train_transform(self.pre, self.augmentation), self.targets)
         self.train_sampler = SeededSampler(self.labels[self.train_idx], self.balanced, self.seed, rank, world, dataset,
                                            self.samples_per_epoch,
-                                           None if self.sources is None else self.sources[self.train_idx])
+                                           None if self.sources is None else self.sources[self.train_idx],
+                                           self.natural_classes)
         return DataLoader(dataset, batch_size=self.batch_size, sampler=self.train_sampler,
                           num_workers=self.num_workers, persistent_workers=False, drop_last=len(dataset) > self.batch_size)
 

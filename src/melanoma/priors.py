@@ -67,9 +67,9 @@ def training_mix(meta: dict, labels: list[str | None]) -> dict:
     if training.get("holdout_source"):
         raise ConfigError(f"the model validated on a held-out source ({training['holdout_source']}); its validation "
                           "labels are not the mix it trained on, so there is no training mix to correct to")
-    if training.get("imbalance") == "none":
-        raise ConfigError("the model trained on the natural class mix (imbalance: none); its probabilities need "
-                          "no prior correction")
+    if training.get("imbalance") in ("none", "source-balanced"):
+        raise ConfigError(f"the model trained on the natural class mix (imbalance: {training['imbalance']}); its "
+                          "probabilities need no prior correction")
     classes = list(meta["class_names"])
     counts = Counter(label for label in labels if label in classes)
     if sum(counts.values()) < 20:

@@ -209,9 +209,10 @@ def fit_module(cfg, run: Path, module, table, images, pre, train_idx, val_idx, c
     # 2-thread torch process augments 10-30x slower (OpenMP spin-waits) than a 1-thread worker.
     workers = cfg.num_workers if cfg.num_workers is not None else min(4, max(1, (os.cpu_count() or 1) - 1))
     dm = LesionDataModule(images, table.label_indices(), train_idx, val_idx, pre, cfg.batch_size,
-                          balanced=cfg.imbalance == "sampler", seed=cfg.seed, num_workers=workers,
-                          samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table),
-                          augmentation=cfg.augmentation, targets=targets)
+                          balanced=cfg.imbalance in ("sampler", "source-balanced"), seed=cfg.seed,
+                          num_workers=workers, samples_per_epoch=cfg.samples_per_epoch, sources=source_codes(table),
+                          augmentation=cfg.augmentation, targets=targets,
+                          natural_classes=cfg.imbalance == "source-balanced")
     if cfg.extra.get("record_samples"):
         callbacks = [*callbacks, RecordSampledIndices(run, train_idx)]
     if cfg.extra.get("step_marker"):
