@@ -196,6 +196,31 @@ def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path,
     assert [cells[-6:] for cells in lines[4:]] == [cells[-6:] for cells in lines[:2]]
 
 
+def test_ensemble_members_scores_each_member_by_source_and_names_a_bad_folder(tmp_path, shared_train, ham_dir):
+    """A single random-weight network counts as one member: its AUC is the ensemble's, for the older archive's own
+    images and the HAM10000 source; a folder without validation predictions is a one-line error."""
+    from melanoma.artifacts import build_test_model
+
+    ham_ids = {line.split(",")[1] for line in (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()[1:]}
+    rows = [(p, c) for c in ("melanoma", "nevus")
+            for p in [p for p in sorted((shared_train / c).glob("*.jpg")) if p.stem not in ham_ids][:3]]
+    ham = sorted((ham_dir / "images").glob("*.jpg"))[:4]
+    rows += [(p, "melanoma" if i % 2 else "nevus") for i, p in enumerate(ham)]
+    model = build_test_model(tmp_path / "m", image_size=48)
+    (model / "val_predictions.csv").write_text("image,path,label\n" + "".join(
+        f"{p.name},{p},{label}\n" for p, label in rows))
+    script = str(ROOT / "scripts" / "ensemble_members.py")
+    done = subprocess.run([sys.executable, script, str(model)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    cells = {line.split(" | ")[1]: line.split(" | ")[2:] for line in done.stdout.splitlines()[2:]}
+    assert set(cells) == {"all (10, 5 melanoma)", "9-class split (the alert's Train source) (6, 3 melanoma)",
+                          "older archive's own (6, 3 melanoma)", "HAM10000 source (4, 2 melanoma)"}
+    assert all(member == spread == ensemble.rstrip(" |") for member, spread, ensemble in cells.values())
+    bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.strip() == f"error: {tmp_path}: no val_predictions.csv (a model " \
+        "folder of melanoma ensemble / threshold)"
+
+
 def test_split_half_threshold_keeps_sensitivity_on_the_held_out_half():
     """The detail-aware threshold check: a threshold fitted for 90% sensitivity on one stratified half, scored on
     the other: with cleanly separated scores it alerts no non-melanoma and about 90% of the held-out melanomas

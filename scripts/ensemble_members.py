@@ -1,0 +1,86 @@
+"""Each member of a shipped ensemble alone, on the model's own validation images by source (the groups of
+compare_defaults.py): melanoma AUC per member, their mean +- sd (the seed spread a recipe comparison needs) and the
+ensemble's, for models whose member runs are gone (the shipped default keeps only the combined weights). A member
+is scored as it votes in the ensemble: at its temperature, the model's prior correction applied (if any). Images are
+scored as stored (no test-time augmentation; detail calibration only moves the alert threshold, not the ranking).
+
+    .venv/bin/python scripts/ensemble_members.py MODEL [MODEL ...]
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_defaults import groups  # noqa: E402
+
+from melanoma import priors  # noqa: E402
+from melanoma.artifacts import load_model  # noqa: E402
+from melanoma.errors import MelanomaError  # noqa: E402
+from melanoma.images import load_image, prepare_image  # noqa: E402
+from melanoma.labelmaps import MELANOMA_NAMES  # noqa: E402
+from melanoma.transforms import eval_transform  # noqa: E402
+
+
+def member_probabilities(net, meta: dict, paths: list[str], batch: int = 64) -> np.ndarray:
+    """[M, N, C] class probabilities of each member (one member for a single network), as the network gives them."""
+    pre = meta["preprocessing"]
+    to_input = eval_transform(pre)
+    head = getattr(net, "head", None)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(paths), batch):
+            x = torch.stack([to_input(prepare_image(load_image(p), pre)) for p in paths[start:start + batch]])
+            if hasattr(head, "member_logits"):  # an ensemble: each member's temperature-scaled logits
+                logits = head.member_logits(net.pre_logits(net.feature_maps(x)))
+            else:
+                logits = (net(x) / float(meta.get("temperature", 1.0))).unsqueeze(0)
+            out.append(torch.softmax(logits, -1).numpy())
+    return np.concatenate(out, axis=1)
+
+
+def moved(probs: np.ndarray, meta: dict) -> np.ndarray:
+    """[N, C] probabilities moved to the training mix where model.json has a prior correction (as predict does)."""
+    weights = priors.weights_of(meta)
+    return probs if weights is None else priors.reweight(probs, weights)
+
+
+def main(models: list[Path]) -> None:
+    print("| model | validation images | members: melanoma AUC | mean +- sd | ensemble |\n|---|---|---|---|---|")
+    for model in models:
+        net, meta = load_model(model)
+        with (model / "val_predictions.csv").open(newline="") as fh:
+            labels = {r["path"]: r["label"] for r in csv.DictReader(fh) if r.get("label")}
+        by_group = groups(model / "val_predictions.csv")
+        paths = sorted(by_group["all"])
+        probs = member_probabilities(net, meta, paths)
+        mel = meta["class_names"].index(meta.get("melanoma_class", "melanoma"))
+        is_mel = np.array([labels[p].strip().lower() in MELANOMA_NAMES for p in paths])
+        for name, only in by_group.items():
+            keep = np.array([p in only for p in paths])
+            if is_mel[keep].all() or not is_mel[keep].any():
+                continue  # no AUC without both melanomas and other lesions
+            aucs = [roc_auc_score(is_mel[keep], moved(p[keep], meta)[:, mel]) for p in probs]
+            ensemble = roc_auc_score(is_mel[keep], moved(probs[:, keep].mean(0), meta)[:, mel])
+            spread = f"{np.mean(aucs):.3f} +- {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else f"{aucs[0]:.3f}"
+            print(f"| {model} | {name} ({int(keep.sum())}, {int(is_mel[keep].sum())} melanoma) | "
+                  f"{' / '.join(f'{a:.3f}' for a in aucs)} | {spread} | {ensemble:.3f} |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    try:
+        for arg in sys.argv[1:]:
+            if not (Path(arg) / "val_predictions.csv").is_file():
+                raise MelanomaError(f"{arg}: no val_predictions.csv (a model folder of melanoma ensemble / threshold)")
+        main([Path(a) for a in sys.argv[1:]])
+    except MelanomaError as exc:
+        sys.exit(f"error: {exc}")
