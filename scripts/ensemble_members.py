@@ -45,12 +45,6 @@ def member_probabilities(net, meta: dict, paths: list[str], batch: int = 64) -> 
     return np.concatenate(out, axis=1)
 
 
-def moved(probs: np.ndarray, meta: dict) -> np.ndarray:
-    """[N, C] probabilities moved to the training mix where model.json has a prior correction (as predict does)."""
-    weights = priors.weights_of(meta)
-    return probs if weights is None else priors.reweight(probs, weights)
-
-
 def main(models: list[Path]) -> None:
     print("| model | validation images | members: melanoma AUC | mean +- sd | ensemble |\n|---|---|---|---|---|")
     for model in models:
@@ -60,14 +54,15 @@ def main(models: list[Path]) -> None:
         by_group = groups(model / "val_predictions.csv")
         paths = sorted(by_group["all"])
         probs = member_probabilities(net, meta, paths)
+        weights = priors.weights_of(meta)  # the prior correction predict applies (None: none)
         mel = meta["class_names"].index(meta.get("melanoma_class", "melanoma"))
         is_mel = np.array([labels[p].strip().lower() in MELANOMA_NAMES for p in paths])
         for name, only in by_group.items():
             keep = np.array([p in only for p in paths])
             if is_mel[keep].all() or not is_mel[keep].any():
                 continue  # no AUC without both melanomas and other lesions
-            aucs = [roc_auc_score(is_mel[keep], moved(p[keep], meta)[:, mel]) for p in probs]
-            ensemble = roc_auc_score(is_mel[keep], moved(probs[:, keep].mean(0), meta)[:, mel])
+            aucs = [roc_auc_score(is_mel[keep], priors.reweight(p[keep], weights)[:, mel]) for p in probs]
+            ensemble = roc_auc_score(is_mel[keep], priors.reweight(probs[:, keep].mean(0), weights)[:, mel])
             spread = f"{np.mean(aucs):.3f} +- {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else f"{aucs[0]:.3f}"
             print(f"| {model} | {name} ({int(keep.sum())}, {int(is_mel[keep].sum())} melanoma) | "
                   f"{' / '.join(f'{a:.3f}' for a in aucs)} | {spread} | {ensemble:.3f} |")

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loso_by_collection import HAM_METADATA, ham_ids, isic_id, prediction_csv  # noqa: E402
 
 from melanoma import priors  # noqa: E402
-
+from melanoma.config import NATURAL_MIX_MODES  # noqa: E402
 from melanoma.errors import DataError, MelanomaError  # noqa: E402
 from melanoma.evaluate import read_predictions_csv  # noqa: E402
 from melanoma.labelmaps import _HAM_DX, MELANOMA_NAMES, find_melanoma_class  # noqa: E402
@@ -62,7 +62,7 @@ def training_counts(run: Path, classes: list[str]) -> dict[str, int] | None:
         return None
     meta = json.loads((run / "model.json").read_text())
     training = meta.get("training") or {}
-    if training.get("imbalance") in ("none", "source-balanced"):  # trained on the natural mix: nothing to move
+    if training.get("imbalance") in NATURAL_MIX_MODES:  # trained on the natural mix: nothing to move
         return None
     holdout = training.get("holdout_source")
     if not holdout:

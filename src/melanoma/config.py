@@ -18,6 +18,7 @@ PRIOR_CORRECTIONS = ("training-mix", "none")
 # sampler: every class and, within it, every source equally often; source-balanced: the natural class mix with
 # every source equally often within a class; weighted-loss: inverse-frequency loss weights; none: the natural mix
 IMBALANCE_MODES = ("sampler", "source-balanced", "weighted-loss", "none")
+NATURAL_MIX_MODES = ("none", "source-balanced")  # trained at the sources' class mix: no prior correction to apply
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 

@@ -27,6 +27,7 @@ from collections import Counter
 
 import numpy as np
 
+from melanoma.config import NATURAL_MIX_MODES
 from melanoma.config import PRIOR_CORRECTIONS as METHODS
 from melanoma.errors import ConfigError
 
@@ -67,7 +68,7 @@ def training_mix(meta: dict, labels: list[str | None]) -> dict:
     if training.get("holdout_source"):
         raise ConfigError(f"the model validated on a held-out source ({training['holdout_source']}); its validation "
                           "labels are not the mix it trained on, so there is no training mix to correct to")
-    if training.get("imbalance") in ("none", "source-balanced"):
+    if training.get("imbalance") in NATURAL_MIX_MODES:
         raise ConfigError(f"the model trained on the natural class mix (imbalance: {training['imbalance']}); its "
                           "probabilities need no prior correction")
     classes = list(meta["class_names"])
