@@ -17,10 +17,11 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("imbalance", ["sampler", "none"])
+@pytest.mark.parametrize("imbalance", ["sampler", "source-balanced"])
 def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path, imbalance):
-    """The shipped recipe's command lines; IMBALANCE=none (the natural class mix, session 20) trains members that
-    need no prior correction, and train_default.sh applies none."""
+    """The shipped recipe's command lines; IMBALANCE=source-balanced (the natural class mix, sources equal within a
+    class: the shipped default since session 23) trains members that need no prior correction, and
+    train_default.sh applies none; the sampler's members get the training-mix correction."""
     # 40 + 40: the HAM10000 validation share holds the >= 5 melanomas the per-source threshold needs
     ham = make_mini_ham(ham_dir, tmp_path / "ham", 40, dx=("mel", "nv"))
     env = {**os.environ, "DEVICE": "gpu", "SMOKE": "1", "MEMBERS": "2", "DATA": str(tiny_isic), "HAM": str(ham),
