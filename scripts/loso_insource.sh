@@ -17,6 +17,11 @@ DATA=${DATA:-../shared/data/isic-9class/Train}
 HELDOUT_CSV=${HELDOUT_CSV:-runs/loso/full-seed1/val_predictions.csv}
 ROOT=${ROOT:-runs/loso-insource}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
+PYTHON=${PYTHON:-.venv/bin/python}
+# MODEL / IMAGE_SIZE: the backbone under test (session 24: efficientnet_lite2 at 224 px against the members' Lite0 at
+# 160 px); HARDWARE: extra train options, e.g. HARDWARE="--accelerator gpu --devices 1 --num-workers 14" on a GPU
+MODEL=${MODEL:-efficientnet_lite0}; IMAGE_SIZE=${IMAGE_SIZE:-160}
+read -r -a HARDWARE_ARGS <<< "${HARDWARE:-}"
 DETAIL=()
 if [ -n "${DETAIL_SIZE:-}" ]; then DETAIL=(--detail-size "$DETAIL_SIZE"); fi
 # EPOCHS / DRAWS: a shorter budget for recipe checks (session 19: EPOCHS=4 DRAWS=960, as scripts/loso.sh);
@@ -27,7 +32,7 @@ mkdir -p "$ROOT"
 HELD=$ROOT/heldout-images  # class folders of symlinks: the held-out images, labelled as in the LOSO rows
 if [ ! -f "$HELDOUT_CSV" ]; then HELD=$DATA; fi
 if [ ! -d "$HELD" ]; then
-  .venv/bin/python - "$HELDOUT_CSV" "$HELD" <<'PY'
+  "$PYTHON" - "$HELDOUT_CSV" "$HELD" <<'PY'
 import csv, os, sys
 from pathlib import Path
 rows, out = list(csv.DictReader(open(sys.argv[1], newline=""))), Path(sys.argv[2] + ".tmp")
@@ -44,10 +49,10 @@ for SEED in "$@"; do
   RUNS+=("$OUT")
   if [ ! -f "$OUT/result.json" ]; then
     if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
-      ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model efficientnet_lite0 --image-size 160
+      ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model "$MODEL" --image-size "$IMAGE_SIZE"
             --color-constancy shades_of_gray --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --batch-size 32 --val-fraction 0.2
             --monitor mel_auc --split-seed 42 --seed "$SEED" --config scripts/cpu_long.yaml "${DETAIL[@]}"
-            --out "$OUT"); fi
+            "${HARDWARE_ARGS[@]}" --out "$OUT"); fi
     ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
   fi
   [ -f "$OUT/heldout-eval/metrics.json" ] || "$MELANOMA" evaluate --model "$OUT" --data "$HELD" --label-map binary \
@@ -60,5 +65,5 @@ if [ ${#RUNS[@]} -ge 2 ]; then
     --out "$ENS/heldout-eval" > "$ENS/heldout-eval.log" 2>&1
 fi
 for RUN in "${RUNS[@]}" ${ENS:+"$ENS"}; do
-  .venv/bin/python -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], 'held-out source melanoma AUC', m.get('melanoma', {}).get('auc'))" "$RUN/heldout-eval/metrics.json" "$RUN"
+  "$PYTHON" -c "import json,sys; m=json.load(open(sys.argv[1])); print(sys.argv[2], 'held-out source melanoma AUC', m.get('melanoma', {}).get('auc'))" "$RUN/heldout-eval/metrics.json" "$RUN"
 done
