@@ -56,12 +56,10 @@ LEVELS=()
 if [ -n "$DETAIL_SIZE" ]; then
   LEVELS=(--detail-levels $((DETAIL_SIZE * 9 / 10)) $((DETAIL_SIZE * 4 / 5)) $((DETAIL_SIZE * 2 / 3)))
 fi
-# Since session 19 the probabilities are moved from the balanced classes the members trained on to the class mix
-# of the training sources (--prior-correction training-mix, read from the validation labels; melanoma.priors):
-# on the leave-one-source-out check it raised the never-seen source's melanoma AUC by 0.05-0.09 (19 of 19 runs).
-# Members trained on the natural mix (IMBALANCE=none or source-balanced) already predict at that mix: nothing to move.
-PRIOR=(--prior-correction training-mix)
-case "$IMBALANCE" in none|source-balanced) PRIOR=() ;; esac
+# --prior-correction auto: members trained on balanced classes (IMBALANCE=sampler) have their probabilities moved
+# to the class mix of the training sources (read from the validation labels; melanoma.priors: on the
+# leave-one-source-out check it raised the never-seen source's melanoma AUC by 0.05-0.09, 19 of 19 runs, session
+# 19); members trained at the sources' mix (none, source-balanced) already predict at it: nothing to move.
 [ -f "$OUT/shipped/model.json" ] || "$MELANOMA" threshold "$OUT/ensemble" --target-sensitivity 0.9 --per-source \
-  "${PRIOR[@]}" "${LEVELS[@]}" --out "$OUT/shipped" > "$OUT/threshold.log" 2>&1
+  --prior-correction auto "${LEVELS[@]}" --out "$OUT/shipped" > "$OUT/threshold.log" 2>&1
 echo "trained $OUT/shipped (logs: $OUT/*.log); ship it with scripts/ship_default.sh $OUT/shipped"

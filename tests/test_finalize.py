@@ -218,6 +218,24 @@ def test_threshold_moves_the_probabilities_to_the_training_mix_and_back(tmp_path
     np.testing.assert_allclose(read_predictions_csv(out / "val_predictions.csv").probs, before.probs, atol=2e-5)
 
 
+@pytest.mark.parametrize(("imbalance", "corrected"), [("sampler", True), ("weighted-loss", True), ("none", False),
+                                                      ("source-balanced", False), (None, None)])
+def test_prior_correction_auto_follows_how_the_network_was_balanced(tmp_path, capsys, imbalance, corrected):
+    """auto: the training mix after balanced classes, nothing after the sources' own mix; an ensemble whose members
+    trained differently (no shared imbalance mode in model.json) is refused with one line."""
+    run, _, _ = _fake_run(tmp_path, n=60)
+    meta = json.loads((run / "model.json").read_text())
+    meta["training"] = {} if imbalance is None else {"imbalance": imbalance}
+    (run / "model.json").write_text(json.dumps(meta))
+    code = cli.main(["threshold", str(run), "--target-sensitivity", "0.9", "--prior-correction", "auto",
+                     "--in-place"])
+    if corrected is None:
+        assert code == 2 and "records no imbalance mode" in capsys.readouterr().err
+        return
+    assert code == 0
+    assert ("prior_correction" in json.loads((run / "model.json").read_text())) == corrected
+
+
 def test_prior_correction_is_refused_where_it_cannot_be_fitted_or_would_stale_a_calibration(tmp_path, capsys):
     run, _, _ = _fake_run(tmp_path, n=60)
     meta = json.loads((run / "model.json").read_text())

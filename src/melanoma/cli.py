@@ -432,9 +432,11 @@ def _add_threshold(sub) -> None:
     p.add_argument("--prior-correction", choices=PRIOR_CORRECTIONS,
                    help="training-mix: move the probabilities from the balanced classes the network trained on to "
                         "the class mix of its training sources (read from its validation labels), so that classes "
-                        "rare at a clinic stop drawing melanoma probability; none: remove it (default: keep the "
-                        "model's). The threshold is then chosen on the moved probabilities; a detail calibration "
-                        "must be refitted with it (--detail-levels)")
+                        "rare at a clinic stop drawing melanoma probability; none: remove it; auto: training-mix "
+                        "for networks trained on balanced classes, none for those trained at the sources' mix "
+                        "(--imbalance none or source-balanced) (default: keep the model's). The threshold is then "
+                        "chosen on the moved probabilities; a detail calibration must be refitted with it "
+                        "(--detail-levels)")
     _add_out_or_in_place(p, "the new threshold", "RUN/model.json itself")
     _add_json_flag(p)
     p.set_defaults(func=_run_threshold)

@@ -14,7 +14,7 @@ DEFAULT_MODEL = "efficientnet_lite0"
 # transforms.augmentation_ops; here so the CLI needs no torch import
 AUGMENTATION_LEVELS = ("standard", "strong", "resolution")
 # `melanoma threshold --prior-correction` (melanoma.priors); here so the CLI offers them without importing numpy
-PRIOR_CORRECTIONS = ("training-mix", "none")
+PRIOR_CORRECTIONS = ("training-mix", "none", "auto")  # auto: what the model's imbalance mode calls for
 # sampler: every class and, within it, every source equally often; source-balanced: the natural class mix with
 # every source equally often within a class; weighted-loss: inverse-frequency loss weights; none: the natural mix
 IMBALANCE_MODES = ("sampler", "source-balanced", "weighted-loss", "none")

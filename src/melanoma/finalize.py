@@ -515,6 +515,8 @@ def _prior_change(run: Path, meta: dict, method: str | None, refitting_detail: b
         return current, None
     if method not in priors.METHODS:
         raise ConfigError(f"--prior-correction {method}: one of {', '.join(priors.METHODS)}")
+    if method == "auto":
+        method = priors.method_for(meta)
     if method == "none":
         section = None
     else:

@@ -61,6 +61,17 @@ def change(old: np.ndarray | None, new: np.ndarray | None, n_classes: int) -> np
     return (ones if new is None else new) / (ones if old is None else old)
 
 
+def method_for(meta: dict) -> str:
+    """--prior-correction auto: "none" for a network trained at the sources' class mix (NATURAL_MIX_MODES),
+    "training-mix" for one trained on balanced classes (sampler, weighted loss). An ensemble decides by the
+    imbalance mode its members share (model.json training); ConfigError where they differ or none is recorded."""
+    imbalance = (meta.get("training") or {}).get("imbalance")
+    if imbalance is None:
+        raise ConfigError("--prior-correction auto: the model records no imbalance mode (an ensemble of members "
+                          "trained differently?); choose training-mix or none")
+    return "none" if imbalance in NATURAL_MIX_MODES else "training-mix"
+
+
 def training_mix(meta: dict, labels: list[str | None]) -> dict:
     """model.json's "prior_correction" section from the model's own validation labels (see the module doc).
     ConfigError where those labels are not a mix of the training sources, or the model trained on the natural mix."""
