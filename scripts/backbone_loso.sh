@@ -21,21 +21,26 @@ arm_settings() {  # ARM -> "MODEL IMAGE_SIZE"
     *) echo "unknown arm $1 (lite0, lite1, lite2)" >&2; exit 2 ;;
   esac
 }
-stream() {  # ARM SEED...: loso_insource.sh seed by seed (a cut-short run keeps what finished), then the ensemble
-  local arm=$1; shift
-  local model size seed start
-  read -r model size <<< "$(arm_settings "$arm")"
-  for seed in "$@" "$*"; do  # the last pass, all seeds at once, only adds their ensemble
-    [ "$seed" = "$*" ] && [ $# -lt 2 ] && break
-    start=$(date +%s)
-    # shellcheck disable=SC2086  # the last pass passes the seeds as separate words
-    HELDOUT_CSV=none DETAIL_SIZE=150 IMBALANCE=none MODEL=$model IMAGE_SIZE=$size ROOT=$ROOTS/loso-insource-$arm \
-      scripts/loso_insource.sh $seed | sed "s/^/$arm: /" >> "$SUMMARY/summary.txt"
-    echo "$arm seeds $seed: $(( $(date +%s) - start )) s" >> "$SUMMARY/summary.txt"
-    tar -czf "$SUMMARY/runs-$arm.tmp.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' \
-      "$ROOTS/loso-insource-$arm" && mv "$SUMMARY/runs-$arm.tmp.tgz" "$SUMMARY/runs-$arm.tar.gz"
-  done
+run_seeds() {  # ARM MODEL SIZE SEED...: loso_insource.sh for those seeds (with 2+ it scores only their ensemble
+  # anew: finished seeds are skipped), then a line per run in the summary and the arm's weight-free tarball
+  local arm=$1 model=$2 size=$3 start
+  shift 3
+  start=$(date +%s)
+  HELDOUT_CSV=none DETAIL_SIZE=150 IMBALANCE=none MODEL=$model IMAGE_SIZE=$size ROOT=$ROOTS/loso-insource-$arm \
+    scripts/loso_insource.sh "$@" | sed "s/^/$arm: /" >> "$SUMMARY/summary.txt"
+  echo "$arm seeds $*: $(( $(date +%s) - start )) s" >> "$SUMMARY/summary.txt"
+  tar -czf "$SUMMARY/runs-$arm.tmp.tgz" --exclude='*.ckpt' --exclude='*.safetensors' --exclude='*.onnx' \
+    "$ROOTS/loso-insource-$arm" && mv "$SUMMARY/runs-$arm.tmp.tgz" "$SUMMARY/runs-$arm.tar.gz"
 }
+stream() {  # ARM SEED...: seed by seed (a cut-short run keeps what finished), then the seeds' ensemble
+  local arm=$1 model size seed
+  shift
+  read -r model size <<< "$(arm_settings "$arm")"
+  for seed in "$@"; do run_seeds "$arm" "$model" "$size" "$seed"; done
+  if [ $# -ge 2 ]; then run_seeds "$arm" "$model" "$size" "$@"; fi
+}
+# an unknown arm stops here, before any run (inside stream's $(...) its exit would only end the subshell)
+for ARM in $ARMS; do arm_settings "$ARM" > /dev/null; done
 # PARALLEL=1: the arms run side by side (a GPU is mostly idle between one run's small batches; split the CPU
 # workers between them through HARDWARE's --num-workers)
 for ARM in $ARMS; do
