@@ -10,13 +10,19 @@ again per collection (`detail_robustness.collections`):
 * natural    -- square images stretched back to 4:3 (180x180 -> 240x180: the older archive's pictures are mostly
                 4:3, HAM10000's all are), non-square ones as stored: what a clinic's unsquashed images look like;
 * squashed   -- non-square images squashed to a square along their longer side (200x150 -> 150x150, the same
-                detail), square ones as stored: every image the way the 9-class split's are.
+                detail), square ones as stored: every image the way the 9-class split's are;
+* fieldD     -- black outside a centred circle of diameter D x the shorter side (session 25): the round field
+                of a dermoscope, which many collections keep and both shipped sources hardly have (two or more
+                dark corners on about 1% of the 9-class split's and 3% of HAM10000's images). field1.2 blackens
+                the corners only, field1.0 is a field as wide as the shorter side (it touches the long sides),
+                field0.85 a tighter one that also cuts into large lesions.
 
 Printed per model, geometry and collection: melanoma AUC, the share alerted at the model's own threshold,
-sensitivity / specificity there and the mean melanoma probability of the non-melanomas (as in
-scripts/detail_robustness.py). A model that does not use geometry as a cue keeps its alert share.
+sensitivity / specificity there, the mean melanoma probability of the non-melanomas (as in
+scripts/detail_robustness.py) and the share referred. A model that does not use geometry as a cue keeps its alert
+share.
 
-    .venv/bin/python scripts/aspect_robustness.py MODEL... [--geometries stored natural squashed]
+    .venv/bin/python scripts/aspect_robustness.py MODEL... [--geometries stored natural squashed field1.0]
 """
 
 from __future__ import annotations
@@ -42,28 +48,53 @@ def reshape(image: Image.Image, geometry: str) -> Image.Image:
     if geometry == "squashed" and w != h:
         side = min(w, h)
         return image.resize((side, side), Image.BICUBIC)
+    if geometry.startswith("field"):
+        pixels = np.asarray(image.convert("RGB")).copy()
+        pixels[~field_mask(w, h, float(geometry.removeprefix("field")))] = 0
+        return Image.fromarray(pixels)
     return image
+
+
+def field_mask(width: int, height: int, diameter: float) -> np.ndarray:
+    """Boolean (height, width): True inside the centred circle of diameter `diameter` x the shorter side."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    radius = diameter * min(width, height) / 2
+    # pixel centres: a 1.0 circle reaches the middle pixels of the long sides
+    return (xx + 0.5 - width / 2) ** 2 + (yy + 0.5 - height / 2) ** 2 <= radius ** 2
+
+
+def geometry_name(text: str) -> str:
+    """argparse type: stored, natural, squashed or fieldD with D > 0."""
+    if text in ("stored", "natural", "squashed"):
+        return text
+    try:
+        if text.startswith("field") and float(text.removeprefix("field")) > 0:
+            return text
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"unknown geometry {text!r} (use stored, natural, squashed or fieldD, "
+                                     "e.g. field1.0)")
 
 
 def scores(predictor: Predictor, rows: list[dict], geometry: str) -> dict[str, float]:
     y = np.array([r["label"] == "melanoma" for r in rows])
-    p = np.concatenate([[pr.melanoma_probability for pr in predictor.predict(
+    predictions = [pr for i in range(0, len(rows), 64) for pr in predictor.predict(
         [reshape(load_image(r["path"]), geometry) for r in rows[i:i + 64]], batch_size=64)]
-        for i in range(0, len(rows), 64)])
+    p = np.array([pr.melanoma_probability for pr in predictions])
     alert = p >= predictor.alert_threshold
     return {"auc": roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan"), "alerted": float(alert.mean()),
             "sens": float(alert[y].mean()) if y.any() else float("nan"),
-            "spec": float(1 - alert[~y].mean()), "p_other": float(p[~y].mean()), "n": len(y), "mel": int(y.sum())}
+            "spec": float(1 - alert[~y].mean()), "p_other": float(p[~y].mean()), "n": len(y), "mel": int(y.sum()),
+            "referred": float(np.mean([pr.refer for pr in predictions]))}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="+", type=Path)
-    ap.add_argument("--geometries", nargs="+", default=["stored", "natural", "squashed"],
-                    choices=["stored", "natural", "squashed"])
+    ap.add_argument("--geometries", nargs="+", default=["stored", "natural", "squashed"], type=geometry_name)
     args = ap.parse_args(argv)
     print(f"{'model':32s} {'geometry':9s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
-          f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s}")
+          f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
     for model in args.models:
         predictor = Predictor.load(model)
         groups = collections(model / "val_predictions.csv")
@@ -71,7 +102,8 @@ def main(argv=None) -> int:
             for name, rows in groups.items():
                 s = scores(predictor, rows, geometry)
                 print(f"{str(model):32s} {geometry:9s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
-                      f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f}", flush=True)
+                      f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f} "
+                      f"{s['referred']:9.1%}", flush=True)
     return 0
 
 

@@ -236,6 +236,29 @@ def test_split_half_threshold_keeps_sensitivity_on_the_held_out_half():
     assert 0.75 < sens.mean() < 0.98 and 0.0 <= spec.min() <= spec.max() <= 1.0
 
 
+def test_aspect_robustness_field_blackens_outside_the_dermoscope_circle_and_keeps_the_size():
+    """scripts/aspect_robustness.py's fieldD geometry: on a white 200x150 image, field1.0 keeps the centre and the
+    middle of the long sides white and blackens the corners and the middle of the short sides; field1.2 keeps
+    more than field1.0, and the image keeps its size (its level of detail). A malformed name is refused."""
+    import argparse
+
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from aspect_robustness import geometry_name, reshape
+
+    white = Image.new("RGB", (200, 150), (255, 255, 255))
+    inside = np.asarray(reshape(white, "field1.0"))[..., 0] > 0
+    assert inside.shape == (150, 200)
+    assert inside[75, 100] and inside[0, 100] and inside[149, 100]  # centre, middle of the top and bottom
+    assert not inside[0, 0] and not inside[149, 199] and not inside[75, 0] and not inside[75, 199]
+    assert inside.sum() < np.asarray(reshape(white, "field1.2"))[..., 0].astype(bool).sum() < inside.size
+    assert geometry_name("field0.85") == "field0.85" and geometry_name("natural") == "natural"
+    for bad in ("fieldx", "field0", "round"):
+        with pytest.raises(argparse.ArgumentTypeError, match="unknown geometry"):
+            geometry_name(bad)
+
+
 def test_adabn_check_sets_each_layer_to_the_new_images_statistics_after_the_layers_before_it():
     """scripts/adapt_check.py's AdaBN: at strength 1 every BatchNorm layer gets the mean and variance of its input
     on the new images, measured with the layers before it already adapted; the original model is left as it was;
