@@ -13,7 +13,7 @@ again per collection (`detail_robustness.collections`):
                 detail), square ones as stored: every image the way the 9-class split's are;
 * fieldD     -- black outside a centred circle of diameter D x the shorter side (session 25): the round field
                 of a dermoscope, which many collections keep and both shipped sources hardly have (two or more
-                dark corners on about 1% of the 9-class split's and 3% of HAM10000's images). field1.2 blackens
+                dark corners on about 2% of the 9-class split's and 3% of HAM10000's images). field1.2 blackens
                 the corners only, field1.0 is a field as wide as the shorter side (it touches the long sides),
                 field0.85 a tighter one that also cuts into large lesions.
 
@@ -23,6 +23,8 @@ scripts/detail_robustness.py) and the share referred. A model that does not use 
 share.
 
     .venv/bin/python scripts/aspect_robustness.py MODEL... [--geometries stored natural squashed field1.0]
+    .venv/bin/python scripts/aspect_robustness.py --dark-corners DATA... [--sample 1500]   (no model: the share of
+        a folder's images with two or more dark corners, i.e. a visible round field; session 25)
 """
 
 from __future__ import annotations
@@ -76,6 +78,21 @@ def geometry_name(text: str) -> str:
                                      "e.g. field1.0)")
 
 
+def dark_corners(image: Image.Image, size: float = 0.12, level: float = 40.0) -> int:
+    """How many of the 4 corner squares (side `size` x the shorter side, at least 4 px) have a mean grey level
+    (0-255) below `level`: 2 or more is the black surround of a round dermoscope field."""
+    grey = np.asarray(image.convert("L"), dtype=np.float32)
+    k = max(4, int(size * min(grey.shape)))
+    return sum(float(c.mean()) < level for c in (grey[:k, :k], grey[:k, -k:], grey[-k:, :k], grey[-k:, -k:]))
+
+
+def dark_corner_share(folder: Path, sample: int, seed: int = 0) -> tuple[int, float]:
+    """(images looked at, share with >= 2 dark corners) for a random sample of the folder's images."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))[:sample]]
+    return len(paths), float(np.mean([dark_corners(load_image(p)) >= 2 for p in paths])) if paths else float("nan")
+
+
 def scores(predictor: Predictor, rows: list[dict], geometry: str) -> dict[str, float]:
     y = np.array([r["label"] == "melanoma" for r in rows])
     predictions = [pr for i in range(0, len(rows), 64) for pr in predictor.predict(
@@ -90,9 +107,18 @@ def scores(predictor: Predictor, rows: list[dict], geometry: str) -> dict[str, f
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("models", nargs="*", type=Path)
     ap.add_argument("--geometries", nargs="+", default=["stored", "natural", "squashed"], type=geometry_name)
+    ap.add_argument("--dark-corners", nargs="+", type=Path, default=[], metavar="DATA")
+    ap.add_argument("--sample", type=int, default=1500, help="images per --dark-corners folder (random, seed 0)")
     args = ap.parse_args(argv)
+    if not args.models and not args.dark_corners:
+        ap.error("give MODEL folders, or --dark-corners DATA folders")
+    for folder in args.dark_corners:
+        n, share = dark_corner_share(folder, args.sample)
+        print(f"{str(folder):50s} {n:6d} images: {share:.1%} with two or more dark corners", flush=True)
+    if not args.models:
+        return 0
     print(f"{'model':32s} {'geometry':9s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
           f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
     for model in args.models:

@@ -259,6 +259,24 @@ def test_aspect_robustness_field_blackens_outside_the_dermoscope_circle_and_keep
             geometry_name(bad)
 
 
+def test_aspect_robustness_counts_dark_corners_of_a_round_field_in_a_folder(tmp_path):
+    """--dark-corners: a made round-field image (black outside a 1.0 circle) has 4 dark corners, a plain bright
+    image none; a folder of one each (plus a non-image file, ignored) is half round-field images."""
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from aspect_robustness import dark_corner_share, dark_corners, reshape
+
+    skin = Image.new("RGB", (200, 150), (200, 150, 120))
+    round_field = reshape(skin, "field1.0")
+    assert dark_corners(round_field) == 4 and dark_corners(skin) == 0
+    (tmp_path / "a").mkdir()
+    round_field.save(tmp_path / "a" / "round.png")
+    skin.save(tmp_path / "plain.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert dark_corner_share(tmp_path, sample=10) == (2, 0.5)
+
+
 def test_adabn_check_sets_each_layer_to_the_new_images_statistics_after_the_layers_before_it():
     """scripts/adapt_check.py's AdaBN: at strength 1 every BatchNorm layer gets the mean and variance of its input
     on the new images, measured with the layers before it already adapted; the original model is left as it was;
