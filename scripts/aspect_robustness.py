@@ -38,7 +38,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from detail_robustness import collections  # scripts/ is on sys.path when run as a script
-from melanoma.images import load_image
+from melanoma.images import is_image_file, load_image
 from melanoma.predict import Predictor
 
 
@@ -88,7 +88,7 @@ def dark_corners(image: Image.Image, size: float = 0.12, level: float = 40.0) ->
 
 def dark_corner_share(folder: Path, sample: int, seed: int = 0) -> tuple[int, float]:
     """(images looked at, share with >= 2 dark corners) for a random sample of the folder's images."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
     paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))[:sample]]
     return len(paths), float(np.mean([dark_corners(load_image(p)) >= 2 for p in paths])) if paths else float("nan")
 
