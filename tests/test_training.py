@@ -273,8 +273,14 @@ def test_ema_validates_and_ships_the_averaged_weights(tiny_isic, tmp_path):
 
 
 def test_swa_ships_the_average_of_the_last_epochs_with_recomputed_bn(tiny_isic, tmp_path):
-    result = train(tiny_config(tiny_isic, tmp_path / "swa", epochs=2, swa_epochs=1))
+    cfg = tiny_config(tiny_isic, tmp_path / "swa", epochs=3, swa_epochs=1, swa_lr=0.5)
+    result = train(cfg)
     run = Path(result["run"])
+    # --swa-lr: the cosine decay ends at the window's start, at half the peak, and the rate stays there
+    import csv
+    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
+    lrs = {int(r["step"]): float(r["lr-Adam"]) for r in rows if r.get("lr-Adam")}  # logged as each epoch starts
+    assert lrs[6] == pytest.approx(0.5 * cfg.lr) and lrs[3] > 0.5 * cfg.lr  # 3 steps per epoch
     swa = torch.load(run / "checkpoints" / "swa.ckpt", map_location="cpu", weights_only=True)["state_dict"]
     last = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     shipped = _network_weights(run)
@@ -285,6 +291,8 @@ def test_swa_ships_the_average_of_the_last_epochs_with_recomputed_bn(tiny_isic, 
     # the statistics were recomputed for the averaged weights, not carried over from the last step
     assert any(not torch.equal(shipped[k], last["state_dict"]["model." + k]) for k in bn_means)
     assert json.loads((run / "model.json").read_text())["training"]["swa_epochs"] == 1
+    with pytest.raises(ConfigError, match="--swa-lr needs --swa-epochs"):
+        tiny_config(tiny_isic, tmp_path / "bad", swa_lr=0.5).validate()
 
 
 def test_holdout_source_trains_on_the_others_and_validates_on_it(tiny_isic, ham_dir, tmp_path):

@@ -294,6 +294,9 @@ TRAIN_NUMBERS = [
      "checkpointed and shipped"),
     ("--swa-epochs", POSITIVE_INT, "stochastic weight averaging over the last N epochs (BN statistics recomputed); "
      "the average is shipped"),
+    ("--swa-lr", _number(float, 0.0, 1.0, low_open=True),
+     "with --swa-epochs: hold the learning rate at this fraction of the peak over the averaging window (the cosine "
+     "decay ends there at it, as published SWA); default: the cosine decay runs on through the window"),
     ("--holdout-max-images", _number(int, 10), "at most this many images of --holdout-source validate"),
 ]
 TRAIN_TEXTS = [

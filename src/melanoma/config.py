@@ -66,6 +66,8 @@ class TrainConfig:
     channels_last: bool = True            # NHWC memory format (faster convolutions on AVX-512/AMX CPUs and GPUs)
     ema: float | None = None              # EMA of weights with this decay (e.g. 0.999); validated and shipped
     swa_epochs: int | None = None         # SWA: equal average over the last N epochs, BN statistics recomputed
+    swa_lr: float | None = None           # with swa_epochs: the lr held over the window, a fraction of the peak
+                                          # (None: the cosine decay runs on through the window)
     holdout_source: str | None = None     # leave this source out: train on the others, validate on it
     val_sources: str = "primary"          # primary | all: also validate on a share of every --extra-data source
     holdout_max_images: int = 2000        # at most this many held-out images validate (stratified, group-aware)
@@ -120,6 +122,8 @@ class TrainConfig:
             (self.swa_epochs is None or 1 <= self.swa_epochs <= self.epochs,
              f"SWA epochs must be between 1 and epochs ({self.epochs}), got {self.swa_epochs}"),
             (self.ema is None or self.swa_epochs is None, "choose one weight average: --ema or --swa-epochs"),
+            (self.swa_lr is None or bool(self.swa_epochs), "--swa-lr needs --swa-epochs"),
+            (self.swa_lr is None or 0.0 < self.swa_lr <= 1.0, f"SWA lr must be in (0, 1], got {self.swa_lr}"),
             (self.holdout_source is None or not self.folds, "--holdout-source and --folds exclude each other"),
             (not self.fold_ensemble or bool(self.folds), "--fold-ensemble needs --folds"),
             (self.val_sources in ("primary", "all"), f"unknown val sources {self.val_sources!r} (primary or all)"),

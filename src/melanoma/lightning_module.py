@@ -21,7 +21,8 @@ class LesionClassifier(L.LightningModule):
                  label_smoothing: float = 0.1, class_weights: list[float] | None = None,
                  pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224,
                  channels_last: bool = False, backbone_lr_scale: float = 1.0,
-                 coarse_groups: list[list[int]] | None = None, mixup: float = 0.0):
+                 coarse_groups: list[list[int]] | None = None, mixup: float = 0.0,
+                 lr_floor: float = 0.01, decay_fraction: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(architecture, num_classes=num_classes, pretrained=pretrained, weights=weights,
@@ -135,11 +136,15 @@ class LesionClassifier(L.LightningModule):
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = max(1, int(total * hp.warmup_fraction))
 
-        def factor(step: int) -> float:  # linear warm-up, then cosine decay to 1% of the peak
+        # constant SWA learning rate: the decay ends early (decay_fraction of the steps) at lr_floor, held after
+        end = max(warmup, int(total * hp.decay_fraction))
+        floor = hp.lr_floor
+
+        def factor(step: int) -> float:  # linear warm-up, then cosine decay to lr_floor (default 1% of the peak)
             if step < warmup:
                 return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+            progress = min(1.0, (step - warmup) / max(1, end - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)  # the same factor scales every group's lr
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

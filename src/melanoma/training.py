@@ -180,7 +180,14 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
         warmup_fraction=min(0.5, cfg.warmup_epochs / cfg.epochs), label_smoothing=cfg.label_smoothing,
         class_weights=weights, pretrained=cfg.pretrained, weights=cfg.weights, seed=cfg.seed,
         image_size=cfg.image_size, channels_last=cfg.channels_last, backbone_lr_scale=cfg.backbone_lr_scale,
-        coarse_groups=coarse_groups or None, mixup=cfg.mixup)
+        coarse_groups=coarse_groups or None, mixup=cfg.mixup, **_swa_schedule(cfg))
+
+
+def _swa_schedule(cfg: TrainConfig) -> dict:
+    """--swa-lr: the cosine decay ends where the SWA window starts, at that fraction of the peak, held after."""
+    if cfg.swa_lr is None:
+        return {}
+    return {"lr_floor": cfg.swa_lr, "decay_fraction": (cfg.epochs - cfg.swa_epochs) / cfg.epochs}
 
 
 def fit_split(cfg, run: Path, table, images, pre, train_idx, val_idx, callbacks=()) -> dict | None:
