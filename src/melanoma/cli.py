@@ -282,6 +282,9 @@ TRAIN_NUMBERS = [
     ("--mixup", _number(float, 0.0),
      "mixup (Zhang et al. 2018): train on pairs of images blended with a Beta(ALPHA, ALPHA) weight, the loss blended "
      "alike (0: off; 0.2 is the usual ImageNet value)"),
+    ("--mixstyle", _number(float, 0.0, 1.0),
+     "MixStyle (Zhou et al. 2021): with this probability per batch, blend each image's early feature statistics "
+     "with another image's, so the camera's and clinic's style stops being a cue (0: off; 0.5 as published)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
     ("--target-sensitivity", PROBABILITY,

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.classification import BinaryAUROC, MulticlassAccuracy
 
+from melanoma.mixstyle import attach_mixstyle
 from melanoma.models import create_model
 
 
@@ -22,13 +23,15 @@ class LesionClassifier(L.LightningModule):
                  pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224,
                  channels_last: bool = False, backbone_lr_scale: float = 1.0,
                  coarse_groups: list[list[int]] | None = None, mixup: float = 0.0,
-                 lr_floor: float = 0.01, decay_fraction: float = 1.0):
+                 lr_floor: float = 0.01, decay_fraction: float = 1.0, mixstyle: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         self.model = create_model(architecture, num_classes=num_classes, pretrained=pretrained, weights=weights,
                                   image_size=image_size)
         if channels_last:  # NHWC: oneDNN/cuDNN convolutions without layout conversions (measured in bench/)
             self.model = self.model.to(memory_format=torch.channels_last)
+        if mixstyle > 0:  # training-time forward hooks; the state dict and eval mode are unchanged
+            attach_mixstyle(self.model, mixstyle)
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
         # target t >= num_classes means "one of the classes coarse_groups[t - num_classes]" (sources.py)
