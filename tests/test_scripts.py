@@ -329,3 +329,23 @@ def test_adabn_check_draws_training_images_class_balanced_or_natural_never_valid
     assert set(per_class.values()) == {2}
     natural = training_sample(run, 43, balanced=False)  # 45 images, 2 validate: all 43 others, each once
     assert len(set(natural)) == 43 and not set(natural) & set(validation)
+
+
+def test_wise_ft_blends_the_backbone_towards_the_pretrained_weights_and_keeps_the_head():
+    """scripts/wise_ft.py: alpha x fine-tuned + (1 - alpha) x pretrained for the backbone's float tensors (weights
+    and batch-norm statistics); the classifier head and integer buffers stay as trained; alpha 1 is the run."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from wise_ft import interpolated
+
+    fine = {"conv.weight": torch.full((2,), 4.0), "bn.running_var": torch.full((2,), 2.0),
+            "bn.num_batches_tracked": torch.tensor(7), "classifier.weight": torch.full((2,), 9.0),
+            "classifier_extra.weight": torch.full((2,), 3.0)}
+    pre = {"conv.weight": torch.zeros(2), "bn.running_var": torch.ones(2), "bn.num_batches_tracked": torch.tensor(0),
+           "classifier.weight": torch.zeros(2), "classifier_extra.weight": torch.zeros(2)}
+    blended = interpolated(fine, pre, "classifier", 0.75)
+    assert blended["conv.weight"].tolist() == [3.0, 3.0] and blended["bn.running_var"].tolist() == [1.75, 1.75]
+    assert int(blended["bn.num_batches_tracked"]) == 7 and blended["classifier.weight"].tolist() == [9.0, 9.0]
+    assert blended["classifier_extra.weight"].tolist() == [2.25, 2.25]  # a name that only starts like the head
+    assert all(torch.equal(interpolated(fine, pre, "classifier", 1.0)[k], v) for k, v in fine.items())
