@@ -39,7 +39,7 @@ def mixstyle_layers(model: nn.Module) -> list[str]:
     info = getattr(model, "feature_info", None)
     names = [entry["module"] for entry in (info or [])][STAGES]
     if len(names) < 3:
-        raise ConfigError(f"--mixstyle needs a timm model that lists its stages (feature_info); "
+        raise ConfigError("--mixstyle needs a timm model that lists its stages (feature_info); "
                           f"{type(model).__name__} does not")
     return names
 
