@@ -44,6 +44,7 @@ def test_train_one_epoch_writes_a_usable_model(tiny_isic, tmp_path, model, size)
     net, meta = load_model(run)
     assert meta["architecture"] == model and len(meta["class_names"]) == 9
     assert meta["preprocessing"]["input_size"] == size
+    assert meta["preprocessing"]["color_constancy"] == "shades_of_gray"  # the default: other clinics' colour casts
     assert 0.0 <= meta["thresholds"]["melanoma_alert"] <= 1.0 and meta["temperature"] > 0
     assert meta["model_card"]["intended_use"].startswith("Decision support")
     assert 0.0 <= result["balanced_accuracy"] <= 1.0

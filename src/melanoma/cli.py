@@ -363,7 +363,8 @@ def _add_train(sub) -> None:
                         "--extra-data gives the same image or lesion decides)")
     p.add_argument("--color-constancy", choices=["none", "shades_of_gray"],
                    help="colour normalisation before the network, stored in model.json and applied on every path "
-                        "(default: none; shades_of_gray evens out clinic / device colour casts)")
+                        "(default: shades_of_gray, which evens out clinic / device colour casts; without it a source "
+                        "the model never saw lost 0.1-0.2 melanoma AUC, docs/results.md session 27)")
     p.add_argument("--detail-size", type=POSITIVE_INT, metavar="PX",
                    help="reduce every larger image to this shorter side first, on every path (stored in model.json), "
                         "so sharper sources do not look different from the lowest-resolution one (e.g. 150 for "
