@@ -45,16 +45,15 @@ def check(run: Path, alphas: list[float], bn_images: int) -> None:
     conflicts = json.loads((run / "heldout-eval" / "metrics.json").read_text())["label_conflicts"]["images"]
     sets = {"in-source": scored_images(predictor, run / "val_predictions.csv", "mel"),
             "held-out": scored_images(predictor, run / "heldout-eval" / "predictions.csv", "melanoma", conflicts)}
-    statistics = None
+    bn_batch = None  # training images the batch-norm statistics are re-estimated on (--bn-images)
     if bn_images:
-        statistics = torch.stack([torch.from_numpy(predictor.model_input(path))
-                                  for path in training_sample(run, bn_images, balanced=False)])
+        bn_batch = torch.stack([torch.from_numpy(predictor.model_input(path))
+                                for path in training_sample(run, bn_images, balanced=False)])
     for alpha in alphas:
         net.load_state_dict(interpolated(fine_tuned, pretrained, _classifier_prefix(net), alpha))
-        model = adapt(net, statistics, 1.0) if statistics is not None else net
+        model = net if bn_batch is None else adapt(net, bn_batch, 1.0)
         aucs = [roc_auc_score(is_mel, melanoma_probability(model, x, predictor)) for x, is_mel in sets.values()]
-        print(f"{run},{alpha},{len(statistics) if statistics is not None else 0},{aucs[0]:.4f},{aucs[1]:.4f}",
-              flush=True)
+        print(f"{run},{alpha},{bn_images},{aucs[0]:.4f},{aucs[1]:.4f}", flush=True)
 
 
 def main() -> None:

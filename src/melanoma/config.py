@@ -33,8 +33,8 @@ class TrainConfig:
     weights: str | None = None            # local state dict / safetensors to start from
     epochs: int = 12
     image_size: int | None = None         # None: the model's default input size
-    color_constancy: str = "shades_of_gray"  # | none; applied on every path, stored in model.json. Without it the
-                                          # never-seen source of the leave-one-source-out proxy lost 0.1-0.2 AUC
+    color_constancy: str = "shades_of_gray"  # or none; applied on every path, stored in model.json. Without it
+                                          # the leave-one-source-out proxy's unseen source lost 0.1-0.2 AUC
     detail_size: int | None = None        # larger images are first reduced to this shorter side (px), on every
                                           # path, so every source shows one level of detail (None: off)
     augmentation: str = "standard"        # standard | strong (wider colour jitter + blur + JPEG: for new sources)
