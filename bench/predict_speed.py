@@ -69,11 +69,12 @@ def input_path(pre: dict, paths: list[str], runs: int) -> None:
     for label, path in (("9-class 180x180 JPEG", paths[0]), ("HAM10000 200x150 JPEG", paths[-1])):
         decoded = images.load_image(path)
         resized = images.resize_shorter_side(decoded, int(pre["resize"]))
-        constant = images.shades_of_gray(resized) if pre.get("color_constancy") == "shades_of_gray" else resized
+        method = pre.get("color_constancy") or "none"
+        constant = images.apply_color_constancy(resized, method)
         stages = [statistics.median(_ms(fn, runs)) for fn in (
             lambda: images.load_image(path),
             lambda: images.resize_shorter_side(decoded, int(pre["resize"])),
-            lambda: images.shades_of_gray(resized),
+            lambda: images.apply_color_constancy(resized, method),
             lambda: images.normalise(images.center_crop(np.asarray(constant), int(pre["input_size"])), pre))]
         print(f"{label:<22}" + "".join(f"{v:>8.2f}" for v in stages[:3]) + f"{stages[3]:>11.2f}{sum(stages):>8.2f}")
         assert isinstance(decoded, Image.Image)

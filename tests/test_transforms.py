@@ -7,6 +7,7 @@ from PIL import Image
 
 from melanoma.config import TrainConfig
 from melanoma.errors import ConfigError
+from melanoma.images import apply_color_constancy
 from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomRot90, augmentation_ops, eval_transform,
                                  invert_tta_views, prepare_image, shades_of_gray, train_transform, tta_views)
 
@@ -126,10 +127,10 @@ def test_unknown_interpolation_is_config_error():
         eval_transform({**PRE, "interpolation": "lanczos3"})
 
 
-def _lesion_like(cast=(1.0, 1.0, 1.0)) -> Image.Image:
+def _lesion_like(cast=(1.0, 1.0, 1.0), radius: int = 25) -> Image.Image:
     """Skin-toned background with a darker blob, under an illuminant `cast` (per-channel gain)."""
     yy, xx = np.mgrid[:90, :120]
-    blob = ((yy - 45) ** 2 + (xx - 60) ** 2 < 25 ** 2)[..., None]
+    blob = ((yy - 45) ** 2 + (xx - 60) ** 2 < radius ** 2)[..., None]
     base = np.where(blob, [90.0, 60.0, 50.0], [200.0, 160.0, 140.0])
     return Image.fromarray(np.clip(base * np.asarray(cast), 0, 255).astype(np.uint8))
 
@@ -139,12 +140,24 @@ def _chromaticity(image) -> np.ndarray:
     return x / x.sum(axis=-1, keepdims=True)  # colour without brightness (the method keeps overall intensity)
 
 
-def test_shades_of_gray_removes_a_colour_cast():
-    plain = _chromaticity(shades_of_gray(_lesion_like()))
+@pytest.mark.parametrize("method", ["shades_of_gray", "grey_world"])
+def test_color_constancy_removes_a_colour_cast(method):
+    plain = _chromaticity(apply_color_constancy(_lesion_like(), method))
     for cast in [(1.0, 0.8, 0.6), (0.7, 0.9, 1.0)]:  # a warm and a cold light source
-        corrected = _chromaticity(shades_of_gray(_lesion_like(cast)))
+        corrected = _chromaticity(apply_color_constancy(_lesion_like(cast), method))
         assert np.abs(corrected - plain).max() < 0.01  # same colours whatever the light
         assert np.abs(_chromaticity(_lesion_like(cast)) - _chromaticity(_lesion_like())).mean() > 0.03
+
+
+def test_grey_world_lets_the_lesion_move_the_skin_colour_more_than_shades_of_gray():
+    """Why Shades of Gray is the default: its 6-norm estimate is dominated by the bright skin, the plain mean of grey
+    world also by the dark brown lesion, so a larger lesion shifts the corrected skin colour more."""
+    def skin_shift(method):
+        small, large = (_chromaticity(apply_color_constancy(_lesion_like(radius=r), method))[0, 0] for r in (10, 40))
+        return np.abs(small - large).max()
+    assert shades_of_gray(_lesion_like()).size == (120, 90)
+    assert skin_shift("grey_world") > 2 * skin_shift("shades_of_gray") > 0
+    assert np.array_equal(np.asarray(apply_color_constancy(_lesion_like(), "none")), np.asarray(_lesion_like()))
 
 
 def test_prepare_image_resizes_then_applies_the_named_constancy(pil_image):
@@ -152,8 +165,8 @@ def test_prepare_image_resizes_then_applies_the_named_constancy(pil_image):
     assert prepare_image(pil_image, {**PRE, "color_constancy": "shades_of_gray"}).size == (97, 73)
     assert np.array_equal(np.asarray(prepare_image(pil_image, {**PRE, "color_constancy": "none"})),
                           np.asarray(prepare_image(pil_image, PRE)))
-    with pytest.raises(ConfigError, match="colour constancy 'grey-world'"):
-        prepare_image(pil_image, {**PRE, "color_constancy": "grey-world"})
+    with pytest.raises(ConfigError, match="colour constancy 'max-rgb'"):
+        prepare_image(pil_image, {**PRE, "color_constancy": "max-rgb"})
 
 
 def _fine_stripes(shorter_side: int) -> Image.Image:

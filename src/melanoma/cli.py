@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 
 from melanoma import __version__
-from melanoma.config import AUGMENTATION_LEVELS, IMBALANCE_MODES, PRIOR_CORRECTIONS, TrainConfig
+from melanoma.config import AUGMENTATION_LEVELS, COLOR_CONSTANCY, IMBALANCE_MODES, PRIOR_CORRECTIONS, TrainConfig
 from melanoma.errors import DataError, MelanomaError
 
 SHARED_TRAIN = "../shared/data/isic-9class/Train"
@@ -361,7 +361,7 @@ def _add_train(sub) -> None:
     p.add_argument("--conflict-policy", choices=["drop", "keep", "first", "reference"],
                    help="images filed under two classes: drop (default), keep, first, or reference (the label "
                         "--extra-data gives the same image or lesion decides)")
-    p.add_argument("--color-constancy", choices=["none", "shades_of_gray"],
+    p.add_argument("--color-constancy", choices=COLOR_CONSTANCY,
                    help="colour normalisation before the network, stored in model.json and applied on every path "
                         "(default: shades_of_gray, which evens out clinic / device colour casts; without it a source "
                         "the model never saw lost 0.1-0.2 melanoma AUC, docs/results.md session 27)")

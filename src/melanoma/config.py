@@ -19,6 +19,10 @@ PRIOR_CORRECTIONS = ("training-mix", "none", "auto")  # auto: what the model's i
 # every source equally often within a class; weighted-loss: inverse-frequency loss weights; none: the natural mix
 IMBALANCE_MODES = ("sampler", "source-balanced", "weighted-loss", "none")
 NATURAL_MIX_MODES = ("none", "source-balanced")  # trained at the sources' class mix: no prior correction to apply
+# colour normalisation before the network (melanoma.images.color_constancy); here so the CLI needs no numpy import.
+# shades_of_gray: illuminant = the Minkowski 6-norm mean of each channel (bright skin dominates the estimate);
+# grey_world: the plain mean (p = 1: the dark lesion pulls the estimate too)
+COLOR_CONSTANCY = ("none", "shades_of_gray", "grey_world")
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 
@@ -33,7 +37,7 @@ class TrainConfig:
     weights: str | None = None            # local state dict / safetensors to start from
     epochs: int = 12
     image_size: int | None = None         # None: the model's default input size
-    color_constancy: str = "shades_of_gray"  # or none; applied on every path, stored in model.json. Without it
+    color_constancy: str = "shades_of_gray"  # or grey_world / none; applied on every path, stored in model.json. Without it
                                           # the leave-one-source-out proxy's unseen source lost 0.1-0.2 AUC
     detail_size: int | None = None        # larger images are first reduced to this shorter side (px), on every
                                           # path, so every source shows one level of detail (None: off)
@@ -103,8 +107,8 @@ class TrainConfig:
              f"unknown conflict policy {self.conflict_policy!r}"),
             (self.conflict_policy != "reference" or bool(self.extra_data),
              "conflict policy 'reference' needs --extra-data, whose labels settle the conflicts"),
-            (self.color_constancy in ("none", "shades_of_gray"),
-             f"unknown colour constancy {self.color_constancy!r} (none or shades_of_gray)"),
+            (self.color_constancy in COLOR_CONSTANCY,
+             f"unknown colour constancy {self.color_constancy!r} (use {' or '.join(COLOR_CONSTANCY)})"),
             (self.detail_size is None or self.detail_size >= 16,
              f"detail size must be at least 16 px, got {self.detail_size}"),
             (self.augmentation in AUGMENTATION_LEVELS,

@@ -25,6 +25,7 @@ import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from melanoma.config import COLOR_CONSTANCY
 from melanoma.errors import ConfigError, ImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # what the service accepts too
@@ -201,7 +202,9 @@ def phashes_as_uint64(entries) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------ eval preprocessing
-COLOR_CONSTANCY = ("none", "shades_of_gray")
+# the Minkowski power of each colour-constancy method's illuminant estimate (Finlayson & Trezzi 2004: grey world is
+# p = 1, Shades of Gray p = 6 as Barata et al. 2015 chose for dermoscopy, max-RGB the limit p -> infinity)
+ILLUMINANT_POWER = {"shades_of_gray": 6, "grey_world": 1}
 
 
 def resize_shorter_side(image: Image.Image, shorter_side: int) -> Image.Image:
@@ -224,6 +227,7 @@ def shades_of_gray(image: Image.Image, power: int = 6) -> Image.Image:
     """Shades-of-Gray colour constancy (Finlayson & Trezzi 2004; Barata et al. 2015 for dermoscopy): estimate the
     illuminant per channel as the Minkowski p-norm mean of the pixels, then scale each channel so that illuminant
     becomes neutral grey. Removes much of the colour cast that differs between clinics, devices and light sources.
+    power=1 is grey world. The illuminant's brightness is kept (only its colour is removed).
     PIL RGB in, PIL RGB out (uint8, clipped)."""
     x = np.asarray(image, dtype=np.float32) / 255.0
     illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)  # per channel, in [0, 1]
@@ -249,7 +253,12 @@ def prepare_image(image: Image.Image, pre: dict) -> Image.Image:
     if detail and min(image.size) > int(detail):
         image = resize_shorter_side(image, int(detail))  # same level of detail as the lowest-resolution source
     image = resize_shorter_side(image, int(pre.get("resize", pre["input_size"])))
-    return shades_of_gray(image) if method == "shades_of_gray" else image
+    return apply_color_constancy(image, method)
+
+
+def apply_color_constancy(image: Image.Image, method: str) -> Image.Image:
+    """The colour constancy `method` (one of COLOR_CONSTANCY) applied to a PIL RGB image; "none" returns it as is."""
+    return image if method == "none" else shades_of_gray(image, ILLUMINANT_POWER[method])
 
 
 def center_crop(pixels: np.ndarray, size: int) -> np.ndarray:

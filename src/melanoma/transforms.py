@@ -20,7 +20,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from melanoma.config import AUGMENTATION_LEVELS
 from melanoma.errors import ConfigError
 # The deterministic PIL stage lives with the torch-free inference preprocessing (images.py); re-exported here.
-from melanoma.images import COLOR_CONSTANCY, prepare_image, resize_shorter_side, shades_of_gray  # noqa: F401
+from melanoma.images import prepare_image, resize_shorter_side, shades_of_gray  # noqa: F401
 
 
 class RandomRot90(v2.Transform):
