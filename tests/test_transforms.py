@@ -87,6 +87,17 @@ def test_resolution_augmentation_keeps_the_size_and_loses_detail(as_tensor):
     TrainConfig(data="x", augmentation="resolution").validate()
 
 
+def test_geometric_augmentation_leaves_the_colours_alone():
+    kinds = lambda level: {type(op).__name__ for op in augmentation_ops(64, level=level)}  # noqa: E731
+    assert kinds("standard") - kinds("geometric") == {"ColorJitter"}
+    flat = Image.new("RGB", (90, 90), (180, 120, 100))  # one colour: any geometric view keeps it everywhere
+    torch.manual_seed(0)
+    views = [train_transform({**PRE, "mean": [0.0] * 3, "std": [1.0] * 3}, "geometric")(flat) for _ in range(6)]
+    centre = torch.stack([v[:, 24:40, 24:40] for v in views])  # affine fill (black) stays in the corners
+    assert torch.allclose(centre, torch.tensor([180, 120, 100]).view(1, 3, 1, 1) / 255.0, atol=1 / 255)
+    TrainConfig(data="x", augmentation="geometric").validate()
+
+
 def test_unknown_augmentation_level_is_config_error():
     with pytest.raises(ConfigError, match="augmentation level 'heavy'"):
         train_transform(PRE, "heavy")

@@ -84,7 +84,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     differ between clinics (light source, optics and focus, camera compression). Measured on a source the model
     never saw (scripts/transfer_check.sh strong) it LOST 0.04 melanoma AUC: kept as an option, not the default.
     level "resolution" is "standard" with half the draws first shrunk to 40-100% of their size and enlarged back
-    (RandomDetailLoss), so that the level of detail stops being a cue for the class."""
+    (RandomDetailLoss), so that the level of detail stops being a cue for the class. level "geometric" is "standard"
+    without the colour jitter: crops, flips, rotations and affine only (colour is left to the colour constancy)."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     strong = level == "strong"
@@ -99,9 +100,10 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
         # small affine jitter; fill=0 (black) matches the dark vignette corners of dermoscopy images
         v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.9, 1.1),
                         interpolation=InterpolationMode.BILINEAR),
-        v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05) if strong
-        else v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02),
     ]
+    if level != "geometric":
+        ops.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05) if strong
+                   else v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
     if strong:
         ops += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.25),  # sigma in output pixels
                 v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3)]  # uint8 tensors only: keep before ToDtype
