@@ -19,7 +19,7 @@ PRIOR_CORRECTIONS = ("training-mix", "none", "auto")  # auto: what the model's i
 # every source equally often within a class; weighted-loss: inverse-frequency loss weights; none: the natural mix
 IMBALANCE_MODES = ("sampler", "source-balanced", "weighted-loss", "none")
 NATURAL_MIX_MODES = ("none", "source-balanced")  # trained at the sources' class mix: no prior correction to apply
-# colour normalisation before the network (melanoma.images.color_constancy); here so the CLI needs no numpy import.
+# colour normalisation before the network (images.apply_color_constancy); here so the CLI needs no numpy import
 # shades_of_gray: illuminant = the Minkowski 6-norm mean of each channel (bright skin dominates the estimate);
 # grey_world: the plain mean (p = 1: the dark lesion pulls the estimate too)
 COLOR_CONSTANCY = ("none", "shades_of_gray", "grey_world")
@@ -37,8 +37,9 @@ class TrainConfig:
     weights: str | None = None            # local state dict / safetensors to start from
     epochs: int = 12
     image_size: int | None = None         # None: the model's default input size
-    color_constancy: str = "shades_of_gray"  # or grey_world / none; applied on every path, stored in model.json. Without it
-                                          # the leave-one-source-out proxy's unseen source lost 0.1-0.2 AUC
+    color_constancy: str = "shades_of_gray"  # or grey_world / none (COLOR_CONSTANCY); applied on every path,
+                                          # stored in model.json. Without it the leave-one-source-out proxy's
+                                          # unseen source lost 0.1-0.2 AUC
     detail_size: int | None = None        # larger images are first reduced to this shorter side (px), on every
                                           # path, so every source shows one level of detail (None: off)
     augmentation: str = "standard"        # standard | strong (wider colour jitter + blur + JPEG: for new sources)
