@@ -69,7 +69,7 @@ def input_path(pre: dict, paths: list[str], runs: int) -> None:
     for label, path in (("9-class 180x180 JPEG", paths[0]), ("HAM10000 200x150 JPEG", paths[-1])):
         decoded = images.load_image(path)
         resized = images.resize_shorter_side(decoded, int(pre["resize"]))
-        method = pre.get("color_constancy") or "none"
+        method = pre.get("color_constancy")
         constant = images.apply_color_constancy(resized, method)
         stages = [statistics.median(_ms(fn, runs)) for fn in (
             lambda: images.load_image(path),

@@ -246,18 +246,19 @@ def prepare_image(image: Image.Image, pre: dict) -> Image.Image:
     clinic cameras megapixels). Resized straight to `resize`, a sharp source and an upsampled low-resolution one
     differ in fine detail, a cue a network learns and that says nothing about the lesion. Reduced to the lowest
     source's shorter side first, every image carries the same detail (measured in docs/results.md, session 10)."""
-    method = pre.get("color_constancy") or "none"
-    if method not in COLOR_CONSTANCY:
-        raise ConfigError(f"unknown colour constancy {method!r} in preprocessing (use {' or '.join(COLOR_CONSTANCY)})")
     detail = pre.get("detail_size")
     if detail and min(image.size) > int(detail):
         image = resize_shorter_side(image, int(detail))  # same level of detail as the lowest-resolution source
     image = resize_shorter_side(image, int(pre.get("resize", pre["input_size"])))
-    return apply_color_constancy(image, method)
+    return apply_color_constancy(image, pre.get("color_constancy"))
 
 
-def apply_color_constancy(image: Image.Image, method: str) -> Image.Image:
-    """The colour constancy `method` (one of COLOR_CONSTANCY) applied to a PIL RGB image; "none" returns it as is."""
+def apply_color_constancy(image: Image.Image, method: str | None) -> Image.Image:
+    """The colour constancy `method` (one of COLOR_CONSTANCY; None as "none", which returns the image as is) applied
+    to a PIL RGB image. ConfigError for a name this version does not know (a model.json from a newer one)."""
+    method = method or "none"
+    if method not in COLOR_CONSTANCY:
+        raise ConfigError(f"unknown colour constancy {method!r} in preprocessing (use {' or '.join(COLOR_CONSTANCY)})")
     return image if method == "none" else shades_of_gray(image, ILLUMINANT_POWER[method])
 
 
