@@ -98,6 +98,24 @@ def test_geometric_augmentation_leaves_the_colours_alone():
     TrainConfig(data="x", augmentation="geometric").validate()
 
 
+def test_erasing_blanks_one_rectangle_in_about_half_the_views():
+    flat = Image.new("RGB", (90, 90), (180, 120, 100))
+    transform = train_transform(PRE, "erasing")  # mean = std = 0.5: no uint8 colour normalises to exactly 0
+    torch.manual_seed(0)
+    areas = []
+    for _ in range(40):
+        erased = (transform(flat) == 0).all(dim=0)  # erasing writes 0 to every channel, after the normalisation
+        rows, cols = erased.any(dim=1).nonzero(), erased.any(dim=0).nonzero()
+        if erased.any():  # one filled rectangle: its bounding box is all erased
+            box = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+            assert int(erased.sum()) == int(box)
+        areas.append(float(erased.float().mean()))
+    hit = [a for a in areas if a > 0]
+    assert 10 <= len(hit) <= 30
+    assert all(0.015 <= a <= 0.26 for a in hit)
+    TrainConfig(data="x", augmentation="erasing").validate()
+
+
 def test_unknown_augmentation_level_is_config_error():
     with pytest.raises(ConfigError, match="augmentation level 'heavy'"):
         train_transform(PRE, "heavy")

@@ -119,9 +119,16 @@ def _to_normalized(pre: dict) -> list:
 def train_transform(pre: dict, level: str = "standard") -> v2.Compose:
     """Random training view: crop-resize to pre["input_size"], flips, 90-degree rotations, small affine,
     colour jitter (level "strong": also blur and JPEG), then float32 normalisation. Input: PIL image or uint8
-    CHW tensor; output float32 (3, S, S)."""
+    CHW tensor; output float32 (3, S, S).
+
+    level "erasing" is "standard" followed by random erasing (Zhong et al. 2020; Cutout): half the draws lose one
+    rectangle of 2-25% of the view, filled with 0 after normalisation, i.e. the dataset mean colour, as the
+    torchvision classification references place it. A network that cannot rely on any one region of the lesion
+    may lean less on one source's local cues. It follows the normalisation, so `melanoma augment` never uses it."""
     size = int(pre["input_size"])
-    return v2.Compose([v2.ToImage(), *augmentation_ops(size, _interpolation(pre), level), *_to_normalized(pre)])
+    ops = augmentation_ops(size, _interpolation(pre), "standard" if level == "erasing" else level)
+    erasing = [v2.RandomErasing(p=0.5, scale=(0.02, 0.25), value=0)] if level == "erasing" else []
+    return v2.Compose([v2.ToImage(), *ops, *_to_normalized(pre), *erasing])
 
 
 def eval_transform(pre: dict) -> v2.Compose:
