@@ -93,6 +93,28 @@ def test_lite2_trains_offline_and_predicts(tiny_isic, tmp_path):
     assert result.probs.shape == (3, 9) and not result.errors
 
 
+def test_drop_path_skips_blocks_in_training_only_and_leaves_the_state_dict_alone():
+    from melanoma.config import TrainConfig
+    from melanoma.errors import ConfigError
+    from melanoma.lightning_module import LesionClassifier
+
+    torch.manual_seed(0)
+    model = create_model("efficientnet_lite0", 9, drop_rate=0.0, drop_path_rate=0.5)  # head dropout off
+    plain = create_model("efficientnet_lite0", 9, drop_rate=0.0)
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+    assert not torch.allclose(model(x), model(x))  # a different set of blocks skipped on each pass
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    module = LesionClassifier("efficientnet_lite0", 9, 0, lr=1e-3, weight_decay=0.0, image_size=64, drop_path=0.2)
+    assert module.hparams.drop_path == 0.2
+    with pytest.raises(ModelError, match="seed-cnn has no residual blocks"):
+        create_model("seed-cnn", 9, image_size=64, drop_path_rate=0.2)
+    with pytest.raises(ConfigError, match="drop-path rate"):
+        TrainConfig(data="d", drop_path=1.0).validate()
+
+
 def test_unknown_model_lists_registry_names():
     with pytest.raises(ModelError, match="seed-cnn.*efficientnet_lite0|efficientnet_lite0.*seed-cnn") as info:
         create_model("no-such-net", num_classes=3)

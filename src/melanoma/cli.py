@@ -285,6 +285,9 @@ TRAIN_NUMBERS = [
     ("--mixstyle", _number(float, 0.0, 1.0),
      "MixStyle (Zhou et al. 2021): with this probability per batch, blend each image's early feature statistics "
      "with another image's, so the camera's and clinic's style stops being a cue (0: off; 0.5 as published)"),
+    ("--drop-path", _number(float, 0.0, 1.0, high_open=True),
+     "stochastic depth (Huang et al. 2016): in training, skip each residual block with a probability rising to RATE "
+     "at the deepest (timm's drop_path_rate; 0: off; 0.2 as EfficientNet's ImageNet training)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
     ("--target-sensitivity", PROBABILITY,

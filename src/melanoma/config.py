@@ -54,6 +54,8 @@ class TrainConfig:
     mixup: float = 0.0                    # mixup's Beta(alpha, alpha) for the mixing weight (0: off; 0.2 as ImageNet)
     mixstyle: float = 0.0                 # MixStyle (melanoma.mixstyle): probability per early stage and batch of
                                           # blending image styles (0: off; 0.5 as published)
+    drop_path: float = 0.0                # stochastic depth: the deepest residual block is skipped with this
+                                          # probability in training, shallower ones less (timm's linear rule; 0: off)
     freeze_bn: bool = False               # backbone batch norm keeps its ImageNet statistics (eval mode) all run
     backbone_lr_scale: float = 1.0        # the pretrained backbone learns at lr * this (the new head at lr): < 1
                                           # keeps more of the ImageNet features
@@ -126,6 +128,7 @@ class TrainConfig:
              f"{self.linear_probe_epochs}"),
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
+            (0.0 <= self.drop_path < 1.0, f"drop-path rate must be in [0, 1), got {self.drop_path}"),
             (0.0 <= self.mixstyle <= 1.0, f"MixStyle probability must be in [0, 1], got {self.mixstyle}"),
             (not (self.mixstyle and self.swa_epochs),
              "--mixstyle and --swa-epochs: SWA's batch-norm recompute would see mixed styles; choose one"),

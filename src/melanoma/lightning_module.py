@@ -23,11 +23,13 @@ class LesionClassifier(L.LightningModule):
                  pretrained: bool = False, weights: str | None = None, seed: int = 0, image_size: int = 224,
                  channels_last: bool = False, backbone_lr_scale: float = 1.0,
                  coarse_groups: list[list[int]] | None = None, mixup: float = 0.0,
-                 lr_floor: float = 0.01, decay_fraction: float = 1.0, mixstyle: float = 0.0):
+                 lr_floor: float = 0.01, decay_fraction: float = 1.0, mixstyle: float = 0.0,
+                 drop_path: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
+        # drop_path only acts in training: the state dict, and so every model file, is the same without it
         self.model = create_model(architecture, num_classes=num_classes, pretrained=pretrained, weights=weights,
-                                  image_size=image_size)
+                                  image_size=image_size, drop_path_rate=drop_path or None)
         if channels_last:  # NHWC: oneDNN/cuDNN convolutions without layout conversions (measured in bench/)
             self.model = self.model.to(memory_format=torch.channels_last)
         if mixstyle > 0:  # training-time forward hooks; the state dict and eval mode are unchanged

@@ -39,7 +39,8 @@ class ModelEntry:
     """One registry entry: how to build the model and its default (pre-processing / training) config."""
 
     name: str
-    builder: Callable[..., nn.Module]  # builder(num_classes, pretrained, drop_rate, image_size) -> nn.Module
+    # builder(num_classes, pretrained, drop_rate, image_size, drop_path_rate) -> nn.Module
+    builder: Callable[..., nn.Module]
     default_cfg: dict = field(default_factory=dict)
     description: str = ""
 
@@ -162,9 +163,11 @@ class SeedCNN(nn.Module):
     },
     description="the notebooks' final Keras CNN (from scratch)",
 )
-def _build_seed_cnn(num_classes, pretrained=False, drop_rate=None, image_size=None):
+def _build_seed_cnn(num_classes, pretrained=False, drop_rate=None, image_size=None, drop_path_rate=None):
     if pretrained:
         raise ModelError("seed-cnn has no pretrained weights; train it from scratch or pass --weights FILE")
+    if drop_path_rate:
+        raise ModelError("seed-cnn has no residual blocks for --drop-path to skip; use a timm model")
     return SeedCNN(num_classes, image_size=image_size, drop_rate=0.5 if drop_rate is None else drop_rate)
 
 
@@ -271,12 +274,12 @@ def _lite_default_cfg(name: str, notes: str) -> dict:
 
 
 def _lite_builder(name: str):
-    """builder(num_classes, pretrained, drop_rate, image_size) for registry model `name` (image_size unused:
-    EfficientNets pool globally, any size works)."""
+    """builder(num_classes, pretrained, drop_rate, image_size, drop_path_rate) for registry model `name`
+    (image_size unused: EfficientNets pool globally, any size works)."""
 
-    def build(num_classes, pretrained=False, drop_rate=None, image_size=None):
+    def build(num_classes, pretrained=False, drop_rate=None, image_size=None, drop_path_rate=None):
         timm_name = _LITE_VARIANTS[name][0]
-        kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
+        kwargs = _timm_kwargs(drop_rate, drop_path_rate)
         if not pretrained:
             return timm.create_model(timm_name, num_classes=num_classes, **kwargs)
         model = timm.create_model(timm_name, num_classes=1000, **kwargs)
@@ -311,8 +314,14 @@ def _unknown_model(name: str) -> ModelError:
                       "any timm model name is accepted too (see timm.list_models())")
 
 
-def _create_timm_model(name, num_classes, pretrained=False, drop_rate=None):
-    kwargs = {} if drop_rate is None else {"drop_rate": drop_rate}
+def _timm_kwargs(drop_rate=None, drop_path_rate=None) -> dict:
+    """timm.create_model's regularisation kwargs; None leaves the architecture's default."""
+    kwargs = {"drop_rate": drop_rate, "drop_path_rate": drop_path_rate}
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _create_timm_model(name, num_classes, pretrained=False, drop_rate=None, drop_path_rate=None):
+    kwargs = _timm_kwargs(drop_rate, drop_path_rate)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=num_classes, **kwargs)
     except (OSError, RuntimeError) as exc:  # hub/HTTP errors subclass OSError; timm wraps some in RuntimeError
@@ -405,12 +414,15 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def create_model(name: str, num_classes: int, pretrained: bool = False, weights: str | Path | None = None,
-                 drop_rate: float | None = None, image_size: int | None = None) -> nn.Module:
+                 drop_rate: float | None = None, image_size: int | None = None,
+                 drop_path_rate: float | None = None) -> nn.Module:
     """Build model `name` with a `num_classes` head.
 
     pretrained: ImageNet start (offline for efficientnet_lite0/1/2, timm hub download for other timm models).
     weights: local .pt/.pth/.safetensors state dict loaded on top (see `load_weights`).
     drop_rate: dropout before the classifier (None: the architecture's default).
+    drop_path_rate: stochastic depth of residual models (timm's drop_path_rate; training only, the state dict is
+        unchanged; None: the architecture's default, off for the EfficientNet-Lites).
     image_size: only seed-cnn uses it: materialises its lazy flatten layer for that input size at once. Without
         it seed-cnn's fc1 stays lazy until the first forward or load_state_dict (fine for inference; training
         should pass it so optimizers, DDP and summaries see real shapes).
@@ -425,9 +437,10 @@ def create_model(name: str, num_classes: int, pretrained: bool = False, weights:
         model = create_ensemble(name, num_classes, image_size=image_size)
     elif name in _REGISTRY:
         model = _REGISTRY[name].builder(num_classes, pretrained=pretrained, drop_rate=drop_rate,
-                                        image_size=image_size)
+                                        image_size=image_size, drop_path_rate=drop_path_rate)
     elif _is_timm_model(name):
-        model = _create_timm_model(name, num_classes, pretrained=pretrained, drop_rate=drop_rate)
+        model = _create_timm_model(name, num_classes, pretrained=pretrained, drop_rate=drop_rate,
+                                   drop_path_rate=drop_path_rate)
     else:
         raise _unknown_model(name)
     if weights is not None:

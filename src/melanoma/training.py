@@ -180,7 +180,8 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
         warmup_fraction=min(0.5, cfg.warmup_epochs / cfg.epochs), label_smoothing=cfg.label_smoothing,
         class_weights=weights, pretrained=cfg.pretrained, weights=cfg.weights, seed=cfg.seed,
         image_size=cfg.image_size, channels_last=cfg.channels_last, backbone_lr_scale=cfg.backbone_lr_scale,
-        coarse_groups=coarse_groups or None, mixup=cfg.mixup, mixstyle=cfg.mixstyle, **_swa_schedule(cfg))
+        coarse_groups=coarse_groups or None, mixup=cfg.mixup, mixstyle=cfg.mixstyle, drop_path=cfg.drop_path,
+        **_swa_schedule(cfg))
 
 
 def _swa_schedule(cfg: TrainConfig) -> dict:
