@@ -71,6 +71,32 @@ def test_loso_ensemble_scores_the_mean_of_seeds_on_shared_images(tmp_path):
     assert row.startswith("| base | 2 | 8 (4 melanoma) | 0.500 ± 0.000 |") and row.endswith("| 1.000 |")
 
 
+def test_recipe_pairs_groups_two_member_ensembles_by_recipe_and_leaves_label_conflicts_out(tmp_path):
+    """Two complementary "base" seeds make a perfect pair; a "weak" run that ranks melanomas backwards drags its
+    pairs down; the conflicting image (scored 0.0 as a melanoma by every run) would spoil every AUC if counted."""
+    truth = [True] * 4 + [False] * 4
+    runs = {("base", 1): [0.9, 0.9, 0.1, 0.1, 0.3, 0.3, 0.3, 0.3],
+            ("base", 2): [0.1, 0.1, 0.9, 0.9, 0.3, 0.3, 0.3, 0.3],
+            ("weak", 1): [0.0, 0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.9]}
+    for (name, seed), probs in runs.items():
+        out = tmp_path / f"loso-insource-{name}" / f"full-seed{seed}" / "heldout-eval"
+        out.mkdir(parents=True)
+        rows = ["path,melanoma_probability,label", "/conflict.jpg,0.0,melanoma"] + [
+            f"/img{i}.jpg,{p},{'melanoma' if t else 'nevus'}" for i, (p, t) in enumerate(zip(probs, truth))]
+        (out / "predictions.csv").write_text("\n".join(rows) + "\n")
+        (out / "metrics.json").write_text(json.dumps({"label_conflicts": {"images": ["/conflict.jpg"]}}))
+    runs = [str(run) for run in sorted(tmp_path.glob("*/full-seed*"))]
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "recipe_pairs.py"), "--good", "base", *runs],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert "base full-seed1   alone 0.500" in lines[0]
+    assert lines[-2].startswith("pairs with 2 good member(s):   1  ensemble AUC 1.000 +- 0.000  minus the better "
+                                "member +0.500")
+    assert lines[-1].startswith("pairs with 1 good member(s):   2  ensemble AUC 0.000 +- 0.000  minus the better "
+                                "member -0.500")
+
+
 def test_loso_by_collection_scores_the_older_archive_alone(tmp_path, ham_dir):
     """Melanomas from the older archive, non-melanomas partly HAM10000 pictures (the pre-session-9 LOSO set): a
     seed that only tells the collections apart scores 0.75 on all images but 0.5 (chance) on the older archive."""

@@ -1,0 +1,70 @@
+"""Two-member ensembles across recipes on the leave-one-source-out proxy (session 29): does a member trained with
+another recipe add more to an ensemble than a second seed of the same one? For every pair of runs, the melanoma AUC
+of the mean of their melanoma probabilities on the held-out images both scored (images filed under two classes
+left out, as `melanoma evaluate` leaves them out), grouped by how many members come from the --good recipes.
+
+    .venv/bin/python scripts/recipe_pairs.py --good base,greyworld,swalr runs/loso-insource-*/full-seed*
+
+A run is RUN/heldout-eval/{predictions.csv,metrics.json}; its recipe is the name of RUN's parent folder without
+the "loso-insource-" prefix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from sklearn.metrics import roc_auc_score
+
+from compare_auc import _read  # scripts/ is on sys.path when this file runs as a script
+
+
+def scored_predictions(run: Path) -> dict[str, tuple[bool, float]]:
+    """{path: (is melanoma, melanoma probability)} of the images `melanoma evaluate` scored for this run."""
+    metrics = json.loads((run / "heldout-eval" / "metrics.json").read_text())
+    left_out = set(metrics.get("label_conflicts", {}).get("images", []))
+    return {p: v for p, v in _read(str(run / "heldout-eval" / "predictions.csv")).items() if p not in left_out}
+
+
+def pair_auc(a: dict, b: dict) -> float:
+    shared = sorted(set(a) & set(b))
+    return roc_auc_score([a[p][0] for p in shared], [(a[p][1] + b[p][1]) / 2 for p in shared])
+
+
+def single_auc(a: dict) -> float:
+    return roc_auc_score([v[0] for v in a.values()], [v[1] for v in a.values()])
+
+
+def recipe(run: Path) -> str:
+    return run.parent.name.removeprefix("loso-insource-")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--good", default="", help="comma-separated recipes counted as good (e.g. the baseline's)")
+    args = parser.parse_args(argv)
+    good = set(filter(None, args.good.split(",")))
+    preds = {run: scored_predictions(run) for run in args.runs}
+    single = {run: single_auc(p) for run, p in preds.items()}
+    for run in args.runs:
+        print(f"{recipe(run):>12} {run.name:<12} alone {single[run]:.3f}")
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for a, b in itertools.combinations(args.runs, 2):
+        auc = pair_auc(preds[a], preds[b])
+        groups.setdefault((recipe(a) in good) + (recipe(b) in good), []).append((auc, auc - max(single[a], single[b])))
+    for n_good in sorted(groups, reverse=True):
+        rows = groups[n_good]
+        spread = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)  # noqa: E731
+        auc, gain = [r[0] for r in rows], [r[1] for r in rows]
+        print(f"pairs with {n_good} good member(s): {len(rows):3d}  ensemble AUC {statistics.fmean(auc):.3f} "
+              f"+- {spread(auc):.3f}  minus the better member {statistics.fmean(gain):+.3f} +- {spread(gain):.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
