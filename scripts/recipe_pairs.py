@@ -39,6 +39,10 @@ def single_auc(a: dict) -> float:
     return roc_auc_score([v[0] for v in a.values()], [v[1] for v in a.values()])
 
 
+def mean_and_spread(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 def recipe(run: Path) -> str:
     return run.parent.name.removeprefix("loso-insource-")
 
@@ -53,16 +57,16 @@ def main(argv=None) -> int:
     single = {run: single_auc(p) for run, p in preds.items()}
     for run in args.runs:
         print(f"{recipe(run):>12} {run.name:<12} alone {single[run]:.3f}")
-    groups: dict[int, list[tuple[float, float]]] = {}
+    groups: dict[int, list[tuple[float, float, float]]] = {}  # (ensemble AUC, minus the better, minus the mean)
     for a, b in itertools.combinations(args.runs, 2):
-        auc = pair_auc(preds[a], preds[b])
-        groups.setdefault((recipe(a) in good) + (recipe(b) in good), []).append((auc, auc - max(single[a], single[b])))
+        auc, alone = pair_auc(preds[a], preds[b]), (single[a], single[b])
+        row = (auc, auc - max(alone), auc - statistics.fmean(alone))
+        groups.setdefault((recipe(a) in good) + (recipe(b) in good), []).append(row)
     for n_good in sorted(groups, reverse=True):
-        rows = groups[n_good]
-        spread = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)  # noqa: E731
-        auc, gain = [r[0] for r in rows], [r[1] for r in rows]
-        print(f"pairs with {n_good} good member(s): {len(rows):3d}  ensemble AUC {statistics.fmean(auc):.3f} "
-              f"+- {spread(auc):.3f}  minus the better member {statistics.fmean(gain):+.3f} +- {spread(gain):.3f}")
+        auc, better, mean = (mean_and_spread([row[i] for row in groups[n_good]]) for i in range(3))
+        print(f"pairs with {n_good} good member(s): {len(groups[n_good]):3d}  ensemble AUC {auc[0]:.3f} +- {auc[1]:.3f}"
+              f"  minus the better member {better[0]:+.3f} +- {better[1]:.3f}"
+              f"  minus their mean alone {mean[0]:+.3f} +- {mean[1]:.3f}")
     return 0
 
 
