@@ -25,7 +25,7 @@ import torch
 from adapt_check import adapt, melanoma_probability, scored_images, training_sample
 from sklearn.metrics import roc_auc_score
 
-from melanoma.models import _classifier_prefix, create_model
+from melanoma.models import classifier_prefix, create_model
 from melanoma.predict import Predictor
 
 
@@ -50,7 +50,7 @@ def check(run: Path, alphas: list[float], bn_images: int) -> None:
         bn_batch = torch.stack([torch.from_numpy(predictor.model_input(path))
                                 for path in training_sample(run, bn_images, balanced=False)])
     for alpha in alphas:
-        net.load_state_dict(interpolated(fine_tuned, pretrained, _classifier_prefix(net), alpha))
+        net.load_state_dict(interpolated(fine_tuned, pretrained, classifier_prefix(net), alpha))
         model = net if bn_batch is None else adapt(net, bn_batch, 1.0)
         aucs = [roc_auc_score(is_mel, melanoma_probability(model, x, predictor)) for x, is_mel in sets.values()]
         print(f"{run},{alpha},{bn_images},{aucs[0]:.4f},{aucs[1]:.4f}", flush=True)

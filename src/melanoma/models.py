@@ -365,7 +365,7 @@ def _strip_prefixes(state: dict, prefixes=("module.", "model.")) -> dict:
     return out
 
 
-def _classifier_prefix(model: nn.Module) -> str | None:
+def classifier_prefix(model: nn.Module) -> str | None:
     """Module name of the final classifier ("classifier", "fc", "head.fc" ...), if it can be found."""
     head = model.get_classifier() if hasattr(model, "get_classifier") else None
     if head is None:
@@ -389,7 +389,7 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     path = Path(path)
     state = _strip_prefixes(_read_weights_file(path))
     own = model.state_dict()
-    head = _classifier_prefix(model)
+    head = classifier_prefix(model)
     mismatched = [k for k, v in state.items() if k in own and not _is_lazy(own[k]) and own[k].shape != v.shape]
     not_head = [k for k in mismatched if not (head and k.startswith(head + "."))]
     if not_head:
