@@ -18,7 +18,7 @@ from sklearn.metrics import roc_auc_score
 from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the project's one list)
 
 
-def _read(path: str) -> dict[str, tuple[bool, float]]:
+def read_predictions(path: str) -> dict[str, tuple[bool, float]]:
     with open(path, newline="") as fh:
         return {r["path"]: (r["label"].strip().lower() in MELANOMA, float(r["melanoma_probability"]))
                 for r in csv.DictReader(fh) if r.get("label")}
@@ -27,7 +27,7 @@ def _read(path: str) -> dict[str, tuple[bool, float]]:
 def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0, only=None) -> dict:
     """AUC(a) - AUC(b) on the images both files scored (and in `only`, a set of paths, when given), with a paired
     bootstrap 95% CI."""
-    first, second = _read(a), _read(b)
+    first, second = read_predictions(a), read_predictions(b)
     keys = sorted(set(first) & set(second) & (set(only) if only is not None else set(first)))
     y = np.array([first[k][0] for k in keys])
     pa, pb = (np.array([d[k][1] for k in keys]) for d in (first, second))

@@ -20,14 +20,15 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from compare_auc import _read  # scripts/ is on sys.path when this file runs as a script
+from compare_auc import read_predictions  # scripts/ is on sys.path when this file runs as a script
 
 
 def scored_predictions(run: Path) -> dict[str, tuple[bool, float]]:
     """{path: (is melanoma, melanoma probability)} of the images `melanoma evaluate` scored for this run."""
     metrics = json.loads((run / "heldout-eval" / "metrics.json").read_text())
     left_out = set(metrics.get("label_conflicts", {}).get("images", []))
-    return {p: v for p, v in _read(str(run / "heldout-eval" / "predictions.csv")).items() if p not in left_out}
+    scored = read_predictions(str(run / "heldout-eval" / "predictions.csv"))
+    return {p: v for p, v in scored.items() if p not in left_out}
 
 
 def pair_auc(a: dict, b: dict) -> float:
