@@ -116,6 +116,16 @@ def test_erasing_blanks_one_rectangle_in_about_half_the_views():
     TrainConfig(data="x", augmentation="erasing").validate()
 
 
+def test_zoom_widens_the_crop_and_affine_scales_only():
+    def scales(level):
+        ops = {type(op).__name__: op for op in augmentation_ops(64, level=level)}
+        return ops["RandomResizedCrop"].scale, ops["RandomAffine"].scale, len(ops)
+
+    assert scales("standard") == ((0.6, 1.0), (0.9, 1.1), 6)
+    assert scales("zoom") == ((0.3, 1.0), (0.75, 1.25), 6)  # same ops, colour jitter included
+    TrainConfig(data="x", augmentation="zoom").validate()
+
+
 def test_unknown_augmentation_level_is_config_error():
     with pytest.raises(ConfigError, match="augmentation level 'heavy'"):
         train_transform(PRE, "heavy")
