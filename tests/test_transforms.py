@@ -4,12 +4,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torchvision.transforms import v2
 
 from melanoma.config import COLOR_CONSTANCY, TrainConfig
 from melanoma.errors import ConfigError
 from melanoma.images import apply_color_constancy
-from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomRot90, augmentation_ops, eval_transform,
-                                 invert_tta_views, prepare_image, shades_of_gray, train_transform, tta_views)
+from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomRot90, augmentation_ops,
+                                 eval_transform, invert_tta_views, prepare_image, shades_of_gray, train_transform,
+                                 tta_views)
 
 PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -124,6 +126,27 @@ def test_zoom_widens_the_crop_and_affine_scales_only():
     assert scales("standard") == ((0.6, 1.0), (0.9, 1.1), 6)
     assert scales("zoom") == ((0.3, 1.0), (0.75, 1.25), 6)  # same ops, colour jitter included
     TrainConfig(data="x", augmentation="zoom").validate()
+
+
+def test_hair_draws_thin_dark_strands_and_only_darkens():
+    skin = torch.tensor([220, 170, 150], dtype=torch.uint8).view(3, 1, 1).expand(3, 120, 160).clone()
+    torch.manual_seed(0)
+    for _ in range(10):
+        haired = RandomHair()(skin)
+        changed = (haired != skin).any(dim=0)
+        assert 0.002 < changed.float().mean() < 0.25  # strands, not a cast over the image
+        assert (haired <= skin).all()  # hair only darkens
+        darkest = haired.flatten(1)[:, haired[0].flatten().argmin()]
+        assert darkest[0] < 140 and darkest[0] >= darkest[1] >= darkest[2]  # brown-black: red >= green >= blue
+    image = Image.new("RGB", (40, 30), (220, 170, 150))
+    assert RandomHair()(image) is image  # PIL images pass: augmentation_ops runs on uint8 tensors
+
+
+def test_hair_level_draws_on_half_the_views_before_the_crop():
+    first, *rest = augmentation_ops(64, level="hair")
+    assert isinstance(first, v2.RandomApply) and first.p == 0.5 and isinstance(first.transforms[0], RandomHair)
+    assert [type(op) for op in rest] == [type(op) for op in augmentation_ops(64, level="standard")]
+    TrainConfig(data="x", augmentation="hair").validate()
 
 
 def test_unknown_augmentation_level_is_config_error():

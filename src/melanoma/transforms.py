@@ -12,7 +12,7 @@ Dermoscopy has no "up": a lesion photographed upside down or mirrored is the sam
 from __future__ import annotations
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import InterpolationMode
@@ -68,6 +68,54 @@ class RandomDetailLoss(v2.Transform):
         return v2.functional.resize(shrunk, [h, w], interpolation=self.interpolation, antialias=True)
 
 
+class RandomHair(v2.Transform):
+    """Draw 1..`max_hairs` thin dark curves (quadratic Bezier strands, 0.5-1.5 px wide, 20-100% of the shorter side
+    long, brown-black at 60-95% opacity) on a uint8 CHW tensor image. Hair lies over many dermoscopic lesions, more
+    in some clinics' images than in others (immersion gel, shaving); the network should look through it. Drawn at
+    twice the size and shrunk, so the strands have soft edges. Other inputs pass unchanged."""
+
+    def __init__(self, max_hairs: int = 12):
+        super().__init__()
+        if max_hairs < 1:
+            raise ConfigError(f"max_hairs must be at least 1, got {max_hairs}")
+        self.max_hairs = max_hairs
+
+    def make_params(self, flat_inputs):
+        n = int(torch.randint(1, self.max_hairs + 1, ()))
+        # per strand: start x, y, direction, length, bend (all in [0, 1)), width, darkness, opacity
+        return {"strands": torch.rand(n, 8)}
+
+    def transform(self, inpt, params):
+        if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
+            return inpt
+        h, w = inpt.shape[-2:]
+        mask = Image.new("L", (2 * w, 2 * h))
+        draw, colours = ImageDraw.Draw(mask), []
+        for x, y, angle, length, bend, width, dark, alpha in params["strands"].tolist():
+            draw.line(_bezier_strand(2 * x * w, 2 * y * h, angle, (0.2 + 0.8 * length) * 2 * min(h, w), bend),
+                      fill=round(255 * (0.6 + 0.35 * alpha)), width=1 + round(2 * width), joint="curve")
+            colours.append(10 + 60 * dark)
+        shade = sum(colours) / len(colours)  # one hair colour per image: a person's hairs look alike
+        mask = mask.resize((w, h), Image.Resampling.BILINEAR)
+        alpha = torch.frombuffer(bytearray(mask.tobytes()), dtype=torch.uint8).view(h, w).float() / 255
+        hair = torch.tensor([shade, 0.8 * shade, 0.65 * shade]).view(3, 1, 1)[: inpt.shape[-3]]
+        out = inpt.float() * (1 - alpha) + hair * alpha
+        return tv_tensors.wrap(out.round().to(torch.uint8), like=inpt) if isinstance(inpt, tv_tensors.TVTensor) \
+            else out.round().to(torch.uint8)
+
+
+def _bezier_strand(x: float, y: float, angle: float, length: float, bend: float, points: int = 24) -> list:
+    """Points of a quadratic Bezier curve from (x, y) in direction angle * 2 pi, `length` pixels long, its control
+    point pushed sideways by up to +-25% of the length (bend 0..1)."""
+    direction = torch.tensor(angle * 2 * torch.pi)
+    dx, dy = float(torch.cos(direction)) * length, float(torch.sin(direction)) * length
+    side = (bend - 0.5) * 0.5  # -0.25..0.25
+    cx, cy = x + dx / 2 - dy * side, y + dy / 2 + dx * side
+    ts = [i / (points - 1) for i in range(points)]
+    return [((1 - t) ** 2 * x + 2 * (1 - t) * t * cx + t * t * (x + dx),
+             (1 - t) ** 2 * y + 2 * (1 - t) * t * cy + t * t * (y + dy)) for t in ts]
+
+
 def _interpolation(pre: dict) -> InterpolationMode:
     name = pre.get("interpolation", "bilinear")
     try:
@@ -87,6 +135,7 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     level "zoom" is "standard" with a wider range of scales: crops of 30-100% of the image instead of 60-100%, and
     an affine scale of 0.75-1.25 instead of 0.9-1.1 (zooming out leaves the black border of a dermoscope's field).
     How much of the field a lesion fills depends on the clinic's dermoscope, camera and cropping, not on the class.
+    level "hair" is "standard" with dark hair strands drawn over half the draws first (RandomHair).
     level "resolution" is "standard" with half the draws first shrunk to 40-100% of their size and enlarged back
     (RandomDetailLoss), so that the level of detail stops being a cue for the class. level "geometric" is "standard"
     without the colour jitter: crops, flips, rotations and affine only (colour is left to the colour constancy)."""
@@ -95,10 +144,12 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     strong = level == "strong"
     # "resolution": half the draws lose detail first (before the crop, so the crop's own resize stays last)
     ops = [v2.RandomApply([RandomDetailLoss(0.4, interpolation)], p=0.5)] if level == "resolution" else []
+    if level == "hair":  # at the image's own size, before the crop: strands scale with the lesion
+        ops.append(v2.RandomApply([RandomHair()], p=0.5))
     zoom = level == "zoom"
     ops += [
-        v2.RandomResizedCrop(size, scale=(0.3, 1.0) if zoom else (0.6, 1.0), ratio=(3 / 4, 4 / 3), interpolation=interpolation,
-                             antialias=True),
+        v2.RandomResizedCrop(size, scale=(0.3, 1.0) if zoom else (0.6, 1.0), ratio=(3 / 4, 4 / 3),
+                             interpolation=interpolation, antialias=True),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         RandomRot90(),
