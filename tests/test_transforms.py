@@ -149,6 +149,28 @@ def test_hair_level_draws_on_half_the_views_before_the_crop():
     TrainConfig(data="x", augmentation="hair").validate()
 
 
+def test_fixed_scale_keeps_the_lesion_size_of_the_eval_view():
+    image = Image.new("RGB", (120, 90), (230, 200, 190))
+    image.paste((40, 160, 40), (50, 35, 70, 55))  # a green 20 x 20 "lesion": no blend of skin and black is green
+    plain = {**PRE, "mean": [0.0] * 3, "std": [1.0] * 3}  # resize 73: the lesion becomes about 16 x 16 px
+
+    def lesion_area(view):
+        return int((view[1] - view[0] > 0.2).sum())
+
+    def lesion_areas(level):
+        torch.manual_seed(0)
+        return [lesion_area(train_transform(plain, level)(image)) for _ in range(30)]
+
+    eval_area = lesion_area(eval_transform(plain)(image))
+    fixed, standard = lesion_areas("fixed-scale"), lesion_areas("standard")
+    # fixed-scale: the eval view's size, give or take the edges that rotation, bilinear filling and jitter soften
+    assert abs(sum(fixed) / len(fixed) / eval_area - 1) < 0.15 and max(fixed) / min(fixed) < 1.25
+    assert max(standard) / min(standard) > 1.6  # crops of 60-100% and affine scale 0.9-1.1
+    with pytest.raises(ConfigError, match="fixed-scale"):
+        augmentation_ops(64, level="fixed-scale")  # needs the eval resize
+    TrainConfig(data="x", augmentation="fixed-scale").validate()
+
+
 def test_unknown_augmentation_level_is_config_error():
     with pytest.raises(ConfigError, match="augmentation level 'heavy'"):
         train_transform(PRE, "heavy")

@@ -124,7 +124,7 @@ def _interpolation(pre: dict) -> InterpolationMode:
         raise ConfigError(f"unknown interpolation {name!r} in preprocessing (use bicubic or bilinear)") from exc
 
 
-def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str = "standard") -> list:
+def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str = "standard", resize=None) -> list:
     """The geometric + colour augmentations of the train preset, on a uint8 tensor image, output `size`
     (int or (h, w)). Shared with `melanoma.augment`, which applies them at the original image size.
 
@@ -135,6 +135,9 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     level "zoom" is "standard" with a wider range of scales: crops of 30-100% of the image instead of 60-100%, and
     an affine scale of 0.75-1.25 instead of 0.9-1.1 (zooming out leaves the black border of a dermoscope's field).
     How much of the field a lesion fills depends on the clinic's dermoscope, camera and cropping, not on the class.
+    level "fixed-scale" keeps the eval preset's scale and shape: resize the shorter side to `resize` (as eval) and
+    cut a square `size` crop at a random place, affine rotation and shift without scaling. In dermoscopy a pixel
+    is a roughly fixed physical size (the dermoscope's magnification), so a lesion's size may be a real cue.
     level "hair" is "standard" with dark hair strands drawn over half the draws first (RandomHair).
     level "resolution" is "standard" with half the draws first shrunk to 40-100% of their size and enlarged back
     (RandomDetailLoss), so that the level of detail stops being a cue for the class. level "geometric" is "standard"
@@ -148,13 +151,13 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
         ops.append(v2.RandomApply([RandomHair()], p=0.5))
     zoom = level == "zoom"
     ops += [
-        v2.RandomResizedCrop(size, scale=(0.3, 1.0) if zoom else (0.6, 1.0), ratio=(3 / 4, 4 / 3),
-                             interpolation=interpolation, antialias=True),
+        *_crop_ops(size, interpolation, level, resize),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         RandomRot90(),
         # small affine jitter; fill=0 (black) matches the dark vignette corners of dermoscopy images
-        v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=(0.75, 1.25) if zoom else (0.9, 1.1),
+        v2.RandomAffine(degrees=15, translate=(0.05, 0.05),
+                        scale=None if level == "fixed-scale" else (0.75, 1.25) if zoom else (0.9, 1.1),
                         interpolation=InterpolationMode.BILINEAR),
     ]
     if level != "geometric":
@@ -164,6 +167,17 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
         ops += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.25),  # sigma in output pixels
                 v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3)]  # uint8 tensors only: keep before ToDtype
     return ops
+
+
+def _crop_ops(size, interpolation, level: str, resize=None) -> list:
+    """The crop of the train preset: a random-resized crop (area 60-100%, "zoom" 30-100%; aspect 3:4-4:3), or for
+    "fixed-scale" the eval preset's resize and a square crop at a random place (scale and shape as predicted)."""
+    if level != "fixed-scale":
+        return [v2.RandomResizedCrop(size, scale=(0.3, 1.0) if level == "zoom" else (0.6, 1.0), ratio=(3 / 4, 4 / 3),
+                                     interpolation=interpolation, antialias=True)]
+    if resize is None:
+        raise ConfigError("augmentation level 'fixed-scale' needs the eval preset's resize")
+    return [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.RandomCrop(size)]
 
 
 def _to_normalized(pre: dict) -> list:
@@ -181,7 +195,8 @@ def train_transform(pre: dict, level: str = "standard") -> v2.Compose:
     torchvision classification references place it. A network that cannot rely on any one region of the lesion
     may lean less on one source's local cues. It follows the normalisation, so `melanoma augment` never uses it."""
     size = int(pre["input_size"])
-    ops = augmentation_ops(size, _interpolation(pre), "standard" if level == "erasing" else level)
+    ops = augmentation_ops(size, _interpolation(pre), "standard" if level == "erasing" else level,
+                           resize=int(pre.get("resize", size)))
     erasing = [v2.RandomErasing(p=0.5, scale=(0.02, 0.25), value=0)] if level == "erasing" else []
     return v2.Compose([v2.ToImage(), *ops, *_to_normalized(pre), *erasing])
 
