@@ -1,0 +1,76 @@
+"""How much of the view a lesion fills, per class and source: is a lesion's size a cue for melanoma that holds in
+every source? (Session 30: widening the training crops' scale range cost the never-seen source 0.10 AUC.)
+
+For each image: Shades of Gray, the eval preset's square centre crop (crop_pct 0.875 of the shorter side, the part
+the network sees), grey levels, Otsu's threshold; the lesion share is the share of the crop darker than it (dark
+vignette corners inside the crop count too: a proxy, not a segmentation). Prints, per dataset, the median share per
+class and the melanoma AUC of the share alone (bigger = more melanoma-like), against all lesions and against nevi. Unreadable files are reported, skipped.
+
+    python scripts/lesion_share.py DATASET...   (anything `melanoma` reads: class folders, a manifest CSV, HAM10000)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from melanoma.data import discover
+from melanoma.errors import DataError
+from melanoma.images import load_image, shades_of_gray
+
+MELANOMA_LABELS = {"melanoma", "mel"}  # the 9-class folder name and HAM10000's dx
+NEVUS_LABELS = {"nevus", "nv"}
+CROP_PCT = 0.875  # models.default_preprocessing: input_size / resize
+
+
+def otsu_threshold(grey: np.ndarray) -> float:
+    """The grey level (0-255) that maximises the between-class variance of the histogram (Otsu 1979)."""
+    counts = np.bincount(grey.ravel(), minlength=256).astype(float)
+    levels = np.arange(256)
+    weight_dark = np.cumsum(counts)
+    weight_light = weight_dark[-1] - weight_dark
+    mass_dark = np.cumsum(counts * levels)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_dark = mass_dark / weight_dark
+        mean_light = (mass_dark[-1] - mass_dark) / weight_light
+        between = weight_dark * weight_light * (mean_dark - mean_light) ** 2
+    return float(np.nanargmax(between))
+
+
+def lesion_share(path) -> float:
+    image = shades_of_gray(load_image(path))
+    side = round(min(image.size) * CROP_PCT)
+    left, top = (image.width - side) // 2, (image.height - side) // 2
+    grey = np.asarray(image.crop((left, top, left + side, top + side)).convert("L"))
+    return float((grey <= otsu_threshold(grey)).mean())
+
+
+def describe(dataset: str) -> None:
+    table = discover(dataset)
+    shares, labels = defaultdict(list), []
+    for sample in table.samples:
+        try:
+            share = lesion_share(sample.path)
+        except DataError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        shares[sample.label].append(share)
+        labels.append((sample.label in MELANOMA_LABELS, share))
+    is_melanoma, values = zip(*labels)
+    melanoma = [share for name in MELANOMA_LABELS for share in shares.get(name, [])]
+    nevi = [share for name in NEVUS_LABELS for share in shares.get(name, [])]
+    versus_nevi = roc_auc_score([1] * len(melanoma) + [0] * len(nevi), melanoma + nevi)
+    print(f"{dataset}: {len(values)} images; melanoma AUC of the lesion share alone "
+          f"{roc_auc_score(is_melanoma, values):.3f} (against nevi only: {versus_nevi:.3f})")
+    for label in sorted(shares, key=lambda name: -np.median(shares[name])):
+        print(f"  {label:28s} n {len(shares[label]):5d}  median share {np.median(shares[label]):.2f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__.strip().splitlines()[-1].strip())
+    for path in sys.argv[1:]:
+        describe(path)
