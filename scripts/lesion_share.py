@@ -4,7 +4,8 @@ every source? (Session 30: widening the training crops' scale range cost the nev
 For each image: Shades of Gray, the eval preset's square centre crop (crop_pct 0.875 of the shorter side, the part
 the network sees), grey levels, Otsu's threshold; the lesion share is the share of the crop darker than it (dark
 vignette corners inside the crop count too: a proxy, not a segmentation). Prints, per dataset, the median share per
-class and the melanoma AUC of the share alone (bigger = more melanoma-like), against all lesions and against nevi. Unreadable files are reported, skipped.
+class and the melanoma AUC of the share alone (bigger = more melanoma-like), against all lesions and against nevi.
+Unreadable files are reported and skipped.
 
     python scripts/lesion_share.py DATASET...   (anything `melanoma` reads: class folders, a manifest CSV, HAM10000)
 """
