@@ -11,6 +11,8 @@ Dermoscopy has no "up": a lesion photographed upside down or mirrored is the sam
 
 from __future__ import annotations
 
+import math
+
 import torch
 from PIL import Image, ImageDraw
 from torchvision import tv_tensors
@@ -107,8 +109,7 @@ class RandomHair(v2.Transform):
 def _bezier_strand(x: float, y: float, angle: float, length: float, bend: float, points: int = 24) -> list:
     """Points of a quadratic Bezier curve from (x, y) in direction angle * 2 pi, `length` pixels long, its control
     point pushed sideways by up to +-25% of the length (bend 0..1)."""
-    direction = torch.tensor(angle * 2 * torch.pi)
-    dx, dy = float(torch.cos(direction)) * length, float(torch.sin(direction)) * length
+    dx, dy = math.cos(angle * 2 * math.pi) * length, math.sin(angle * 2 * math.pi) * length
     side = (bend - 0.5) * 0.5  # -0.25..0.25
     cx, cy = x + dx / 2 - dy * side, y + dy / 2 + dx * side
     ts = [i / (points - 1) for i in range(points)]
@@ -150,15 +151,14 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     ops = [v2.RandomApply([RandomDetailLoss(0.4, interpolation)], p=0.5)] if level == "resolution" else []
     if level == "hair":  # at the image's own size, before the crop: strands scale with the lesion
         ops.append(v2.RandomApply([RandomHair()], p=0.5))
-    zoom = level == "zoom"
+    area, affine_scale = _SCALE_RANGES.get(level, _SCALE_RANGES["standard"])
     ops += [
-        *_crop_ops(size, interpolation, level, resize),
+        *_crop_ops(size, interpolation, area, resize),
         v2.RandomHorizontalFlip(),
         v2.RandomVerticalFlip(),
         RandomRot90(),
         # small affine jitter; fill=0 (black) matches the dark vignette corners of dermoscopy images
-        v2.RandomAffine(degrees=15, translate=(0.05, 0.05),
-                        scale=None if level == "fixed-scale" else (0.75, 1.25) if zoom else (0.9, 1.1),
+        v2.RandomAffine(degrees=15, translate=(0.05, 0.05), scale=affine_scale,
                         interpolation=InterpolationMode.BILINEAR),
     ]
     if level != "geometric":
@@ -170,12 +170,18 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     return ops
 
 
-def _crop_ops(size, interpolation, level: str, resize=None) -> list:
-    """The crop of the train preset: a random-resized crop (area 60-100%, "zoom" 30-100%; aspect 3:4-4:3), or for
-    "fixed-scale" the eval preset's resize and a square crop at a random place (scale and shape as predicted)."""
-    if level != "fixed-scale":
-        return [v2.RandomResizedCrop(size, scale=(0.3, 1.0) if level == "zoom" else (0.6, 1.0), ratio=(3 / 4, 4 / 3),
-                                     interpolation=interpolation, antialias=True)]
+# (crop area, affine scale) per level: the crop's share of the image area, then the affine's zoom; fixed-scale has
+# neither (None: RandomAffine does not scale)
+_SCALE_RANGES = {"standard": ((0.6, 1.0), (0.9, 1.1)), "zoom": ((0.3, 1.0), (0.75, 1.25)), "fixed-scale": (None, None)}
+
+
+def _crop_ops(size, interpolation, area, resize=None) -> list:
+    """The crop of the train preset: a random-resized crop of `area` (share of the image's area, aspect 3:4-4:3),
+    or with area None ("fixed-scale") the eval preset's resize and a square crop at a random place (scale and shape
+    as predicted)."""
+    if area is not None:
+        return [v2.RandomResizedCrop(size, scale=area, ratio=(3 / 4, 4 / 3), interpolation=interpolation,
+                                     antialias=True)]
     if resize is None:
         raise ConfigError("augmentation level 'fixed-scale' needs the eval preset's resize")
     return [v2.Resize(resize, interpolation=interpolation, antialias=True), v2.RandomCrop(size)]
