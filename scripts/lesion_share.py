@@ -51,21 +51,21 @@ def lesion_share(path) -> float:
 
 def describe(dataset: str) -> None:
     table = discover(dataset)
-    shares, labels = defaultdict(list), []
+    shares = defaultdict(list)
     for sample in table.samples:
         try:
-            share = lesion_share(sample.path)
+            shares[sample.label].append(lesion_share(sample.path))
         except DataError as exc:
             print(f"skipped: {exc}", file=sys.stderr)
-            continue
-        shares[sample.label].append(share)
-        labels.append((sample.label in MELANOMA_LABELS, share))
-    is_melanoma, values = zip(*labels)
-    melanoma = [share for name in MELANOMA_LABELS for share in shares.get(name, [])]
-    nevi = [share for name in NEVUS_LABELS for share in shares.get(name, [])]
-    versus_nevi = roc_auc_score([1] * len(melanoma) + [0] * len(nevi), melanoma + nevi)
-    print(f"{dataset}: {len(values)} images; melanoma AUC of the lesion share alone "
-          f"{roc_auc_score(is_melanoma, values):.3f} (against nevi only: {versus_nevi:.3f})")
+
+    def melanoma_auc(others) -> float:
+        melanoma = [share for name in MELANOMA_LABELS for share in shares.get(name, [])]
+        rest = [share for name in others for share in shares[name]]
+        return roc_auc_score([1] * len(melanoma) + [0] * len(rest), melanoma + rest)
+
+    print(f"{dataset}: {sum(map(len, shares.values()))} images; melanoma AUC of the lesion share alone "
+          f"{melanoma_auc(set(shares) - MELANOMA_LABELS):.3f} "
+          f"(against nevi only: {melanoma_auc(set(shares) & NEVUS_LABELS):.3f})")
     for label in sorted(shares, key=lambda name: -np.median(shares[name])):
         print(f"  {label:28s} n {len(shares[label]):5d}  median share {np.median(shares[label]):.2f}")
 
