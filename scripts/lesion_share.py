@@ -1,8 +1,8 @@
 """How much of the view a lesion fills, per class and source: is a lesion's size a cue for melanoma that holds in
 every source? (Session 30: widening the training crops' scale range cost the never-seen source 0.10 AUC.)
 
-For each image: Shades of Gray, the eval preset's square centre crop (crop_pct 0.875 of the shorter side, the part
-the network sees), grey levels, Otsu's threshold; the lesion share is the share of the crop darker than it (dark
+For each image: the shipped members' eval view (`images.prepare_image` + `images.center_crop`: 150 px detail, shorter
+side resized to 183, Shades of Gray, the 160 px centre, the part the network sees), grey levels, Otsu's threshold; the lesion share is the share of the crop darker than it (dark
 vignette corners inside the crop count too: a proxy, not a segmentation). Prints, per dataset, the median share per
 class and the melanoma AUC of the share alone (bigger = more melanoma-like), against all lesions and against nevi.
 Unreadable files are reported and skipped.
@@ -16,15 +16,18 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from melanoma.data import discover
 from melanoma.errors import DataError
-from melanoma.images import load_image, shades_of_gray
+from melanoma.images import center_crop, load_image, prepare_image
+from melanoma.models import default_preprocessing
 
 MELANOMA_LABELS = {"melanoma", "mel"}  # the 9-class folder name and HAM10000's dx
 NEVUS_LABELS = {"nevus", "nv"}
-CROP_PCT = 0.875  # models.default_preprocessing: input_size / resize
+# the shipped members' preprocessing (scripts/default_recipe.sh): what the network sees of an image
+PRE = default_preprocessing("efficientnet_lite0", image_size=160, color_constancy="shades_of_gray", detail_size=150)
 
 
 def otsu_threshold(grey: np.ndarray) -> float:
@@ -41,11 +44,9 @@ def otsu_threshold(grey: np.ndarray) -> float:
     return float(np.nanargmax(between))
 
 
-def lesion_share(path) -> float:
-    image = shades_of_gray(load_image(path))
-    side = round(min(image.size) * CROP_PCT)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    grey = np.asarray(image.crop((left, top, left + side, top + side)).convert("L"))
+def lesion_share(path, pre: dict = PRE) -> float:
+    view = center_crop(np.asarray(prepare_image(load_image(path), pre)), pre["input_size"])
+    grey = np.asarray(Image.fromarray(view).convert("L"))
     return float((grey <= otsu_threshold(grey)).mean())
 
 
