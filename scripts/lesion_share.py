@@ -2,8 +2,9 @@
 every source? (Session 30: widening the training crops' scale range cost the never-seen source 0.10 AUC.)
 
 For each image: the shipped members' eval view (`images.prepare_image` + `images.center_crop`: 150 px detail, shorter
-side resized to 183, Shades of Gray, the 160 px centre, the part the network sees), grey levels, Otsu's threshold; the lesion share is the share of the crop darker than it (dark
-vignette corners inside the crop count too: a proxy, not a segmentation). Prints, per dataset, the median share per
+side resized to 183, Shades of Gray, the 160 px centre, the part the network sees), grey levels, Otsu's threshold;
+the lesion share is the share of the view darker than it (dark vignette corners inside the view count too: a proxy,
+not a segmentation). Prints, per dataset, the median share per
 class and the melanoma AUC of the share alone (bigger = more melanoma-like), against all lesions and against nevi.
 Unreadable files are reported and skipped.
 
