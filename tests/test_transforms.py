@@ -67,6 +67,16 @@ def test_strong_augmentation_adds_blur_and_jpeg_and_keeps_the_output_contract(pi
     assert all(-1.0 - 1e-6 <= o.min() and o.max() <= 1.0 + 1e-6 for o in outs)
 
 
+def test_strong_colour_is_the_strong_jitter_without_blur_and_jpeg():
+    ops = lambda level: [t for op in augmentation_ops(64, level=level)  # noqa: E731
+                         for t in getattr(op, "transforms", [op])]
+    jitter = lambda level: next(t for t in ops(level) if isinstance(t, v2.ColorJitter))  # noqa: E731
+    kinds = {type(t).__name__ for t in ops("strong-colour")}
+    assert not {"GaussianBlur", "JPEG"} & kinds
+    assert jitter("strong-colour").hue == jitter("strong").hue == (-0.05, 0.05)
+    assert jitter("strong-colour").brightness == jitter("strong").brightness != jitter("standard").brightness
+
+
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_resolution_augmentation_keeps_the_size_and_loses_detail(as_tensor):
     kinds = lambda level: {type(t).__name__ for op in augmentation_ops(64, level=level)  # noqa: E731

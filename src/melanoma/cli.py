@@ -380,7 +380,8 @@ def _add_train(sub) -> None:
                         "lose a random rectangle of 2-25%% of the image; zoom: standard with crops of 30-100%% of the "
                         "image and an affine scale of 0.75-1.25; hair: standard, half the draws first get 1-12 "
                         "dark hair strands drawn over them; fixed-scale: the eval preset's resize and a square crop "
-                        "at a random place, rotations and shifts but no scaling)")
+                        "at a random place, rotations and shifts but no scaling; strong-colour: strong's wider colour "
+                        "jitter without its blur and JPEG)")
     p.add_argument("--extra-data", action="append", metavar="DIR", type=existing_path,
                    help="extra dataset that trains (repeatable), e.g. ../shared/data/ham10000; it validates only "
                         "with --val-sources all or --holdout-source; its copies of primary images and lesions are "

@@ -142,6 +142,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     is a roughly fixed physical size (the dermoscope's magnification), so a lesion's size may be a real cue. It
     ranked a never-seen source as "standard" did (+0.003 +- 0.008, 4 seeds) but its in-source alert kept fewer of
     that source's melanomas (0.62-0.83 against 0.82-0.87; session 30): kept as an option.
+    level "strong-colour" is "strong" without blur and JPEG: the wider colour jitter alone, to tell which half of
+    "strong" loses.
     level "hair" is "standard" with dark hair strands drawn over half the draws first (RandomHair).
     level "resolution" is "standard" with half the draws first shrunk to 40-100% of their size and enlarged back
     (RandomDetailLoss), so that the level of detail stops being a cue for the class. level "geometric" is "standard"
@@ -149,6 +151,7 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     strong = level == "strong"
+    wide_jitter = level in ("strong", "strong-colour")
     # "resolution": half the draws lose detail first (before the crop, so the crop's own resize stays last)
     ops = [v2.RandomApply([RandomDetailLoss(0.4, interpolation)], p=0.5)] if level == "resolution" else []
     if level == "hair":  # at the image's own size, before the crop: strands scale with the lesion
@@ -164,7 +167,7 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
                         interpolation=InterpolationMode.BILINEAR),
     ]
     if level != "geometric":
-        ops.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05) if strong
+        ops.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05) if wide_jitter
                    else v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
     if strong:
         ops += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.25),  # sigma in output pixels
