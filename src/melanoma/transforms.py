@@ -151,7 +151,6 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     without the colour jitter: crops, flips, rotations and affine only (colour is left to the colour constancy)."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
-    strong = level == "strong"
     wide_jitter = level in ("strong", "strong-colour")
     # "resolution": half the draws lose detail first (before the crop, so the crop's own resize stays last)
     ops = [v2.RandomApply([RandomDetailLoss(0.4, interpolation)], p=0.5)] if level == "resolution" else []
@@ -170,7 +169,7 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     if level != "geometric":
         ops.append(v2.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05) if wide_jitter
                    else v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.02))
-    if strong:
+    if level == "strong":  # blur and JPEG: "strong" only ("strong-colour" is its jitter alone)
         ops += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.25),  # sigma in output pixels
                 v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3)]  # uint8 tensors only: keep before ToDtype
     return ops
