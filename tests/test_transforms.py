@@ -22,6 +22,11 @@ def pil_image():
     return Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8))
 
 
+def level_ops(level: str) -> list:
+    """augmentation_ops of a level at 64 px, RandomApply wrappers opened: the transforms the level can apply."""
+    return [t for op in augmentation_ops(64, level=level) for t in getattr(op, "transforms", [op])]
+
+
 def as_uint8_tensor(image):
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
@@ -57,8 +62,7 @@ def test_train_is_random(pil_image):
 
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_strong_augmentation_adds_blur_and_jpeg_and_keeps_the_output_contract(pil_image, as_tensor):
-    kinds = lambda level: {type(t).__name__ for op in augmentation_ops(64, level=level)  # noqa: E731
-                           for t in getattr(op, "transforms", [op])}
+    kinds = lambda level: {type(t).__name__ for t in level_ops(level)}  # noqa: E731
     assert {"GaussianBlur", "JPEG"} <= kinds("strong") and not {"GaussianBlur", "JPEG"} & kinds("standard")
     x = as_uint8_tensor(pil_image) if as_tensor else pil_image
     torch.manual_seed(0)
@@ -68,10 +72,8 @@ def test_strong_augmentation_adds_blur_and_jpeg_and_keeps_the_output_contract(pi
 
 
 def test_strong_colour_is_the_strong_jitter_without_blur_and_jpeg():
-    ops = lambda level: [t for op in augmentation_ops(64, level=level)  # noqa: E731
-                         for t in getattr(op, "transforms", [op])]
-    jitter = lambda level: next(t for t in ops(level) if isinstance(t, v2.ColorJitter))  # noqa: E731
-    kinds = {type(t).__name__ for t in ops("strong-colour")}
+    jitter = lambda level: next(t for t in level_ops(level) if isinstance(t, v2.ColorJitter))  # noqa: E731
+    kinds = {type(t).__name__ for t in level_ops("strong-colour")}
     assert not {"GaussianBlur", "JPEG"} & kinds
     assert jitter("strong-colour").hue == jitter("strong").hue == (-0.05, 0.05)
     assert jitter("strong-colour").brightness == jitter("strong").brightness != jitter("standard").brightness
@@ -79,8 +81,7 @@ def test_strong_colour_is_the_strong_jitter_without_blur_and_jpeg():
 
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_resolution_augmentation_keeps_the_size_and_loses_detail(as_tensor):
-    kinds = lambda level: {type(t).__name__ for op in augmentation_ops(64, level=level)  # noqa: E731
-                           for t in getattr(op, "transforms", [op])}
+    kinds = lambda level: {type(t).__name__ for t in level_ops(level)}  # noqa: E731
     assert "RandomDetailLoss" in kinds("resolution") and "RandomDetailLoss" not in kinds("standard")
     stripes = _fine_stripes(90)
     x = as_uint8_tensor(stripes) if as_tensor else stripes
