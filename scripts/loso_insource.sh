@@ -24,7 +24,8 @@ MODEL=${MODEL:-efficientnet_lite0}; IMAGE_SIZE=${IMAGE_SIZE:-160}
 read -r -a HARDWARE_ARGS <<< "${HARDWARE:-}"
 DETAIL=()
 if [ -n "${DETAIL_SIZE:-}" ]; then DETAIL=(--detail-size "$DETAIL_SIZE"); fi
-# EPOCHS / DRAWS: a shorter budget for recipe checks (session 19: EPOCHS=4 DRAWS=960, as scripts/loso.sh);
+# EPOCHS / DRAWS: another budget (session 19: EPOCHS=4 DRAWS=960 for recipe checks, as scripts/loso.sh; session 32:
+# EPOCHS=15, 1.5x the members' budget, no gain);
 # IMBALANCE: none trains on HAM10000's natural class mix instead of the class-balanced sampler
 EPOCHS=${EPOCHS:-10}; DRAWS=${DRAWS:-3200}
 if [ -n "${IMBALANCE:-}" ]; then DETAIL+=(--imbalance "$IMBALANCE"); fi
