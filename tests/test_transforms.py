@@ -27,6 +27,11 @@ def level_ops(level: str) -> list:
     return [t for op in augmentation_ops(64, level=level) for t in getattr(op, "transforms", [op])]
 
 
+def level_kinds(level: str) -> set[str]:
+    """The class names of the transforms a level can apply (level_ops)."""
+    return {type(t).__name__ for t in level_ops(level)}
+
+
 def as_uint8_tensor(image):
     return torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous()
 
@@ -62,8 +67,7 @@ def test_train_is_random(pil_image):
 
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_strong_augmentation_adds_blur_and_jpeg_and_keeps_the_output_contract(pil_image, as_tensor):
-    kinds = lambda level: {type(t).__name__ for t in level_ops(level)}  # noqa: E731
-    assert {"GaussianBlur", "JPEG"} <= kinds("strong") and not {"GaussianBlur", "JPEG"} & kinds("standard")
+    assert {"GaussianBlur", "JPEG"} <= level_kinds("strong") and not {"GaussianBlur", "JPEG"} & level_kinds("standard")
     x = as_uint8_tensor(pil_image) if as_tensor else pil_image
     torch.manual_seed(0)
     outs = [train_transform(PRE, "strong")(x) for _ in range(8)]  # JPEG needs uint8: it runs before ToDtype
@@ -73,16 +77,14 @@ def test_strong_augmentation_adds_blur_and_jpeg_and_keeps_the_output_contract(pi
 
 def test_strong_colour_is_the_strong_jitter_without_blur_and_jpeg():
     jitter = lambda level: next(t for t in level_ops(level) if isinstance(t, v2.ColorJitter))  # noqa: E731
-    kinds = {type(t).__name__ for t in level_ops("strong-colour")}
-    assert not {"GaussianBlur", "JPEG"} & kinds
+    assert not {"GaussianBlur", "JPEG"} & level_kinds("strong-colour")
     assert jitter("strong-colour").hue == jitter("strong").hue == (-0.05, 0.05)
     assert jitter("strong-colour").brightness == jitter("strong").brightness != jitter("standard").brightness
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_resolution_augmentation_keeps_the_size_and_loses_detail(as_tensor):
-    kinds = lambda level: {type(t).__name__ for t in level_ops(level)}  # noqa: E731
-    assert "RandomDetailLoss" in kinds("resolution") and "RandomDetailLoss" not in kinds("standard")
+    assert "RandomDetailLoss" in level_kinds("resolution") and "RandomDetailLoss" not in level_kinds("standard")
     stripes = _fine_stripes(90)
     x = as_uint8_tensor(stripes) if as_tensor else stripes
     lose = RandomDetailLoss(0.4)
