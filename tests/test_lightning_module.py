@@ -1,6 +1,8 @@
-"""The training loss: label smoothing, class weights per image, coarse targets, mixup."""
+"""The training loss: label smoothing, class weights per image, coarse targets, mixup; the SAM step."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import pytest
@@ -57,3 +59,45 @@ def test_mixup_blends_image_pairs_and_their_losses_alike():
     logits = module(mixed)
     expected = lam * module._loss(logits, y) + (1 - lam) * module._loss(logits, y_other) + module._l2_penalty()
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def _backward_closure(module, x, y):
+    def closure():
+        module.zero_grad()
+        loss = module.training_step((x, y), 0)
+        loss.backward()
+        return loss
+    return closure
+
+
+def test_sam_leaves_the_gradient_of_the_worst_nearby_weights_and_the_weights_where_they_were():
+    """In training mode (dropout, batch statistics): the gradient left for the optimiser is the one at
+    w + rho * g / ||g||, taken with the same dropout draws as the first pass; batch norm's running statistics move
+    once, as in a plain step."""
+    module = LesionClassifier("efficientnet_lite0", 3, 0, lr=1e-3, weight_decay=0.0, image_size=64, sam_rho=0.05)
+    module = module.double()  # float64: a random-init network's large gradients make float32 rounding visible
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 0])
+    reference = copy.deepcopy(module).train()
+    torch.manual_seed(7)
+    loss_at_w = _backward_closure(reference, x, y)()
+    stats_once = {k: v.clone() for k, v in reference.state_dict().items() if "running_mean" in k}
+    params = [p for p in reference.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+    with torch.no_grad():
+        for p in params:
+            p.add_(p.grad * 0.05 / norm)
+    torch.manual_seed(7)
+    _backward_closure(reference, x, y)()
+
+    weights = {k: v.clone() for k, v in module.state_dict().items()}
+    module.train()
+    torch.manual_seed(7)
+    loss = module._sharpness_aware(_backward_closure(module, x, y))
+    assert loss.item() == pytest.approx(loss_at_w.item(), rel=1e-6)
+    for (name, p), q in zip(module.named_parameters(), reference.parameters()):
+        torch.testing.assert_close(p, weights[name], rtol=0, atol=1e-12)  # back at w
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-7, atol=1e-9)  # the gradient at w + e
+    for name, value in stats_once.items():
+        torch.testing.assert_close(module.state_dict()[name], value)
+    assert all(m.momentum == 0.1 for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d))

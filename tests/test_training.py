@@ -67,11 +67,12 @@ class CrashAtEpoch(L.Callback):
             raise RuntimeError("simulated crash")
 
 
-@pytest.mark.parametrize("mixup", [0.0, 0.4])  # mixup draws its blends from the per-step seed too
-def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_isic, tmp_path, mixup):
-    train(tiny_config(tiny_isic, tmp_path / "full", epochs=2, mixup=mixup))
+# mixup draws its blends from the per-step seed too; SAM's two passes live inside the optimiser's closure
+@pytest.mark.parametrize("recipe", [{}, {"mixup": 0.4}, {"sam": 0.05}], ids=["plain", "mixup", "sam"])
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tiny_isic, tmp_path, recipe):
+    train(tiny_config(tiny_isic, tmp_path / "full", epochs=2, **recipe))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(tiny_config(tiny_isic, tmp_path / "cut", epochs=2, mixup=mixup), callbacks=[CrashAtEpoch(1)])
+        train(tiny_config(tiny_isic, tmp_path / "cut", epochs=2, **recipe), callbacks=[CrashAtEpoch(1)])
     assert (tmp_path / "cut" / "checkpoints" / "last.ckpt").exists()
     assert not (tmp_path / "cut" / "model.json").exists()
     resumed = load_config(tmp_path / "cut" / "config.yaml", resume=str(tmp_path / "cut"))

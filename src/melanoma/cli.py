@@ -288,6 +288,10 @@ TRAIN_NUMBERS = [
     ("--drop-path", _number(float, 0.0, 1.0, high_open=True),
      "stochastic depth (Huang et al. 2016): in training, skip each residual block with a probability rising to RATE "
      "at the deepest (timm's drop_path_rate; 0: off; 0.2 as EfficientNet's ImageNet training)"),
+    ("--sam", _number(float, 0.0),
+     "sharpness-aware minimisation (Foret et al. 2021) with this radius RHO: each step applies the gradient taken "
+     "at the worst weights within RHO, which prefers flat minima; twice the compute per step (0: off; 0.05 as "
+     "published)"),
     ("--num-nodes", POSITIVE_INT, "machines for distributed training"),
     ("--num-workers", NON_NEGATIVE_INT, "data-loading processes (default: min(4, cores - 1))"),
     ("--target-sensitivity", PROBABILITY,

@@ -60,6 +60,8 @@ class TrainConfig:
                                           # blending image styles (0: off; 0.5 as published)
     drop_path: float = 0.0                # stochastic depth: the deepest residual block is skipped with this
                                           # probability in training, shallower ones less (timm's linear rule; 0: off)
+    sam: float = 0.0                      # sharpness-aware minimisation's neighbourhood radius rho (0: off; 0.05
+                                          # as published): two forward and backward passes per step
     freeze_bn: bool = False               # backbone batch norm keeps its ImageNet statistics (eval mode) all run
     backbone_lr_scale: float = 1.0        # the pretrained backbone learns at lr * this (the new head at lr): < 1
                                           # keeps more of the ImageNet features
@@ -133,6 +135,7 @@ class TrainConfig:
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
             (0.0 <= self.drop_path < 1.0, f"drop-path rate must be in [0, 1), got {self.drop_path}"),
+            (self.sam >= 0.0, f"SAM radius must be >= 0, got {self.sam}"),
             (0.0 <= self.mixstyle <= 1.0, f"MixStyle probability must be in [0, 1], got {self.mixstyle}"),
             (not (self.mixstyle and self.swa_epochs),
              "--mixstyle and --swa-epochs: SWA's batch-norm recompute would see mixed styles; choose one"),

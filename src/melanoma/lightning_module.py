@@ -1,8 +1,10 @@
 """The LightningModule: loss (label smoothing, optional class weights, seed-cnn's Keras-style L2), optimiser with
-linear warm-up and cosine decay, and the metrics logged for progress bars, CSV logs and checkpoint choice."""
+linear warm-up and cosine decay (optionally sharpness-aware), and the metrics logged for progress bars, CSV logs and
+checkpoint choice."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import lightning as L
@@ -24,7 +26,7 @@ class LesionClassifier(L.LightningModule):
                  channels_last: bool = False, backbone_lr_scale: float = 1.0,
                  coarse_groups: list[list[int]] | None = None, mixup: float = 0.0,
                  lr_floor: float = 0.01, decay_fraction: float = 1.0, mixstyle: float = 0.0,
-                 drop_path: float = 0.0):
+                 drop_path: float = 0.0, sam_rho: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         # drop_path only acts in training: the state dict, and so every model file, is the same without it
@@ -46,6 +48,7 @@ class LesionClassifier(L.LightningModule):
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_bal_acc = MulticlassAccuracy(num_classes, average="macro")  # mean per-class recall
         self.val_mel_auc = BinaryAUROC() if melanoma_index is not None else None
+        self._perturbed = False  # True during SAM's second pass: its loss is not logged or counted
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -103,6 +106,8 @@ class LesionClassifier(L.LightningModule):
         if mixing:
             loss = lam * loss + (1.0 - lam) * self._loss(logits, y_other)
         loss = loss + self._l2_penalty()
+        if self._perturbed:
+            return loss
         fine = y < logits.shape[1]  # coarse targets have no single class to be accurate on
         self.train_acc(logits[fine], y[fine])
         self.train_bal_acc(logits[fine], y[fine])
@@ -130,6 +135,36 @@ class LesionClassifier(L.LightningModule):
         # differs between a fresh and a resumed run: re-seed per optimiser step (and rank) so that a resumed run
         # continues bit for bit.
         torch.manual_seed((self.hparams.seed * 100_003 + self.global_step) * 64 + self.global_rank)
+
+    def optimizer_step(self, epoch, batch_idx, optimizer, optimizer_closure=None) -> None:
+        if not self.hparams.sam_rho:
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        # the optimiser (AdamW, and the precision plugin around it) calls the closure once and steps with the
+        # gradients it leaves: SAM's two passes live inside that closure, so checkpoints and resume are unchanged
+        optimizer.step(closure=lambda: self._sharpness_aware(optimizer_closure))
+
+    def _sharpness_aware(self, closure):
+        """SAM (Foret et al. 2021): leave the gradient taken at the worst weights nearby, w + rho * g / ||g||
+        (g: the gradient at w), for the optimiser to apply at w: it prefers flat minima. Two forward and backward
+        passes on the same batch, with the same random draws (mixup, dropout); batch norm's running statistics
+        learn from the first pass only. Returns the loss at w."""
+        rng = _rng_state(self.device)
+        loss = closure()
+        params = [p for p in self.parameters() if p.grad is not None]
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+            shifts = [p.grad * (self.hparams.sam_rho / (norm + 1e-12)) for p in params]
+            torch._foreach_add_(params, shifts)
+        _set_rng_state(self.device, rng)
+        try:
+            self._perturbed = True
+            with _running_stats_frozen(self.model):
+                closure()
+        finally:
+            self._perturbed = False
+            with torch.no_grad():
+                torch._foreach_sub_(params, shifts)
+        return loss
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -164,3 +199,28 @@ class LesionClassifier(L.LightningModule):
         backbone = [p for p in self.parameters() if id(p) not in head]
         return [{"params": [p for p in self.parameters() if id(p) in head]},
                 {"params": backbone, "lr": self.hparams.lr * scale}]
+
+
+def _rng_state(device: torch.device):
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(device: torch.device, state) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+@contextlib.contextmanager
+def _running_stats_frozen(model: torch.nn.Module):
+    """Batch norm in training mode normalises with the batch's statistics as usual, but momentum 0 leaves its running
+    statistics where they are."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
