@@ -148,14 +148,14 @@ class LesionClassifier(L.LightningModule):
         (g: the gradient at w), for the optimiser to apply at w: it prefers flat minima. Two forward and backward
         passes on the same batch, with the same random draws (mixup, dropout); batch norm's running statistics
         learn from the first pass only. Returns the loss at w."""
-        rng = _rng_state(self.device)
-        loss = closure()
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the random state is back where it was for the second pass
+            loss = closure()
         params = [p for p in self.parameters() if p.grad is not None]
         with torch.no_grad():
             norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
             shifts = [p.grad * (self.hparams.sam_rho / (norm + 1e-12)) for p in params]
             torch._foreach_add_(params, shifts)
-        _set_rng_state(self.device, rng)
         try:
             self._perturbed = True
             with _running_stats_frozen(self.model):
@@ -199,16 +199,6 @@ class LesionClassifier(L.LightningModule):
         backbone = [p for p in self.parameters() if id(p) not in head]
         return [{"params": [p for p in self.parameters() if id(p) in head]},
                 {"params": backbone, "lr": self.hparams.lr * scale}]
-
-
-def _rng_state(device: torch.device):
-    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-
-
-def _set_rng_state(device: torch.device, state) -> None:
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
 
 
 @contextlib.contextmanager
