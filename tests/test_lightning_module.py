@@ -71,10 +71,11 @@ def _backward_closure(module, x, y):
 
 
 def test_sam_leaves_the_gradient_of_the_worst_nearby_weights_and_the_weights_where_they_were():
-    """In training mode (dropout, batch statistics): the gradient left for the optimiser is the one at
-    w + rho * g / ||g||, taken with the same dropout draws as the first pass; batch norm's running statistics move
-    once, as in a plain step."""
-    module = LesionClassifier("efficientnet_lite0", 3, 0, lr=1e-3, weight_decay=0.0, image_size=64, sam_rho=0.05)
+    """In training mode (batch statistics, mixup's random blend): the gradient left for the optimiser is the one at
+    w + rho * g / ||g||, taken on the same blend as the first pass; batch norm's running statistics move once, as in
+    a plain step."""
+    module = LesionClassifier("efficientnet_lite0", 3, 0, lr=1e-3, weight_decay=0.0, image_size=64, sam_rho=0.05,
+                              mixup=0.4)
     module = module.double()  # float64: a random-init network's large gradients make float32 rounding visible
     x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     y = torch.tensor([0, 1, 2, 0])
