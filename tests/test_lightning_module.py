@@ -102,3 +102,17 @@ def test_sam_leaves_the_gradient_of_the_worst_nearby_weights_and_the_weights_whe
     for name, value in stats_once.items():
         torch.testing.assert_close(module.state_dict()[name], value)
     assert all(m.momentum == 0.1 for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize("rho, passes", [(0.0, 1), (0.05, 2)])
+def test_the_optimizer_step_hook_runs_sams_two_passes_inside_the_optimizers_closure(rho, passes):
+    """Lightning hands every step to LightningModule.optimizer_step with a closure (forward, backward); with SAM the
+    optimiser's single closure call holds both passes."""
+    module = LesionClassifier("seed-cnn", 3, 0, lr=1e-3, weight_decay=0.0, image_size=64, sam_rho=rho)
+    x, y = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0])
+    calls = []
+    backward = _backward_closure(module, x, y)
+    before = [p.detach().clone() for p in module.parameters()]
+    module.optimizer_step(0, 0, torch.optim.SGD(module.parameters(), lr=0.1), lambda: calls.append(1) or backward())
+    assert len(calls) == passes
+    assert any(not torch.equal(p, q) for p, q in zip(module.parameters(), before))
