@@ -13,9 +13,9 @@ from melanoma.lightning_module import LesionClassifier
 from melanoma.training import class_weights
 
 
-def _module(weights=None, smoothing=0.1, mixup=0.0) -> LesionClassifier:
+def _module(weights=None, smoothing=0.1, mixup=0.0, sam_rho=0.0) -> LesionClassifier:
     return LesionClassifier("seed-cnn", 3, 0, lr=1e-3, weight_decay=0.0, label_smoothing=smoothing,
-                            class_weights=weights, image_size=64, mixup=mixup)
+                            class_weights=weights, image_size=64, mixup=mixup, sam_rho=sam_rho)
 
 
 def test_class_weights_are_inverse_frequency_and_zero_for_a_class_without_images():
@@ -108,7 +108,7 @@ def test_sam_leaves_the_gradient_of_the_worst_nearby_weights_and_the_weights_whe
 def test_the_optimizer_step_hook_runs_sams_two_passes_inside_the_optimizers_closure(rho, passes):
     """Lightning hands every step to LightningModule.optimizer_step with a closure (forward, backward); with SAM the
     optimiser's single closure call holds both passes."""
-    module = LesionClassifier("seed-cnn", 3, 0, lr=1e-3, weight_decay=0.0, image_size=64, sam_rho=rho)
+    module = _module(sam_rho=rho)
     x, y = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(4)), torch.tensor([0, 1, 2, 0])
     calls = []
     backward = _backward_closure(module, x, y)
