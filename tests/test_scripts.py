@@ -402,3 +402,42 @@ def test_lesion_share_measures_the_dark_share_of_the_centre_crop_and_ranks_melan
                           capture_output=True, text=True, check=True)
     assert "7 images; melanoma AUC of the lesion share alone 1.000 (against nevi only: 1.000)" in done.stdout
     assert "broken.jpg" in done.stderr and "Traceback" not in done.stderr
+
+
+def _proxy_run(root: Path, seed: int, auc: float, in_source_auc: float = 0.9) -> None:
+    """A scored run of scripts/loso_insource.sh: result.json and heldout-eval/metrics.json's melanoma block."""
+    run = root / f"full-seed{seed}"
+    (run / "heldout-eval").mkdir(parents=True)
+    (run / "result.json").write_text(json.dumps({"melanoma_auc": in_source_auc, "balanced_accuracy": 0.64,
+                                                 "best_epoch": 10, "epochs_run": 10}))
+    (run / "heldout-eval" / "metrics.json").write_text(json.dumps({"melanoma": {
+        "auc": {"value": auc, "ci": [auc - 0.03, auc + 0.03]}, "sensitivity": {"value": 0.84},
+        "specificity": {"value": 0.62}, "expected_alert_share": {"referral clinic (10% melanoma)": 0.426}}}))
+
+
+def test_insource_table_pairs_each_seed_with_the_baselines_and_names_a_missing_folder(tmp_path):
+    """The recipe's seeds 1-2 pair with the baseline's seeds 1-2 (its seed 3 has no partner); the baseline's own
+    row has no paired cell; the ensemble's AUC joins the recipe's row; a folder without runs is one stderr line."""
+    base, lever = tmp_path / "loso-insource-base", tmp_path / "loso-insource-lever"
+    for seed, auc in ((1, 0.825), (2, 0.838), (3, 0.842)):
+        _proxy_run(base, seed, auc)
+    for seed, auc in ((1, 0.805), (2, 0.828)):
+        _proxy_run(lever, seed, auc, in_source_auc=0.8)
+    (lever / "ensemble-1-2" / "heldout-eval").mkdir(parents=True)
+    (lever / "ensemble-1-2" / "heldout-eval" / "metrics.json").write_text(json.dumps({"melanoma": {
+        "auc": {"value": 0.83, "ci": [0.8, 0.86]}}}))
+    script = str(ROOT / "scripts" / "insource_table.py")
+    done = subprocess.run([sys.executable, script, "--baseline", str(base), str(lever)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    base_row, lever_row = done.stdout.strip().splitlines()[-2:]
+    assert base_row.startswith("| base, seeds 1, 2, 3 | 0.835 ± 0.009 (0.825 [0.795, 0.855] / ") and "|  |" in base_row
+    assert lever_row.startswith("| lever, seeds 1, 2 | 0.817 ± 0.016 (0.805 [0.775, 0.835] / 0.828 [0.798, 0.858]); "
+                                "ensemble of seeds 1-2 0.830 | -0.015 ± 0.007 (-0.020 / -0.010; seeds 1, 2) | "
+                                "0.84 / 0.62, 0.84 / 0.62; 43%, 43% | 0.800 (0.800 / 0.800) / 0.64; "
+                                "epochs 10, 10 of 10 |")
+    missing = subprocess.run([sys.executable, script, "--baseline", str(base), str(tmp_path / "nothing")],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr.strip() == f"insource_table: {tmp_path / 'nothing'}: no full-seed<N> run with " \
+                                     "heldout-eval/metrics.json"
