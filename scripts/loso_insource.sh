@@ -10,6 +10,9 @@
 # in scoring. Without runs/loso (HELDOUT_CSV), the held-out images are the whole 9-class split (DATA): `melanoma
 # evaluate` leaves out every picture HAM10000 also holds (the model's training fingerprint: ISIC id, pixels, phash),
 # which leaves the older archive's own images.
+# Pair a lever only with baseline seeds trained on the same machine (ROOT=runs/loso-insource-base): a run repeats
+# bit for bit on one machine, but the same seed and code on another CPU landed 0.035 apart (session 34); then
+# scripts/insource_table.py --baseline runs/loso-insource-base runs/loso-insource-NAME prints the table rows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HAM=${HAM:-../shared/data/ham10000}
