@@ -11,6 +11,7 @@ A folder holds full-seed<N>/{result.json,heldout-eval/metrics.json} and ensemble
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -33,6 +34,7 @@ def seed_list(seeds) -> str:
     return f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}"
 
 
+@functools.cache  # each cell reads it again, and the baseline's for every recipe
 def heldout(run: Path) -> dict:
     """metrics.json's melanoma block of the run's score on the never-seen source."""
     return json.loads((run / "heldout-eval" / "metrics.json").read_text())["melanoma"]
