@@ -85,6 +85,36 @@ def insource_cell(runs: dict[int, Path]) -> str:
             f"{results[0]['epochs_run']}")
 
 
+@functools.cache
+def machine_of(run: Path) -> str | None:
+    """'CPU, N threads, torch V[, GPU], precision' from result.json (runs since session 35 record it), else None."""
+    result = json.loads((run / "result.json").read_text())
+    box = result.get("machine")
+    if not box:
+        return None
+    parts = [box["cpu"], f"{box['threads']} threads", f"torch {box['torch']}", box.get("gpu"), result.get("precision")]
+    return ", ".join(str(part) for part in parts if part)
+
+
+def machine_notes(roots: list[Path], baseline: dict[int, Path]) -> list[str]:
+    """The machines the runs trained on, and a warning for each pair whose two runs trained on different ones
+    (a seed repeats bit for bit only on one machine: docs/training.md)."""
+    runs = [run for root in roots for run in seed_runs(root).values()]
+    machines = sorted({machine_of(run) for run in runs} - {None})
+    notes = [f"trained on: {'; '.join(machines)}"] if machines else []
+    unknown = sum(machine_of(run) is None for run in runs)
+    if unknown:
+        notes.append(f"{unknown} of {len(runs)} runs carry no machine record (trained before session 35): pair "
+                     "them only with runs of the same session")
+    for root in roots:
+        for seed, run in seed_runs(root).items():
+            mine, theirs = machine_of(run), seed in baseline and machine_of(baseline[seed])
+            if mine and theirs and mine != theirs:
+                notes.append(f"warning: {run} trained on {mine}, the baseline's seed {seed} on {theirs}: "
+                             "their difference is not a paired comparison")
+    return notes
+
+
 def table_row(root: Path, baseline: dict[int, Path]) -> str:
     runs = seed_runs(root)
     if not runs:
@@ -101,7 +131,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         baseline = seed_runs(args.baseline)
-        rows = [table_row(root, baseline) for root in [args.baseline, *args.recipes]]
+        roots = [args.baseline, *args.recipes]
+        rows = [table_row(root, baseline) for root in roots]
+        notes = machine_notes(roots, baseline)
     except (OSError, ValueError) as error:  # a missing or unreadable file: one line, no traceback
         print(f"insource_table: {error}", file=sys.stderr)
         return 1
@@ -113,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
           "accuracy; best epoch |")
     print("|---|---|---|---|---|")
     print("\n".join(rows))
+    for note in notes:
+        print(note, file=sys.stderr)
     return 0
 
 

@@ -404,12 +404,14 @@ def test_lesion_share_measures_the_dark_share_of_the_centre_crop_and_ranks_melan
     assert "broken.jpg" in done.stderr and "Traceback" not in done.stderr
 
 
-def _proxy_run(root: Path, seed: int, auc: float, in_source_auc: float = 0.9) -> None:
-    """A scored run of scripts/loso_insource.sh: result.json and heldout-eval/metrics.json's melanoma block."""
+def _proxy_run(root: Path, seed: int, auc: float, in_source_auc: float = 0.9, cpu: str | None = None) -> None:
+    """A scored run of scripts/loso_insource.sh: result.json (with the machine record of runs since session 35
+    where `cpu` is given) and heldout-eval/metrics.json's melanoma block."""
     run = root / f"full-seed{seed}"
     (run / "heldout-eval").mkdir(parents=True)
+    machine = {"machine": {"cpu": cpu, "threads": 2, "torch": "2.9", "gpu": None}, "precision": "bf16-mixed"}
     (run / "result.json").write_text(json.dumps({"melanoma_auc": in_source_auc, "balanced_accuracy": 0.64,
-                                                 "best_epoch": 10, "epochs_run": 10}))
+                                                 "best_epoch": 10, "epochs_run": 10, **(machine if cpu else {})}))
     (run / "heldout-eval" / "metrics.json").write_text(json.dumps({"melanoma": {
         "auc": {"value": auc, "ci": [auc - 0.03, auc + 0.03]}, "sensitivity": {"value": 0.84},
         "specificity": {"value": 0.62}, "expected_alert_share": {"referral clinic (10% melanoma)": 0.426}}}))
@@ -441,3 +443,23 @@ def test_insource_table_pairs_each_seed_with_the_baselines_and_names_a_missing_f
     assert missing.returncode == 1 and missing.stdout == ""
     assert missing.stderr.strip() == f"insource_table: {tmp_path / 'nothing'}: no full-seed<N> run with " \
                                      "heldout-eval/metrics.json"
+
+
+def test_insource_table_names_the_machines_and_warns_of_a_pair_across_two(tmp_path):
+    """Runs record their machine (result.json, session 35): the table names the machines under it and warns of each
+    seed whose run and baseline pair trained on different CPUs; runs without a record are counted, not guessed."""
+    base, lever = tmp_path / "loso-insource-base", tmp_path / "loso-insource-lever"
+    _proxy_run(base, 1, 0.82, cpu="AMD EPYC")
+    _proxy_run(base, 2, 0.83)
+    _proxy_run(lever, 1, 0.80, cpu="Intel Xeon")
+    _proxy_run(lever, 2, 0.81, cpu="AMD EPYC")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "insource_table.py"), "--baseline", str(base),
+                           str(lever)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    notes = done.stderr.strip().splitlines()
+    assert notes[0] == ("trained on: AMD EPYC, 2 threads, torch 2.9, bf16-mixed; "
+                        "Intel Xeon, 2 threads, torch 2.9, bf16-mixed")
+    assert notes[1].startswith("1 of 4 runs carry no machine record")
+    assert notes[2:] == [f"warning: {lever / 'full-seed1'} trained on Intel Xeon, 2 threads, torch 2.9, bf16-mixed, "
+                         "the baseline's seed 1 on AMD EPYC, 2 threads, torch 2.9, bf16-mixed: their difference is "
+                         "not a paired comparison"]

@@ -48,6 +48,9 @@ def test_train_one_epoch_writes_a_usable_model(tiny_isic, tmp_path, model, size)
     assert 0.0 <= meta["thresholds"]["melanoma_alert"] <= 1.0 and meta["temperature"] > 0
     assert meta["model_card"]["intended_use"].startswith("Decision support")
     assert 0.0 <= result["balanced_accuracy"] <= 1.0
+    # the machine and precision it trained with: runs pair only within one machine (fastpath.machine)
+    recorded = json.loads((run / "result.json").read_text())
+    assert recorded["precision"] == "32-true" and recorded["machine"]["cpu"] and recorded["machine"]["threads"] >= 1
     with torch.no_grad():
         assert net(torch.zeros(2, 3, size, size)).shape == (2, 9)
     # the referral scores an intermediate stage too (version 3), and prediction feeds it those statistics

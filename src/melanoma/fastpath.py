@@ -37,6 +37,16 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine(accelerator: str = "auto") -> dict:
+    """What a run trained on, for its result.json: the CPU's name, torch's threads and version, and the GPU's name
+    where one trains (the rule of resolve_precision). Why: with identical code, data and seed, runs on two CPUs
+    landed 0.035 AUC apart (docs/results.md, session 34), so a recipe is paired only with baseline runs of the
+    same machine. Trap: a resumed run records the machine that finished it."""
+    on_gpu = torch.cuda.is_available() and accelerator != "cpu"
+    return {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if on_gpu else None}
+
+
 def _key(architecture: str, size: int, batch: int) -> str:
     return f"{architecture}|{size}|{batch}|{_cpu_name()}|{torch.get_num_threads()}t|torch{torch.__version__}"
 

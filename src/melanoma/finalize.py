@@ -15,6 +15,7 @@ import torch
 from melanoma import fingerprint, input_check, metrics, priors
 from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
+from melanoma.fastpath import machine
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, write_predictions_csv
 from melanoma.referral import Referrer, embed, fit_referral, layer_width, softmax, source_masks, tap_layers
@@ -217,7 +218,7 @@ def finalize_split(cfg, run: Path, module, best_ckpt: str, table, images, pre, t
     np.savez(run / "val_outputs.npz", val_idx=np.asarray(val_idx), logits=logits, probs=probs, refer=refer)
     result = {"run": str(run), "n_train": int(len(train_idx)), "n_val": int(len(val_idx)), **head,
               "temperature": calibration["temperature"], "melanoma_alert": threshold,
-              "seconds": round(seconds, 1), **epochs}
+              "seconds": round(seconds, 1), **epochs, "precision": cfg.precision, "machine": machine(cfg.accelerator)}
     atomic_write_text(run / "result.json", json.dumps(result, indent=2))
     auc = head["melanoma_auc"]
     print(f"{run}: balanced accuracy {head['balanced_accuracy']:.3f}, "
