@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma import metrics
+from seed_stats import mean_sd  # scripts/ is on sys.path when this file runs as a script
 
 HAM_METADATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ham10000" / "HAM10000_metadata.csv"
 
@@ -32,11 +33,6 @@ def _last_epoch(fold: Path) -> dict:
     last = max(rows, key=lambda r: float(r["epoch"]))
     return {"epoch": int(float(last["epoch"])), "bal_acc": float(last["val/bal_acc"]),
             "mel_auc": float(last["val/mel_auc"])}
-
-
-def _ms(values) -> str:
-    arr = np.asarray(values, dtype=float)
-    return f"{arr.mean():.3f} ± {arr.std(ddof=1):.3f}"
 
 
 def _ci(entry) -> str:
@@ -64,11 +60,11 @@ def describe(run: Path, ham_metadata: Path = HAM_METADATA) -> None:
     results = [json.loads((f / "result.json").read_text()) for f in folds]
     last = [_last_epoch(f) for f in folds]
     print(f"## {run}  ({summary['images']} images, {summary['seconds'] / 60:.0f} min of training)")
-    print(f"chosen epoch: balanced accuracy {_ms([r['balanced_accuracy'] for r in results])}, "
-          f"melanoma AUC {_ms([r['melanoma_auc'] for r in results])} "
+    print(f"chosen epoch: balanced accuracy {mean_sd([r['balanced_accuracy'] for r in results])}, "
+          f"melanoma AUC {mean_sd([r['melanoma_auc'] for r in results])} "
           f"(epochs {[r.get('best_epoch') for r in results]})")
-    print(f"last epoch:   balanced accuracy {_ms([x['bal_acc'] for x in last])}, "
-          f"melanoma AUC {_ms([x['mel_auc'] for x in last])}")
+    print(f"last epoch:   balanced accuracy {mean_sd([x['bal_acc'] for x in last])}, "
+          f"melanoma AUC {mean_sd([x['mel_auc'] for x in last])}")
     mel = pooled["melanoma"]
     print(f"out-of-fold:  balanced accuracy {_ci(pooled['balanced_accuracy'])}, melanoma AUC {_ci(mel['auc'])}, "
           f"sensitivity {mel['sensitivity']['value'] if isinstance(mel['sensitivity'], dict) else mel['sensitivity']:.3f}"

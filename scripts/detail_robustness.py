@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from loso_by_collection import ham_ids, isic_id, mean_sd  # scripts/ is on sys.path when run as a script
+from loso_by_collection import ham_ids, isic_id  # scripts/ is on sys.path when run as a script
+from seed_stats import mean_sd
 from melanoma.metrics import choose_alert_threshold
 from melanoma.predict import Predictor
 

@@ -17,15 +17,9 @@ import statistics
 import sys
 from pathlib import Path
 
+from seed_stats import mean_sd  # scripts/ is on sys.path when this file runs as a script
+
 REFERRAL_CLINIC = "referral clinic (10% melanoma)"  # key of metrics.json's expected_alert_share
-
-
-def mean_sd(values: list[float], signed: bool = False) -> str:
-    """'mean ± sd' (3 decimals; '+' on differences); one value alone has no spread."""
-    form = "+.3f" if signed else ".3f"
-    if len(values) == 1:
-        return format(values[0], form)
-    return f"{format(statistics.mean(values), form)} ± {statistics.stdev(values):.3f}"
 
 
 def seed_list(seeds) -> str:

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import csv
 import re
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from seed_stats import mean_sd  # scripts/ is on sys.path when a script runs
 
 HAM_METADATA = Path(__file__).resolve().parents[2] / "shared/data/ham10000/HAM10000_metadata.csv"
 
@@ -56,10 +57,6 @@ def auc(preds: dict, images) -> float:
     y = np.array([preds[i][1] for i in images])
     p = np.array([preds[i][0] for i in images])
     return float(roc_auc_score(y, p))
-
-
-def mean_sd(values: list[float]) -> str:
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}" if len(values) > 1 else f"{values[0]:.3f}"
 
 
 def main(roots: list[Path]) -> None:

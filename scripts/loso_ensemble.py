@@ -16,7 +16,8 @@ from pathlib import Path
 
 from sklearn.metrics import roc_auc_score
 
-from loso_table import mean_sd, runs_by_recipe  # scripts/ is on sys.path when this file runs as a script
+from loso_table import runs_by_recipe  # scripts/ is on sys.path when this file runs as a script
+from seed_stats import mean_sd
 
 
 def melanoma_probabilities(run: Path) -> dict[str, tuple[float, bool]]:

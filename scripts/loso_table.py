@@ -7,19 +7,13 @@ operating point, mean +- sd over seeds (runs/loso/<recipe>-seed<N>/result.json, 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 
+from seed_stats import mean_sd  # scripts/ is on sys.path when this file runs as a script
+
 FIGURES = ("melanoma_auc", "balanced_accuracy", "melanoma_sensitivity", "melanoma_specificity")
-
-
-def mean_sd(values: list[float]) -> str:
-    """'mean ± sd' over seeds (3 decimals); one value is marked as one seed, none as '-'."""
-    if len(values) < 2:
-        return f"{values[0]:.3f} (1 seed)" if values else "-"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
 def runs_by_recipe(root: Path) -> dict[str, list[Path]]:
@@ -44,7 +38,7 @@ def main(root: Path) -> None:
     print("|---|---|" + "---|" * len(FIGURES))
     for recipe, figures in rows.items():
         seeds = len(figures["melanoma_auc"])
-        print(f"| {recipe} | {seeds} | " + " | ".join(mean_sd(figures[k]) for k in FIGURES) + " |")
+        print(f"| {recipe} | {seeds} | " + " | ".join(mean_sd(figures[k], one_note=" (1 seed)") for k in FIGURES) + " |")
 
 
 if __name__ == "__main__":

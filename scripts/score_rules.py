@@ -25,7 +25,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -35,6 +34,7 @@ from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loso_by_collection import HAM_METADATA, ham_ids, isic_id, prediction_csv  # noqa: E402
+from seed_stats import mean_sd  # noqa: E402
 
 from melanoma import priors  # noqa: E402
 from melanoma.config import NATURAL_MIX_MODES  # noqa: E402
@@ -135,7 +135,7 @@ def _cell(values: list[float]) -> str:
     """One value, or mean ± sd of several; "-" where a rule had no score."""
     if any(math.isnan(v) for v in values):
         return "-"
-    return f"{values[0]:.3f}" if len(values) == 1 else f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
+    return mean_sd(values)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from pathlib import Path
 from sklearn.metrics import roc_auc_score
 
 from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
-from loso_table import mean_sd, runs_by_recipe
+from loso_table import runs_by_recipe
+from seed_stats import mean_sd
 
 
 def tta_probabilities(run: Path, paths: list[str], views: int) -> dict[str, float]:

@@ -463,3 +463,15 @@ def test_insource_table_names_the_machines_and_warns_of_a_pair_across_two(tmp_pa
     assert notes[2:] == [f"warning: {lever / 'full-seed1'} trained on Intel Xeon, 2 threads, torch 2.9, bf16-mixed, "
                          "the baseline's seed 1 on AMD EPYC, 2 threads, torch 2.9, bf16-mixed: their difference is "
                          "not a paired comparison"]
+
+
+def test_seed_stats_formats_one_many_and_no_values_as_every_table_prints_them():
+    """The one 'mean ± sd' formatter of the experiment tables (scripts/seed_stats.py)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from seed_stats import mean_sd
+
+    assert mean_sd([0.825, 0.838, 0.842]) == "0.835 ± 0.009"
+    assert mean_sd([-0.02, -0.01], signed=True) == "-0.015 ± 0.007"
+    assert mean_sd([0.004], signed=True) == "+0.004"
+    assert mean_sd([0.8], one_note=" (1 seed)") == "0.800 (1 seed)"
+    assert mean_sd([]) == "-"
