@@ -475,3 +475,33 @@ def test_seed_stats_formats_one_many_and_no_values_as_every_table_prints_them():
     assert mean_sd([0.004], signed=True) == "+0.004"
     assert mean_sd([0.8], one_note=" (1 seed)") == "0.800 (1 seed)"
     assert mean_sd([]) == "-"
+
+
+def _scored_seed(root: Path, seed: int, probabilities: dict[str, tuple[float, str]], conflicts: list[str]) -> None:
+    """A run's heldout-eval of scripts/loso_insource.sh: predictions.csv and the label conflicts metrics.json lists."""
+    folder = root / f"full-seed{seed}" / "heldout-eval"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"label_conflicts": {"scored": False, "images": conflicts}}))
+    with (folder / "predictions.csv").open("w", newline="") as fh:
+        fh.write("path,melanoma_probability,label\n")
+        fh.writelines(f"{path},{p},{label}\n" for path, (p, label) in probabilities.items())
+
+
+def test_ensemble_size_scores_every_subset_of_seeds_without_the_label_conflicts(tmp_path):
+    """Two seeds at AUC 0.75 each rank perfectly together; a label-conflict image (listed in metrics.json) is left
+    out as `melanoma evaluate` left it out; a folder without scored seeds is one stderr line."""
+    conflict = {"e.jpg": (0.0, "melanoma")}
+    _scored_seed(tmp_path, 1, {"a.jpg": (0.9, "melanoma"), "b.jpg": (0.2, "melanoma"), "c.jpg": (0.3, "nevus"),
+                               "d.jpg": (0.1, "nevus"), **conflict}, ["e.jpg"])
+    _scored_seed(tmp_path, 2, {"a.jpg": (0.4, "melanoma"), "b.jpg": (0.8, "melanoma"), "c.jpg": (0.5, "nevus"),
+                               "d.jpg": (0.2, "nevus"), **conflict}, ["e.jpg"])
+    script = str(ROOT / "scripts" / "ensemble_size.py")
+    done = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"{tmp_path}: seeds 1, 2; 4 images scored"
+    assert lines[-2:] == ["| 1 | 2 | 0.750 ± 0.000 [0.750, 0.750] | 0.500 ± 0.000 [0.50, 0.50] |",
+                          "| 2 | 1 | 1.000 [1.000, 1.000] | 1.000 [1.00, 1.00] |"]
+    empty = subprocess.run([sys.executable, script, str(tmp_path / "none")], capture_output=True, text=True,
+                           timeout=60)
+    assert empty.returncode == 1 and empty.stderr.strip().endswith("no full-seed<N>/heldout-eval/predictions.csv")
