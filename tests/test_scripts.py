@@ -505,3 +505,32 @@ def test_ensemble_size_scores_every_subset_of_seeds_without_the_label_conflicts(
     empty = subprocess.run([sys.executable, script, str(tmp_path / "none")], capture_output=True, text=True,
                            timeout=60)
     assert empty.returncode == 1 and empty.stderr.strip().endswith("no full-seed<N>/heldout-eval/predictions.csv")
+
+
+def test_illuminant_skin_leaves_out_the_lesion_and_glare_and_measures_the_cast(tmp_path):
+    """scripts/illuminant_skin.py: on skin of one colour with a dark lesion, the whole view's Shades-of-Gray
+    illuminant is the skin's (p = 6 weighs the dark disc little) and the cast is the skin colour's angle to grey;
+    a saturated glare spot pulls the whole view's estimate towards white, not the skin's. An unreadable file is
+    reported and skipped."""
+    from PIL import Image, ImageDraw
+
+    skin = np.array([220.0, 170.0, 150.0])
+    cast = float(np.degrees(np.arccos(skin.sum() / np.sqrt(3) / np.linalg.norm(skin))))
+    for name, glare in (("plain", False), ("glare", True)):
+        image = Image.new("RGB", (200, 150), tuple(int(v) for v in skin))
+        ImageDraw.Draw(image).ellipse((60, 35, 140, 115), fill=(90, 50, 30))
+        if glare:
+            ImageDraw.Draw(image).rectangle((10, 10, 50, 40), fill=(255, 255, 255))
+        (tmp_path / "nevus").mkdir(exist_ok=True)
+        image.save(tmp_path / "nevus" / f"{name}.png")
+    (tmp_path / "nevus" / "broken.jpg").write_bytes(b"not a jpeg")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from illuminant_skin import skin_angle
+
+    plain_angle, plain_cast = skin_angle(tmp_path / "nevus" / "plain.png")
+    assert plain_angle < 0.3 and plain_cast == pytest.approx(cast, abs=0.3)
+    assert skin_angle(tmp_path / "nevus" / "glare.png")[0] > 1.0
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "illuminant_skin.py"), str(tmp_path)],
+                          capture_output=True, text=True, check=True)
+    assert "2 images (0 with under 5% skin left out)" in done.stdout
+    assert "broken.jpg" in done.stderr and "Traceback" not in done.stderr
