@@ -51,7 +51,7 @@ class TrainConfig:
                                           # | hair (standard, half the draws first get dark hair strands drawn)
                                           # | fixed-scale (the eval resize, a square crop anywhere, no scaling)
     batch_size: int = 32
-    lr: float | None = None               # None: 1e-3 for seed-cnn (Adam, as the notebooks), 5e-4 otherwise (AdamW)
+    lr: float | None = None               # None: 1e-3 (Adam for seed-cnn, as the notebooks; AdamW otherwise)
     weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1          # share of each target spread evenly over all classes
