@@ -8,8 +8,9 @@
 # archive's look does not become a melanoma cue as under the plain natural mix (session 22, docs/results.md).
 # Why an ensemble: on the leave-one-source-out check (train HAM10000, score the 9-class images) one seed scored
 # 0.738 +- 0.018 held-out melanoma AUC, the mean of 3 seeds 0.770 +- 0.007, of 6 seeds 0.781 (docs/results.md);
-# 4 source-balanced members matched the 6 sampler members on each source's own images (session 22). Resumes when
-# re-run.
+# 4 source-balanced members matched the 6 sampler members on each source's own images (session 22); on the proxy
+# of session 35 (6 seeds of the current recipe) any 4 seeds scored 0.839 +- 0.007, any 5 0.841, all 6 0.842 (one
+# seed 0.813): members past 4 add under 0.003 AUC (scripts/ensemble_size.py). Resumes when re-run.
 #   scripts/train_default.sh [OUT]         then: scripts/ship_default.sh OUT/shipped
 # The recipe itself: scripts/default_recipe.sh (SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE, IMBALANCE from the
 # environment).
