@@ -20,6 +20,8 @@ from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is o
 from loso_table import runs_by_recipe
 from seed_stats import mean_sd
 
+ONE = " (1 seed)"  # as loso_table marks a figure of one seed
+
 
 def tta_probabilities(run: Path, paths: list[str], views: int) -> dict[str, float]:
     """{path: melanoma probability with `views` TTA views}, computed once and cached beside the run."""
@@ -51,8 +53,8 @@ def recipe_row(recipe: str, runs: list[Path], views: int) -> str:
     diffs = [b - a for a, b in zip(auc_plain, auc_tta)]
     ens_plain = roc_auc_score(truth, [statistics.fmean(p[x][0] for p in plain) for x in shared])
     ens_tta = roc_auc_score(truth, [statistics.fmean(t[x] for t in tta) for x in shared])
-    return (f"| {recipe} | {len(runs)} | {len(shared)} | {mean_sd(auc_plain)} | {mean_sd(auc_tta)} | {mean_sd(diffs)} | "
-            f"{ens_plain:.3f} | {ens_tta:.3f} |")
+    cells = " | ".join(mean_sd(values, one_note=ONE) for values in (auc_plain, auc_tta, diffs))
+    return f"| {recipe} | {len(runs)} | {len(shared)} | {cells} | {ens_plain:.3f} | {ens_tta:.3f} |"
 
 
 def main() -> None:
