@@ -38,7 +38,8 @@ def main(root: Path) -> None:
     print("|---|---|" + "---|" * len(FIGURES))
     for recipe, figures in rows.items():
         seeds = len(figures["melanoma_auc"])
-        print(f"| {recipe} | {seeds} | " + " | ".join(mean_sd(figures[k], one_note=" (1 seed)") for k in FIGURES) + " |")
+        cells = " | ".join(mean_sd(figures[k], one_note=" (1 seed)") for k in FIGURES)
+        print(f"| {recipe} | {seeds} | {cells} |")
 
 
 if __name__ == "__main__":
