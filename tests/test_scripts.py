@@ -534,3 +534,17 @@ def test_illuminant_skin_leaves_out_the_lesion_and_glare_and_measures_the_cast(t
                           capture_output=True, text=True, check=True)
     assert "2 images (0 with under 5% skin left out)" in done.stdout
     assert "broken.jpg" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_loso_table_prints_mean_sd_per_recipe_and_marks_a_single_seed(tmp_path):
+    """scripts/loso_table.py: one row per recipe of runs/loso-style folders, mean ± sd over its seeds; a recipe with
+    one seed is marked '(1 seed)', a figure no run has is '-'."""
+    for name, auc in (("base-seed1", 0.80), ("base-seed2", 0.82), ("ema-seed1", 0.75)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(json.dumps({
+            "melanoma_auc": auc, "balanced_accuracy": 0.5, "melanoma_sensitivity": 0.9}))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "loso_table.py"), str(tmp_path)],
+                          capture_output=True, text=True, check=True, timeout=60)
+    assert done.stdout.strip().splitlines()[2:] == [
+        "| base | 2 | 0.810 ± 0.014 | 0.500 ± 0.000 | 0.900 ± 0.000 | - |",
+        "| ema | 1 | 0.750 (1 seed) | 0.500 (1 seed) | 0.900 (1 seed) | - |"]
