@@ -19,16 +19,10 @@ from PIL import Image
 from lesion_share import PRE, otsu_threshold  # scripts/ is on sys.path when this file runs as a script
 from melanoma.data import discover
 from melanoma.errors import DataError
-from melanoma.images import ILLUMINANT_POWER, load_image, prepare_image
+from melanoma.images import ILLUMINANT_POWER, illuminant, load_image, prepare_image
 
 POWER = ILLUMINANT_POWER["shades_of_gray"]
 SATURATED = 250  # a channel at or above this (of 255) is specular glare, not skin
-
-
-def illuminant(pixels: np.ndarray) -> np.ndarray:
-    """The unit-length Shades-of-Gray illuminant of an N x 3 array of 0-1 pixels."""
-    estimate = np.power(np.mean(np.power(pixels, POWER), axis=0), 1.0 / POWER)
-    return estimate / max(float(np.linalg.norm(estimate)), 1e-9)
 
 
 def degrees(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,8 +38,8 @@ def skin_angle(path) -> tuple[float, float] | None:
     if skin.mean() < 0.05:
         return None
     pixels = view.astype(np.float64) / 255.0
-    whole = illuminant(pixels.reshape(-1, 3))
-    return degrees(whole, illuminant(pixels[skin])), degrees(whole, np.full(3, 3 ** -0.5))
+    whole = illuminant(pixels, POWER)
+    return degrees(whole, illuminant(pixels[skin], POWER)), degrees(whole, np.full(3, 3 ** -0.5))
 
 
 def describe(dataset: str) -> None:

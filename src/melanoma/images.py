@@ -223,6 +223,14 @@ def resize_shorter_side(image: Image.Image, shorter_side: int) -> Image.Image:
     return image
 
 
+def illuminant(pixels: np.ndarray, power: int = 6) -> np.ndarray:
+    """The unit-length illuminant colour of an array of 0-1 RGB pixels (any shape ending in 3): the Minkowski
+    p-norm mean of each channel over all the other axes (Finlayson & Trezzi 2004)."""
+    axes = tuple(range(pixels.ndim - 1))
+    estimate = np.power(np.mean(np.power(pixels, power), axis=axes), 1.0 / power)  # per channel, in [0, 1]
+    return estimate / max(float(np.linalg.norm(estimate)), 1e-6)
+
+
 def shades_of_gray(image: Image.Image, power: int = 6) -> Image.Image:
     """Shades-of-Gray colour constancy (Finlayson & Trezzi 2004; Barata et al. 2015 for dermoscopy): estimate the
     illuminant per channel as the Minkowski p-norm mean of the pixels, then scale each channel so that illuminant
@@ -230,9 +238,8 @@ def shades_of_gray(image: Image.Image, power: int = 6) -> Image.Image:
     power=1 is grey world. The illuminant's brightness is kept (only its colour is removed).
     PIL RGB in, PIL RGB out (uint8, clipped)."""
     x = np.asarray(image, dtype=np.float32) / 255.0
-    illuminant = np.power(np.mean(np.power(x, power), axis=(0, 1)), 1.0 / power)  # per channel, in [0, 1]
-    illuminant = illuminant / max(float(np.linalg.norm(illuminant)), 1e-6)
-    gains = 1.0 / (np.maximum(illuminant, 1e-6) * np.sqrt(3.0))  # a grey illuminant (1,1,1)/sqrt(3) -> gains 1
+    # a grey illuminant (1,1,1)/sqrt(3) -> gains 1
+    gains = 1.0 / (np.maximum(illuminant(x, power), 1e-6) * np.sqrt(3.0))
     out = np.clip(x * gains, 0.0, 1.0) * 255.0
     return Image.fromarray(np.round(out).astype(np.uint8), mode="RGB")
 
