@@ -18,9 +18,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import roc_auc_score
 
-from seed_stats import mean_sd  # scripts/ is on sys.path when this file runs as a script
+from insource_table import seed_runs  # scripts/ is on sys.path when this file runs as a script
+from melanoma.metrics import specificity_at_sensitivity
+from seed_stats import mean_sd
 
 
 def scored_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
@@ -31,12 +33,6 @@ def scored_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
     with (folder / "predictions.csv").open(newline="") as fh:
         return {row["path"]: (float(row["melanoma_probability"]), row["label"] == "melanoma")
                 for row in csv.DictReader(fh) if row["path"] not in left_out}
-
-
-def specificity_at(truth: np.ndarray, scores: np.ndarray, sensitivity: float = 0.9) -> float:
-    """The best specificity among thresholds that keep at least `sensitivity` (the ROC curve's operating points)."""
-    fpr, tpr, _ = roc_curve(truth, scores)
-    return float(1.0 - fpr[tpr >= sensitivity].min())
 
 
 def size_rows(runs: dict[int, dict]) -> list[str]:
@@ -52,7 +48,7 @@ def size_rows(runs: dict[int, dict]) -> list[str]:
         subsets = list(itertools.combinations(sorted(runs), k))
         scores = [np.mean([probs[s] for s in subset], axis=0) for subset in subsets]
         aucs = [roc_auc_score(truth, s) for s in scores]
-        specs = [specificity_at(truth, s) for s in scores]
+        specs = [specificity_at_sensitivity(truth, s, 0.9) for s in scores]
         rows.append(f"| {k} | {len(subsets)} | {mean_sd(aucs)} [{min(aucs):.3f}, {max(aucs):.3f}] | "
                     f"{mean_sd(specs)} [{min(specs):.2f}, {max(specs):.2f}] |")
     return rows
@@ -62,13 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", type=Path, help="a folder of scripts/loso_insource.sh (full-seed<N>/heldout-eval)")
     args = parser.parse_args(argv)
-    seeds = sorted((run for run in args.root.glob("full-seed*") if run.name.removeprefix("full-seed").isdigit()
-                    and (run / "heldout-eval" / "predictions.csv").is_file()),
-                   key=lambda run: int(run.name.removeprefix("full-seed")))
+    seeds = seed_runs(args.root)  # the scored ones: heldout-eval holds metrics.json and predictions.csv
     try:
         if not seeds:
             raise ValueError(f"{args.root}: no full-seed<N>/heldout-eval/predictions.csv")
-        runs = {int(run.name.removeprefix("full-seed")): scored_probabilities(run) for run in seeds}
+        runs = {seed: scored_probabilities(run) for seed, run in seeds.items()}
         rows = size_rows(runs)
     except (OSError, ValueError, KeyError) as error:  # a missing or foreign file: one line, no traceback
         print(f"ensemble_size: {error}", file=sys.stderr)
