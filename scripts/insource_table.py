@@ -34,6 +34,7 @@ def heldout(run: Path) -> dict:
     return json.loads((run / "heldout-eval" / "metrics.json").read_text())["melanoma"]
 
 
+@functools.cache  # the rows and the machine notes ask for every folder again
 def seed_runs(root: Path) -> dict[int, Path]:
     """{seed: run folder} of root's finished and scored seeds."""
     runs = {int(run.name.removeprefix("full-seed")): run for run in root.glob("full-seed*")
@@ -69,9 +70,14 @@ def alert_cell(runs: dict[int, Path]) -> str:
     return f"{points}; {shares}"
 
 
+@functools.cache  # the in-source cell and the machine notes read it
+def result_of(run: Path) -> dict:
+    return json.loads((run / "result.json").read_text())
+
+
 def insource_cell(runs: dict[int, Path]) -> str:
     """The in-source validation's melanoma AUC (mean, per seed) / balanced accuracy; each run's best epoch."""
-    results = [json.loads((run / "result.json").read_text()) for run in runs.values()]
+    results = [result_of(run) for run in runs.values()]
     aucs = [r["melanoma_auc"] for r in results]
     epochs = ", ".join(f"{r['best_epoch']}" for r in results)
     return (f"{statistics.mean(aucs):.3f} ({' / '.join(f'{a:.3f}' for a in aucs)}) / "
@@ -79,10 +85,9 @@ def insource_cell(runs: dict[int, Path]) -> str:
             f"{results[0]['epochs_run']}")
 
 
-@functools.cache
 def machine_of(run: Path) -> str | None:
     """'CPU, N threads, torch V[, GPU], precision' from result.json (runs since session 35 record it), else None."""
-    result = json.loads((run / "result.json").read_text())
+    result = result_of(run)
     box = result.get("machine")
     if not box:
         return None
