@@ -3,7 +3,11 @@ again with N flip/rotation views (`predict --tta`); the table gives the held-out
 per seed (mean +- sd), the paired difference, and the mean of the seeds (a seed ensemble) without and with TTA.
 
     .venv/bin/python scripts/tta_loso.py [RECIPE ...] [--root runs/loso] [--views 8]
+    .venv/bin/python scripts/tta_loso.py --insource runs/loso-insource-base34 [--views 8] [--members 4]
 
+--insource reads a scripts/loso_insource.sh folder instead (full-seed<N>, checkpoint chosen in-source, the images
+its heldout-eval scored): per seed and for every k-member ensemble of the seeds (k = --members), the never-seen
+source's melanoma AUC and specificity at 90% sensitivity, plain (one view) and with TTA, both predicted alike.
 The TTA probabilities are cached in RUN/tta<N>_predictions.csv, so a re-run only scores.
 """
 
@@ -11,13 +15,18 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import statistics
 from pathlib import Path
 
+import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from ensemble_size import scored_probabilities
+from insource_table import seed_runs
 from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
 from loso_table import runs_by_recipe
+from melanoma.metrics import specificity_at_sensitivity
 from seed_stats import mean_sd
 
 ONE = " (1 seed)"  # as loso_table marks a figure of one seed
@@ -57,12 +66,51 @@ def recipe_row(recipe: str, runs: list[Path], views: int) -> str:
     return f"| {recipe} | {len(runs)} | {len(shared)} | {cells} | {ens_plain:.3f} | {ens_tta:.3f} |"
 
 
+def insource_rows(root: Path, views: int, members: int) -> list[str]:
+    """Rows of plain against TTA for a loso_insource.sh folder: each seed, then its k-member ensembles."""
+    runs = seed_runs(root)
+    if not runs:
+        raise SystemExit(f"{root}: no full-seed<N>/heldout-eval/metrics.json")
+    scored = {seed: scored_probabilities(run) for seed, run in runs.items()}
+    shared, truth = shared_images(list(scored.values()))
+    truth = np.array(truth)
+
+    def scores(n: int) -> dict[int, np.ndarray]:  # plain = 1 view through the same predictor as the TTA views
+        by_seed = {seed: tta_probabilities(run, shared, n) for seed, run in runs.items()}
+        return {seed: np.array([probs[x] for x in shared]) for seed, probs in by_seed.items()}
+
+    plain, tta = scores(1), scores(views)
+
+    def figures(by_seed: dict, subset: tuple) -> tuple[float, float]:
+        mean = np.mean([by_seed[s] for s in subset], axis=0)
+        return roc_auc_score(truth, mean), specificity_at_sensitivity(truth, mean, 0.9)
+
+    rows = []
+    for k in sorted({1, min(members, len(runs)), len(runs)}):
+        subsets = list(itertools.combinations(sorted(runs), k))
+        a = np.array([figures(plain, sub) for sub in subsets])
+        b = np.array([figures(tta, sub) for sub in subsets])
+        rows.append(f"| {k} | {len(subsets)} | {mean_sd(a[:, 0])} | {mean_sd(b[:, 0])} | "
+                    f"{mean_sd(b[:, 0] - a[:, 0], signed=True)} | {mean_sd(a[:, 1])} | {mean_sd(b[:, 1])} |")
+    print(f"{root}: seeds {', '.join(map(str, runs))}; {len(shared)} images, {int(truth.sum())} melanomas")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipes", nargs="*", default=["base"])
     ap.add_argument("--root", type=Path, default=Path("runs/loso"))
     ap.add_argument("--views", type=int, default=8)
+    ap.add_argument("--insource", type=Path, metavar="ROOT", help="a scripts/loso_insource.sh folder instead")
+    ap.add_argument("--members", type=int, default=4, help="ensemble size scored with --insource (default 4)")
     args = ap.parse_args()
+    if args.insource:
+        rows = insource_rows(args.insource, args.views, args.members)
+        print(f"| seeds per model | models | AUC, plain | AUC, TTA x{args.views} | TTA - plain (paired) | "
+              "specificity at 90% sensitivity, plain | the same, TTA |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(rows))
+        return
     runs = runs_by_recipe(args.root)
     print(f"| recipe | seeds | held-out images | one seed | one seed, TTA x{args.views} | TTA - plain (paired) | "
           "mean of seeds | mean of seeds, TTA |")

@@ -507,6 +507,31 @@ def test_ensemble_size_scores_every_subset_of_seeds_without_the_label_conflicts(
     assert empty.returncode == 1 and empty.stderr.strip().endswith("no full-seed<N>/heldout-eval/predictions.csv")
 
 
+def test_tta_loso_insource_pairs_one_view_with_tta_per_seed_and_per_ensemble(tmp_path):
+    """scripts/tta_loso.py --insource: each seed's one-view and TTA probabilities (cached beside the run, as the
+    predictor writes them) are scored on the images its heldout-eval scored, label conflicts left out; rows for one
+    seed and for the 2-seed ensemble, the paired difference signed."""
+    conflict = {"e.jpg": (0.0, "melanoma")}
+    truth = {"a.jpg": "melanoma", "b.jpg": "melanoma", "c.jpg": "nevus", "d.jpg": "nevus"}
+    plain = {1: (0.9, 0.2, 0.3, 0.1), 2: (0.4, 0.8, 0.5, 0.2)}  # AUC 0.75 each, 1.0 together
+    tta = {1: (0.9, 0.6, 0.3, 0.1), 2: (0.7, 0.8, 0.5, 0.2)}  # AUC 1.0 each
+    for seed in (1, 2):
+        scored = {x: (p, truth[x]) for x, p in zip(truth, plain[seed])}
+        _scored_seed(tmp_path, seed, {**scored, **conflict}, ["e.jpg"])
+        for views, probs in ((1, plain[seed]), (8, tta[seed])):
+            rows = "".join(f"{x},{p}\n" for x, p in zip(truth, probs))
+            cache = tmp_path / f"full-seed{seed}" / f"tta{views}_predictions.csv"
+            cache.write_text(f"path,melanoma_probability\n{rows}")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "tta_loso.py"), "--insource", str(tmp_path),
+                           "--members", "2"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"{tmp_path}: seeds 1, 2; 4 images, 2 melanomas"
+    assert lines[-2:] == [
+        "| 1 | 2 | 0.750 ± 0.000 | 1.000 ± 0.000 | +0.250 ± 0.000 | 0.500 ± 0.000 | 1.000 ± 0.000 |",
+        "| 2 | 1 | 1.000 | 1.000 | +0.000 | 1.000 | 1.000 |"]
+
+
 def test_illuminant_skin_leaves_out_the_lesion_and_glare_and_measures_the_cast(tmp_path):
     """scripts/illuminant_skin.py: on skin of one colour with a dark lesion, the whole view's Shades-of-Gray
     illuminant is the skin's (p = 6 weighs the dark disc little) and the cast is the skin colour's angle to grey;
