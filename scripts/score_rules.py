@@ -40,7 +40,7 @@ from melanoma import priors  # noqa: E402
 from melanoma.config import NATURAL_MIX_MODES  # noqa: E402
 from melanoma.errors import DataError, MelanomaError  # noqa: E402
 from melanoma.evaluate import read_predictions_csv  # noqa: E402
-from melanoma.labelmaps import _HAM_DX, MELANOMA_NAMES, find_melanoma_class  # noqa: E402
+from melanoma.labelmaps import HAM_DX, MELANOMA_NAMES, find_melanoma_class  # noqa: E402
 
 RULES = ("melanoma", "melanoma_vs_nevus", "not_nevus", "training_mix")
 NEVUS_NAMES = ("nevus", "nv")  # the 9-class name and HAM10000's dx code
@@ -69,7 +69,7 @@ def training_counts(run: Path, classes: list[str]) -> dict[str, int] | None:
         return dict(Counter(read_predictions_csv(run / "val_predictions.csv", classes).labels))
     if holdout.lower() == "train":  # trained on HAM10000: its dx codes, named as the run names them
         dx = [row["dx"] for row in csv.DictReader(HAM_METADATA.open())]
-        return dict(Counter(code if code in classes else _HAM_DX[code] for code in dx))
+        return dict(Counter(code if code in classes else HAM_DX[code] for code in dx))
     ham = ham_ids()  # trained on the older archive: the 9-class split's images that are not HAM10000 pictures
     train = Path(meta["data"]["source"])
     return dict(Counter(p.parent.name for p in train.glob("*/*.jpg") if isic_id(p.name) not in ham))

@@ -48,8 +48,9 @@ WILDCARD = "*"
 # ISIC 2020 (SIIM-ISIC) benign diagnoses; "benign" is what data.discover names its "unknown" benign images
 _ISIC2020_BENIGN = ("benign", "lentigo NOS", "solar lentigo", "lichenoid keratosis", "cafe-au-lait macule",
                     "atypical melanocytic proliferation")
-_HAM_DX = {"mel": "melanoma", "nv": "nevus", "bcc": "basal cell carcinoma", "akiec": "actinic keratosis",
-           "bkl": "pigmented benign keratosis", "df": "dermatofibroma", "vasc": "vascular lesion"}
+# HAM10000 dx code -> the 9-class class name used for it (akiec holds AK and SCC; scripts/score_rules.py reads it)
+HAM_DX = {"mel": "melanoma", "nv": "nevus", "bcc": "basal cell carcinoma", "akiec": "actinic keratosis",
+          "bkl": "pigmented benign keratosis", "df": "dermatofibroma", "vasc": "vascular lesion"}
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ PRESETS: dict[str, LabelMap] = {
          "AKIEC": ("actinic keratosis", "squamous cell carcinoma", "akiec"),
          "BKL": ("pigmented benign keratosis", "seborrheic keratosis", "bkl"),
          "DF": ("dermatofibroma", "df"), "VASC": ("vascular lesion", "vasc")},
-        {dx: dx.upper() for dx in _HAM_DX},  # HAM10000 dx codes: mel -> MEL, ...
+        {dx: dx.upper() for dx in HAM_DX},  # HAM10000 dx codes: mel -> MEL, ...
         "MEL",
         "ISIC 2018 Task 3 / HAM10000 classes; AKIEC = actinic keratosis + squamous cell carcinoma (in situ), "
         "BKL = pigmented benign keratosis + seborrheic keratosis.",
@@ -103,7 +104,7 @@ PRESETS: dict[str, LabelMap] = {
         {"MEL": ("melanoma", "mel"), "NV": ("nevus", "nv"), "BCC": ("basal cell carcinoma", "bcc"),
          "AK": ("actinic keratosis",), "BKL": ("pigmented benign keratosis", "seborrheic keratosis", "bkl"),
          "DF": ("dermatofibroma", "df"), "VASC": ("vascular lesion", "vasc"), "SCC": ("squamous cell carcinoma",)},
-        {dx: dx.upper() for dx in _HAM_DX if dx != "akiec"},  # HAM10000 akiec mixes AK and SCC: left uncovered
+        {dx: dx.upper() for dx in HAM_DX if dx != "akiec"},  # HAM10000 akiec mixes AK and SCC: left uncovered
         "MEL",
         "ISIC 2019 classes (BCN20000, HAM10000, MSK: several clinics); BKL = pigmented benign keratosis + "
         "seborrheic keratosis. Needs a model with separate actinic keratosis and squamous cell carcinoma classes "
@@ -125,7 +126,7 @@ PRESETS: dict[str, LabelMap] = {
         {"melanoma": ("melanoma", "mel"), "other": (WILDCARD,)},
         # HAM10000 codes AND the full lesion names, so a model with HAM10000 class codes can score a folder
         # of 9-class names ("nevus") and the other way round
-        {"mel": "melanoma", **{key: "other" for dx, full in _HAM_DX.items() if dx != "mel" for key in (dx, full)},
+        {"mel": "melanoma", **{key: "other" for dx, full in HAM_DX.items() if dx != "mel" for key in (dx, full)},
          "seborrheic keratosis": "other", "squamous cell carcinoma": "other", "ak": "other", "scc": "other",
          **{name: "other" for name in _ISIC2020_BENIGN}},
         "melanoma",
