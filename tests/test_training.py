@@ -362,7 +362,7 @@ def test_coarse_labels_backbone_lr_and_split_seed(tiny_isic, ham_dir, tmp_path):
     common = dict(extra_data=[str(ham)], lesion_metadata=str(ham_dir / "HAM10000_metadata.csv"),
                   val_sources="all", split_seed=7, model="efficientnet_lite0", image_size=64, pretrained=False,
                   coarse_labels=True)
-    a = train(tiny_config(tiny_isic, tmp_path / "a", backbone_lr_scale=0.1, seed=1, **common))
+    a = train(tiny_config(tiny_isic, tmp_path / "a", backbone_lr_scale=0.1, seed=1, weight_decay=0.05, **common))
     b = train(tiny_config(tiny_isic, tmp_path / "b", seed=2, **common))
     summary = json.loads((Path(a["run"]) / "data_summary.json").read_text())
     assert summary["extra"]["sources"][0]["coarse"] > 0  # akiec and bkl rows train as coarse labels
@@ -372,6 +372,20 @@ def test_coarse_labels_backbone_lr_and_split_seed(tiny_isic, ham_dir, tmp_path):
     ckpt = torch.load(Path(a["run"]) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     head, backbone = (group["lr"] for group in ckpt["optimizer_states"][0]["param_groups"])
     assert backbone == pytest.approx(head * 0.1)
+    for run, decay in ((a, 0.05), (b, 0.01)):  # --weight-decay reaches AdamW; the default is 0.01
+        ckpt = torch.load(Path(run["run"]) / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+        assert {group["weight_decay"] for group in ckpt["optimizer_states"][0]["param_groups"]} == {decay}
+
+
+def test_weight_decay_default_depends_on_the_model_and_a_given_value_is_kept():
+    """seed-cnn has its own L2 term, so it gets no decoupled decay unless asked; the others 0.01."""
+    from melanoma.training import resolve_defaults
+
+    assert resolve_defaults(TrainConfig(model="seed-cnn")).weight_decay == 0.0
+    assert resolve_defaults(TrainConfig(model="efficientnet_lite0")).weight_decay == 0.01
+    assert resolve_defaults(TrainConfig(model="seed-cnn", weight_decay=0.02)).weight_decay == 0.02
+    with pytest.raises(ConfigError, match="weight decay must be >= 0"):
+        TrainConfig(data="x", model="efficientnet_lite0", weight_decay=-0.1).validate()
 
 
 class _SnapshotEachEpoch(L.Callback):

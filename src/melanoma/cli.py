@@ -265,7 +265,10 @@ TRAIN_NUMBERS = [
     ("--image-size", _number(int, 32, 1024), "network input size in pixels (default: the model's own)"),
     ("--batch-size", POSITIVE_INT, "images per training batch"),
     ("--lr", _number(float, 0.0, 1.0, low_open=True),
-     "peak learning rate (default: 1e-3; Adam for seed-cnn, AdamW with weight decay 0.01 otherwise)"),
+     "peak learning rate (default: 1e-3; Adam for seed-cnn, AdamW otherwise)"),
+    ("--weight-decay", _number(float, 0.0),
+     "AdamW's decoupled weight decay; larger values pull the weights harder towards zero (default: 0.01; 0 for "
+     "seed-cnn, whose layers apply their own L2)"),
     ("--val-fraction", _number(float, 0.0, 0.5, low_open=True, high_open=True),
      "share of the primary data held out for validation (hold-out runs; ignored with --folds)"),
     ("--folds", _number(int, 2), "K-fold cross-validation with K >= 2 folds (default: none, one hold-out split)"),

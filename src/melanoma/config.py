@@ -52,7 +52,7 @@ class TrainConfig:
                                           # | fixed-scale (the eval resize, a square crop anywhere, no scaling)
     batch_size: int = 32
     lr: float | None = None               # None: 1e-3 (Adam for seed-cnn, as the notebooks; AdamW otherwise)
-    weight_decay: float = 0.01            # AdamW decoupled decay (seed-cnn: 0, it has its own L2 term)
+    weight_decay: float | None = None     # AdamW decoupled decay; None: 0.01 (seed-cnn: 0, it has its own L2)
     warmup_epochs: float = 1.0
     label_smoothing: float = 0.1          # share of each target spread evenly over all classes
     mixup: float = 0.0                    # mixup's Beta(alpha, alpha) for the mixing weight (0: off; 0.2 as ImageNet)
@@ -133,6 +133,8 @@ class TrainConfig:
              f"linear-probe epochs must be between 0 and epochs - 1 ({self.epochs - 1}), got "
              f"{self.linear_probe_epochs}"),
             (0.0 <= self.label_smoothing < 1.0, f"label smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.weight_decay is None or self.weight_decay >= 0.0,
+             f"weight decay must be >= 0, got {self.weight_decay}"),
             (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
             (0.0 <= self.drop_path < 1.0, f"drop-path rate must be in [0, 1), got {self.drop_path}"),
             (self.sam >= 0.0, f"SAM radius must be >= 0, got {self.sam}"),

@@ -39,15 +39,15 @@ RUN_DIR_ENV = "MELANOMA_RUN_DIR"  # shared with DDP child processes, which re-ru
 
 
 def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
-    """Fill the model-dependent defaults (pretrained, learning rate, optimiser) in place."""
+    """Fill the model-dependent defaults (pretrained, learning rate, optimiser, weight decay) in place."""
     is_seed = cfg.model == "seed-cnn"
     if cfg.pretrained is None:
         cfg.pretrained = pretrained_by_default(cfg.model) and cfg.weights is None
     if cfg.lr is None:
         cfg.lr = 1e-3
     cfg.extra.setdefault("optimizer", "adam" if is_seed else "adamw")
-    if is_seed:
-        cfg.weight_decay = 0.0
+    if cfg.weight_decay is None:  # seed-cnn: none on top of the L2 its own layers apply
+        cfg.weight_decay = 0.0 if is_seed else 0.01
     return cfg
 
 
