@@ -4,11 +4,15 @@ per seed (mean +- sd), the paired difference, and the mean of the seeds (a seed 
 
     .venv/bin/python scripts/tta_loso.py [RECIPE ...] [--root runs/loso] [--views 8]
     .venv/bin/python scripts/tta_loso.py --insource runs/loso-insource-base34 [--views 8] [--members 4]
+    .venv/bin/python scripts/tta_loso.py --insource runs/loso-insource-base34 --alert 1 2 3 4
 
 --insource reads a scripts/loso_insource.sh folder instead (full-seed<N>, checkpoint chosen in-source, the images
 its heldout-eval scored): per seed and for every k-member ensemble of the seeds (k = --members), the never-seen
 source's melanoma AUC and specificity at 90% sensitivity, plain (one view) and with TTA, both predicted alike.
-The TTA probabilities are cached in RUN/tta<N>_predictions.csv, so a re-run only scores.
+--alert SEED...: the alert each of those runs (and their ensemble) would ship, its threshold chosen for 90%
+sensitivity on the run's own validation images, plain and with TTA (re-chosen on TTA probabilities), and what it keeps
+on the never-seen source. The TTA probabilities are cached in RUN/tta<N>_predictions.csv (the run's own validation
+images: RUN/insource-tta<N>_predictions.csv), so a re-run only scores.
 """
 
 from __future__ import annotations
@@ -26,15 +30,16 @@ from ensemble_size import scored_probabilities
 from insource_table import seed_runs
 from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
 from loso_table import runs_by_recipe
-from melanoma.metrics import specificity_at_sensitivity
+from melanoma.metrics import choose_alert_threshold, expected_alert_share, specificity_at_sensitivity
 from seed_stats import mean_sd
 
 ONE = " (1 seed)"  # as loso_table marks a figure of one seed
 
 
-def tta_probabilities(run: Path, paths: list[str], views: int) -> dict[str, float]:
-    """{path: melanoma probability with `views` TTA views}, computed once and cached beside the run."""
-    cache = run / f"tta{views}_predictions.csv"
+def tta_probabilities(run: Path, paths: list[str], views: int, stem: str = "tta") -> dict[str, float]:
+    """{path: melanoma probability with `views` TTA views}, computed once and cached beside the run (RUN/<stem><views>
+    _predictions.csv: one stem per image set)."""
+    cache = run / f"{stem}{views}_predictions.csv"
     if not cache.is_file():
         from melanoma.predict import Predictor
 
@@ -51,6 +56,12 @@ def tta_probabilities(run: Path, paths: list[str], views: int) -> dict[str, floa
         tmp.replace(cache)
     with cache.open(newline="") as f:
         return {row["path"]: float(row["melanoma_probability"]) for row in csv.DictReader(f)}
+
+
+def in_order(run: Path, paths: list[str], views: int, stem: str = "tta") -> np.ndarray:
+    """tta_probabilities as an array in the order of `paths`."""
+    probs = tta_probabilities(run, paths, views, stem)
+    return np.array([probs[x] for x in paths])
 
 
 def recipe_row(recipe: str, runs: list[Path], views: int) -> str:
@@ -75,11 +86,8 @@ def insource_rows(root: Path, views: int, members: int) -> list[str]:
     shared, truth = shared_images(list(scored.values()))
     truth = np.array(truth)
 
-    def scores(n: int) -> dict[int, np.ndarray]:  # plain = 1 view through the same predictor as the TTA views
-        by_seed = {seed: tta_probabilities(run, shared, n) for seed, run in runs.items()}
-        return {seed: np.array([probs[x] for x in shared]) for seed, probs in by_seed.items()}
-
-    plain, tta = scores(1), scores(views)
+    # plain = 1 view through the same predictor as the TTA views
+    plain, tta = ({seed: in_order(run, shared, n) for seed, run in runs.items()} for n in (1, views))
 
     def figures(by_seed: dict, subset: tuple) -> tuple[float, float]:
         mean = np.mean([by_seed[s] for s in subset], axis=0)
@@ -96,6 +104,45 @@ def insource_rows(root: Path, views: int, members: int) -> list[str]:
     return rows
 
 
+def in_source_truth(run: Path) -> dict[str, bool]:
+    """{path: is melanoma} of the run's own validation images (HAM10000 names melanoma `mel`)."""
+    with (run / "val_predictions.csv").open(newline="") as fh:
+        return {row["path"]: row["label"] in ("mel", "melanoma") for row in csv.DictReader(fh)}
+
+
+def alert_rows(root: Path, seeds: list[int], views: int) -> list[str]:
+    """The alert as a run ships it, plain and with TTA: threshold for 90% sensitivity on the run's own validation
+    images (metrics.choose_alert_threshold), applied to the never-seen source; each seed, then their ensemble."""
+    runs = {s: r for s, r in seed_runs(root).items() if s in seeds}
+    if sorted(runs) != sorted(seeds):
+        raise SystemExit(f"{root}: seeds {sorted(set(seeds) - set(runs))} are not scored")
+    inside = in_source_truth(next(iter(runs.values())))
+    outside = {s: scored_probabilities(r) for s, r in runs.items()}
+    held, held_truth = shared_images(list(outside.values()))
+    y_in, y_out = np.array(list(inside.values())), np.array(held_truth)
+
+    def probs(n: int) -> tuple[dict, dict]:
+        return ({s: in_order(r, list(inside), n, "insource-tta") for s, r in runs.items()},
+                {s: in_order(r, held, n) for s, r in runs.items()})
+
+    def cell(p_in: np.ndarray, p_out: np.ndarray) -> str:
+        alert = p_out >= choose_alert_threshold(y_in, p_in, 0.9)
+        sens, spec = float(alert[y_out].mean()), float(1 - alert[~y_out].mean())
+        share = expected_alert_share(sens, spec)["referral clinic (10% melanoma)"]
+        return f"{sens:.2f} / {spec:.2f}; {share:.0%}"
+
+    (plain_in, plain_out), (tta_in, tta_out) = probs(1), probs(views)
+    models = [(f"seed {s}", (s,)) for s in runs]
+    if len(runs) > 1:
+        models.append((f"ensemble of seeds {'-'.join(map(str, runs))}", tuple(runs)))
+    rows = []
+    for name, members in models:
+        pair = [cell(np.mean([p_in[s] for s in members], axis=0), np.mean([p_out[s] for s in members], axis=0))
+                for p_in, p_out in ((plain_in, plain_out), (tta_in, tta_out))]
+        rows.append(f"| {name} | {pair[0]} | {pair[1]} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("recipes", nargs="*", default=["base"])
@@ -103,7 +150,15 @@ def main() -> None:
     ap.add_argument("--views", type=int, default=8)
     ap.add_argument("--insource", type=Path, metavar="ROOT", help="a scripts/loso_insource.sh folder instead")
     ap.add_argument("--members", type=int, default=4, help="ensemble size scored with --insource (default 4)")
+    ap.add_argument("--alert", type=int, nargs="+", metavar="SEED",
+                    help="with --insource: the alert of these seeds and their ensemble, chosen in-source")
     args = ap.parse_args()
+    if args.insource and args.alert:
+        print(f"| model | at its own in-source alert, plain: sensitivity / specificity; alerted at 10% prevalence | "
+              f"the same, TTA x{args.views} (threshold chosen on TTA probabilities) |")
+        print("|---|---|---|")
+        print("\n".join(alert_rows(args.insource, args.alert, args.views)))
+        return
     if args.insource:
         rows = insource_rows(args.insource, args.views, args.members)
         print(f"| seeds per model | models | AUC, plain | AUC, TTA x{args.views} | TTA - plain (paired) | "

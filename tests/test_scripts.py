@@ -530,6 +530,17 @@ def test_tta_loso_insource_pairs_one_view_with_tta_per_seed_and_per_ensemble(tmp
     assert lines[-2:] == [
         "| 1 | 2 | 0.750 ± 0.000 | 1.000 ± 0.000 | +0.250 ± 0.000 | 0.500 ± 0.000 | 1.000 ± 0.000 |",
         "| 2 | 1 | 1.000 | 1.000 | +0.000 | 1.000 | 1.000 |"]
+    # --alert: the threshold keeping 90% of the run's own (HAM10000: `mel`) validation melanomas, plain 0.55 and
+    # TTA 0.5, applied to the never-seen images: plain alerts a.jpg alone, TTA a.jpg and b.jpg
+    run = tmp_path / "full-seed1"
+    (run / "val_predictions.csv").write_text("path,label\nh1,mel\nh2,mel\nh3,nv\nh4,nv\n")
+    for views, probs in ((1, (0.8, 0.6, 0.5, 0.1)), (8, (0.8, 0.7, 0.3, 0.2))):
+        rows = "".join(f"h{i},{p}\n" for i, p in enumerate(probs, 1))
+        (run / f"insource-tta{views}_predictions.csv").write_text(f"path,melanoma_probability\n{rows}")
+    alert = subprocess.run([sys.executable, str(ROOT / "scripts" / "tta_loso.py"), "--insource", str(tmp_path),
+                            "--alert", "1"], capture_output=True, text=True, timeout=60)
+    assert alert.returncode == 0, alert.stderr
+    assert alert.stdout.strip().splitlines()[-1] == "| seed 1 | 0.50 / 1.00; 5% | 1.00 / 1.00; 10% |"
 
 
 def test_illuminant_skin_leaves_out_the_lesion_and_glare_and_measures_the_cast(tmp_path):
