@@ -31,12 +31,19 @@ def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0, onl
     keys = sorted(set(first) & set(second) & (set(only) if only is not None else set(first)))
     y = np.array([first[k][0] for k in keys])
     pa, pb = (np.array([d[k][1] for k in keys]) for d in (first, second))
+    return paired_bootstrap(y, pa, pb, n_boot, seed)
+
+
+def paired_bootstrap(y, pa, pb, n_boot: int = 2000, seed: int = 0) -> dict:
+    """AUC(pa) - AUC(pb) for labels y (True = melanoma), with a 95% CI from resampling the images (both scores of an
+    image travel together)."""
+    y, pa, pb = np.asarray(y, dtype=bool), np.asarray(pa), np.asarray(pb)
     rng, diffs = np.random.default_rng(seed), []
     for _ in range(n_boot):
         i = rng.integers(0, len(y), len(y))
         if 0 < y[i].sum() < len(i):
             diffs.append(roc_auc_score(y[i], pa[i]) - roc_auc_score(y[i], pb[i]))
-    return {"n": len(keys), "n_melanoma": int(y.sum()), "auc_a": roc_auc_score(y, pa), "auc_b": roc_auc_score(y, pb),
+    return {"n": len(y), "n_melanoma": int(y.sum()), "auc_a": roc_auc_score(y, pa), "auc_b": roc_auc_score(y, pb),
             "difference": roc_auc_score(y, pa) - roc_auc_score(y, pb), "ci": np.percentile(diffs, [2.5, 97.5]).tolist(),
             "share_of_resamples_a_not_better": float(np.mean(np.asarray(diffs) <= 0))}
 

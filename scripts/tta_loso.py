@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from compare_auc import paired_bootstrap
 from ensemble_size import scored_probabilities
 from insource_table import seed_runs
 from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
@@ -93,6 +94,10 @@ def insource_rows(root: Path, views: int, members: int) -> list[str]:
         mean = np.mean([by_seed[s] for s in subset], axis=0)
         return roc_auc_score(truth, mean), specificity_at_sensitivity(truth, mean, 0.9)
 
+    everyone = tuple(sorted(runs))
+    gain = paired_bootstrap(truth, *(np.mean([by_seed[s] for s in everyone], axis=0) for by_seed in (tta, plain)))
+    note = (f"ensemble of all {len(runs)} seeds, TTA - plain: {gain['difference']:+.3f} [{gain['ci'][0]:+.3f}, "
+            f"{gain['ci'][1]:+.3f}] (paired bootstrap over the images, 95%)")
     rows = []
     for k in sorted({1, min(members, len(runs)), len(runs)}):
         subsets = list(itertools.combinations(sorted(runs), k))
@@ -101,7 +106,7 @@ def insource_rows(root: Path, views: int, members: int) -> list[str]:
         rows.append(f"| {k} | {len(subsets)} | {mean_sd(a[:, 0])} | {mean_sd(b[:, 0])} | "
                     f"{mean_sd(b[:, 0] - a[:, 0], signed=True)} | {mean_sd(a[:, 1])} | {mean_sd(b[:, 1])} |")
     print(f"{root}: seeds {', '.join(map(str, runs))}; {len(shared)} images, {int(truth.sum())} melanomas")
-    return rows
+    return rows + ["", note]
 
 
 def in_source_truth(run: Path) -> dict[str, bool]:

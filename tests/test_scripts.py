@@ -527,9 +527,10 @@ def test_tta_loso_insource_pairs_one_view_with_tta_per_seed_and_per_ensemble(tmp
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0] == f"{tmp_path}: seeds 1, 2; 4 images, 2 melanomas"
-    assert lines[-2:] == [
+    assert lines[-4:] == [
         "| 1 | 2 | 0.750 ± 0.000 | 1.000 ± 0.000 | +0.250 ± 0.000 | 0.500 ± 0.000 | 1.000 ± 0.000 |",
-        "| 2 | 1 | 1.000 | 1.000 | +0.000 | 1.000 | 1.000 |"]
+        "| 2 | 1 | 1.000 | 1.000 | +0.000 | 1.000 | 1.000 |", "",
+        "ensemble of all 2 seeds, TTA - plain: +0.000 [+0.000, +0.000] (paired bootstrap over the images, 95%)"]
     # --alert: the threshold keeping 90% of the run's own (HAM10000: `mel`) validation melanomas, plain 0.55 and
     # TTA 0.5, applied to the never-seen images: plain alerts a.jpg alone, TTA a.jpg and b.jpg
     run = tmp_path / "full-seed1"
