@@ -10,8 +10,9 @@ per seed (mean +- sd), the paired difference, and the mean of the seeds (a seed 
 its heldout-eval scored): per seed and for every k-member ensemble of the seeds (k = --members), the never-seen
 source's melanoma AUC and specificity at 90% sensitivity, plain (one view) and with TTA, both predicted alike.
 --alert SEED...: the alert each of those runs (and their ensemble) would ship, its threshold chosen for 90%
-sensitivity on the run's own validation images, plain and with TTA (re-chosen on TTA probabilities), and what it keeps
-on the never-seen source. The TTA probabilities are cached in RUN/tta<N>_predictions.csv (the run's own validation
+sensitivity on the run's own validation images, and what it keeps on the never-seen source: plain; TTA probabilities
+at the plain threshold (what `predict --tta` does with a model's stored threshold); TTA with the threshold re-chosen
+on TTA probabilities. The TTA probabilities are cached in RUN/tta<N>_predictions.csv (the run's own validation
 images: RUN/insource-tta<N>_predictions.csv), so a re-run only scores.
 """
 
@@ -130,7 +131,7 @@ def alert_rows(root: Path, seeds: list[int], views: int) -> list[str]:
         return ({s: in_order(r, list(inside), n, "insource-tta") for s, r in runs.items()},
                 {s: in_order(r, held, n) for s, r in runs.items()})
 
-    def cell(p_in: np.ndarray, p_out: np.ndarray) -> str:
+    def cell(p_in: np.ndarray, p_out: np.ndarray) -> str:  # p_in chooses the threshold, p_out meets it
         alert = p_out >= choose_alert_threshold(y_in, p_in, 0.9)
         sens, spec = float(alert[y_out].mean()), float(1 - alert[~y_out].mean())
         share = expected_alert_share(sens, spec)["referral clinic (10% melanoma)"]
@@ -142,9 +143,11 @@ def alert_rows(root: Path, seeds: list[int], views: int) -> list[str]:
         models.append((f"ensemble of seeds {'-'.join(map(str, runs))}", tuple(runs)))
     rows = []
     for name, members in models:
-        pair = [cell(np.mean([p_in[s] for s in members], axis=0), np.mean([p_out[s] for s in members], axis=0))
-                for p_in, p_out in ((plain_in, plain_out), (tta_in, tta_out))]
-        rows.append(f"| {name} | {pair[0]} | {pair[1]} |")
+        mean = {key: np.mean([p[s] for s in members], axis=0) for key, p in
+                (("plain_in", plain_in), ("plain_out", plain_out), ("tta_in", tta_in), ("tta_out", tta_out))}
+        cells = (cell(mean["plain_in"], mean["plain_out"]), cell(mean["plain_in"], mean["tta_out"]),
+                 cell(mean["tta_in"], mean["tta_out"]))
+        rows.append(f"| {name} | {' | '.join(cells)} |")
     return rows
 
 
@@ -160,8 +163,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.insource and args.alert:
         print(f"| model | at its own in-source alert, plain: sensitivity / specificity; alerted at 10% prevalence | "
-              f"the same, TTA x{args.views} (threshold chosen on TTA probabilities) |")
-        print("|---|---|---|")
+              f"TTA x{args.views} at the plain threshold | TTA x{args.views}, threshold chosen on TTA probabilities |")
+        print("|---|---|---|---|")
         print("\n".join(alert_rows(args.insource, args.alert, args.views)))
         return
     if args.insource:
