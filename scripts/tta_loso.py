@@ -32,6 +32,7 @@ from ensemble_size import scored_probabilities
 from insource_table import seed_runs
 from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
 from loso_table import runs_by_recipe
+from melanoma.labelmaps import MELANOMA_NAMES
 from melanoma.metrics import choose_alert_threshold, expected_alert_share, specificity_at_sensitivity
 from seed_stats import mean_sd
 
@@ -113,7 +114,7 @@ def insource_rows(root: Path, views: int, members: int) -> list[str]:
 def in_source_truth(run: Path) -> dict[str, bool]:
     """{path: is melanoma} of the run's own validation images (HAM10000 names melanoma `mel`)."""
     with (run / "val_predictions.csv").open(newline="") as fh:
-        return {row["path"]: row["label"] in ("mel", "melanoma") for row in csv.DictReader(fh)}
+        return {row["path"]: row["label"].strip().lower() in MELANOMA_NAMES for row in csv.DictReader(fh)}
 
 
 def alert_rows(root: Path, seeds: list[int], views: int) -> list[str]:
@@ -123,6 +124,8 @@ def alert_rows(root: Path, seeds: list[int], views: int) -> list[str]:
     if sorted(runs) != sorted(seeds):
         raise SystemExit(f"{root}: seeds {sorted(set(seeds) - set(runs))} are not scored")
     inside = in_source_truth(next(iter(runs.values())))
+    if any(in_source_truth(r) != inside for r in runs.values()):  # the ensemble's threshold needs one image set
+        raise SystemExit(f"{root}: seeds {sorted(runs)} validated on different images (another --split-seed?)")
     outside = {s: scored_probabilities(r) for s, r in runs.items()}
     held, held_truth = shared_images(list(outside.values()))
     y_in, y_out = np.array(list(inside.values())), np.array(held_truth)
