@@ -9,7 +9,7 @@ per seed (mean +- sd), the paired difference, and the mean of the seeds (a seed 
 --insource reads a scripts/loso_insource.sh folder instead (full-seed<N>, checkpoint chosen in-source, the images
 its heldout-eval scored): per seed and for every k-member ensemble of the seeds (k = --members), the never-seen
 source's melanoma AUC and specificity at 90% sensitivity, plain (one view) and with TTA, both predicted alike.
---alert SEED...: the alert each of those runs (and their ensemble) would ship, its threshold chosen for 90%
+--alert SEED...: the alert each of those runs (and their ensemble) would ship, its threshold chosen for 90% (--target)
 sensitivity on the run's own validation images, and what it keeps on the never-seen source: plain; TTA probabilities
 at the plain threshold (what `predict --tta` does with a model's stored threshold); TTA with the threshold re-chosen
 on TTA probabilities. The TTA probabilities are cached in RUN/tta<N>_predictions.csv (the run's own validation
@@ -117,8 +117,8 @@ def in_source_truth(run: Path) -> dict[str, bool]:
         return {row["path"]: row["label"].strip().lower() in MELANOMA_NAMES for row in csv.DictReader(fh)}
 
 
-def alert_rows(root: Path, seeds: list[int], views: int) -> list[str]:
-    """The alert as a run ships it, plain and with TTA: threshold for 90% sensitivity on the run's own validation
+def alert_rows(root: Path, seeds: list[int], views: int, target: float = 0.9) -> list[str]:
+    """The alert as a run ships it, plain and with TTA: threshold for `target` sensitivity on the run's own validation
     images (metrics.choose_alert_threshold), applied to the never-seen source; each seed, then their ensemble."""
     runs = {s: r for s, r in seed_runs(root).items() if s in seeds}
     if sorted(runs) != sorted(seeds):
@@ -135,7 +135,7 @@ def alert_rows(root: Path, seeds: list[int], views: int) -> list[str]:
                 {s: in_order(r, held, n) for s, r in runs.items()})
 
     def cell(p_in: np.ndarray, p_out: np.ndarray) -> str:  # p_in chooses the threshold, p_out meets it
-        alert = p_out >= choose_alert_threshold(y_in, p_in, 0.9)
+        alert = p_out >= choose_alert_threshold(y_in, p_in, target)
         sens, spec = float(alert[y_out].mean()), float(1 - alert[~y_out].mean())
         share = expected_alert_share(sens, spec)["referral clinic (10% melanoma)"]
         return f"{sens:.2f} / {spec:.2f}; {share:.0%}"
@@ -163,12 +163,14 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=4, help="ensemble size scored with --insource (default 4)")
     ap.add_argument("--alert", type=int, nargs="+", metavar="SEED",
                     help="with --insource: the alert of these seeds and their ensemble, chosen in-source")
+    ap.add_argument("--target", type=float, default=0.9, help="--alert's in-source sensitivity target (default 0.9)")
     args = ap.parse_args()
     if args.insource and args.alert:
-        print(f"| model | at its own in-source alert, plain: sensitivity / specificity; alerted at 10% prevalence | "
+        print(f"| model | at its own in-source alert ({args.target:.0%} sensitivity there), plain: sensitivity / "
+              "specificity; alerted at 10% prevalence | "
               f"TTA x{args.views} at the plain threshold | TTA x{args.views}, threshold chosen on TTA probabilities |")
         print("|---|---|---|---|")
-        print("\n".join(alert_rows(args.insource, args.alert, args.views)))
+        print("\n".join(alert_rows(args.insource, args.alert, args.views, args.target)))
         return
     if args.insource:
         rows = insource_rows(args.insource, args.views, args.members)
