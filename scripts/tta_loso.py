@@ -80,24 +80,34 @@ def recipe_row(recipe: str, runs: list[Path], views: int) -> str:
     return f"| {recipe} | {len(runs)} | {len(shared)} | {cells} | {ens_plain:.3f} | {ens_tta:.3f} |"
 
 
-def insource_rows(root: Path, views: int, members: int) -> list[str]:
-    """Rows of plain against TTA for a loso_insource.sh folder: each seed, then its k-member ensembles."""
-    runs = seed_runs(root)
+def ensemble_mean(by_seed: dict[int, np.ndarray], members) -> np.ndarray:
+    """The members' mean melanoma probability per image, as `melanoma ensemble` averages them."""
+    return np.mean([by_seed[s] for s in members], axis=0)
+
+
+def never_seen(root: Path, seeds: list[int] | None = None) -> tuple[dict[int, Path], list[str], np.ndarray]:
+    """(the scored runs of a loso_insource.sh folder, or of `seeds`; the never-seen images every one of them
+    scored, label conflicts left out; whether each is a melanoma)."""
+    runs = {s: r for s, r in seed_runs(root).items() if seeds is None or s in seeds}
     if not runs:
         raise SystemExit(f"{root}: no full-seed<N>/heldout-eval/metrics.json")
-    scored = {seed: scored_probabilities(run) for seed, run in runs.items()}
-    shared, truth = shared_images(list(scored.values()))
-    truth = np.array(truth)
+    if seeds is not None and sorted(runs) != sorted(seeds):
+        raise SystemExit(f"{root}: seeds {sorted(set(seeds) - set(runs))} are not scored")
+    shared, truth = shared_images([scored_probabilities(run) for run in runs.values()])
+    return runs, shared, np.array(truth)
 
+
+def insource_rows(root: Path, views: int, members: int) -> list[str]:
+    """Rows of plain against TTA for a loso_insource.sh folder: each seed, then its k-member ensembles."""
+    runs, shared, truth = never_seen(root)
     # plain = 1 view through the same predictor as the TTA views
     plain, tta = ({seed: in_order(run, shared, n) for seed, run in runs.items()} for n in (1, views))
 
     def figures(by_seed: dict, subset: tuple) -> tuple[float, float]:
-        mean = np.mean([by_seed[s] for s in subset], axis=0)
+        mean = ensemble_mean(by_seed, subset)
         return roc_auc_score(truth, mean), specificity_at_sensitivity(truth, mean, 0.9)
 
-    everyone = tuple(sorted(runs))
-    gain = paired_bootstrap(truth, *(np.mean([by_seed[s] for s in everyone], axis=0) for by_seed in (tta, plain)))
+    gain = paired_bootstrap(truth, ensemble_mean(tta, runs), ensemble_mean(plain, runs))
     note = (f"ensemble of all {len(runs)} seeds, TTA - plain: {gain['difference']:+.3f} [{gain['ci'][0]:+.3f}, "
             f"{gain['ci'][1]:+.3f}] (paired bootstrap over the images, 95%)")
     rows = []
@@ -120,15 +130,11 @@ def in_source_truth(run: Path) -> dict[str, bool]:
 def alert_rows(root: Path, seeds: list[int], views: int, target: float = 0.9) -> list[str]:
     """The alert as a run ships it, plain and with TTA: threshold for `target` sensitivity on the run's own validation
     images (metrics.choose_alert_threshold), applied to the never-seen source; each seed, then their ensemble."""
-    runs = {s: r for s, r in seed_runs(root).items() if s in seeds}
-    if sorted(runs) != sorted(seeds):
-        raise SystemExit(f"{root}: seeds {sorted(set(seeds) - set(runs))} are not scored")
+    runs, held, y_out = never_seen(root, seeds)
     inside = in_source_truth(next(iter(runs.values())))
     if any(in_source_truth(r) != inside for r in runs.values()):  # the ensemble's threshold needs one image set
         raise SystemExit(f"{root}: seeds {sorted(runs)} validated on different images (another --split-seed?)")
-    outside = {s: scored_probabilities(r) for s, r in runs.items()}
-    held, held_truth = shared_images(list(outside.values()))
-    y_in, y_out = np.array(list(inside.values())), np.array(held_truth)
+    y_in = np.array(list(inside.values()))
 
     def probs(n: int) -> tuple[dict, dict]:
         return ({s: in_order(r, list(inside), n, "insource-tta") for s, r in runs.items()},
@@ -146,10 +152,9 @@ def alert_rows(root: Path, seeds: list[int], views: int, target: float = 0.9) ->
         models.append((f"ensemble of seeds {'-'.join(map(str, runs))}", tuple(runs)))
     rows = []
     for name, members in models:
-        mean = {key: np.mean([p[s] for s in members], axis=0) for key, p in
-                (("plain_in", plain_in), ("plain_out", plain_out), ("tta_in", tta_in), ("tta_out", tta_out))}
-        cells = (cell(mean["plain_in"], mean["plain_out"]), cell(mean["plain_in"], mean["tta_out"]),
-                 cell(mean["tta_in"], mean["tta_out"]))
+        cells = (cell(ensemble_mean(plain_in, members), ensemble_mean(plain_out, members)),
+                 cell(ensemble_mean(plain_in, members), ensemble_mean(tta_out, members)),
+                 cell(ensemble_mean(tta_in, members), ensemble_mean(tta_out, members)))
         rows.append(f"| {name} | {' | '.join(cells)} |")
     return rows
 
