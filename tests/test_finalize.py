@@ -253,3 +253,62 @@ def test_prior_correction_is_refused_where_it_cannot_be_fitted_or_would_stale_a_
     assert cli.main(args) == 2
     assert "needs it refitted: add --detail-levels 120" in capsys.readouterr().err
     assert "prior_correction" not in json.loads((run / "model.json").read_text())
+
+
+def _model_with_own_validation(tiny_isic: Path, folder: Path) -> tuple[Path, list[str], np.ndarray]:
+    """A random-weight model whose val_predictions.csv holds the tiny images with their labels, predicted by it."""
+    from melanoma.predict import Predictor, write_predictions_csv
+
+    run = build_test_model(folder, image_size=64)
+    paths = sorted(str(p) for p in tiny_isic.glob("*/*.jpg"))
+    labels = [Path(p).parent.name for p in paths]
+    write_predictions_csv(Predictor.load(run).predict_paths(paths), run / "val_predictions.csv", labels=labels)
+    return run, paths, np.array([label == "melanoma" for label in labels])
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::melanoma.errors.ThresholdWarning")  # 5 melanomas: warned, on purpose
+def test_tta_views_rechoose_the_alert_on_those_views_and_become_the_models_default(tiny_isic, tmp_path, capsys):
+    from melanoma.evaluate import read_predictions_csv
+    from melanoma.metrics import choose_alert_threshold
+    from melanoma.predict import Predictor
+
+    run, paths, is_mel = _model_with_own_validation(tiny_isic, tmp_path / "run")
+    result = rethreshold(run, 0.8, out=tmp_path / "tta", tta_views=8)
+    eight = Predictor.load(run).predict_paths(paths, tta=True, tta_views=8)
+    assert result["tta_views"] == 8 and result["tta_views_changed"]
+    assert result["new"] == pytest.approx(choose_alert_threshold(is_mel, eight.melanoma_probability, 0.8))
+    tta = Predictor.load(tmp_path / "tta")
+    assert tta.tta_views == 8 and tta.alert_threshold == result["new"]
+    default = tta.predict_paths(paths)  # the stored views, without asking for them
+    np.testing.assert_allclose(default.probs, eight.probs, atol=1e-7)
+    stored = read_predictions_csv(tmp_path / "tta" / "val_predictions.csv", tta.class_names)
+    np.testing.assert_allclose(stored.probs, eight.probs, atol=2e-6)
+    assert stored.labels == [Path(p).parent.name for p in paths]
+    meta = json.loads((tmp_path / "tta" / "model.json").read_text())
+    assert meta["test_time_augmentation"] == {"views": 8, "fitted_on": "validation"}
+    assert meta["model_card"]["test_time_augmentation"].startswith("8 views per image")
+    assert "test_time_augmentation" not in json.loads((run / "model.json").read_text())  # --out leaves RUN alone
+
+    assert cli.main(["threshold", str(tmp_path / "tta"), "--target-sensitivity", "0.8", "--tta-views", "1",
+                     "--out", str(tmp_path / "one")]) == 0
+    assert "test-time augmentation: 1 view(s) per image from now on" in capsys.readouterr().out
+    assert "test_time_augmentation" not in json.loads((tmp_path / "one" / "model.json").read_text())
+    np.testing.assert_allclose(Predictor.load(tmp_path / "one").predict_paths(paths).probs,
+                               Predictor.load(run).predict_paths(paths).probs, atol=1e-7)
+
+
+def test_tta_views_refuse_a_clinics_predictions_and_a_stale_detail_calibration(tmp_path, capsys):
+    run, _, _ = _fake_run(tmp_path)
+    before = (run / "model.json").read_bytes()
+    base = ["threshold", str(run), "--target-sensitivity", "0.9", "--in-place", "--tta-views", "8"]
+    assert cli.main([*base, "--predictions", str(run / "val_predictions.csv")]) == 2
+    assert "cannot be combined with --predictions" in capsys.readouterr().err
+    meta = json.loads(before)
+    meta["detail_calibration"] = {"levels": [{"shorter_side": 120, "melanoma_logit_shift": 0.4}]}
+    (run / "model.json").write_text(json.dumps(meta))
+    assert cli.main(base) == 2
+    err = capsys.readouterr().err
+    assert "needs it refitted: add --detail-levels 120" in err and "Traceback" not in err
+    assert cli.main([*base[:-1], "9"]) == 2
+    assert "--tta-views" in capsys.readouterr().err

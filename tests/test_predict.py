@@ -436,3 +436,34 @@ def test_a_prediction_result_survives_its_arrays(predictor, tiny_isic):
     assert back.refer_reason == result.refer_reason and back.alert.dtype == bool
     assert np.array_equal(back.probs, result.probs) and np.array_equal(back.refer, result.refer)
     assert PredictionResult.from_arrays(PredictionResult.concat([], ["a"]).to_arrays(), ["a"]).paths == []
+
+
+def test_the_models_own_views_are_the_default_and_the_referral_sees_the_unaugmented_view(model_dir, tiny_isic,
+                                                                                         tmp_path, capsys):
+    """model.json test_time_augmentation (written by `threshold --tta-views`): predict averages those views unless
+    told otherwise; the referral keeps deciding on the un-augmented view it was fitted on."""
+    four = Predictor.load(_edit_meta(model_dir, tmp_path / "four", test_time_augmentation={"views": 4}))
+    paths = _images(tiny_isic)[:6]
+    default, one = four.predict_paths(paths), four.predict_paths(paths, tta=False)
+    np.testing.assert_allclose(default.probs, four.predict_paths(paths, tta=True, tta_views=4).probs, atol=1e-7)
+    np.testing.assert_allclose(one.probs, Predictor.load(model_dir).predict_paths(paths).probs, atol=1e-7)
+    assert not np.allclose(default.probs, one.probs, atol=1e-9)
+    four.referrer.refer_confidence = float(np.median(one.probs.max(axis=1)))  # refers about half on one view
+    referred = four.predict_paths(paths, tta=False)
+    assert 0 < referred.refer.sum() < len(paths)
+    assert np.array_equal(four.predict_paths(paths).refer, referred.refer)
+    assert four.views(tta=True) == 8 and four.views(tta_views=2) == 2 and four.views(tta=False, tta_views=5) == 1
+    assert four.views_warning(4) == "" and "chosen on 4" in four.views_warning(1)
+
+    assert cli.main(["predict", *map(str, paths[:2]), "--model", str(tmp_path / "four"), "--no-tta"]) == 0
+    assert "warning: predicting with 1 test-time view(s); the model's alert threshold was chosen on 4" in \
+        capsys.readouterr().err
+    assert cli.main(["predict", *map(str, paths[:2]), "--model", str(tmp_path / "four")]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("section", [{"views": 9}, {"views": "8"}, {"views": 0}, "eight"])
+def test_a_bad_view_count_in_model_json_is_named_at_load(model_dir, tmp_path, section):
+    bad = _edit_meta(model_dir, tmp_path / "bad", test_time_augmentation=section)
+    with pytest.raises(ModelError, match="test_time_augmentation.views must be an integer from 1 to 8"):
+        Predictor.load(bad)

@@ -460,9 +460,25 @@ def _add_threshold(sub) -> None:
                         "(--imbalance none or source-balanced) (default: keep the model's). The threshold is then "
                         "chosen on the moved probabilities; a detail calibration must be refitted with it "
                         "(--detail-levels)")
+    p.add_argument("--tta-views", type=_number(int, 1, 8), metavar="N",
+                   help="test-time augmentation: predict the model's validation images again averaging N views "
+                        "(flips, 90-degree rotations; 1: none), choose the threshold on those probabilities and "
+                        "store N in the model, so that predict, evaluate and the service average N views by default "
+                        "(N forward passes per image); a detail calibration must be refitted with it "
+                        "(--detail-levels). Resumes after a kill (default: keep the model's)")
     _add_out_or_in_place(p, "the new threshold", "RUN/model.json itself")
     _add_json_flag(p)
     p.set_defaults(func=_run_threshold)
+
+
+def _add_tta_flags(p) -> None:
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="test-time augmentation: average the probabilities over flips and 90-degree rotations (each "
+                        "view costs one more forward pass); --no-tta: one view (default: the views the model's alert "
+                        "threshold was chosen on, model.json test_time_augmentation; 1 without it)")
+    p.add_argument("--tta-views", type=_number(int, 1, 8),
+                   help="views to average (1-8; default: 8 with --tta, else the model's); another count than the "
+                        "model's warns: its alert threshold was chosen on those")
 
 
 def _add_out_or_in_place(p, what: str, in_place: str) -> None:
@@ -482,6 +498,8 @@ def _threshold_summary(r: dict) -> str:
                       if len(r["by_source"]) > 1)  # one line per source, when there are several
             + _detail_summary(r.get("detail_calibration"), r.get("detail_calibration_refitted"))
             + _prior_summary(r.get("prior_correction"), r.get("prior_correction_changed"))
+            + (f"test-time augmentation: {r['tta_views']} view(s) per image from now on\n" if r.get("tta_views_changed")
+               else "")
             + f"wrote {r['model']}")
 
 
@@ -507,7 +525,7 @@ def _run_threshold(args) -> int:
 
     result = rethreshold(args.run, args.target_sensitivity, args.predictions, out=args.out,
                          per_source=args.per_source, detail_levels=args.detail_levels,
-                         prior_correction=args.prior_correction)
+                         prior_correction=args.prior_correction, tta_views=args.tta_views)
     _emit(result, args.json, _threshold_summary(result))
     return 0
 
@@ -574,8 +592,7 @@ def _add_evaluate(sub) -> None:
                    help="run folder, model.json/model.safetensors, or .onnx file")
     p.add_argument("--data", required=True, type=existing_path, help="labelled dataset (any layout `audit` reads)")
     p.add_argument("--out", help="output folder (default: <model folder>/eval-<data name>)")
-    p.add_argument("--tta", action="store_true", help="average over flips and 90-degree rotations")
-    p.add_argument("--tta-views", type=_number(int, 1, 8), default=8, help="test-time augmentation views (1-8)")
+    _add_tta_flags(p)
     p.add_argument("--label-map", help="dataset labels -> model classes: isic2018 | isic2019 | isic2017 | binary | "
                    "path to a YAML map (default: labels must be the model's class names)")
     p.add_argument("--bootstrap", type=NON_NEGATIVE_INT, default=1000,
@@ -651,9 +668,7 @@ def _add_predict(sub) -> None:
     p.add_argument("--format", choices=["csv", "isic", "json"], default="csv",
                    help="csv: probabilities, alert and referral per image; isic: the ISIC challenge submission "
                         "CSV (ISIC 2018 columns); json: the model, one record per image and the skipped files")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation: average over flips and 90-degree "
-                   "rotations (each view costs one more forward pass)")
-    p.add_argument("--tta-views", type=_number(int, 1, 8), default=8, help="views averaged with --tta (1-8)")
+    _add_tta_flags(p)
     p.add_argument("--explain", metavar="DIR", help="write Grad-CAM heatmap PNGs here")
     p.add_argument("--batch-size", type=POSITIVE_INT, default=32, help="images per inference batch")
     p.add_argument("--resume", action="store_true",

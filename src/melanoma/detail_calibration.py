@@ -78,11 +78,12 @@ def check_levels(levels, detail_size) -> list[int]:
 
 
 def fit(run, levels, target_sensitivity: float, per_source: bool, alert_threshold: float,
-        paths: list[str], is_mel: np.ndarray, log=None, class_weights="model") -> dict:
+        paths: list[str], is_mel: np.ndarray, log=None, class_weights="model", views: int | None = None) -> dict:
     """Predict `paths` (the model's labelled validation images) reduced to each level and fit t(L) and the logit
     shift of every level (see the module doc). Returns model.json's "detail_calibration" section. class_weights:
     the prior correction the fit predicts under (melanoma.priors; "model": the one in RUN's model.json), which
-    must be the one stored beside the result: the shift is applied after it."""
+    must be the one stored beside the result: the shift is applied after it. views: the test-time views averaged
+    (None: the model's own), those the alert threshold was chosen on."""
     from melanoma.finalize import operating_points, source_of, training_sources, worst_source_threshold
     from melanoma.metrics import choose_alert_threshold
     from melanoma.predict import Predictor
@@ -93,6 +94,8 @@ def fit(run, levels, target_sensitivity: float, per_source: bool, alert_threshol
     if predictor.melanoma_index is None:
         raise ModelError(f"{run}: the model has no melanoma class, so it has no alert to calibrate")
     predictor.detail_calibration = None  # fit on the outputs before any shift
+    if views is not None:
+        predictor.tta_views = views
     if not isinstance(class_weights, str):
         predictor.class_weights = class_weights
     sources = [source_of(p, training_sources(predictor.meta)) for p in paths]

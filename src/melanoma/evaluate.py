@@ -153,7 +153,7 @@ def _plot_all(out: Path, y, probs, classes, melanoma_class, threshold, result: d
     return [p.name for p in written]
 
 
-def _context(predictor, model, table, data, resolved, errors, uncovered, n_scored, tta, tta_views) -> dict:
+def _context(predictor, model, table, data, resolved, errors, uncovered, n_scored, views: int) -> dict:
     """What was evaluated: model, data, label map, calibration stored by training."""
     meta = predictor.meta
     return {
@@ -167,7 +167,8 @@ def _context(predictor, model, table, data, resolved, errors, uncovered, n_score
                                                          for t, g in zip(resolved.target_classes, resolved.groups)}},
         "uncovered_labels": uncovered,
         "unreadable_images": len(errors),
-        "tta": {"enabled": bool(tta), "views": int(tta_views) if tta else 1},
+        # views averaged per image, and those the alert threshold was chosen on (model.json)
+        "tta": {"enabled": views > 1, "views": views, "model_views": predictor.tta_views},
         # training stores the ECE before/after temperature scaling on validation data in model.json
         "training_calibration": meta.get("calibration"),
     }
@@ -273,9 +274,9 @@ def _drop_overlap(table, shared: set, checked_against: str, matched_by: dict) ->
                   "n_same_lesion_images": len(drop) - len(shared), "rule": rule, "matched_by": matched_by}
 
 
-def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label_map=None, bootstrap: int = 1000,
-             seed: int = 0, batch_size: int = 32, exclude_overlap_with=None, score_label_conflicts: bool = False
-             ) -> dict:
+def evaluate(model, data, out=None, tta: bool | None = None, tta_views: int | None = None, label_map=None,
+             bootstrap: int = 1000, seed: int = 0, batch_size: int = 32, exclude_overlap_with=None,
+             score_label_conflicts: bool = False) -> dict:
     """Evaluate `model` (run folder, model.json/.safetensors or .onnx) on labelled `data`; returns metrics.json's
     content (see module docstring for the files written). Images that also occur in the model's training data are
     excluded first (see `exclude_training_overlap`: `exclude_overlap_with` adds folders to the model's training
@@ -284,6 +285,9 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     from melanoma.predict import Predictor, write_predictions_csv
 
     predictor = Predictor.load(model)
+    views = predictor.views(tta, tta_views)  # tta=None: the model's own (Predictor.views)
+    if predictor.views_warning(views):
+        print(predictor.views_warning(views), file=sys.stderr)
     full_table = _labelled_table(data)
     entries = scan_paths([s.path for s in full_table.samples])  # pixel hashes: overlap and label conflicts
     pixel_hash = {str(s.path): e.pixel_hash for s, e in zip(full_table.samples, entries)}
@@ -293,8 +297,8 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
     out = Path(out) if out else default_output_dir(model, data)
     out.mkdir(parents=True, exist_ok=True)
 
-    result, job = predictor.predict_resumable("evaluate", [s.path for s in table.samples], tta=tta,
-                                              tta_views=tta_views, batch_size=batch_size,
+    result, job = predictor.predict_resumable("evaluate", [s.path for s in table.samples], tta_views=views,
+                                              batch_size=batch_size,
                                               progress=sys.stderr.isatty())
     _print_errors(result.errors)
     if not len(result.paths):
@@ -324,7 +328,7 @@ def evaluate(model, data, out=None, tta: bool = False, tta_views: int = 8, label
                                      melanoma_class=resolved.melanoma_class, alert_threshold=csv_threshold,
                                      bootstrap=bootstrap, seed=seed, groups=groups[keep])
     report.update(_context(predictor, model, table, data, resolved, result.errors, uncovered, int(keep.sum()),
-                           tta, tta_views))
+                           views))
     report["calibration"]["temperature"] = report["model"]["temperature"]
     report["training_overlap"] = overlap
     report["label_conflicts"] = _report_conflicts(data, result.paths, conflicts, pixel_hash, score_label_conflicts)

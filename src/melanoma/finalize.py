@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,7 +18,7 @@ from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
 from melanoma.fastpath import machine
 from melanoma.labelmaps import find_melanoma_class
-from melanoma.predict import PredictionResult, write_predictions_csv
+from melanoma.predict import PredictionResult, Predictor, model_views, write_predictions_csv
 from melanoma.referral import Referrer, embed, fit_referral, layer_width, softmax, source_masks, tap_layers
 from melanoma.transforms import eval_transform
 
@@ -370,7 +371,7 @@ def worst_source_threshold(is_mel, p_mel, sources: list[str], target: float) -> 
 
 
 def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_source: bool | None = None,
-                detail_levels=None, prior_correction: str | None = None) -> dict:
+                detail_levels=None, prior_correction: str | None = None, tta_views: int | None = None) -> dict:
     """Re-choose the melanoma alert threshold of a model without retraining. From the run's stored validation
     (CV: out-of-fold) predictions, for another operating point; or, with `predictions` (the predictions.csv that
     `melanoma evaluate` wrote on a clinic's own labelled images), for that clinic: a threshold chosen on one
@@ -386,7 +387,11 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     logit shifts then apply around the new threshold). prior_correction ("training-mix" or "none"; None: keep the
     model's): move the probabilities to the class mix of the model's validation labels, or back to the balanced
     training classes (melanoma.priors) before the threshold is chosen; the stored validation predictions are
-    rewritten with the new probabilities, and a detail calibration must then be refitted (--detail-levels)."""
+    rewritten with the new probabilities, and a detail calibration must then be refitted (--detail-levels).
+    tta_views (1-8; None: keep the model's): predict the validation images again averaging that many test-time
+    augmentation views, choose the threshold (and fit any detail levels) on those probabilities, store the count
+    (model.json test_time_augmentation: predict, evaluate and the service then average them by default) and the new
+    validation predictions; a detail calibration must then be refitted too."""
     from melanoma import detail_calibration
     from melanoma.artifacts import read_meta
     from melanoma.evaluate import read_predictions_csv
@@ -402,6 +407,7 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     if not meta_path.is_file():
         raise ModelError(f"{meta_path}: missing; {needs}")
     meta = read_meta(run)  # a corrupt model.json is named before the predictions are looked at
+    views = _views_change(meta, tta_views, predictions, bool(detail_levels))
     if detail_levels:
         if predictions:
             raise ConfigError("--detail-levels predicts the model's own validation images again at each level; "
@@ -415,6 +421,9 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     if mel is None or not isinstance(meta.get("thresholds"), dict):
         raise ModelError(f"{meta_path}: the model has no melanoma class, so it has no alert threshold")
     table = read_predictions_csv(preds_path, meta["class_names"])
+    if views:  # the threshold (and everything after it) follows the probabilities the model will give
+        revalidated, views_job = _validation_at_views(run, table, views)
+        table.probs = revalidated.probs
     prior, moved = _prior_change(run, meta, prior_correction, bool(detail_levels),
                                  None if predictions else table.labels)
     table.probs = priors.reweight(table.probs, moved)
@@ -439,7 +448,7 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     old = meta["thresholds"].get("melanoma_alert")
     weights = priors.weights_of({**meta, "prior_correction": prior})
     detail = (detail_calibration.fit(run, detail_levels, target_sensitivity, per_source, new, paths, is_mel,
-                                     class_weights=weights)
+                                     class_weights=weights, views=views)
               if detail_levels else None)  # before anything is written: a bad image leaves no half-made folder
     target_dir = _copy_model(run, out) if out else run
     meta = json.loads((target_dir / "model.json").read_text())  # as stored (read_meta may normalise)
@@ -452,30 +461,81 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
                               melanoma_alert_by_source=achieved)
     if detail:
         meta["detail_calibration"] = detail
+    if views:
+        _store_views(meta, target_dir / "val_predictions.csv", revalidated, table, views)
     if moved is not None:
         meta["prior_correction"] = prior
         if prior is None:
             meta.pop("prior_correction")
-        if not predictions:  # the stored validation outputs follow the model's probabilities
-            _rewrite_probabilities(target_dir / "val_predictions.csv", table, mel, new)
+    if (moved is not None or views) and not predictions:  # the stored validation outputs follow the model's
+        _rewrite_probabilities(target_dir / "val_predictions.csv", table, mel, new)  # probabilities and alert
     if isinstance(meta.get("model_card"), dict):  # what the card promises follows the new operating point
-        from melanoma.report import describe_limitations  # lazy: report pulls in matplotlib
+        from melanoma.report import describe_limitations, describe_views  # lazy: report pulls in matplotlib
 
         meta["model_card"]["expected_alert_share"] = metrics.expected_alert_share(sensitivity, specificity)
         meta["model_card"]["limitations"] = " ".join(describe_limitations(meta))  # and the project's latest figures
         if moved is not None:
             meta["model_card"]["prior_correction"] = priors.describe(meta)
+        if views:
+            meta["model_card"]["test_time_augmentation"] = describe_views(meta)
     if not predictions and isinstance(meta.get("metrics"), dict):  # the headline "at the alert" figures too
         meta["metrics"].update(melanoma_sensitivity=sensitivity, melanoma_specificity=specificity)
-        if moved is not None:  # new probabilities: every headline figure is measured again on them
+        if moved is not None or views:  # new probabilities: every headline figure is measured again on them
             meta["metrics"].update(_headline_of(table, meta["class_names"], mel, new))
     atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
+    if views:
+        views_job.finish()
     return {"model": str(target_dir / "model.json"), "predictions": str(preds_path),
             "target_sensitivity": target_sensitivity, "old": old, "new": new, "per_source": per_source,
             "sensitivity": sensitivity, "specificity": specificity,
             "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved,
             "detail_calibration": meta.get("detail_calibration"), "detail_calibration_refitted": bool(detail),
-            "prior_correction": meta.get("prior_correction"), "prior_correction_changed": moved is not None}
+            "prior_correction": meta.get("prior_correction"), "prior_correction_changed": moved is not None,
+            "tta_views": (meta.get("test_time_augmentation") or {}).get("views", 1), "tta_views_changed": bool(views)}
+
+
+def _views_change(meta: dict, tta_views: int | None, predictions, refitting_detail: bool) -> int | None:
+    """The new test-time view count for `rethreshold`, or None when it stays. A model with a detail calibration
+    needs it refitted (its shifts were fitted on the old views' probabilities); a clinic's predictions.csv carries
+    no record of its views, so it cannot set them."""
+    if tta_views is None or tta_views == model_views(meta):
+        return None
+    if not 1 <= tta_views <= 8:
+        raise ConfigError(f"--tta-views must be between 1 and 8, got {tta_views}")
+    if predictions:
+        raise ConfigError("--tta-views predicts the model's own validation images again with that many views; it "
+                          "cannot be combined with --predictions (evaluate a clinic's images with --tta-views N "
+                          "first, then store N with `melanoma threshold --tta-views N` on the model alone)")
+    if meta.get("detail_calibration") and not refitting_detail:
+        raise ConfigError("the model has a detail calibration fitted on its current views' probabilities; a new "
+                          "view count needs it refitted: add --detail-levels "
+                          + " ".join(str(lv["shorter_side"]) for lv in meta["detail_calibration"]["levels"]))
+    return int(tta_views)
+
+
+def _validation_at_views(run: Path, table, views: int):
+    """The model's validation images (the rows of `table`, its val_predictions.csv) predicted again averaging
+    `views` test-time views, as the model's probabilities are given (prior correction; no detail shift: they are at
+    the detail it trained on). Resumable (a kill keeps the chunks done); returns (PredictionResult row for row with
+    `table`, the job to finish once the outputs are written)."""
+    check_validation_images(table.paths)
+    predictor = Predictor.load(run)
+    predictor.detail_calibration = None
+    result, job = predictor.predict_resumable(f"validation images at {views} views", table.paths, tta_views=views,
+                                              progress=sys.stderr.isatty())
+    if result.errors:
+        path, reason = result.errors[0]
+        raise DataError(f"{path}: {reason} (a validation image of the model; nothing was written)")
+    return result, job
+
+
+def _store_views(meta: dict, csv_path: Path, result, table, views: int) -> None:
+    """model.json's test_time_augmentation (removed for one view) and the validation predictions made with it."""
+    if views == 1:
+        meta.pop("test_time_augmentation", None)
+    else:
+        meta["test_time_augmentation"] = {"views": views, "fitted_on": "validation"}
+    write_predictions_csv(result, csv_path, labels=table.labels)
 
 
 def _headline_of(table, class_names: list[str], melanoma_class: str, threshold: float) -> dict:

@@ -268,6 +268,17 @@ def _name_of(item, index: int) -> str:
 LOW_DETAIL = "less detail than the training images"
 
 
+def model_views(meta: dict, source: str = "") -> int:
+    """The test-time augmentation views a model's alert threshold was chosen on (model.json
+    "test_time_augmentation": {"views": N}, written by `melanoma threshold --tta-views N`); 1 without it."""
+    section = meta.get("test_time_augmentation") or {}
+    views = section.get("views", 1) if isinstance(section, dict) else None
+    if not isinstance(views, int) or not 1 <= views <= len(images.NUMPY_TTA_VIEWS):
+        raise ModelError(f"{source or 'model.json'}: test_time_augmentation.views must be an integer from 1 to "
+                         f"{len(images.NUMPY_TTA_VIEWS)}, got {views!r}")
+    return views
+
+
 def detail_warning(shorter_side: int, pre: dict, calibrated: bool = False) -> str:
     """"" or the warning for an image whose shorter side (px, as decoded) is below the model's
     preprocessing.detail_size: every training image was first reduced to that side, so a smaller one reaches the
@@ -308,6 +319,8 @@ class Predictor:
         self.detail_calibration: dict | None = meta.get("detail_calibration")
         # probabilities moved from the balanced training classes to the training mix (melanoma.priors), or None
         self.class_weights = priors.weights_of(meta)
+        # test-time augmentation views averaged by default: those the alert threshold was chosen on
+        self.tta_views = model_views(meta, source)
 
     @classmethod
     def load(cls, path=None, threads: int | None = None, spinning: bool = False) -> Predictor:
@@ -344,11 +357,33 @@ class Predictor:
                              "(use the run folder / model.json instead)")
         return self.backend.model
 
-    def infer(self, x, tta: bool = False, tta_views: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Normalised batch [N,3,S,S] (numpy or torch) -> (probabilities [N,C] averaged over the views, features
-        [N,D] and logits [N,C] of the un-augmented view, which the referral scores)."""
+    def views(self, tta: bool | None = None, tta_views: int | None = None) -> int:
+        """How many test-time augmentation views a call averages: tta=None the model's own (model.json
+        test_time_augmentation, 1 without it) unless tta_views names a count; tta=False one; tta=True tta_views
+        (default 8)."""
+        if tta is False:
+            return 1
+        if tta_views is None:
+            return 8 if tta else self.tta_views
+        if not 1 <= int(tta_views) <= len(images.NUMPY_TTA_VIEWS):
+            raise ConfigError(f"--tta-views must be between 1 and {len(images.NUMPY_TTA_VIEWS)}, got {tta_views}")
+        return int(tta_views)
+
+    def views_warning(self, n: int) -> str:
+        """A one-line warning when a call averages another number of views than the alert threshold was chosen on
+        (its sensitivity then is not the one model.json states), else ""."""
+        if n == self.tta_views:
+            return ""
+        return (f"warning: predicting with {n} test-time view(s); the model's alert threshold was chosen on "
+                f"{self.tta_views} (re-choose it for {n}: `melanoma threshold --tta-views {n}`)")
+
+    def infer(self, x, tta: bool | None = None, tta_views: int | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Normalised batch [N,3,S,S] (numpy or torch) -> (probabilities [N,C] averaged over the views (`views`:
+        the model's own by default), features [N,D] and logits [N,C] of the un-augmented view, which the referral
+        scores)."""
         x = _as_numpy(x)
-        views = images.tta_views(x, tta_views) if tta else [x]  # view 0 is the identity
+        views = images.tta_views(x, self.views(tta, tta_views))  # view 0 is the identity
         probs, features, first_logits = None, None, None
         for view in views:
             logits, feats = self.backend(view)
@@ -366,8 +401,11 @@ class Predictor:
         """The batch's PredictionResult; `sides`: each image's shorter side as decoded (px), for the warnings."""
         n = len(names)
         probs = np.zeros((0, len(self.class_names))) if probs is None else probs
-        with _one_blas_thread():  # the referral decides on the outputs it was fitted on, before any detail shift
-            refer, reasons = (self.referrer.decide(probs, features, logits, image_stats) if n
+        # the referral decides on the outputs it was fitted on: the un-augmented view's (its confidence too, not
+        # the views' mean, whose lower top probability would refer more images), before any detail shift
+        seen = referral.softmax(logits, self.temperature) if logits is not None and n else probs
+        with _one_blas_thread():
+            refer, reasons = (self.referrer.decide(seen, features, logits, image_stats) if n
                               else (np.zeros(0, bool), []))
         probs = priors.reweight(probs, self.class_weights)
         calibrated = bool(self.detail_calibration) and self.melanoma_index is not None
@@ -384,7 +422,8 @@ class Predictor:
                                 melanoma_probability=p_mel, alert=alert, refer=refer, refer_reason=reasons,
                                 errors=list(errors), warning=[detail_warning(s, self.pre, calibrated) for s in sides])
 
-    def predict(self, images, tta: bool = False, tta_views: int = 8, batch_size: int = 32) -> list[Prediction]:
+    def predict(self, images, tta: bool | None = None, tta_views: int | None = None, batch_size: int = 32
+                ) -> list[Prediction]:
         """Predict PIL images / paths / uint8 arrays (one image or a list). A bad image raises ImageError
         (use `predict_paths` to skip bad files instead)."""
         if not isinstance(images, (list, tuple)):
@@ -411,7 +450,7 @@ class Predictor:
         except Exception as exc:  # noqa: BLE001 - e.g. an image too small/odd for the transform: skip it
             return f"cannot preprocess image: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}"
 
-    def iter_batches(self, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
+    def iter_batches(self, paths, tta: bool | None = None, tta_views: int | None = None, batch_size: int = 32,
                      progress: bool = False, workers: int = 4):
         """Predict image files batch by batch, yielding one PredictionResult per batch (its unreadable files in
         `.errors`, the rest go on). Decoding runs in a small thread pool (PIL releases the GIL while decoding),
@@ -438,14 +477,14 @@ class Predictor:
                 bar.update(len(batch))
                 yield part
 
-    def predict_paths(self, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
+    def predict_paths(self, paths, tta: bool | None = None, tta_views: int | None = None, batch_size: int = 32,
                       progress: bool = False, workers: int = 4) -> PredictionResult:
         """Predict image files in batches; unreadable files go to `result.errors`, the rest go on."""
         return PredictionResult.concat(list(self.iter_batches(paths, tta, tta_views, batch_size, progress, workers)),
                                        self.class_names)
 
-    def predict_resumable(self, purpose: str, paths, tta: bool = False, tta_views: int = 8, batch_size: int = 32,
-                          progress: bool = False) -> tuple[PredictionResult, PartialJob]:
+    def predict_resumable(self, purpose: str, paths, tta: bool | None = None, tta_views: int | None = None,
+                          batch_size: int = 32, progress: bool = False) -> tuple[PredictionResult, PartialJob]:
         """`predict_paths`, chunk by chunk, reloading the chunks an interrupted run of the same job saved
         (partial.py). Call the returned job's finish() once the command's outputs are written."""
         job = PartialJob(purpose, self._job_settings(tta, tta_views), [str(p) for p in paths])
@@ -453,13 +492,13 @@ class Predictor:
         return PredictionResult.concat([PredictionResult.from_arrays(a, self.class_names) for a in parts],
                                        self.class_names), job
 
-    def _job_settings(self, tta: bool, tta_views: int) -> dict:
+    def _job_settings(self, tta: bool | None, tta_views: int | None) -> dict:
         """What predictions depend on besides the images: model.json (with the weights' SHA-256; an .onnx file's
         own stamp), the preprocessing, alert threshold and detail calibration as set now, backend, TTA."""
         return {"meta": {k: v for k, v in self.meta.items() if k != "extra"}, "pre": self.pre,
                 "source": file_stamp(self.source) if Path(self.source).is_file() else "",
                 "alert": self.alert_threshold, "detail_calibration": self.detail_calibration,
-                "backend": self.backend.kind, "tta": [bool(tta), int(tta_views) if tta else 0]}
+                "backend": self.backend.kind, "views": self.views(tta, tta_views)}
 
 
 _BLAS_CONTROLLER = None
@@ -675,9 +714,7 @@ def _summary(predicted: int, skipped: int, alerts: int, referred: int, resumed: 
             f"{warnings}")
 
 
-def _check_options(fmt: str, out, resume: bool, tta: bool, tta_views: int, batch_size: int) -> None:
-    if tta and not 1 <= tta_views <= 8:
-        raise ConfigError(f"--tta-views must be between 1 and 8, got {tta_views}")
+def _check_options(fmt: str, out, resume: bool, batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
     if resume and fmt != "csv":
@@ -711,23 +748,26 @@ def _stream_csv(predictor: Predictor, files: list[str], out, resume: bool, **opt
     return rows, skipped, len(writer.done_rows)
 
 
-def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False, tta_views: int = 8,
-                explain_dir=None, batch_size: int = 32, resume: bool = False) -> int:
+def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool | None = None,
+                tta_views: int | None = None, explain_dir=None, batch_size: int = 32, resume: bool = False) -> int:
     """`melanoma predict`: expand inputs, predict, write csv/isic/json, optional Grad-CAM PNGs.
 
     A CSV to a file is written batch by batch (whole rows, fsync'd); `resume=True` keeps the rows an interrupted
     run wrote and predicts only the missing images. Every unreadable file gets one `skipped <path>: <reason>` line
     on stderr and the rest go on. Exit status 0, or 1 when not a single image could be read.
     """
-    _check_options(fmt, out, resume, tta, tta_views, batch_size)
+    _check_options(fmt, out, resume, batch_size)
     predictor = Predictor.load(model)
     _check_format(predictor, fmt)
+    views = predictor.views(tta, tta_views)
+    if predictor.views_warning(views):
+        print(predictor.views_warning(views), file=sys.stderr)
     if explain_dir:
         _ = predictor.model  # ModelError now (ONNX has no gradients), not after predicting everything
     files, problems = expand_paths(paths)
     for path, reason in problems:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    options = {"tta": tta, "tta_views": tta_views, "batch_size": batch_size, "progress": sys.stderr.isatty()}
+    options = {"tta_views": views, "batch_size": batch_size, "progress": sys.stderr.isatty()}
     header = csv_header(predictor.class_names)
     if fmt == "csv" and out not in (None, "-"):
         rows, skipped, resumed = _stream_csv(predictor, files, out, resume, **options)
@@ -744,7 +784,7 @@ def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool = False
 
         explained = [row[1] for row in rows]
         # with TTA, the panels show the TTA prediction the CSV holds (one more pass; Grad-CAM dominates anyway)
-        shown = predictor.predict(explained, tta=True, tta_views=tta_views) if tta else None
+        shown = predictor.predict(explained, tta_views=views) if views > 1 else None
         written = write_explanations(predictor, explained, explain_dir, predictions=shown)
         print(f"wrote {len(written)} Grad-CAM images to {explain_dir}", file=sys.stderr)
     column = {name: header.index(name) for name in ("melanoma_alert", "refer", "warning")}

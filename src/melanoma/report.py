@@ -192,6 +192,15 @@ def describe_training_data(meta: dict) -> str:
     return text
 
 
+def describe_views(meta: dict) -> str:
+    """What model.json's test_time_augmentation means for a reader of the model card."""
+    views = (meta.get("test_time_augmentation") or {}).get("views", 1)
+    if views == 1:
+        return "none: one view per image"
+    return (f"{views} views per image (flips and 90-degree rotations), their probabilities averaged; the alert "
+            "threshold was chosen on those averages; the referral decides on the un-augmented view")
+
+
 def describe_limitations(meta: dict) -> list[str]:
     """The limitations of THIS model, from the data it was actually trained and validated on (model.json)."""
     data = meta.get("data") or {}
@@ -293,6 +302,7 @@ def _model_card(meta: dict | None, where: Path) -> str:
              ("classes", meta.get("class_names", [])),
              ("melanoma class", meta.get("melanoma_class") or "none (no melanoma alert)"),
              ("preprocessing", _preprocessing_text(meta.get("preprocessing") or {})),
+             ("test-time augmentation", describe_views(meta)),
              ("temperature (calibration)", _fmt(meta.get("temperature"))),
              ("prior correction", priors.describe(meta)),
              ("melanoma alert threshold", _alert_text(thresholds, meta.get("detail_calibration"))),

@@ -17,7 +17,8 @@ def model_card(request: Request):
     """The served model's model.json plus how it is served."""
     m = request.app.state.model
     return {"name": m.name, "version": m.version, "sha256": m.sha256, "backend": m.backend, "device": m.device,
-            "alert_threshold": m.alert_threshold, "class_names": m.meta["class_names"],
+            "alert_threshold": m.alert_threshold, "tta_views": m.predictor.tta_views,
+            "class_names": m.meta["class_names"],
             "melanoma_class": m.meta.get("melanoma_class"), "model_json": m.card}
 
 
