@@ -49,6 +49,7 @@ def test_gpu_default_recipe_smoke_runs_on_cpu(tiny_isic, ham_dir, tmp_path):
     assert [t["imbalance"] for t in members] == ["source-balanced", "source-balanced"]
     assert not shipped.get("prior_correction")
     assert [lv["shorter_side"] for lv in shipped["detail_calibration"]["levels"]] == [135, 120, 100]
+    assert shipped["test_time_augmentation"] == {"views": 8, "fitted_on": "validation"}  # TTA_VIEWS' default
 
 
 def test_loso_ensemble_scores_the_mean_of_seeds_on_shared_images(tmp_path):
