@@ -4,7 +4,9 @@ Prints, for models/default (efficientnet_lite0, 160 px, with its referral statis
 
 * the input path per image (JPEG decode, resize, colour constancy, crop + normalise), for a 180x180 9-class JPEG
   and a 200x150 HAM10000 JPEG (the shared copy), in ms;
-* single-image end-to-end p50 / p95 (file -> decode -> preprocess -> model -> probabilities, alert, referral),
+* single-image end-to-end p50 / p95 (file -> decode -> preprocess -> model -> probabilities, alert, referral) with
+  the model's test-time views (model.json test_time_augmentation; the shipped default averages 8 since session 37)
+  and, beside it, the same call with one view,
   model-only p50, and end-to-end batch throughput (`predict_paths`, decoding in threads) in images/s, for
   PyTorch fp32, ONNX fp32 and ONNX INT8. INT8 is built like `melanoma export --int8` but WITHOUT its quality bounds,
   to show what the refused file would have bought (`kept` says whether `export --int8` writes it), and for a
@@ -83,12 +85,14 @@ def input_path(pre: dict, paths: list[str], runs: int) -> None:
 def measure(predictor, paths: list[str], runs: int, batch: int) -> dict:
     one = predictor.model_input(paths[0])[None]
     model_only = _ms(lambda: predictor.backend(one), runs)
-    e2e = _ms(lambda: predictor.predict([paths[0]]), runs)
+    e2e = _ms(lambda: predictor.predict([paths[0]]), runs)  # the model's own test-time views
+    one_view = _ms(lambda: predictor.predict([paths[0]], tta=False), runs) if predictor.tta_views > 1 else e2e
     start = time.perf_counter()
     result = predictor.predict_paths(paths, batch_size=batch)
     throughput = len(result) / (time.perf_counter() - start)
     return {"e2e_p50": float(np.percentile(e2e, 50)), "e2e_p95": float(np.percentile(e2e, 95)),
-            "model_p50": float(np.percentile(model_only, 50)), "throughput": throughput, "result": result}
+            "model_p50": float(np.percentile(model_only, 50)), "throughput": throughput, "result": result,
+            "one_view_p50": float(np.percentile(one_view, 50)), "views": predictor.tta_views}
 
 
 def peak_rss_of_onnx_predict(onnx_path: Path, paths: list[str], tmp: Path) -> dict:
@@ -121,6 +125,10 @@ def three_member_ensemble(tmp: Path, model: Path) -> Path:
         shutil.copytree(model, runs[-1], ignore=shutil.ignore_patterns("*.onnx"))
     build_ensemble(runs, tmp / "ensemble", bootstrap=10)
     return tmp / "ensemble"
+
+
+def ref_views(rows: dict) -> str:
+    return "/".join(sorted({str(m["views"]) for m in rows.values()}))
 
 
 def main(argv=None) -> int:
@@ -163,13 +171,15 @@ def main(argv=None) -> int:
         input_path(fp32.pre, paths, args.runs)
         rows = {name: measure(p, paths, args.runs, args.batch) for name, p in predictors.items()}
     ref = rows["ONNX fp32"]["result"]
+    print(f"\nend to end with the model's {ref_views(rows)} test-time view(s) (model.json test_time_augmentation); "
+          "'1-view p50': the same call with --no-tta; 'model p50': one forward pass of one image")
     print(f"\n{'backend':<14}{'e2e p50 ms':>11}{'e2e p95 ms':>11}{'model p50 ms':>13}{'b' + str(args.batch) + ' img/s':>11}"
-          f"{'alerts = fp32':>15}")
+          f"{'alerts = fp32':>15}{'1-view p50':>12}")
     for name, m in rows.items():
         # an ensemble has its own threshold: its alert agreement with the single model is not a quality figure
         agree = float(np.mean(m["result"].alert == ref.alert))
         print(f"{name:<14}{m['e2e_p50']:>11.2f}{m['e2e_p95']:>11.2f}{m['model_p50']:>13.2f}{m['throughput']:>11.1f}"
-              f"{agree:>15.1%}")
+              f"{agree:>15.1%}{m['one_view_p50']:>12.2f}")
     print("\nONNX INT8 is shown for its speed only: `melanoma export --int8` refuses it unless melanoma AUC moves by "
           f"<= {export.INT8_MAX_AUC_CHANGE} and >= {export.INT8_MIN_ALERT_AGREEMENT:.0%} of alerts agree "
           "(run it to see the figures)")
