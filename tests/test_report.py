@@ -211,6 +211,11 @@ def test_model_card_reads_as_text_and_states_the_data_actually_used(fake_run):
     assert "135 images of Train" in text and "Trained on 135 images only" in text
     assert "Every class has fewer than 50 training images" in text and "One source only (Train)" in text
     assert "stock text for every model" not in text and "ISIC archive images" not in text
+    assert "test-time augmentation none: one view per image" in " ".join(text.split())
+    meta["test_time_augmentation"] = {"views": 8, "fitted_on": "validation"}
+    (fake_run / "model.json").write_text(json.dumps(meta))
+    assert "8 views per image (flips and 90-degree rotations), their probabilities averaged; the alert threshold " \
+        "was chosen on those averages" in " ".join(_visible_text(build_report(fake_run).read_text()).split())
 
 
 def test_shipped_model_card_names_its_two_sources_and_its_one_tiny_class(tmp_path):
