@@ -504,8 +504,8 @@ def _views_change(meta: dict, tta_views: int | None, predictions, refitting_deta
         raise ConfigError(f"--tta-views must be between 1 and 8, got {tta_views}")
     if predictions:
         raise ConfigError("--tta-views predicts the model's own validation images again with that many views; it "
-                          "cannot be combined with --predictions (evaluate a clinic's images with --tta-views N "
-                          "first, then store N with `melanoma threshold --tta-views N` on the model alone)")
+                          "cannot be combined with --predictions (set the views first, `melanoma threshold MODEL "
+                          "--tta-views N`, then evaluate the clinic's images with that model and choose from them)")
     if meta.get("detail_calibration") and not refitting_detail:
         raise ConfigError("the model has a detail calibration fitted on its current views' probabilities; a new "
                           "view count needs it refitted: add --detail-levels "
