@@ -296,7 +296,8 @@ def test_model_card_openapi_and_health(loaded, tmp_path):
     with TestClient(make_app(loaded, tmp_path)) as client:
         card = client.get("/v1/model").json()
         assert card["class_names"] == loaded.meta["class_names"] and card["model_json"]["format"] == "melanoma-model"
-        assert card["tta_views"] == loaded.predictor.tta_views == 1  # one view: the test model has no stored views
+        assert card["tta_views"] == loaded.predictor.tta_views == (loaded.meta.get("test_time_augmentation") or {}).get(
+            "views", 1)  # what model.json says: 8 for the shipped default since session 37
         assert card["alert_threshold"] == pytest.approx(loaded.alert_threshold)
         paths = client.get("/openapi.json").json()["paths"]
         for path in ("/v1/predict", "/v1/explain", "/v1/model", "/v1/audit", "/v1/cases/{record_id}/review",
