@@ -467,3 +467,23 @@ def test_a_bad_view_count_in_model_json_is_named_at_load(model_dir, tmp_path, se
     bad = _edit_meta(model_dir, tmp_path / "bad", test_time_augmentation=section)
     with pytest.raises(ModelError, match="test_time_augmentation.views must be an integer from 1 to 8"):
         Predictor.load(bad)
+
+
+def test_explain_panels_show_the_prediction_the_csv_holds_at_any_view_count(model_dir, tiny_isic, tmp_path,
+                                                                            monkeypatch):
+    """Grad-CAM panels predict with the model's own views; `--no-tta` on a TTA model hands them its one-view
+    predictions instead, so panel and CSV agree."""
+    from melanoma.predict import run_predict
+
+    four = _edit_meta(model_dir, tmp_path / "four", test_time_augmentation={"views": 4})
+    handed = []
+    monkeypatch.setattr("melanoma.explain.write_explanations",
+                        lambda predictor, paths, out, predictions=None: handed.append(predictions) or [])
+    image = str(_images(tiny_isic)[0])
+    assert run_predict([image], model=str(four), out=str(tmp_path / "one.csv"), tta=False,
+                       explain_dir=str(tmp_path / "cam")) == 0
+    with open(tmp_path / "one.csv", newline="") as f:
+        row = next(csv.DictReader(f))
+    assert handed[0][0].melanoma_probability == pytest.approx(float(row["melanoma_probability"]), abs=1e-6)
+    assert run_predict([image], model=str(four), out=str(tmp_path / "four.csv"), explain_dir=str(tmp_path / "cam")) == 0
+    assert handed[1] is None  # the model's own views: write_explanations predicts them itself

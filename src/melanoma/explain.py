@@ -129,7 +129,7 @@ def write_explanations(predictor, paths, out_dir, predictions=None) -> list[Path
     """Write `<stem>_<target>.png` (target: `melanoma`, `pred-<class>`) for every image; returns the files.
 
     predictions: the Prediction of each path as already reported (e.g. with TTA), so the panel shows the same
-    probability, alert and referral as the CSV; None = predict each image here (single view).
+    probability, alert and referral as the CSV; None = predict each image here (the model's own views).
     Two images with the same file stem in different folders get `_2`, `_3`... appended to the stem.
     """
     from melanoma.data import load_image

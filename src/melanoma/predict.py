@@ -783,8 +783,9 @@ def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool | None 
         from melanoma.explain import write_explanations
 
         explained = [row[1] for row in rows]
-        # with TTA, the panels show the TTA prediction the CSV holds (one more pass; Grad-CAM dominates anyway)
-        shown = predictor.predict(explained, tta_views=views) if views > 1 else None
+        # the panels show the prediction the CSV holds: explain predicts with the model's own views, so another count
+        # (--tta-views, --no-tta) is predicted here once more (Grad-CAM dominates the time anyway)
+        shown = predictor.predict(explained, tta_views=views) if views != predictor.tta_views else None
         written = write_explanations(predictor, explained, explain_dir, predictions=shown)
         print(f"wrote {len(written)} Grad-CAM images to {explain_dir}", file=sys.stderr)
     column = {name: header.index(name) for name in ("melanoma_alert", "refer", "warning")}
