@@ -285,9 +285,7 @@ def evaluate(model, data, out=None, tta: bool | None = None, tta_views: int | No
     from melanoma.predict import Predictor, write_predictions_csv
 
     predictor = Predictor.load(model)
-    views = predictor.views(tta, tta_views)  # tta=None: the model's own (Predictor.views)
-    if predictor.views_warning(views):
-        print(predictor.views_warning(views), file=sys.stderr)
+    views = predictor.views_for_command(tta, tta_views)  # tta=None: the model's own (Predictor.views)
     full_table = _labelled_table(data)
     entries = scan_paths([s.path for s in full_table.samples])  # pixel hashes: overlap and label conflicts
     pixel_hash = {str(s.path): e.pixel_hash for s, e in zip(full_table.samples, entries)}

@@ -17,6 +17,7 @@ from melanoma import fingerprint, input_check, metrics, priors
 from melanoma.artifacts import atomic_write_text, save_model
 from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
 from melanoma.fastpath import machine
+from melanoma.images import check_view_count
 from melanoma.labelmaps import find_melanoma_class
 from melanoma.predict import PredictionResult, Predictor, model_views, write_predictions_csv
 from melanoma.referral import Referrer, embed, fit_referral, layer_width, softmax, source_masks, tap_layers
@@ -491,7 +492,7 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
             "n_melanoma": int(is_mel.sum()), "n_other": int((~is_mel).sum()), "by_source": achieved,
             "detail_calibration": meta.get("detail_calibration"), "detail_calibration_refitted": bool(detail),
             "prior_correction": meta.get("prior_correction"), "prior_correction_changed": moved is not None,
-            "tta_views": (meta.get("test_time_augmentation") or {}).get("views", 1), "tta_views_changed": bool(views)}
+            "tta_views": model_views(meta), "tta_views_changed": bool(views)}
 
 
 def _views_change(meta: dict, tta_views: int | None, predictions, refitting_detail: bool) -> int | None:
@@ -500,8 +501,7 @@ def _views_change(meta: dict, tta_views: int | None, predictions, refitting_deta
     no record of its views, so it cannot set them."""
     if tta_views is None or tta_views == model_views(meta):
         return None
-    if not 1 <= tta_views <= 8:
-        raise ConfigError(f"--tta-views must be between 1 and 8, got {tta_views}")
+    check_view_count(tta_views)
     if predictions:
         raise ConfigError("--tta-views predicts the model's own validation images again with that many views; it "
                           "cannot be combined with --predictions (set the views first, `melanoma threshold MODEL "

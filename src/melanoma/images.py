@@ -309,8 +309,14 @@ NUMPY_TTA_VIEWS = [
 ]
 
 
+def check_view_count(n) -> int:
+    """n as an int when it is a number of test-time views there are (1..8), else ConfigError."""
+    if not 1 <= int(n) <= len(NUMPY_TTA_VIEWS):
+        raise ConfigError(f"tta views must be between 1 and {len(NUMPY_TTA_VIEWS)}, got {n}")
+    return int(n)
+
+
 def tta_views(x: np.ndarray, n: int) -> list[np.ndarray]:
     """The first `n` (1..8) deterministic views of a normalised NCHW float32 batch (view 0 is the identity)."""
-    if not 1 <= n <= len(NUMPY_TTA_VIEWS):
-        raise ConfigError(f"tta views must be between 1 and {len(NUMPY_TTA_VIEWS)}, got {n}")
+    check_view_count(n)
     return [np.ascontiguousarray(view(x)) for view in NUMPY_TTA_VIEWS[:n]]

@@ -365,9 +365,14 @@ class Predictor:
             return 1
         if tta_views is None:
             return 8 if tta else self.tta_views
-        if not 1 <= int(tta_views) <= len(images.NUMPY_TTA_VIEWS):
-            raise ConfigError(f"--tta-views must be between 1 and {len(images.NUMPY_TTA_VIEWS)}, got {tta_views}")
-        return int(tta_views)
+        return images.check_view_count(tta_views)
+
+    def views_for_command(self, tta: bool | None = None, tta_views: int | None = None) -> int:
+        """`views` for a command's run, with `views_warning` (if any) printed on stderr."""
+        n = self.views(tta, tta_views)
+        if self.views_warning(n):
+            print(self.views_warning(n), file=sys.stderr)
+        return n
 
     def views_warning(self, n: int) -> str:
         """A one-line warning when a call averages another number of views than the alert threshold was chosen on
@@ -759,9 +764,7 @@ def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool | None 
     _check_options(fmt, out, resume, batch_size)
     predictor = Predictor.load(model)
     _check_format(predictor, fmt)
-    views = predictor.views(tta, tta_views)
-    if predictor.views_warning(views):
-        print(predictor.views_warning(views), file=sys.stderr)
+    views = predictor.views_for_command(tta, tta_views)
     if explain_dir:
         _ = predictor.model  # ModelError now (ONNX has no gradients), not after predicting everything
     files, problems = expand_paths(paths)

@@ -41,6 +41,7 @@ import numpy as np
 
 from melanoma import metrics, plots, priors
 from melanoma.errors import DataError, MelanomaError
+from melanoma.predict import model_views
 
 MIN_EPOCHS = 3
 OVERFIT_GAP = 0.15
@@ -194,7 +195,7 @@ def describe_training_data(meta: dict) -> str:
 
 def describe_views(meta: dict) -> str:
     """What model.json's test_time_augmentation means for a reader of the model card."""
-    views = (meta.get("test_time_augmentation") or {}).get("views", 1)
+    views = model_views(meta)
     if views == 1:
         return "none: one view per image"
     return (f"{views} views per image (flips and 90-degree rotations), their probabilities averaged; the alert "
