@@ -209,6 +209,7 @@ def test_threshold_moves_the_probabilities_to_the_training_mix_and_back(tmp_path
     from sklearn.metrics import roc_auc_score  # the headline figures are those of the new probabilities
 
     assert meta["metrics"]["melanoma_auc"] == pytest.approx(roc_auc_score(is_mel, after.probs[:, mel]))
+    _assert_calibration_of(meta, after)
     assert "prior_correction" not in json.loads((run / "model.json").read_text())  # --out leaves RUN alone
 
     assert cli.main(["threshold", str(out), "--target-sensitivity", "0.9", "--prior-correction", "none",
@@ -255,6 +256,17 @@ def test_prior_correction_is_refused_where_it_cannot_be_fitted_or_would_stale_a_
     assert "prior_correction" not in json.loads((run / "model.json").read_text())
 
 
+def _assert_calibration_of(meta: dict, stored) -> None:
+    """model.json's calibration describes the stored validation probabilities: their ECE, and a refit temperature
+    that calibrates them at least as well (it minimises the NLL, so not always the ECE: allow a little)."""
+    from melanoma.metrics import expected_calibration_error
+
+    labels = np.array([meta["class_names"].index(label) for label in stored.labels])
+    cal = meta["calibration"]
+    assert cal["ece"] == pytest.approx(expected_calibration_error(stored.probs, labels), abs=1e-5)
+    assert cal["refit_temperature"] > 0 and cal["ece_if_refit"] <= cal["ece"] + 0.05
+
+
 def _model_with_own_validation(tiny_isic: Path, folder: Path) -> tuple[Path, list[str], np.ndarray]:
     """A random-weight model whose val_predictions.csv holds the tiny images with their labels, predicted by it."""
     from melanoma.predict import Predictor, write_predictions_csv
@@ -288,6 +300,8 @@ def test_tta_views_rechoose_the_alert_on_those_views_and_become_the_models_defau
     meta = json.loads((tmp_path / "tta" / "model.json").read_text())
     assert meta["test_time_augmentation"] == {"views": 8, "fitted_on": "validation"}
     assert meta["model_card"]["test_time_augmentation"].startswith("8 views per image")
+    _assert_calibration_of(meta, stored)
+    assert meta["calibration"]["measured_on"] == "validation, probabilities as served (8 view(s))"
     assert "test_time_augmentation" not in json.loads((run / "model.json").read_text())  # --out leaves RUN alone
 
     assert cli.main(["threshold", str(tmp_path / "tta"), "--target-sensitivity", "0.8", "--tta-views", "1",

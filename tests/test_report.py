@@ -292,3 +292,16 @@ def test_real_tiny_run_and_its_evaluation(tiny_isic, shared_train, tmp_path):
     counts = re.search(r"(\d+) scored / (\d+) excluded \(seen in training\) / 27 in the dataset", text)
     assert counts and int(counts[2]) >= 9 and int(counts[1]) + int(counts[2]) == 27
     assert "Trained on 45 images only" in text and "checked against" in text and not REPR.search(text)
+
+
+def test_headline_states_the_models_own_calibration_as_recorded(evaluation):
+    """A single run records ECE before / after its temperature; an ensemble (or a model whose probabilities a new
+    prior correction or view count changed) records the ECE of what it serves."""
+    from melanoma.report import _headline
+
+    result = json.loads((evaluation / "metrics.json").read_text())
+    single = _visible_text(_headline(result, {"calibration": {"temperature": 1.3, "ece_before": 0.12,
+                                                              "ece_after": 0.04}}))
+    assert "ECE before / after (training)" in single and "0.120 / 0.040" in single
+    served = _visible_text(_headline(result, {"calibration": {"temperature": 1.0, "ece": 0.031}}))
+    assert "ECE on the model's validation images (model.json)" in served and "0.031" in served

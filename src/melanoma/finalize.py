@@ -483,6 +483,8 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
         meta["metrics"].update(melanoma_sensitivity=sensitivity, melanoma_specificity=specificity)
         if moved is not None or views:  # new probabilities: every headline figure is measured again on them
             meta["metrics"].update(_headline_of(table, meta["class_names"], mel, new))
+    if (moved is not None or views) and not predictions:  # and their calibration
+        meta["calibration"] = _served_calibration(table, meta)
     atomic_write_text(target_dir / "model.json", json.dumps(meta, indent=2))
     if views:
         views_job.finish()
@@ -538,10 +540,28 @@ def _store_views(meta: dict, csv_path: Path, result, table, views: int) -> None:
     write_predictions_csv(result, csv_path, labels=table.labels)
 
 
+def _labelled_rows(table, class_names: list[str]) -> tuple[list[int], np.ndarray]:
+    """(rows of a prediction table labelled with one of the model's classes, their class indices)."""
+    known = [i for i, label in enumerate(table.labels) if label in class_names]
+    return known, np.array([class_names.index(table.labels[i]) for i in known], dtype=int)
+
+
+def _served_calibration(table, meta: dict) -> dict:
+    """model.json's calibration section measured again on the probabilities the model now gives on its validation
+    images (after a new prior correction or view count): their ECE, and the further temperature a refit on them
+    would choose (on their log-probabilities) with the ECE it would give, recorded, not applied (as `ensemble`
+    records it)."""
+    known, labels = _labelled_rows(table, meta["class_names"])
+    log_probs = np.log(np.clip(table.probs[known], 1e-12, 1.0))  # softmax(log p) == p: the served probabilities
+    _, fitted, _ = calibrate_and_threshold(log_probs, labels, meta["class_names"], None, 0.9)
+    return {"temperature": meta.get("temperature", 1.0), "ece": fitted["ece_before"],
+            "refit_temperature": fitted["temperature"], "ece_if_refit": fitted["ece_after"],
+            "measured_on": f"validation, probabilities as served ({model_views(meta)} view(s))"}
+
+
 def _headline_of(table, class_names: list[str], melanoma_class: str, threshold: float) -> dict:
     """headline_metrics of a model's stored validation predictions (rows labelled with one of its classes)."""
-    known = [i for i, label in enumerate(table.labels) if label in class_names]
-    labels = np.array([class_names.index(table.labels[i]) for i in known])
+    known, labels = _labelled_rows(table, class_names)
     computed = metrics.compute_metrics(labels, table.probs[known], class_names, melanoma_class=melanoma_class,
                                        alert_threshold=threshold, bootstrap=0)
     return {k: v for k, v in headline_metrics(computed).items() if v is not None}

@@ -606,7 +606,9 @@ def _headline(result: dict, meta: dict | None) -> str:
                  ("specificity at 90% / 95% sensitivity", f"{_ci(mel['specificity_at_90_sensitivity'])} / "
                                                          f"{_ci(mel['specificity_at_95_sensitivity'])}")]
     rows.append(("ECE (15 bins), probabilities as served", _fmt(cal["ece"])))
-    if training_cal:
+    if "ece" in training_cal:  # an ensemble's, or one measured again after a new prior correction or view count
+        rows.append(("ECE on the model's validation images (model.json)", _fmt(training_cal["ece"])))
+    elif training_cal:
         rows.append(("temperature; ECE before / after (training)",
                      f"{_fmt(training_cal.get('temperature'))}; {_fmt(training_cal.get('ece_before'))} / "
                      f"{_fmt(training_cal.get('ece_after'))}"))
