@@ -1,6 +1,6 @@
 """Paired bootstrap of the melanoma AUC difference between two models scored on the SAME images (two
-predictions.csv files written by `melanoma evaluate`, matched by path). Pairing removes the between-image
-variance that makes two separate CIs overlap.
+predictions.csv files written by `melanoma evaluate`, matched by path; the label conflicts its metrics.json left
+out are left out here too). Pairing removes the between-image variance that makes two separate CIs overlap.
 
     python scripts/compare_auc.py runs/ham-only-lite0/eval-old-archive/predictions.csv \
         runs/ham-only-lite0-nocc/eval-old-archive/predictions.csv
@@ -9,6 +9,7 @@ variance that makes two separate CIs overlap.
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from pathlib import Path
 
@@ -19,9 +20,20 @@ from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the pr
 
 
 def read_predictions(path: str) -> dict[str, tuple[bool, float]]:
+    """{path: (is melanoma, melanoma probability)} of the labelled rows that `melanoma evaluate` scored: a
+    predictions.csv also lists the pictures filed under two classes (label conflicts: once per class, with opposite
+    labels), which its metrics.json beside it leaves out of every figure; so does this."""
     with open(path, newline="") as fh:
-        return {r["path"]: (r["label"].strip().lower() in MELANOMA, float(r["melanoma_probability"]))
+        rows = {r["path"]: (r["label"].strip().lower() in MELANOMA, float(r["melanoma_probability"]))
                 for r in csv.DictReader(fh) if r.get("label")}
+    return {p: v for p, v in rows.items() if p not in label_conflicts_left_out(Path(path).parent)}
+
+
+def label_conflicts_left_out(folder: Path) -> set[str]:
+    """The images a `melanoma evaluate` folder's metrics.json lists as label conflicts it did not score."""
+    metrics = folder / "metrics.json"
+    conflicts = (json.loads(metrics.read_text()).get("label_conflicts") or {}) if metrics.is_file() else {}
+    return set() if conflicts.get("scored") else set(conflicts.get("images", []))
 
 
 def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0, only=None) -> dict:

@@ -11,28 +11,23 @@ Scores the images each run's heldout-eval scored: its predictions.csv less the l
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from insource_table import seed_runs  # scripts/ is on sys.path when this file runs as a script
+from compare_auc import read_predictions  # scripts/ is on sys.path when this file runs as a script
+from insource_table import seed_runs
 from melanoma.metrics import specificity_at_sensitivity
 from seed_stats import mean_sd
 
 
 def scored_probabilities(run: Path) -> dict[str, tuple[float, bool]]:
     """{image path: (melanoma probability, is melanoma)} of the images the run's heldout-eval scored."""
-    folder = run / "heldout-eval"
-    conflicts = json.loads((folder / "metrics.json").read_text()).get("label_conflicts") or {}
-    left_out = set() if conflicts.get("scored") else set(conflicts.get("images", []))
-    with (folder / "predictions.csv").open(newline="") as fh:
-        return {row["path"]: (float(row["melanoma_probability"]), row["label"] == "melanoma")
-                for row in csv.DictReader(fh) if row["path"] not in left_out}
+    scored = read_predictions(str(run / "heldout-eval" / "predictions.csv"))
+    return {path: (probability, is_mel) for path, (is_mel, probability) in scored.items()}
 
 
 def size_rows(runs: dict[int, dict]) -> list[str]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -25,10 +24,7 @@ from compare_auc import read_predictions  # scripts/ is on sys.path when this fi
 
 def scored_predictions(run: Path) -> dict[str, tuple[bool, float]]:
     """{path: (is melanoma, melanoma probability)} of the images `melanoma evaluate` scored for this run."""
-    metrics = json.loads((run / "heldout-eval" / "metrics.json").read_text())
-    left_out = set(metrics.get("label_conflicts", {}).get("images", []))
-    scored = read_predictions(str(run / "heldout-eval" / "predictions.csv"))
-    return {p: v for p, v in scored.items() if p not in left_out}
+    return read_predictions(str(run / "heldout-eval" / "predictions.csv"))
 
 
 def pair_auc(a: dict, b: dict) -> float:
