@@ -587,3 +587,48 @@ def test_loso_table_prints_mean_sd_per_recipe_and_marks_a_single_seed(tmp_path):
     assert done.stdout.strip().splitlines()[2:] == [
         "| base | 2 | 0.810 ± 0.014 | 0.500 ± 0.000 | 0.900 ± 0.000 | - |",
         "| ema | 1 | 0.750 (1 seed) | 0.500 (1 seed) | 0.900 (1 seed) | - |"]
+
+
+def test_compare_auc_leaves_out_the_label_conflicts_evaluate_left_out(tmp_path):
+    """A picture filed as melanoma and as nevus is listed twice in predictions.csv; metrics.json leaves it out of
+    every figure, and so must the paired comparison (counted, it would pull both AUCs below 1)."""
+    for name, probs in (("a", [0.9, 0.8, 0.2, 0.1]), ("b", [0.6, 0.7, 0.3, 0.4])):
+        out = tmp_path / name
+        out.mkdir()
+        rows = ["path,melanoma_probability,label", "/mel/dup.jpg,0.0,melanoma", "/nev/dup.jpg,0.0,nevus"] + [
+            f"/img{i}.jpg,{p},{'melanoma' if i < 2 else 'nevus'}" for i, p in enumerate(probs)]
+        (out / "predictions.csv").write_text("\n".join(rows) + "\n")
+        (out / "metrics.json").write_text(json.dumps({"label_conflicts": {"images": ["/mel/dup.jpg",
+                                                                                     "/nev/dup.jpg"]}}))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_auc.py"), str(tmp_path / "a" /
+                           "predictions.csv"), str(tmp_path / "b" / "predictions.csv")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("4 images (2 melanoma): AUC 1.000 vs 1.000, difference +0.000")
+
+
+def test_older_archive_at_detail_writes_and_scores_the_older_archives_validation_images(tiny_isic, tmp_path):
+    """Only the 9-class split's own images (not HAM10000's, whatever folder) are written at each side and scored
+    with the model's alert; a second run reads the scores instead of predicting again."""
+    from PIL import Image
+
+    from melanoma.artifacts import build_test_model
+
+    model = build_test_model(tmp_path / "model", image_size=64)
+    own = sorted(tiny_isic.glob("melanoma/*.jpg")) + sorted(tiny_isic.glob("nevus/*.jpg"))
+    rows = ["image,path,melanoma_probability,label"] + [f"{p.name},{p},0.5,{p.parent.name}" for p in own]
+    rows.append("ISIC_0024306.jpg,/x/ham10000/images/ISIC_0024306.jpg,0.5,nevus")  # the HAM10000 source
+    (model / "val_predictions.csv").write_text("\n".join(rows) + "\n")
+    script = [sys.executable, str(ROOT / "scripts" / "older_archive_at_detail.py"), str(model), str(tmp_path / "out"),
+              "--sides", "100"]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"{len(own)} older-archive validation images" in done.stdout
+    written = sorted((tmp_path / "out" / "100").glob("*/*.png"))
+    assert len(written) == len(own) and all(min(Image.open(p).size) == 100 for p in written)
+    metrics = json.loads((tmp_path / "out" / "100-eval" / "metrics.json").read_text())
+    assert metrics["n_images"] == len(own) and metrics["melanoma"]["n_melanoma"] == 5
+    row = done.stdout.strip().splitlines()[-1]
+    assert row.startswith("| 100 px | ")
+    again = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == row
