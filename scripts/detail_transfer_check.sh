@@ -21,18 +21,10 @@ for RUN in "$@"; do
       "$PYTHON" - "$RUN/heldout-eval/predictions.csv" "$SIDE" "$SMALL" <<'PY'
 import csv, sys
 from pathlib import Path
-from PIL import Image
-rows, side, out = list(csv.DictReader(open(sys.argv[1], newline=""))), int(sys.argv[2]), Path(sys.argv[3])
-tmp = out.with_name(out.name + ".tmp")
-for row in rows:
-    with Image.open(row["path"]) as im:
-        im = im.convert("RGB")
-        scale = side / min(im.size)
-        small = im.resize((round(im.width * scale), round(im.height * scale)), Image.BICUBIC)
-    folder = tmp / Path(row["path"]).parent.name  # the 9-class folder name (the CSV's label may be mapped)
-    folder.mkdir(parents=True, exist_ok=True)
-    small.save(folder / (Path(row["path"]).stem + ".png"))
-tmp.rename(out)
+sys.path.insert(0, "scripts")
+from older_archive_at_detail import write_at_side  # each image in its 9-class folder (the CSV's label may be mapped)
+rows = list(csv.DictReader(open(sys.argv[1], newline="")))
+write_at_side([row["path"] for row in rows], int(sys.argv[2]), Path(sys.argv[3]))
 PY
     fi
     for MODEL in "$RUN" "$CAL"; do
