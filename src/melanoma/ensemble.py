@@ -263,7 +263,7 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
     threshold, referral and metrics are those of the weights that ship."""
     from melanoma import metrics
     from melanoma.artifacts import atomic_write_text, checked_weights_dtype, load_model, round_weights, save_model
-    from melanoma.finalize import (calibrate_and_threshold, fit_referral_on_validation, headline_metrics,
+    from melanoma.finalize import (calibration_record, fit_referral_on_validation, headline_metrics,
                                    infer_validation_images, source_of, training_sources, write_predictions)
     from melanoma.referral import softmax, tap_layers
 
@@ -296,12 +296,10 @@ def build_ensemble(runs, out, target_sensitivity: float | None = None, bootstrap
 
     target = float(target_sensitivity if target_sensitivity is not None
                    else (first.get("thresholds") or {}).get("target_sensitivity") or 0.9)
-    # The ensemble's output is already calibrated member by member (temperature 1); calibrate_and_threshold also
-    # says what a refitted temperature would give, recorded for the model card.
-    _, refit, _ = calibrate_and_threshold(logits, labels, classes, mel_class, target)
+    # The ensemble's output is already calibrated member by member (temperature 1); the record also says what a
+    # refitted temperature would give, for the model card.
+    calibration = calibration_record(logits, labels)
     probs = softmax(logits, 1.0)
-    calibration = {"temperature": 1.0, "ece": refit["ece_before"], "refit_temperature": refit["temperature"],
-                   "ece_if_refit": refit["ece_after"]}
     threshold = None
     if mel_class is not None:
         mel = classes.index(mel_class)

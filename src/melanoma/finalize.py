@@ -72,6 +72,15 @@ def calibrate_and_threshold(logits, labels, class_names, melanoma_class, target_
     return probs, calibration, threshold
 
 
+def calibration_record(logits, labels, temperature: float = 1.0) -> dict:
+    """model.json's calibration of a model that serves softmax(logits) as they are (`temperature`: the one it
+    applied to get them): their ECE, and the temperature a refit on them would choose with the ECE it would give,
+    recorded, not applied."""
+    _, refit, _ = calibrate_and_threshold(logits, labels, None, None, 0.9)
+    return {"temperature": temperature, "ece": refit["ece_before"], "refit_temperature": refit["temperature"],
+            "ece_if_refit": refit["ece_after"]}
+
+
 def write_predictions(path: Path, table, idx, probs, refer, reasons, threshold, melanoma_class) -> None:
     """Validation predictions in the shared CSV layout (predict.write_predictions_csv), with the true label."""
     mel = table.classes.index(melanoma_class) if melanoma_class else None
@@ -553,9 +562,7 @@ def _served_calibration(table, meta: dict) -> dict:
     records it)."""
     known, labels = _labelled_rows(table, meta["class_names"])
     log_probs = np.log(np.clip(table.probs[known], 1e-12, 1.0))  # softmax(log p) == p: the served probabilities
-    _, fitted, _ = calibrate_and_threshold(log_probs, labels, meta["class_names"], None, 0.9)
-    return {"temperature": meta.get("temperature", 1.0), "ece": fitted["ece_before"],
-            "refit_temperature": fitted["temperature"], "ece_if_refit": fitted["ece_after"],
+    return {**calibration_record(log_probs, labels, meta.get("temperature", 1.0)),
             "measured_on": f"validation, probabilities as served ({model_views(meta)} view(s))"}
 
 

@@ -370,8 +370,9 @@ class Predictor:
     def views_for_command(self, tta: bool | None = None, tta_views: int | None = None) -> int:
         """`views` for a command's run, with `views_warning` (if any) printed on stderr."""
         n = self.views(tta, tta_views)
-        if self.views_warning(n):
-            print(self.views_warning(n), file=sys.stderr)
+        warning = self.views_warning(n)
+        if warning:
+            print(warning, file=sys.stderr)
         return n
 
     def views_warning(self, n: int) -> str:
