@@ -31,6 +31,9 @@ if [ -n "${DETAIL_SIZE:-}" ]; then DETAIL=(--detail-size "$DETAIL_SIZE"); fi
 # EPOCHS=15, 1.5x the members' budget, no gain);
 # IMBALANCE: none trains on HAM10000's natural class mix instead of the class-balanced sampler
 EPOCHS=${EPOCHS:-10}; DRAWS=${DRAWS:-3200}
+# SPLIT_SEED: which group-aware 20% of HAM10000 validates (42 for every seed); SPLIT_SEED=seed gives each seed its own
+# split (session 39: split-diverse members; their ensemble is then fitted out-of-fold, see ensemble.py)
+SPLIT_SEED=${SPLIT_SEED:-42}
 if [ -n "${IMBALANCE:-}" ]; then DETAIL+=(--imbalance "$IMBALANCE"); fi
 mkdir -p "$ROOT"
 HELD=$ROOT/heldout-images  # class folders of symlinks: the held-out images, labelled as in the LOSO rows
@@ -55,8 +58,8 @@ for SEED in "$@"; do
     if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
       ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model "$MODEL" --image-size "$IMAGE_SIZE"
             --color-constancy shades_of_gray --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --batch-size 32 --val-fraction 0.2
-            --monitor mel_auc --split-seed 42 --seed "$SEED" --config scripts/cpu_long.yaml "${DETAIL[@]}"
-            "${HARDWARE_ARGS[@]}" --out "$OUT"); fi
+            --monitor mel_auc --split-seed "${SPLIT_SEED/#seed/$SEED}" --seed "$SEED" --config scripts/cpu_long.yaml
+            "${DETAIL[@]}" "${HARDWARE_ARGS[@]}" --out "$OUT"); fi
     ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
   fi
   [ -f "$OUT/heldout-eval/metrics.json" ] || "$MELANOMA" evaluate --model "$OUT" --data "$HELD" --label-map binary \
