@@ -34,6 +34,12 @@ EPOCHS=${EPOCHS:-10}; DRAWS=${DRAWS:-3200}
 # SPLIT_SEED: which group-aware 20% of HAM10000 validates (42 for every seed); SPLIT_SEED=seed gives each seed its own
 # split (session 39: split-diverse members; their ensemble is then fitted out-of-fold, see ensemble.py)
 SPLIT_SEED=${SPLIT_SEED:-42}
+# FOLDS=K: each seed trains a group-aware K-fold CV of HAM10000 instead of one split (--folds K --fold-ensemble) and
+# its K fold models, as one ensemble fitted on their out-of-fold predictions, are what is scored: the shippable form
+# of split-diverse members
+FOLDS=${FOLDS:-}
+CV=()
+if [ -n "$FOLDS" ]; then CV=(--folds "$FOLDS" --fold-ensemble); fi
 if [ -n "${IMBALANCE:-}" ]; then DETAIL+=(--imbalance "$IMBALANCE"); fi
 mkdir -p "$ROOT"
 HELD=$ROOT/heldout-images  # class folders of symlinks: the held-out images, labelled as in the LOSO rows
@@ -54,15 +60,16 @@ RUNS=()
 for SEED in "$@"; do
   OUT=$ROOT/full-seed$SEED
   RUNS+=("$OUT")
-  if [ ! -f "$OUT/result.json" ]; then
+  SCORED=$OUT; if [ -n "$FOLDS" ]; then SCORED=$OUT/ensemble; fi  # a CV run is scored as its fold ensemble
+  if [ ! -f "$OUT/result.json" ] && [ ! -f "$SCORED/model.json" ]; then
     if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
       ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model "$MODEL" --image-size "$IMAGE_SIZE"
             --color-constancy shades_of_gray --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --batch-size 32 --val-fraction 0.2
             --monitor mel_auc --split-seed "${SPLIT_SEED/#seed/$SEED}" --seed "$SEED" --config scripts/cpu_long.yaml
-            "${DETAIL[@]}" "${HARDWARE_ARGS[@]}" --out "$OUT"); fi
+            "${DETAIL[@]}" "${CV[@]}" "${HARDWARE_ARGS[@]}" --out "$OUT"); fi
     ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
   fi
-  [ -f "$OUT/heldout-eval/metrics.json" ] || "$MELANOMA" evaluate --model "$OUT" --data "$HELD" --label-map binary \
+  [ -f "$OUT/heldout-eval/metrics.json" ] || "$MELANOMA" evaluate --model "$SCORED" --data "$HELD" --label-map binary \
     --out "$OUT/heldout-eval" > "$OUT/heldout-eval.log" 2>&1
 done
 if [ ${#RUNS[@]} -ge 2 ]; then

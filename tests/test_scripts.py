@@ -632,3 +632,31 @@ def test_older_archive_at_detail_writes_and_scores_the_older_archives_validation
     assert row.startswith("| 100 px | ")
     again = subprocess.run(script, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and again.stdout.strip().splitlines()[-1] == row
+
+
+def test_loso_insource_gives_each_seed_its_own_split_and_scores_fold_ensembles(tiny_isic, ham_dir, tmp_path):
+    """scripts/loso_insource.sh on tiny copies, two CPU steps a model: SPLIT_SEED=seed validates each seed on its
+    own split; FOLDS=2 trains each seed as a 2-fold CV whose fold ensemble is the model scored on the held-out
+    source (the 9-class images); the seeds' ensemble (4 fold models) is scored too; a re-run trains nothing."""
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 20, dx=("mel", "nv"))
+    env = {**os.environ, "HELDOUT_CSV": "none", "DATA": str(tiny_isic), "HAM": str(ham), "ROOT": str(tmp_path / "p"),
+           "SPLIT_SEED": "seed", "FOLDS": "2", "EPOCHS": "1", "DRAWS": "32", "PYTHON": sys.executable,
+           "HARDWARE": "--max-train-batches 2 --num-workers 0 --precision 32-true",
+           "MELANOMA": str(Path(sys.executable).parent / "melanoma")}
+    script = [str(ROOT / "scripts" / "loso_insource.sh"), "1", "2"]
+    done = subprocess.run(["bash", *script], env=env, capture_output=True, text=True, timeout=600)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "p").glob("*.log")))
+    assert done.returncode == 0, logs + done.stderr
+    for seed in (1, 2):
+        run = tmp_path / "p" / f"full-seed{seed}"
+        assert f"split_seed: {seed}\n" in (run / "config.yaml").read_text()
+        assert sorted(p.name for p in run.glob("fold-*")) == ["fold-0", "fold-1"]
+        scored = json.loads((run / "heldout-eval" / "metrics.json").read_text())
+        assert scored["model"]["architecture"] == "ensemble(efficientnet_lite0,efficientnet_lite0)"
+    ensemble = json.loads((tmp_path / "p" / "ensemble-1-2" / "model.json").read_text())
+    assert ensemble["architecture"].count("efficientnet_lite0") == 4
+    assert (tmp_path / "p" / "ensemble-1-2" / "heldout-eval" / "metrics.json").is_file()
+    trained = [(tmp_path / "p" / f"full-seed{seed}.log").stat().st_mtime_ns for seed in (1, 2)]
+    again = subprocess.run(["bash", *script], env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and again.stdout.count("held-out source melanoma AUC") == 3
+    assert [(tmp_path / "p" / f"full-seed{seed}.log").stat().st_mtime_ns for seed in (1, 2)] == trained
