@@ -5,7 +5,7 @@
 # batch 32, 160 px), validate and choose the checkpoint on a group-aware 20% of HAM10000 (melanoma AUC), then
 # score the older-archive images the LOSO rows held out (runs/loso/full-seed1/val_predictions.csv) with
 # `melanoma evaluate --label-map binary`; finally the 3-seed ensemble the same way.
-#   scripts/loso_insource.sh SEED...          e.g. scripts/loso_insource.sh 1 2 3   (about 13 min per seed; resumes)
+#   scripts/loso_insource.sh SEED...          e.g. scripts/loso_insource.sh 1 2 3   (about 20 min per seed; resumes)
 # DETAIL_SIZE=150 (session 14): the members' level of detail of the shipped recipe since session 11, in training and
 # in scoring. Without runs/loso (HELDOUT_CSV), the held-out images are the whole 9-class split (DATA): `melanoma
 # evaluate` leaves out every picture HAM10000 also holds (the model's training fingerprint: ISIC id, pixels, phash),
