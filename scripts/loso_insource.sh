@@ -61,11 +61,12 @@ for SEED in "$@"; do
   OUT=$ROOT/full-seed$SEED
   RUNS+=("$OUT")
   SCORED=$OUT; if [ -n "$FOLDS" ]; then SCORED=$OUT/ensemble; fi  # a CV run is scored as its fold ensemble
+  SPLIT=$SPLIT_SEED; if [ "$SPLIT_SEED" = seed ]; then SPLIT=$SEED; fi
   if [ ! -f "$OUT/result.json" ] && [ ! -f "$SCORED/model.json" ]; then
     if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
       ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model "$MODEL" --image-size "$IMAGE_SIZE"
             --color-constancy shades_of_gray --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --batch-size 32 --val-fraction 0.2
-            --monitor mel_auc --split-seed "${SPLIT_SEED/#seed/$SEED}" --seed "$SEED" --config scripts/cpu_long.yaml
+            --monitor mel_auc --split-seed "$SPLIT" --seed "$SEED" --config scripts/cpu_long.yaml
             "${DETAIL[@]}" "${CV[@]}" "${HARDWARE_ARGS[@]}" --out "$OUT"); fi
     ( time "$MELANOMA" train "${ARGS[@]}" ) > "$OUT.log" 2>&1
   fi
