@@ -257,6 +257,42 @@ def test_grey_world_lets_the_lesion_move_the_skin_colour_more_than_shades_of_gra
     assert np.array_equal(np.asarray(apply_color_constancy(_lesion_like(), "none")), np.asarray(_lesion_like()))
 
 
+def _exposed(image: Image.Image, gain: float, offset: float) -> Image.Image:
+    """The same scene under another exposure and contrast: every channel value v -> gain * v + offset."""
+    return Image.fromarray(np.clip(np.asarray(image, dtype=float) * gain + offset, 0, 255).round().astype(np.uint8))
+
+
+def _with_vignette(image: Image.Image) -> Image.Image:
+    """Black lens corners, as many dermoscopy images have."""
+    x = np.asarray(image).copy()
+    yy, xx = np.mgrid[:x.shape[0], :x.shape[1]]
+    x[(yy - x.shape[0] / 2) ** 2 + (xx - x.shape[1] / 2) ** 2 > 55 ** 2] = 0
+    return Image.fromarray(x)
+
+
+def test_standardised_exposure_gives_one_image_whatever_the_exposure_and_contrast():
+    """shades_of_gray_standardised: a darker or brighter exposure of a lesion (behind a vignette) comes out as the
+    normal one within rounding, a flatter or harsher contrast nearly so (an offset on every channel also tints the
+    image a little, which the multiplicative Shades of Gray cannot undo exactly); plain Shades of Gray keeps both."""
+    scene = _with_vignette(_lesion_like())
+    for gain, offset in [(0.6, 0.0), (0.8, 0.0), (1.15, 0.0), (0.6, 10.0), (0.8, -20.0), (1.1, 5.0)]:
+        other = _with_vignette(_exposed(_lesion_like(), gain, offset))
+        def gap(method):
+            a, b = (np.asarray(apply_color_constancy(im, method), dtype=float) for im in (scene, other))
+            return np.abs(a - b).mean()  # grey levels out of 255
+        assert gap("shades_of_gray_standardised") < (1.0 if offset == 0 else 0.15 * gap("shades_of_gray"))
+        assert gap("shades_of_gray") > 8
+    grey = np.asarray(apply_color_constancy(_lesion_like(), "shades_of_gray_standardised"), dtype=float).mean(axis=2)
+    assert abs(grey.mean() / 255 - 0.64) < 0.01 and abs(grey.std() / 255 - 0.11) < 0.01
+
+
+def test_standardised_exposure_limits_the_contrast_gain_of_a_flat_image():
+    flat = Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8))
+    flat.putpixel((0, 0), (140, 140, 140))  # nearly no contrast: a gain of 1 / std would blow up noise
+    out = np.asarray(apply_color_constancy(flat, "shades_of_gray_standardised"), dtype=float)
+    assert np.ptp(out) <= 2 * 12 + 1
+
+
 def test_prepare_image_resizes_then_applies_the_named_constancy(pil_image):
     assert prepare_image(pil_image, PRE).size == (97, 73)  # shorter side 90 -> 73
     assert prepare_image(pil_image, {**PRE, "color_constancy": "shades_of_gray"}).size == (97, 73)
