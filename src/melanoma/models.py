@@ -468,7 +468,7 @@ def default_preprocessing(name: str, image_size: int | None = None, color_consta
                           detail_size: int | None = None) -> dict:
     """The eval/train preprocessing for model `name`, in the form stored in model.json:
     {"input_size": int, "resize": int (shorter side before the centre crop), "interpolation": str,
-    "mean": [3 floats], "std": [3 floats], "color_constancy": "none" | "shades_of_gray"}, plus
+    "mean": [3 floats], "std": [3 floats], "color_constancy": one of config.COLOR_CONSTANCY}, plus
     "detail_size": int (larger images are first reduced to that shorter side) when `detail_size` is given.
     `image_size` overrides input_size (resize scales with it). An ensemble: its first member's."""
     if _is_ensemble_name(name):
