@@ -194,7 +194,8 @@ def test_cli_predict_explain_writes_pngs(model_dir, tiny_isic, tmp_path):
     assert len(list((tmp_path / "cams").glob("*.png"))) == 2
 
 
-@pytest.mark.parametrize("constancy,detail", [("none", None), ("shades_of_gray", None), ("shades_of_gray", 150)])
+@pytest.mark.parametrize("constancy,detail", [("none", None), ("shades_of_gray", None), ("shades_of_gray", 150),
+                                              ("shades_of_gray_standardised", 150)])
 @pytest.mark.parametrize("size", [(180, 180), (200, 150)], ids=["square", "landscape"])
 def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size, constancy, detail):
     """Predict must feed the model the pixels validation (thresholds, temperature, referral) was computed on:
@@ -211,7 +212,7 @@ def test_preprocess_matches_the_trainers_decode_cache(tmp_path, tiny_isic, size,
     torch.testing.assert_close(predictor.preprocess(path), cached, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("constancy", ["none", "shades_of_gray"])
+@pytest.mark.parametrize("constancy", ["none", "shades_of_gray", "shades_of_gray_standardised"])
 def test_numpy_preprocessing_equals_the_torch_eval_transform_on_real_images(ham_dir, shared_train, constancy):
     """The ONE inference preprocessing (images.model_input, numpy + PIL) vs torchvision's eval preset on real
     images of both shapes (9-class 180x180 JPEGs; HAM10000 600x450), with the shipped model's preprocessing."""
