@@ -239,9 +239,9 @@ def describe_limitations(meta: dict) -> list[str]:
     items.append(("Measured on one source left out of training; other clinics can differ again. "
                   if held_out else "Not measured on images from a source left out of training. ")
                  + "In this project's leave-one-source-out check (docs/results.md: trained on HAM10000, scored "
-                 "on the older ISIC archive's own images) the new source cost 0.07-0.19 melanoma AUC, depending on "
-                 "the recipe (about 0.90 on the training source, 0.71-0.83 there), and an alert chosen for 90% "
-                 "sensitivity on the training source caught 67-85% of its melanomas: "
+                 "on the older ISIC archive's own images) the new source cost 0.03-0.19 melanoma AUC, depending on "
+                 "the recipe (about 0.88-0.90 on the training source, 0.71-0.85 there), and an alert chosen for 90% "
+                 "sensitivity on the training source caught 67-95% of its melanomas: "
                  "re-choose the threshold on local labelled images (`melanoma threshold MODEL --predictions CSV`) "
                  "before use.")
     items.append("Made for dermoscopic images of one lesion; other photos, skin types and devices may degrade it. "
