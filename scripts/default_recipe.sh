@@ -6,12 +6,14 @@
 DATA=${DATA:-../shared/data/isic-9class/Train}
 HAM=${HAM:-../shared/data/ham10000}
 RECIPE=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --conflict-policy reference
-        --color-constancy "${COLOR_CONSTANCY:-shades_of_gray}" --model efficientnet_lite0 --image-size "${SIZE:-160}"
+        --color-constancy "${COLOR_CONSTANCY:-shades_of_gray_standardised}" --model efficientnet_lite0
+        --image-size "${SIZE:-160}"
         --epochs "${EPOCHS:-10}" --samples-per-epoch "${DRAWS:-3200}" --val-fraction 0.2 --val-sources all
         --monitor mel_auc --split-seed 42 --batch-size 32 --augmentation "${AUGMENTATION:-standard}"
         --config scripts/cpu_long.yaml)
-# COLOR_CONSTANCY (default shades_of_gray, the shipped members' since session 27): shades_of_gray_standardised also
-# brings each image's brightness and contrast to fixed levels (session 40: +0.038 +- 0.017 on the proxy, 6 seeds).
+# COLOR_CONSTANCY (default shades_of_gray_standardised, the shipped members' since session 41): Shades of Gray,
+# then each image's brightness and contrast brought to fixed levels (session 40: +0.038 +- 0.017 on the proxy, 6
+# seeds); shades_of_gray alone was the default of sessions 27-40.
 # DETAIL_SIZE (default 150, the shipped default since session 11): every image first reduced to that shorter side
 # (HAM10000's own detail); DETAIL_SIZE= (empty) trains on the images as stored, the recipe of sessions 6-10.
 DETAIL_SIZE=${DETAIL_SIZE-150}

@@ -12,16 +12,17 @@
 # of session 35 (6 seeds of the current recipe) any 4 seeds scored 0.839 +- 0.007, any 5 0.841, all 6 0.842 (one
 # seed 0.813): members past 4 add under 0.003 AUC (scripts/ensemble_size.py). Resumes when re-run.
 #   scripts/train_default.sh [OUT]         then: scripts/ship_default.sh OUT/shipped
-# The recipe itself: scripts/default_recipe.sh (SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE, IMBALANCE from the
-# environment).
-# CPU (2 cores): about 22 min per member at 160 px (10 epochs x 3,200 draws; sessions 22-23), about 1.5 h for 4
-# members + 10 min for the ensemble, threshold and detail calibration at one view (TTA_VIEWS=1), about 1 h at 8.
+# The recipe itself: scripts/default_recipe.sh (SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE, IMBALANCE,
+# COLOR_CONSTANCY from the environment; since session 41 each image's exposure is standardised after Shades of Gray).
+# CPU (2 cores): 12-13 min per member at 160 px (10 epochs x 3,200 draws; session 41's machine; 21-24 min on the
+# machine of sessions 22-23), 1 min for the ensemble, 42 min for the threshold and detail calibration at 8 views
+# (TTA_VIEWS; at one view about 10 min): about 92 min in all (session 41).
 # GPU: DEVICE=gpu scripts/train_default.sh runs/default-gpu -- the same recipe (same batch, learning rate and
 #   draws, so the same models up to bf16 rounding) with bf16 autocast, channels-last and 8 loader workers.
 # SMOKE=1: the same command lines on CPU for 2 steps (tests/test_scripts.py runs it on tiny DATA and HAM copies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/default-v10}
+OUT=${1:-runs/default-v12}
 DEVICE=${DEVICE:-cpu}
 MEMBERS=${MEMBERS:-4}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
@@ -64,8 +65,8 @@ fi
 # --tta-views (TTA_VIEWS, default 8; 1: none): the alert, the detail levels and the stored validation predictions
 # come from the mean of 8 flip / rotation views of each validation image, and the model averages them at every
 # prediction (model.json test_time_augmentation). On the proxy TTA raised 4-seed ensembles' never-seen-source AUC by
-# 0.009 +- 0.003 and the transferred alert's sensitivity by 0.03 (session 36); 8 forward passes per image. About
-# 1 h on 2 cores for 4 members (the validation images at 8 views, then each detail level at 8 views).
+# 0.009 +- 0.003 and the transferred alert's sensitivity by 0.03 (session 36); 8 forward passes per image. 42-62
+# min on 2 cores for 4 members (the validation images at 8 views, then each detail level at 8 views).
 [ -f "$OUT/shipped/model.json" ] || "$MELANOMA" threshold "$OUT/ensemble" --target-sensitivity 0.9 --per-source \
   --prior-correction auto "${LEVELS[@]}" --tta-views "${TTA_VIEWS:-8}" --out "$OUT/shipped" > "$OUT/threshold.log" 2>&1
 echo "trained $OUT/shipped (logs: $OUT/*.log); ship it with scripts/ship_default.sh $OUT/shipped"
