@@ -287,6 +287,38 @@ def test_standardised_exposure_gives_one_image_whatever_the_exposure_and_contras
     assert abs(grey.mean() / 255 - 0.64) < 0.01 and abs(grey.std() / 255 - 0.11) < 0.01
 
 
+def _saturated(image: Image.Image, factor: float) -> Image.Image:
+    """The same scene rendered more (factor > 1) or less colourful: each pixel's offset from its grey level scaled."""
+    x = np.asarray(image, dtype=float)
+    grey = x.mean(axis=2, keepdims=True)
+    return Image.fromarray(np.clip(grey + (x - grey) * factor, 0, 255).round().astype(np.uint8))
+
+
+def _chroma(image: Image.Image) -> float:
+    """Mean distance of a pixel's RGB from its grey level, 0-1 scale, the dark vignette left out."""
+    x = np.asarray(image, dtype=float) / 255
+    grey = x.mean(axis=2, keepdims=True)
+    return float(np.linalg.norm(x - grey, axis=2)[grey[..., 0] >= 0.08].mean())
+
+
+def test_standardised_chroma_gives_every_rendering_one_colourfulness(shared_train):
+    """shades_of_gray_standardised_chroma on real lesions: a paler or more saturated rendering (a camera's choice,
+    which Shades of Gray and the exposure step keep: about 0.7x / 1.3x after them) comes out at the target
+    colourfulness (the gain limited to 2), as the normal one does; the grey levels are the exposure step's."""
+    for path in sorted((shared_train / "melanoma").glob("*.jpg"))[:3]:
+        scene = Image.open(path).convert("RGB")
+        normal = _chroma(apply_color_constancy(scene, "shades_of_gray_standardised"))
+        for factor in (0.7, 1.3):
+            other = _saturated(scene, factor)
+            kept = _chroma(apply_color_constancy(other, "shades_of_gray_standardised"))
+            assert abs(kept / normal - factor) < 0.1
+            target = min(0.05, 2 * kept)  # the gain is at most 2: these 9-class images are pale (0.027-0.032)
+            assert abs(_chroma(apply_color_constancy(other, "shades_of_gray_standardised_chroma")) - target) < 0.002
+    both = [np.asarray(apply_color_constancy(_lesion_like(), m), dtype=float)
+            for m in ("shades_of_gray_standardised", "shades_of_gray_standardised_chroma")]
+    assert np.abs(both[0].mean(axis=2) - both[1].mean(axis=2)).max() <= 1.0
+
+
 def test_standardised_exposure_limits_the_contrast_gain_of_a_flat_image():
     flat = Image.fromarray(np.full((40, 40, 3), 128, dtype=np.uint8))
     flat.putpixel((0, 0), (140, 140, 140))  # nearly no contrast: a gain of 1 / std would blow up noise
