@@ -294,24 +294,25 @@ def standardise_exposure(image: Image.Image, chroma: bool = False) -> Image.Imag
     the gain limited likewise; grey levels stay. PIL RGB in, PIL RGB out (uint8, clipped)."""
     x = np.asarray(image, dtype=np.float32) / 255.0
     grey = x.mean(axis=2)
-    lit = grey[grey >= VIGNETTE_LEVEL]
-    if lit.size < 0.1 * grey.size:  # (almost) all dark: nothing to measure exposure on
-        lit = grey.ravel()
-    gain = float(np.clip(EXPOSURE_STD / max(float(lit.std()), 1e-6), 1.0 / EXPOSURE_MAX_GAIN, EXPOSURE_MAX_GAIN))
-    out = (x - float(lit.mean())) * gain + EXPOSURE_MEAN
+    lit = grey >= VIGNETTE_LEVEL
+    if lit.sum() < 0.1 * lit.size:  # (almost) all dark: nothing to measure exposure on, so measure every pixel
+        lit = np.ones_like(lit)
+    out = (x - float(grey[lit].mean())) * _limited_gain(EXPOSURE_STD, float(grey[lit].std())) + EXPOSURE_MEAN
     if chroma:
-        out = _standardise_chroma(out, grey >= VIGNETTE_LEVEL)
+        out = _standardise_chroma(out, lit)
     return Image.fromarray(np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8), mode="RGB")
+
+
+def _limited_gain(target: float, measured: float) -> float:
+    """target / measured, limited to EXPOSURE_MAX_GAIN either way (and safe for measured = 0)."""
+    return float(np.clip(target / max(measured, 1e-6), 1.0 / EXPOSURE_MAX_GAIN, EXPOSURE_MAX_GAIN))
 
 
 def _standardise_chroma(x: np.ndarray, lit: np.ndarray) -> np.ndarray:
     """x (HxWx3, 0-1 scale, not clipped) with every pixel's offset from its grey level scaled by one gain that brings
-    the mean offset length over the `lit` pixels (all of them when fewer than 10% are lit) to CHROMA_TARGET."""
+    the mean offset length over the `lit` pixels to CHROMA_TARGET."""
     grey = x.mean(axis=2, keepdims=True)
-    length = np.linalg.norm(x - grey, axis=2)
-    measured = length[lit] if lit.sum() >= 0.1 * lit.size else length.ravel()
-    gain = float(np.clip(CHROMA_TARGET / max(float(measured.mean()), 1e-6), 1.0 / EXPOSURE_MAX_GAIN,
-                         EXPOSURE_MAX_GAIN))
+    gain = _limited_gain(CHROMA_TARGET, float(np.linalg.norm(x - grey, axis=2)[lit].mean()))
     return grey + (x - grey) * gain
 
 
