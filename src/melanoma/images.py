@@ -297,7 +297,8 @@ def standardise_exposure(image: Image.Image, chroma: bool = False) -> Image.Imag
     lit = grey >= VIGNETTE_LEVEL
     if lit.sum() < 0.1 * lit.size:  # (almost) all dark: nothing to measure exposure on, so measure every pixel
         lit = np.ones_like(lit)
-    out = (x - float(grey[lit].mean())) * _limited_gain(EXPOSURE_STD, float(grey[lit].std())) + EXPOSURE_MEAN
+    measured = grey[lit]  # one copy of the lit grey levels for both statistics
+    out = (x - float(measured.mean())) * _limited_gain(EXPOSURE_STD, float(measured.std())) + EXPOSURE_MEAN
     if chroma:
         out = _standardise_chroma(out, lit)
     return Image.fromarray(np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8), mode="RGB")
