@@ -113,6 +113,21 @@ def test_geometric_augmentation_leaves_the_colours_alone():
     TrainConfig(data="x", augmentation="geometric").validate()
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_augmix_blends_augmented_chains_into_the_standard_view(pil_image, as_tensor):
+    assert level_kinds("augmix") - level_kinds("standard") == {"AugMix"}
+    x = as_uint8_tensor(pil_image) if as_tensor else pil_image
+    torch.manual_seed(0)
+    outs = [train_transform(PRE, "augmix")(x) for _ in range(6)]  # posterize and equalize need the uint8 view
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.float32 for o in outs)
+    assert all(-1.0 - 1e-6 <= o.min() and o.max() <= 1.0 + 1e-6 for o in outs)
+    flat = Image.new("RGB", (90, 90), (180, 120, 100))  # AugMix alone moves a flat colour: it is not a no-op
+    mixed = v2.AugMix(fill=0)
+    torch.manual_seed(1)
+    assert any(not torch.equal(mixed(as_uint8_tensor(flat)), as_uint8_tensor(flat)) for _ in range(6))
+    TrainConfig(data="x", augmentation="augmix").validate()
+
+
 def test_erasing_blanks_one_rectangle_in_about_half_the_views():
     flat = Image.new("RGB", (90, 90), (180, 120, 100))
     transform = train_transform(PRE, "erasing")  # mean = std = 0.5: no uint8 colour normalises to exactly 0

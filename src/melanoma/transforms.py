@@ -148,7 +148,11 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     melanoma AUC on a source the model never saw (session 31, 2 seeds; in-source unchanged): kept as an option.
     level "resolution" is "standard" with half the draws first shrunk to 40-100% of their size and enlarged back
     (RandomDetailLoss), so that the level of detail stops being a cue for the class. level "geometric" is "standard"
-    without the colour jitter: crops, flips, rotations and affine only (colour is left to the colour constancy)."""
+    without the colour jitter: crops, flips, rotations and affine only (colour is left to the colour constancy).
+    level "augmix" is "standard" followed by AugMix (Hendrycks et al. 2020; torchvision's v2.AugMix at its defaults:
+    3 chains of 1-3 random operations at severity 3, mixed with Dirichlet weights, then with the view itself by a
+    Beta(1, 1) weight): a lever for robustness to shifts the training images do not show, whose output stays a
+    blend of the view it came from. Fill 0 (black) as the affine's."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     wide_jitter = level in ("strong", "strong-colour")
@@ -172,6 +176,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     if level == "strong":  # blur and JPEG: "strong" only ("strong-colour" is its jitter alone)
         ops += [v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=0.25),  # sigma in output pixels
                 v2.RandomApply([v2.JPEG(quality=(40, 95))], p=0.3)]  # uint8 tensors only: keep before ToDtype
+    if level == "augmix":  # on the uint8 view (its posterize and equalize need uint8): before ToDtype too
+        ops.append(v2.AugMix(fill=0))
     return ops
 
 
