@@ -8,7 +8,7 @@ from torchvision.transforms import v2
 
 from melanoma.config import COLOR_CONSTANCY, TrainConfig
 from melanoma.errors import ConfigError
-from melanoma.images import apply_color_constancy
+from melanoma.images import VIGNETTE_LEVEL, apply_color_constancy
 from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomRot90, augmentation_ops,
                                  eval_transform, invert_tta_views, prepare_image, shades_of_gray, train_transform,
                                  tta_views)
@@ -313,7 +313,7 @@ def _chroma(image: Image.Image) -> float:
     """Mean distance of a pixel's RGB from its grey level, 0-1 scale, the dark vignette left out."""
     x = np.asarray(image, dtype=float) / 255
     grey = x.mean(axis=2, keepdims=True)
-    return float(np.linalg.norm(x - grey, axis=2)[grey[..., 0] >= 0.08].mean())
+    return float(np.linalg.norm(x - grey, axis=2)[grey[..., 0] >= VIGNETTE_LEVEL].mean())
 
 
 def test_standardised_chroma_gives_every_rendering_one_colourfulness(shared_train):
