@@ -547,6 +547,32 @@ def test_tta_loso_insource_pairs_one_view_with_tta_per_seed_and_per_ensemble(tmp
     assert alert.stdout.strip().splitlines()[-1] == "| seed 1 | 0.50 / 1.00; 5% | 1.00 / 1.00; 10% | 1.00 / 1.00; 10% |"
 
 
+def test_tta_scales_pairs_each_resize_and_their_mean_with_the_shipped_one(tmp_path):
+    """scripts/tta_scales.py: each seed's probabilities at every eval resize (cached beside the run, as the predictor
+    writes them) are scored on the never-seen images its heldout-eval scored, label conflicts left out, and on its
+    own validation images; rows per resize and for the mean of the resizes, paired against the shipped resize."""
+    truth = {"a.jpg": "melanoma", "b.jpg": "melanoma", "c.jpg": "nevus", "d.jpg": "nevus"}
+    at = {183: (0.9, 0.2, 0.3, 0.1), 160: (0.9, 0.6, 0.3, 0.1)}  # AUC 0.75 at the shipped resize, 1.0 at 160
+    for seed in (1, 2):
+        _scored_seed(tmp_path, seed, {**{x: (p, truth[x]) for x, p in zip(truth, at[183])},
+                                      "e.jpg": (0.0, "melanoma")}, ["e.jpg"])
+        run = tmp_path / f"full-seed{seed}"
+        (run / "val_predictions.csv").write_text("path,label\nh1,mel\nh2,nv\n")
+        for resize, probs in at.items():
+            rows = "".join(f"{x},{p}\n" for x, p in zip(truth, probs))
+            (run / f"scale{resize}_predictions.csv").write_text(f"path,melanoma_probability\n{rows}")
+            (run / f"insource-scale{resize}_predictions.csv").write_text("path,melanoma_probability\nh1,0.7\nh2,0.2\n")
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "tta_scales.py"), str(tmp_path), "--resizes", "160",
+                           "183"], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"{tmp_path}: seeds 1, 2; 4 never-seen images, 2 melanomas; in-source 2"
+    assert lines[3].startswith("| 160 | 1.000 ± 0.000 | +0.250 ± 0.000 | 1.000 | +0.250 [")
+    assert lines[4] == "| 183 | 0.750 ± 0.000 | +0.000 ± 0.000 | 0.750 |  | 1.000 ± 0.000 |"
+    assert lines[5].startswith("| mean | 1.000 ± 0.000 | +0.250 ± 0.000 | 1.000 |")
+    assert lines[5].endswith("| 1.000 ± 0.000 |")
+
+
 def test_illuminant_skin_leaves_out_the_lesion_and_glare_and_measures_the_cast(tmp_path):
     """scripts/illuminant_skin.py: on skin of one colour with a dark lesion, the whole view's Shades-of-Gray
     illuminant is the skin's (p = 6 weighs the dark disc little) and the cast is the skin colour's angle to grey;

@@ -1,0 +1,81 @@
+"""Test-time scales on the leave-one-source-out proxy (session 43): every seed of a scripts/loso_insource.sh folder
+predicts the never-seen source's images and its own validation images again with the eval view's resize (shorter
+side before the centre crop; the members' 183 px) replaced by each of --resizes, one view each. A smaller resize
+shows more of the field around the lesion, a larger one less. The table gives, per resize and for the mean of the
+resizes' probabilities, the never-seen melanoma AUC per seed (mean +- sd), paired against the shipped resize, the
+ensemble of the seeds, and the in-source AUC. Probabilities are cached beside each run (RUN/scale<R>_predictions.csv,
+RUN/insource-scale<R>_predictions.csv), so a re-run only scores.
+
+    .venv/bin/python scripts/tta_scales.py runs/loso-insource-std [--resizes 160 183 210]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from compare_auc import paired_bootstrap
+from seed_stats import mean_sd
+from tta_loso import in_source_truth, never_seen  # scripts/ is on sys.path when run as a script
+
+
+def scale_probabilities(run: Path, paths: list[str], resize: int, stem: str) -> np.ndarray:
+    """Melanoma probabilities of `paths` (in order) with the eval resize set to `resize`, one view; cached."""
+    cache = run / f"{stem}{resize}_predictions.csv"
+    if not cache.is_file():
+        from melanoma.predict import Predictor
+
+        predictor = Predictor.load(run)
+        predictor.pre["resize"] = resize  # the one preprocessing figure this script varies
+        result = predictor.predict_paths(paths, tta=False)
+        if result.errors:
+            raise SystemExit(f"{run}: {len(result.errors)} images failed at resize {resize}")
+        mel = predictor.class_names.index(predictor.meta["melanoma_class"])
+        tmp = cache.with_suffix(".tmp")
+        with tmp.open("w", newline="") as f:
+            csv.writer(f).writerows([("path", "melanoma_probability"), *zip(result.paths, result.probs[:, mel])])
+        tmp.replace(cache)
+    with cache.open(newline="") as f:
+        probs = {row["path"]: float(row["melanoma_probability"]) for row in csv.DictReader(f)}
+    return np.array([probs[p] for p in paths])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("root", type=Path)
+    ap.add_argument("--resizes", type=int, nargs="+", default=[160, 183, 210])
+    ap.add_argument("--shipped", type=int, default=183, help="the members' own eval resize (default 183)")
+    args = ap.parse_args()
+    runs, held, y_out = never_seen(args.root)
+    inside = in_source_truth(next(iter(runs.values())))
+    y_in = np.array(list(inside.values()))
+    out = {r: {s: scale_probabilities(run, held, r, "scale") for s, run in runs.items()} for r in args.resizes}
+    ins = {r: {s: scale_probabilities(run, list(inside), r, "insource-scale") for s, run in runs.items()}
+           for r in args.resizes}
+    mean = lambda by_r: {s: np.mean([by_r[r][s] for r in args.resizes], axis=0) for s in runs}  # noqa: E731
+    out["mean"], ins["mean"] = mean(out), mean(ins)
+    print(f"{args.root}: seeds {', '.join(map(str, runs))}; {len(held)} never-seen images, {int(y_out.sum())} "
+          f"melanomas; in-source {len(y_in)}")
+    print("| resize | never seen, per seed | paired against the shipped resize | ensemble of the seeds | "
+          "ensemble against the shipped resize | in-source, per seed |")
+    print("|---|---|---|---|---|---|")
+    base = out[args.shipped]
+    for key in [*args.resizes, "mean"]:
+        per_seed = [roc_auc_score(y_out, out[key][s]) for s in runs]
+        paired = [roc_auc_score(y_out, out[key][s]) - roc_auc_score(y_out, base[s]) for s in runs]
+        ens, ens_base = (np.mean(list(d.values()), axis=0) for d in (out[key], base))
+        against = ""  # the shipped resize against itself: no interval to draw
+        if key != args.shipped:
+            gain = paired_bootstrap(y_out, ens, ens_base)
+            against = f"{gain['difference']:+.3f} [{gain['ci'][0]:+.3f}, {gain['ci'][1]:+.3f}]"
+        inside_auc = [roc_auc_score(y_in, ins[key][s]) for s in runs]
+        print(f"| {key} | {mean_sd(per_seed)} | {mean_sd(paired, signed=True)} | {roc_auc_score(y_out, ens):.3f} | "
+              f"{against} | {mean_sd(inside_auc)} |")
+
+
+if __name__ == "__main__":
+    main()
