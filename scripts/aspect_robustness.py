@@ -93,10 +93,13 @@ def dark_corner_share(folder: Path, sample: int, seed: int = 0) -> tuple[int, fl
     return len(paths), float(np.mean([dark_corners(load_image(p)) >= 2 for p in paths])) if paths else float("nan")
 
 
-def scores(predictor: Predictor, rows: list[dict], geometry: str) -> dict[str, float]:
+def scores(predictor: Predictor, rows: list[dict], change, views: int | None = None) -> dict[str, float]:
+    """Melanoma AUC, alert and referral figures of `rows` predicted after change(image) (a PIL image in and out), with
+    `views` test-time views (None: the model's own)."""
     y = np.array([r["label"] == "melanoma" for r in rows])
+    tta = None if views is None else views > 1
     predictions = [pr for i in range(0, len(rows), 64) for pr in predictor.predict(
-        [reshape(load_image(r["path"]), geometry) for r in rows[i:i + 64]], batch_size=64)]
+        [change(load_image(r["path"])) for r in rows[i:i + 64]], tta=tta, tta_views=views, batch_size=64)]
     p = np.array([pr.melanoma_probability for pr in predictions])
     alert = p >= predictor.alert_threshold
     return {"auc": roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan"), "alerted": float(alert.mean()),
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
         groups = collections(model / "val_predictions.csv")
         for geometry in args.geometries:
             for name, rows in groups.items():
-                s = scores(predictor, rows, geometry)
+                s = scores(predictor, rows, lambda image, g=geometry: reshape(image, g))
                 print(f"{str(model):32s} {geometry:9s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
                       f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f} "
                       f"{s['referred']:9.1%}", flush=True)

@@ -225,6 +225,59 @@ def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path,
     assert [cells[-6:] for cells in lines[4:]] == [cells[-6:] for cells in lines[:2]]
 
 
+def test_acquisition_changes_keep_the_size_and_move_the_pixels_as_named(shared_train):
+    """scripts/acquisition_robustness.py's changes on a real lesion: each keeps the size; stored is the image;
+    blur lowers and sharpening raises the fine contrast; gamma < 1 brightens; saturation scales the distance from
+    grey; noise is the same on every call (seeded by the image); JPEG moves pixels a little. Bad names are refused."""
+    import argparse
+
+    from PIL import Image
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from acquisition_robustness import apply_change, change_name
+
+    image = Image.open(sorted((shared_train / "melanoma").glob("*.jpg"))[0]).convert("RGB")
+    x = lambda change: np.asarray(apply_change(image, change), dtype=np.float64)  # noqa: E731
+    fine = lambda a: np.abs(np.diff(a, axis=1)).mean()  # noqa: E731  (mean neighbour difference)
+    chroma = lambda a: np.abs(a - a.mean(axis=2, keepdims=True)).mean()  # noqa: E731
+    stored = x("stored")
+    assert np.array_equal(stored, np.asarray(image)) and all(x(c).shape == stored.shape for c in ("jpeg50", "blur1"))
+    assert fine(x("blur1")) < 0.8 * fine(stored) < fine(stored) < fine(x("sharpen100"))
+    assert x("gamma0.8").mean() > stored.mean() > x("gamma1.25").mean()
+    assert chroma(x("saturation0.7")) < chroma(stored) < chroma(x("saturation1.3"))
+    assert np.array_equal(x("noise6"), x("noise6")) and 3 < np.abs(x("noise6") - stored).mean() < 6
+    assert 0 < np.abs(x("jpeg50") - stored).mean() < 5
+    assert change_name("blur0.7") == "blur0.7"
+    for bad in ("blur", "jpeg0", "fog3", "stored1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="unknown change"):
+            change_name(bad)
+
+
+def test_acquisition_robustness_scores_each_collection_under_each_change(tmp_path, shared_train, ham_dir):
+    """A random-weight model: the script predicts the older archive's own images and HAM10000's apart under each
+    change, with the views asked for; stored twice gives the same figures twice."""
+    from melanoma.artifacts import build_test_model
+
+    ham_ids = {line.split(",")[1] for line in (ham_dir / "HAM10000_metadata.csv").read_text().splitlines()[1:]}
+    rows = [(p, c) for c in ("melanoma", "nevus")
+            for p in [p for p in sorted((shared_train / c).glob("*.jpg")) if p.stem not in ham_ids][:2]]
+    ham = sorted((ham_dir / "images").glob("*.jpg"))[:4]
+    rows += [(p, "melanoma" if i % 2 else "nevus") for i, p in enumerate(ham)]
+    model = build_test_model(tmp_path / "m", image_size=48)
+    (model / "val_predictions.csv").write_text("image,path,label\n" + "".join(
+        f"{p.name},{p},{label}\n" for p, label in rows))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "acquisition_robustness.py"), str(model),
+                           "--changes", "stored", "blur1.5", "stored", "--views", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
+    assert [(cells[1], " ".join(cells[2:-8])) for cells in lines] == [
+        ("stored", "older archive"), ("stored", "HAM10000"), ("blur1.5", "older archive"), ("blur1.5", "HAM10000"),
+        ("stored", "older archive"), ("stored", "HAM10000")]
+    assert [cells[-8:] for cells in lines[4:]] == [cells[-8:] for cells in lines[:2]]
+    assert [cells[-8:-6] for cells in lines[:2]] == [["4", "2"], ["4", "2"]]  # n, melanomas per collection
+
+
 def test_ensemble_members_scores_each_member_by_source_and_names_a_bad_folder(tmp_path, shared_train, ham_dir):
     """A single random-weight network counts as one member: its AUC is the ensemble's, for the older archive's own
     images and the HAM10000 source; a folder without validation predictions is a one-line error."""

@@ -1,0 +1,103 @@
+"""Does a model's alert move with how a clinic's camera renders and stores an image? (session 43)
+
+The preprocessing removes the light's colour, the exposure and the contrast (Shades of Gray, standardised) and the
+level of detail (`detail_size`); other differences between cameras and clinics pass through it. A model's
+validation images (RUN/val_predictions.csv, per collection as scripts/detail_robustness.py splits them) are
+predicted again after one change of the stored image, at its stored size:
+
+* stored       -- as stored;
+* jpegQ        -- re-saved as JPEG at quality Q (PIL, 4:2:0 chroma): a clinic system's compression;
+* blurS        -- Gaussian blur of S px (the standard deviation, at the stored size): focus, motion, optics;
+* sharpenP     -- an unsharp mask of P% (radius 2 px, threshold 0): the sharpening many cameras apply;
+* noiseS       -- Gaussian noise of S grey levels (0-255) on every channel, seeded per image: sensor noise;
+* gammaG       -- every channel raised to the power G (0-1 scale): another tone curve, which an affine
+                  exposure standardisation cannot undo;
+* saturationF  -- every pixel's distance from its grey level times F: a more (F > 1) or less colourful rendering.
+
+Printed per model, change and collection: melanoma AUC, the share alerted at the model's own threshold,
+sensitivity and specificity there, the non-melanomas' mean melanoma probability, the share referred. The same
+images under every change, so the rows pair.
+
+    .venv/bin/python scripts/acquisition_robustness.py MODEL... [--changes stored jpeg50 blur1 ...] [--views 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import re
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from aspect_robustness import scores  # scripts/ is on sys.path when run as a script
+from detail_robustness import collections
+from melanoma.predict import Predictor
+
+DEFAULT_CHANGES = ["stored", "jpeg50", "jpeg25", "blur0.7", "blur1.5", "sharpen100", "noise6", "gamma0.8",
+                   "gamma1.25", "saturation0.7", "saturation1.3"]
+_KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation")
+
+
+def change_name(text: str) -> str:
+    """argparse type: stored or KIND followed by a positive number (KIND one of _KINDS)."""
+    match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", text)
+    if text == "stored" or (match and match.group(1) in _KINDS and float(match.group(2)) > 0):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown change {text!r} (use stored or one of {', '.join(_KINDS)} followed "
+                                     "by a positive number, e.g. jpeg50)")
+
+
+def apply_change(image: Image.Image, change: str) -> Image.Image:
+    """The image after `change` (see the module doc), same size, RGB."""
+    image = image.convert("RGB")
+    if change == "stored":
+        return image
+    kind, value = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", change).groups()
+    amount = float(value)
+    if kind == "jpeg":
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=int(amount))
+        return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    if kind == "blur":
+        return image.filter(ImageFilter.GaussianBlur(radius=amount))  # PIL's radius is the standard deviation
+    if kind == "sharpen":
+        return image.filter(ImageFilter.UnsharpMask(radius=2, percent=int(amount), threshold=0))
+    x = np.asarray(image, dtype=np.float32) / 255.0
+    if kind == "noise":  # seeded by the pixels, so every run and model sees the same noise on an image
+        rng = np.random.default_rng(zlib.crc32(np.asarray(image).tobytes()))
+        x = x + rng.normal(0.0, amount / 255.0, x.shape)
+    elif kind == "gamma":
+        x = x ** amount
+    else:  # saturation
+        grey = x.mean(axis=2, keepdims=True)
+        x = grey + (x - grey) * amount
+    return Image.fromarray(np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--changes", nargs="+", default=DEFAULT_CHANGES, type=change_name)
+    ap.add_argument("--views", type=int, help="test-time views (default: the model's own; its alert threshold "
+                                              "was chosen on those)")
+    args = ap.parse_args(argv)
+    print(f"{'model':28s} {'change':13s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
+          f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
+    for model in args.models:
+        predictor = Predictor.load(model)
+        groups = collections(model / "val_predictions.csv")
+        for change in args.changes:
+            for name, rows in groups.items():
+                s = scores(predictor, rows, lambda image, c=change: apply_change(image, c), args.views)
+                print(f"{str(model):28s} {change:13s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
+                      f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f} "
+                      f"{s['referred']:9.1%}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
