@@ -128,6 +128,18 @@ def test_augmix_blends_augmented_chains_into_the_standard_view(pil_image, as_ten
     TrainConfig(data="x", augmentation="augmix").validate()
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_jpeg_level_recompresses_half_the_draws_before_the_crop(pil_image, as_tensor):
+    ops = augmentation_ops(64, level="jpeg")
+    assert level_kinds("jpeg") - level_kinds("standard") == {"JPEG"}
+    assert type(ops[0]).__name__ == "RandomApply" and ops[0].p == 0.5 and type(ops[1]).__name__ == "RandomResizedCrop"
+    x = as_uint8_tensor(pil_image) if as_tensor else pil_image
+    torch.manual_seed(0)
+    outs = [train_transform(PRE, "jpeg")(x) for _ in range(6)]
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.float32 for o in outs)
+    TrainConfig(data="x", augmentation="jpeg").validate()
+
+
 def test_erasing_blanks_one_rectangle_in_about_half_the_views():
     flat = Image.new("RGB", (90, 90), (180, 120, 100))
     transform = train_transform(PRE, "erasing")  # mean = std = 0.5: no uint8 colour normalises to exactly 0
