@@ -33,9 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from aspect_robustness import scores  # scripts/ is on sys.path when run as a script
-from detail_robustness import collections
-from melanoma.predict import Predictor
+from aspect_robustness import print_score_table  # scripts/ is on sys.path when run as a script
 
 DEFAULT_CHANGES = ["stored", "jpeg50", "jpeg25", "blur0.7", "blur1.5", "sharpen100", "noise6", "gamma0.8",
                    "gamma1.25", "saturation0.7", "saturation1.3"]
@@ -85,17 +83,7 @@ def main(argv=None) -> int:
     ap.add_argument("--views", type=int, help="test-time views (default: the model's own; its alert threshold "
                                               "was chosen on those)")
     args = ap.parse_args(argv)
-    print(f"{'model':28s} {'change':13s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
-          f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
-    for model in args.models:
-        predictor = Predictor.load(model)
-        groups = collections(model / "val_predictions.csv")
-        for change in args.changes:
-            for name, rows in groups.items():
-                s = scores(predictor, rows, lambda image, c=change: apply_change(image, c), args.views)
-                print(f"{str(model):28s} {change:13s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
-                      f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f} "
-                      f"{s['referred']:9.1%}", flush=True)
+    print_score_table(args.models, "change", args.changes, lambda c: lambda image: apply_change(image, c), args.views)
     return 0
 
 

@@ -122,18 +122,24 @@ def main(argv=None) -> int:
         print(f"{str(folder):50s} {n:6d} images: {share:.1%} with two or more dark corners", flush=True)
     if not args.models:
         return 0
-    print(f"{'model':32s} {'geometry':9s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
+    print_score_table(args.models, "geometry", args.geometries, lambda g: lambda image: reshape(image, g))
+    return 0
+
+
+def print_score_table(models: list[Path], kind: str, variants: list[str], change_of, views: int | None = None) -> None:
+    """One line per model, variant and collection of the model's validation images: `scores` after
+    change_of(variant) (a function of a PIL image) with `views` test-time views (None: the model's own)."""
+    print(f"{'model':32s} {kind:13s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
           f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
-    for model in args.models:
+    for model in models:
         predictor = Predictor.load(model)
         groups = collections(model / "val_predictions.csv")
-        for geometry in args.geometries:
+        for variant in variants:
             for name, rows in groups.items():
-                s = scores(predictor, rows, lambda image, g=geometry: reshape(image, g))
-                print(f"{str(model):32s} {geometry:9s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
+                s = scores(predictor, rows, change_of(variant), views)
+                print(f"{str(model):32s} {variant:13s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
                       f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f} "
                       f"{s['referred']:9.1%}", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

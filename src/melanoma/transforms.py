@@ -156,7 +156,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     never saw (session 43, 2 seeds; in-source unchanged).
     level "jpeg" is "standard" with half the draws first re-compressed as JPEG at quality 25-95, at the prepared
     image's size before the crop (scripts/acquisition_robustness.py: re-saving the validation images at quality 50
-    moved the shipped model's alert, down on HAM10000's and up on the older archive's, session 43)."""
+    moved the shipped model's alert, down on HAM10000's and up on the older archive's, session 43). It LOST 0.029
+    melanoma AUC on a source the model never saw (session 43, 2 seeds; in-source unchanged)."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     wide_jitter = level in ("strong", "strong-colour")
@@ -164,7 +165,7 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     ops = [v2.RandomApply([RandomDetailLoss(0.4, interpolation)], p=0.5)] if level == "resolution" else []
     if level == "hair":  # at the image's own size, before the crop: strands scale with the lesion
         ops.append(v2.RandomApply([RandomHair()], p=0.5))
-    if level == "jpeg":  # before the crop, as a clinic's compression comes before any resizing (uint8 only)
+    if level == "jpeg":  # before the crop; on the prepared image (a clinic's compression precedes even that)
         ops.append(v2.RandomApply([v2.JPEG(quality=(25, 95))], p=0.5))
     area, affine_scale = _SCALE_RANGES.get(level, _SCALE_RANGES["standard"])
     ops += [
