@@ -39,14 +39,18 @@ from seed_stats import mean_sd
 ONE = " (1 seed)"  # as loso_table marks a figure of one seed
 
 
-def tta_probabilities(run: Path, paths: list[str], views: int, stem: str = "tta") -> dict[str, float]:
+def tta_probabilities(run: Path, paths: list[str], views: int, stem: str = "tta",
+                      resize: int | None = None) -> dict[str, float]:
     """{path: melanoma probability with `views` TTA views}, computed once and cached beside the run (RUN/<stem><views>
-    _predictions.csv: one stem per image set)."""
+    _predictions.csv: one stem per image set and resize). resize: the eval view's shorter side before the centre
+    crop instead of the model's own (scripts/tta_scales.py)."""
     cache = run / f"{stem}{views}_predictions.csv"
     if not cache.is_file():
         from melanoma.predict import Predictor
 
         predictor = Predictor.load(run)
+        if resize is not None:
+            predictor.pre["resize"] = resize
         result = predictor.predict_paths(paths, tta=True, tta_views=views)
         if result.errors:
             raise SystemExit(f"{run}: {len(result.errors)} images failed under TTA")
@@ -61,9 +65,9 @@ def tta_probabilities(run: Path, paths: list[str], views: int, stem: str = "tta"
         return {row["path"]: float(row["melanoma_probability"]) for row in csv.DictReader(f)}
 
 
-def in_order(run: Path, paths: list[str], views: int, stem: str = "tta") -> np.ndarray:
+def in_order(run: Path, paths: list[str], views: int, stem: str = "tta", resize: int | None = None) -> np.ndarray:
     """tta_probabilities as an array in the order of `paths`."""
-    probs = tta_probabilities(run, paths, views, stem)
+    probs = tta_probabilities(run, paths, views, stem, resize)
     return np.array([probs[x] for x in paths])
 
 

@@ -3,8 +3,8 @@ predicts the never-seen source's images and its own validation images again with
 side before the centre crop; the members' 183 px) replaced by each of --resizes, one view each. A smaller resize
 shows more of the field around the lesion, a larger one less. The table gives, per resize and for the mean of the
 resizes' probabilities, the never-seen melanoma AUC per seed (mean +- sd), paired against the shipped resize, the
-ensemble of the seeds, and the in-source AUC. Probabilities are cached beside each run (RUN/scale<R>_predictions.csv,
-RUN/insource-scale<R>_predictions.csv), so a re-run only scores.
+ensemble of the seeds, and the in-source AUC. Probabilities are cached beside each run (RUN/scale<R>-1_predictions.csv,
+RUN/insource-scale<R>-1_predictions.csv), so a re-run only scores.
 
     .venv/bin/python scripts/tta_scales.py runs/loso-insource-std [--resizes 160 183 210]
 """
@@ -12,7 +12,6 @@ RUN/insource-scale<R>_predictions.csv), so a re-run only scores.
 from __future__ import annotations
 
 import argparse
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -20,28 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from compare_auc import paired_bootstrap
 from seed_stats import mean_sd
-from tta_loso import in_source_truth, never_seen  # scripts/ is on sys.path when run as a script
-
-
-def scale_probabilities(run: Path, paths: list[str], resize: int, stem: str) -> np.ndarray:
-    """Melanoma probabilities of `paths` (in order) with the eval resize set to `resize`, one view; cached."""
-    cache = run / f"{stem}{resize}_predictions.csv"
-    if not cache.is_file():
-        from melanoma.predict import Predictor
-
-        predictor = Predictor.load(run)
-        predictor.pre["resize"] = resize  # the one preprocessing figure this script varies
-        result = predictor.predict_paths(paths, tta=False)
-        if result.errors:
-            raise SystemExit(f"{run}: {len(result.errors)} images failed at resize {resize}")
-        mel = predictor.class_names.index(predictor.meta["melanoma_class"])
-        tmp = cache.with_suffix(".tmp")
-        with tmp.open("w", newline="") as f:
-            csv.writer(f).writerows([("path", "melanoma_probability"), *zip(result.paths, result.probs[:, mel])])
-        tmp.replace(cache)
-    with cache.open(newline="") as f:
-        probs = {row["path"]: float(row["melanoma_probability"]) for row in csv.DictReader(f)}
-    return np.array([probs[p] for p in paths])
+from tta_loso import in_order, in_source_truth, never_seen  # scripts/ is on sys.path when run as a script
 
 
 def main() -> None:
@@ -53,8 +31,9 @@ def main() -> None:
     runs, held, y_out = never_seen(args.root)
     inside = in_source_truth(next(iter(runs.values())))
     y_in = np.array(list(inside.values()))
-    out = {r: {s: scale_probabilities(run, held, r, "scale") for s, run in runs.items()} for r in args.resizes}
-    ins = {r: {s: scale_probabilities(run, list(inside), r, "insource-scale") for s, run in runs.items()}
+    # one view at each resize, cached beside the run as <stem><resize>-1_predictions.csv
+    out = {r: {s: in_order(run, held, 1, f"scale{r}-", r) for s, run in runs.items()} for r in args.resizes}
+    ins = {r: {s: in_order(run, list(inside), 1, f"insource-scale{r}-", r) for s, run in runs.items()}
            for r in args.resizes}
     mean = lambda by_r: {s: np.mean([by_r[r][s] for r in args.resizes], axis=0) for s in runs}  # noqa: E731
     out["mean"], ins["mean"] = mean(out), mean(ins)

@@ -613,8 +613,8 @@ def test_tta_scales_pairs_each_resize_and_their_mean_with_the_shipped_one(tmp_pa
         (run / "val_predictions.csv").write_text("path,label\nh1,mel\nh2,nv\n")
         for resize, probs in at.items():
             rows = "".join(f"{x},{p}\n" for x, p in zip(truth, probs))
-            (run / f"scale{resize}_predictions.csv").write_text(f"path,melanoma_probability\n{rows}")
-            (run / f"insource-scale{resize}_predictions.csv").write_text("path,melanoma_probability\nh1,0.7\nh2,0.2\n")
+            (run / f"scale{resize}-1_predictions.csv").write_text(f"path,melanoma_probability\n{rows}")
+            (run / f"insource-scale{resize}-1_predictions.csv").write_text("path,melanoma_probability\nh1,0.7\nh2,0.2\n")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "tta_scales.py"), str(tmp_path), "--resizes", "160",
                            "183"], capture_output=True, text=True, timeout=180)
     assert done.returncode == 0, done.stderr
