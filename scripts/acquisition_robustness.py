@@ -38,11 +38,12 @@ from aspect_robustness import print_score_table  # scripts/ is on sys.path when 
 DEFAULT_CHANGES = ["stored", "jpeg50", "jpeg25", "blur0.7", "blur1.5", "sharpen100", "noise6", "gamma0.8",
                    "gamma1.25", "saturation0.7", "saturation1.3"]
 _KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation")
+_CHANGE = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)")  # KIND then its amount, e.g. jpeg50, blur0.7
 
 
 def change_name(text: str) -> str:
     """argparse type: stored or KIND followed by a positive number (KIND one of _KINDS)."""
-    match = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", text)
+    match = _CHANGE.fullmatch(text)
     if text == "stored" or (match and match.group(1) in _KINDS and float(match.group(2)) > 0):
         return text
     raise argparse.ArgumentTypeError(f"unknown change {text!r} (use stored or one of {', '.join(_KINDS)} followed "
@@ -54,7 +55,7 @@ def apply_change(image: Image.Image, change: str) -> Image.Image:
     image = image.convert("RGB")
     if change == "stored":
         return image
-    kind, value = re.fullmatch(r"([a-z]+)(\d+(?:\.\d+)?)", change).groups()
+    kind, value = _CHANGE.fullmatch(change).groups()
     amount = float(value)
     if kind == "jpeg":
         buffer = io.BytesIO()

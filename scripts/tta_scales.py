@@ -43,10 +43,12 @@ def main() -> None:
           "ensemble against the shipped resize | in-source, per seed |")
     print("|---|---|---|---|---|---|")
     base = out[args.shipped]
+    base_auc = [roc_auc_score(y_out, base[s]) for s in runs]
+    ens_base = np.mean(list(base.values()), axis=0)
     for key in [*args.resizes, "mean"]:
         per_seed = [roc_auc_score(y_out, out[key][s]) for s in runs]
-        paired = [roc_auc_score(y_out, out[key][s]) - roc_auc_score(y_out, base[s]) for s in runs]
-        ens, ens_base = (np.mean(list(d.values()), axis=0) for d in (out[key], base))
+        paired = [a - b for a, b in zip(per_seed, base_auc)]
+        ens = np.mean(list(out[key].values()), axis=0)
         against = ""  # the shipped resize against itself: no interval to draw
         if key != args.shipped:
             gain = paired_bootstrap(y_out, ens, ens_base)
