@@ -24,9 +24,11 @@ NATURAL_MIX_MODES = ("none", "source-balanced")  # trained at the sources' class
 # shades_of_gray: illuminant = the Minkowski 6-norm mean of each channel (bright skin dominates the estimate);
 # grey_world: the plain mean (p = 1: the dark lesion pulls the estimate too); shades_of_gray_standardised: Shades of
 # Gray, then each image's brightness and contrast brought to fixed levels (images.standardise_exposure);
-# shades_of_gray_standardised_chroma: that, and each image's colourfulness (mean distance from grey) too
+# shades_of_gray_standardised_chroma: that, and each image's colourfulness (mean distance from grey) too;
+# shades_of_gray_standardised_denoised: the standardised image, then an edge-preserving smoothing that flattens
+# sensor noise and compression blocks (images.bilateral_smooth)
 COLOR_CONSTANCY = ("none", "shades_of_gray", "grey_world", "shades_of_gray_standardised",
-                   "shades_of_gray_standardised_chroma")
+                   "shades_of_gray_standardised_chroma", "shades_of_gray_standardised_denoised")
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)
 RESUME_SAFE_OPTIONS = ("num_workers",)  # may differ on --resume without changing what the run computes
 
