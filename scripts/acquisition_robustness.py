@@ -14,11 +14,15 @@ predicted again after one change of the stored image, at its stored size:
                   exposure standardisation cannot undo;
 * saturationF  -- every pixel's distance from its grey level times F: a more (F > 1) or less colourful rendering.
 
+--predictions PATH scores the images of MODEL/PATH instead, e.g. heldout-eval/predictions.csv: a leave-one-
+source-out run's never-seen source (as `melanoma evaluate` wrote it there; labels in its `label` column).
+
 Printed per model, change and collection: melanoma AUC, the share alerted at the model's own threshold,
 sensitivity and specificity there, the non-melanomas' mean melanoma probability, the share referred. The same
 images under every change, so the rows pair.
 
     .venv/bin/python scripts/acquisition_robustness.py MODEL... [--changes stored jpeg50 blur1 ...] [--views 1]
+        [--predictions heldout-eval/predictions.csv]
 """
 
 from __future__ import annotations
@@ -83,8 +87,12 @@ def main(argv=None) -> int:
     ap.add_argument("--changes", nargs="+", default=DEFAULT_CHANGES, type=change_name)
     ap.add_argument("--views", type=int, help="test-time views (default: the model's own; its alert threshold "
                                               "was chosen on those)")
+    ap.add_argument("--predictions", default="val_predictions.csv", metavar="PATH",
+                    help="the images to score, as a predictions CSV under each MODEL (default: its validation "
+                         "images; heldout-eval/predictions.csv: a leave-one-source-out run's never-seen source)")
     args = ap.parse_args(argv)
-    print_score_table(args.models, "change", args.changes, lambda c: lambda image: apply_change(image, c), args.views)
+    print_score_table(args.models, "change", args.changes, lambda c: lambda image: apply_change(image, c), args.views,
+                      args.predictions)
     return 0
 
 

@@ -126,14 +126,16 @@ def main(argv=None) -> int:
     return 0
 
 
-def print_score_table(models: list[Path], kind: str, variants: list[str], change_of, views: int | None = None) -> None:
-    """One line per model, variant and collection of the model's validation images: `scores` after
-    change_of(variant) (a function of a PIL image) with `views` test-time views (None: the model's own)."""
+def print_score_table(models: list[Path], kind: str, variants: list[str], change_of, views: int | None = None,
+                      predictions: str = "val_predictions.csv") -> None:
+    """One line per model, variant and collection of the images in MODEL/`predictions` (default: the model's
+    validation images; a collection with no image there is left out): `scores` after change_of(variant) (a function
+    of a PIL image) with `views` test-time views (None: the model's own)."""
     print(f"{'model':32s} {kind:13s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
           f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
     for model in models:
         predictor = Predictor.load(model)
-        groups = collections(model / "val_predictions.csv")
+        groups = {name: rows for name, rows in collections(model / predictions).items() if rows}
         for variant in variants:
             for name, rows in groups.items():
                 s = scores(predictor, rows, change_of(variant), views)

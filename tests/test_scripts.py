@@ -276,6 +276,15 @@ def test_acquisition_robustness_scores_each_collection_under_each_change(tmp_pat
         ("stored", "older archive"), ("stored", "HAM10000")]
     assert [cells[-8:] for cells in lines[4:]] == [cells[-8:] for cells in lines[:2]]
     assert [cells[-8:-6] for cells in lines[:2]] == [["4", "2"], ["4", "2"]]  # n, melanomas per collection
+    (model / "heldout-eval").mkdir()  # a never-seen source's images: only that collection is scored
+    (model / "heldout-eval" / "predictions.csv").write_text("image,path,label\n" + "".join(
+        f"{p.name},{p},{label}\n" for p, label in rows[:4]))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "acquisition_robustness.py"), str(model),
+                           "--changes", "stored", "--views", "2", "--predictions", "heldout-eval/predictions.csv"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    heldout = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
+    assert [(" ".join(cells[2:-8]), cells[-8:]) for cells in heldout] == [("older archive", lines[0][-8:])]
 
 
 def test_ensemble_members_scores_each_member_by_source_and_names_a_bad_folder(tmp_path, shared_train, ham_dir):

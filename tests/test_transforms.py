@@ -8,7 +8,7 @@ from torchvision.transforms import v2
 
 from melanoma.config import COLOR_CONSTANCY, TrainConfig
 from melanoma.errors import ConfigError
-from melanoma.images import VIGNETTE_LEVEL, apply_color_constancy
+from melanoma.images import VIGNETTE_LEVEL, apply_color_constancy, bilateral_smooth
 from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomRot90, augmentation_ops,
                                  eval_transform, invert_tta_views, prepare_image, shades_of_gray, train_transform,
                                  tta_views)
@@ -344,6 +344,26 @@ def test_standardised_chroma_gives_every_rendering_one_colourfulness(shared_trai
     both = [np.asarray(apply_color_constancy(_lesion_like(), m), dtype=float)
             for m in ("shades_of_gray_standardised", "shades_of_gray_standardised_chroma")]
     assert np.abs(both[0].mean(axis=2) - both[1].mean(axis=2)).max() <= 1.0
+
+
+def test_denoised_halves_noise_on_real_lesions_and_keeps_an_edge(shared_train):
+    """shades_of_gray_standardised_denoised is the standardised image after bilateral_smooth: on real lesions the
+    smoothed noisy image (noise of 6 grey levels) lies at most half as far from the smoothed clean one as the
+    noisy image from the clean one; a step of 100 grey levels keeps its height, a flat area stays flat."""
+    rng = np.random.default_rng(0)
+    for path in sorted((shared_train / "melanoma").glob("*.jpg"))[:3]:
+        clean = apply_color_constancy(Image.open(path).convert("RGB"), "shades_of_gray_standardised")
+        x = np.asarray(clean, dtype=float)
+        noisy = Image.fromarray(np.clip(x + rng.normal(0, 6, x.shape), 0, 255).round().astype(np.uint8))
+        rms = lambda a, b: np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2))  # noqa: E731
+        assert rms(bilateral_smooth(noisy), bilateral_smooth(clean)) < 0.5 * rms(noisy, clean)
+        assert np.array_equal(np.asarray(apply_color_constancy(Image.open(path).convert("RGB"),
+                                                               "shades_of_gray_standardised_denoised")),
+                              np.asarray(bilateral_smooth(clean)))
+    step = np.full((20, 20, 3), 60, dtype=np.uint8)
+    step[:, 10:] = 160
+    smoothed = np.asarray(bilateral_smooth(Image.fromarray(step)), dtype=int)
+    assert np.abs(smoothed - step).max() <= 1
 
 
 def test_standardised_exposure_limits_the_contrast_gain_of_a_flat_image():
