@@ -37,7 +37,8 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from detail_robustness import collections  # scripts/ is on sys.path when run as a script
+from compare_auc import label_conflicts_left_out  # scripts/ is on sys.path when run as a script
+from detail_robustness import collections
 from melanoma.images import is_image_file, load_image
 from melanoma.predict import Predictor
 
@@ -129,13 +130,16 @@ def main(argv=None) -> int:
 def print_score_table(models: list[Path], kind: str, variants: list[str], change_of, views: int | None = None,
                       predictions: str = "val_predictions.csv") -> None:
     """One line per model, variant and collection of the images in MODEL/`predictions` (default: the model's
-    validation images; a collection with no image there is left out): `scores` after change_of(variant) (a function
-    of a PIL image) with `views` test-time views (None: the model's own)."""
+    validation images; a collection with no image there is left out; so are the label conflicts a `melanoma
+    evaluate` folder's metrics.json did not score): `scores` after change_of(variant) (a function of a PIL image)
+    with `views` test-time views (None: the model's own)."""
     print(f"{'model':32s} {kind:13s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
           f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
     for model in models:
         predictor = Predictor.load(model)
-        groups = {name: rows for name, rows in collections(model / predictions).items() if rows}
+        conflicts = label_conflicts_left_out((model / predictions).parent)
+        groups = {name: kept for name, rows in collections(model / predictions).items()
+                  if (kept := [r for r in rows if r["path"] not in conflicts])}
         for variant in variants:
             for name, rows in groups.items():
                 s = scores(predictor, rows, change_of(variant), views)

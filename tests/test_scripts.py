@@ -276,9 +276,12 @@ def test_acquisition_robustness_scores_each_collection_under_each_change(tmp_pat
         ("stored", "older archive"), ("stored", "HAM10000")]
     assert [cells[-8:] for cells in lines[4:]] == [cells[-8:] for cells in lines[:2]]
     assert [cells[-8:-6] for cells in lines[:2]] == [["4", "2"], ["4", "2"]]  # n, melanomas per collection
-    (model / "heldout-eval").mkdir()  # a never-seen source's images: only that collection is scored
+    (model / "heldout-eval").mkdir()  # a never-seen source's images: only that collection is scored, without the
+    conflict = [p for p in sorted((shared_train / "nevus").glob("*.jpg")) if p.stem not in ham_ids][2]  # conflicts
+    (model / "heldout-eval" / "metrics.json").write_text(json.dumps(
+        {"label_conflicts": {"scored": False, "images": [str(conflict)]}}))
     (model / "heldout-eval" / "predictions.csv").write_text("image,path,label\n" + "".join(
-        f"{p.name},{p},{label}\n" for p, label in rows[:4]))
+        f"{p.name},{p},{label}\n" for p, label in rows[:4] + [(conflict, "melanoma")]))
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "acquisition_robustness.py"), str(model),
                            "--changes", "stored", "--views", "2", "--predictions", "heldout-eval/predictions.csv"],
                           capture_output=True, text=True, timeout=120)
