@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -27,20 +28,23 @@ from sklearn.metrics import roc_auc_score
 from loso_by_collection import ham_ids, isic_id  # scripts/ is on sys.path when run as a script
 from seed_stats import mean_sd
 from melanoma.metrics import choose_alert_threshold
+from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # the project's one list
 from melanoma.predict import Predictor
 
 
 def collections(val_csv: Path) -> dict[str, list[dict]]:
-    """Validation rows by collection; the 9-class split's HAM10000 pictures belong to neither and are left out."""
+    """Validation rows by collection; the 9-class split's HAM10000 pictures belong to neither and are left out. A
+    path is judged by where it resolves to (a held-out folder of symlinks, as scripts/loso_insource.sh builds)."""
     ham = ham_ids()
     rows = list(csv.DictReader(val_csv.open(newline="")))
-    nine = [r for r in rows if "isic-9class" in r["path"]]
-    return {"older archive": [r for r in nine if isic_id(r["image"]) not in ham],  # 'ISIC_x(1).jpg' copies too
-            "HAM10000": [r for r in rows if "isic-9class" not in r["path"]]}
+    in_nine = ["isic-9class" in os.path.realpath(r["path"]) for r in rows]
+    return {"older archive": [r for r, nine in zip(rows, in_nine)  # 'ISIC_x(1).jpg' copies too
+                              if nine and isic_id(r["image"]) not in ham],
+            "HAM10000": [r for r, nine in zip(rows, in_nine) if not nine]}
 
 
 def scores(predictor: Predictor, rows: list[dict]) -> dict[str, float]:
-    y = np.array([r["label"] == "melanoma" for r in rows])
+    y = np.array([r["label"].strip().lower() in MELANOMA for r in rows])  # 'melanoma', HAM10000's 'mel'
     p = predictor.predict_paths([r["path"] for r in rows]).melanoma_probability
     alert = p >= predictor.alert_threshold
     refit = p >= choose_alert_threshold(y, p, 0.9)

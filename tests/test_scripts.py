@@ -280,8 +280,11 @@ def test_acquisition_robustness_scores_each_collection_under_each_change(tmp_pat
     conflict = [p for p in sorted((shared_train / "nevus").glob("*.jpg")) if p.stem not in ham_ids][2]  # conflicts
     (model / "heldout-eval" / "metrics.json").write_text(json.dumps(
         {"label_conflicts": {"scored": False, "images": [str(conflict)]}}))
+    (tmp_path / "held").mkdir()  # as scripts/loso_insource.sh lists them: symlinks, judged by where they point
+    for p, _ in rows[:4]:
+        (tmp_path / "held" / p.name).symlink_to(p)
     (model / "heldout-eval" / "predictions.csv").write_text("image,path,label\n" + "".join(
-        f"{p.name},{p},{label}\n" for p, label in rows[:4] + [(conflict, "melanoma")]))
+        f"{p.name},{tmp_path / 'held' / p.name},{label}\n" for p, label in rows[:4]) + f"x.jpg,{conflict},melanoma\n")
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "acquisition_robustness.py"), str(model),
                            "--changes", "stored", "--views", "2", "--predictions", "heldout-eval/predictions.csv"],
                           capture_output=True, text=True, timeout=120)
