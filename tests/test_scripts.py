@@ -702,6 +702,27 @@ def test_compare_auc_leaves_out_the_label_conflicts_evaluate_left_out(tmp_path):
     assert done.stdout.startswith("4 images (2 melanoma): AUC 1.000 vs 1.000, difference +0.000")
 
 
+def test_compare_auc_pairs_a_run_scored_through_symlinks_with_one_scored_on_the_files(tmp_path):
+    """scripts/loso_insource.sh with HELDOUT_CSV scores a folder of symlinks: its rows pair with another run's rows
+    naming the files themselves (by where the paths resolve), not zero images in common."""
+    (tmp_path / "img").mkdir()
+    (tmp_path / "links").mkdir()
+    files = [tmp_path / "img" / f"{i}.jpg" for i in range(4)]
+    for f in files:
+        f.write_bytes(b"")
+        (tmp_path / "links" / f.name).symlink_to(f)
+    for name, folder, probs in (("a", "links", [0.9, 0.8, 0.2, 0.1]), ("b", "img", [0.6, 0.1, 0.3, 0.4])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "predictions.csv").write_text("path,melanoma_probability,label\n" + "".join(
+            f"{tmp_path / folder / f.name},{p},{'melanoma' if i < 2 else 'nevus'}\n"
+            for i, (f, p) in enumerate(zip(files, probs))))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_auc.py"), str(tmp_path / "a" /
+                           "predictions.csv"), str(tmp_path / "b" / "predictions.csv")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("4 images (2 melanoma): AUC 1.000 vs 0.500, difference +0.500")
+
+
 def test_older_archive_at_detail_writes_and_scores_the_older_archives_validation_images(tiny_isic, tmp_path):
     """Only the 9-class split's own images (not HAM10000's, whatever folder) are written at each side and scored
     with the model's alert; a second run reads the scores instead of predicting again."""
