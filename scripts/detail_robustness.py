@@ -27,8 +27,8 @@ from sklearn.metrics import roc_auc_score
 
 from loso_by_collection import ham_ids, isic_id  # scripts/ is on sys.path when run as a script
 from seed_stats import mean_sd
-from melanoma.metrics import choose_alert_threshold
 from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # the project's one list
+from melanoma.metrics import choose_alert_threshold
 from melanoma.predict import Predictor
 
 

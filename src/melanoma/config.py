@@ -26,7 +26,7 @@ NATURAL_MIX_MODES = ("none", "source-balanced")  # trained at the sources' class
 # Gray, then each image's brightness and contrast brought to fixed levels (images.standardise_exposure);
 # shades_of_gray_standardised_chroma: that, and each image's colourfulness (mean distance from grey) too;
 # shades_of_gray_standardised_denoised: the standardised image, then an edge-preserving smoothing that flattens
-# sensor noise and compression blocks (images.bilateral_smooth)
+# sensor noise and compression blocks (images.bilateral_smooth; a loss on the proxy, session 44)
 COLOR_CONSTANCY = ("none", "shades_of_gray", "grey_world", "shades_of_gray_standardised",
                    "shades_of_gray_standardised_chroma", "shades_of_gray_standardised_denoised")
 NAMED_LABEL_MAPS = ("auto", "ham10000", "ham10000-coarse")  # --extra-labels values that are not files (sources.py)

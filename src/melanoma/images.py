@@ -219,7 +219,8 @@ CHROMA_TARGET = 0.05
 # in distance times a Gaussian of SMOOTH_RANGE_SIGMA (0-1 scale, ~20 grey levels) in RGB difference. On 60 images
 # of both sources at the prepared size it halves the RMS of noise of 6 grey levels (4.2 -> 2.1 grey levels) and
 # cuts JPEG quality 50's change by a fifth, while moving a stored image by 1.4 grey levels RMS (a Gaussian blur of
-# 0.7 px: noise 2.5, the image 1.5): a lesion's border and dark dots differ by more than the range and stay
+# 0.7 px: noise 2.5, the image 1.5). Trained with it, the proxy's never-seen source LOST 0.062 +- 0.011 melanoma AUC
+# (2 seeds) while in-source gained 0.016: the fine structure it flattens transfers (docs/results.md, session 44)
 SMOOTH_RADIUS, SMOOTH_SPATIAL_SIGMA, SMOOTH_RANGE_SIGMA = 2, 1.0, 0.08
 
 
@@ -317,7 +318,8 @@ def bilateral_smooth(image: Image.Image) -> Image.Image:
     becomes the mean of its neighbours within SMOOTH_RADIUS px, each weighted by a Gaussian of its distance and one
     of its RGB difference from the pixel (SMOOTH_* above). Flattens sensor noise and JPEG blocks, which differ
     between cameras and storage (session 43: noise of 6 grey levels took the shipped alert from 40% to 5% of
-    HAM10000's images), and keeps edges stronger than the range. Borders reflect. PIL RGB in and out (uint8)."""
+    HAM10000's images), and keeps edges stronger than the range. Borders reflect. PIL RGB in and out (uint8).
+    A loss as a normalisation (session 44, above); kept for shades_of_gray_standardised_denoised."""
     x = np.asarray(image, dtype=np.float32) / 255.0
     r = SMOOTH_RADIUS
     padded = np.pad(x, ((r, r), (r, r), (0, 0)), mode="reflect")
