@@ -23,12 +23,10 @@ from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the pr
 def read_predictions(path: str) -> dict[str, tuple[bool, float]]:
     """{path: (is melanoma, melanoma probability)} of the labelled rows that `melanoma evaluate` scored: a
     predictions.csv also lists the pictures filed under two classes (label conflicts: once per class, with opposite
-    labels), which its metrics.json beside it leaves out of every figure; so does this. Keyed by where the path
-    resolves, so a run scored through a folder of symlinks (scripts/loso_insource.sh HELDOUT_CSV) pairs with one
-    scored on the images themselves."""
+    labels), which its metrics.json beside it leaves out of every figure; so does this."""
     conflicts = label_conflicts_left_out(Path(path).parent)
     with open(path, newline="") as fh:
-        return {os.path.realpath(r["path"]): (r["label"].strip().lower() in MELANOMA, float(r["melanoma_probability"]))
+        return {r["path"]: (r["label"].strip().lower() in MELANOMA, float(r["melanoma_probability"]))
                 for r in csv.DictReader(fh) if r.get("label") and r["path"] not in conflicts}
 
 
@@ -41,9 +39,10 @@ def label_conflicts_left_out(folder: Path) -> set[str]:
 
 def paired_auc_difference(a: str, b: str, n_boot: int = 2000, seed: int = 0, only=None) -> dict:
     """AUC(a) - AUC(b) on the images both files scored (and in `only`, a set of paths, when given), with a paired
-    bootstrap 95% CI."""
-    first, second = read_predictions(a), read_predictions(b)
-    wanted = {os.path.realpath(p) for p in only} if only is not None else set(first)  # keyed as read_predictions
+    bootstrap 95% CI. Images pair by where their paths resolve, so a run scored through a folder of symlinks
+    (scripts/loso_insource.sh with HELDOUT_CSV) pairs with one scored on the images themselves."""
+    first, second = ({os.path.realpath(p): v for p, v in read_predictions(f).items()} for f in (a, b))
+    wanted = {os.path.realpath(p) for p in only} if only is not None else set(first)
     keys = sorted(set(first) & set(second) & wanted)
     y = np.array([first[k][0] for k in keys])
     pa, pb = (np.array([d[k][1] for k in keys]) for d in (first, second))
