@@ -9,9 +9,9 @@ from torchvision.transforms import v2
 from melanoma.config import COLOR_CONSTANCY, TrainConfig
 from melanoma.errors import ConfigError
 from melanoma.images import VIGNETTE_LEVEL, apply_color_constancy, bilateral_smooth
-from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomRot90, augmentation_ops,
-                                 eval_transform, invert_tta_views, prepare_image, shades_of_gray, train_transform,
-                                 tta_views)
+from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomNoise, RandomRot90,
+                                 augmentation_ops, eval_transform, invert_tta_views, prepare_image, shades_of_gray,
+                                 train_transform, tta_views)
 
 PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -187,6 +187,36 @@ def test_hair_level_draws_on_half_the_views_before_the_crop():
     assert isinstance(first, v2.RandomApply) and first.p == 0.5 and isinstance(first.transforms[0], RandomHair)
     assert [type(op) for op in rest] == [type(op) for op in augmentation_ops(64, level="standard")]
     TrainConfig(data="x", augmentation="hair").validate()
+
+
+def test_noise_adds_gaussian_noise_of_the_drawn_level_and_keeps_uint8():
+    skin = torch.tensor([200, 150, 130], dtype=torch.uint8).view(3, 1, 1).expand(3, 120, 160).clone()
+    torch.manual_seed(0)
+    noise = RandomNoise(max_sigma=8.0)
+    for sigma in (1.0, 4.0, 8.0):
+        noisy = noise.transform(skin, {"sigma": sigma})
+        assert noisy.dtype == torch.uint8 and noisy.shape == skin.shape
+        residual = noisy.float() - skin.float()
+        assert abs(residual.std().item() - sigma) < 0.1 * sigma + 0.3  # + rounding to whole grey levels
+        assert abs(residual.mean().item()) < 0.2  # no brightness change
+    sigmas = [noise.make_params([skin])["sigma"] for _ in range(200)]
+    assert 0.0 <= min(sigmas) < 1.0 and 7.0 < max(sigmas) <= 8.0
+    white = torch.full((3, 20, 20), 255, dtype=torch.uint8)
+    assert noise.transform(white, {"sigma": 8.0}).max() == 255  # clipped, not wrapped around
+    image = Image.new("RGB", (40, 30), (220, 170, 150))
+    assert noise(image) is image  # PIL images pass: augmentation_ops runs on uint8 tensors
+    with pytest.raises(ConfigError):
+        RandomNoise(max_sigma=0)
+
+
+def test_noise_level_adds_noise_to_half_the_views_before_the_crop(pil_image):
+    first, *rest = augmentation_ops(64, level="noise")
+    assert isinstance(first, v2.RandomApply) and first.p == 0.5 and isinstance(first.transforms[0], RandomNoise)
+    assert [type(op) for op in rest] == [type(op) for op in augmentation_ops(64, level="standard")]
+    torch.manual_seed(0)
+    outs = [train_transform(PRE, "noise")(pil_image) for _ in range(4)]
+    assert all(o.shape == (3, 64, 64) and o.dtype == torch.float32 for o in outs)
+    TrainConfig(data="x", augmentation="noise").validate()
 
 
 def test_fixed_scale_keeps_the_lesion_size_of_the_eval_view():

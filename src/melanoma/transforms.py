@@ -106,6 +106,30 @@ class RandomHair(v2.Transform):
             else out.round().to(torch.uint8)
 
 
+class RandomNoise(v2.Transform):
+    """Add Gaussian noise of a random standard deviation, uniform in 0..`max_sigma` grey levels (0-255 scale), to
+    every channel and pixel of a uint8 CHW tensor image; round and clip back to uint8. Cameras differ in sensor
+    noise and storage in how much of it survives: the 9-class split's stored images carry about 2 grey levels of
+    pixel noise, HAM10000's about 0.6 (its JPEG quality ~75 smooths it; Immerkaer's estimate, session 45), so in
+    joint training the noise level tells the sources apart, and noise of 6 grey levels took the shipped model's
+    HAM10000 sensitivity from 0.90 to 0.19 (session 44). Other inputs pass unchanged."""
+
+    def __init__(self, max_sigma: float = 8.0):
+        super().__init__()
+        if max_sigma <= 0:
+            raise ConfigError(f"noise max_sigma must be positive, got {max_sigma}")
+        self.max_sigma = max_sigma
+
+    def make_params(self, flat_inputs):
+        return {"sigma": float(torch.empty(()).uniform_(0.0, self.max_sigma))}
+
+    def transform(self, inpt, params):
+        if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
+            return inpt
+        out = (inpt.float() + torch.randn(inpt.shape) * params["sigma"]).round().clamp(0, 255).to(torch.uint8)
+        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
 def _bezier_strand(x: float, y: float, angle: float, length: float, bend: float, points: int = 24) -> list:
     """Points of a quadratic Bezier curve from (x, y) in direction angle * 2 pi, `length` pixels long, its control
     point pushed sideways by up to +-25% of the length (bend 0..1)."""
@@ -157,7 +181,9 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     level "jpeg" is "standard" with half the draws first re-compressed as JPEG at quality 25-95, at the prepared
     image's size before the crop (scripts/acquisition_robustness.py: re-saving the validation images at quality 50
     moved the shipped model's alert, down on HAM10000's and up on the older archive's, session 43). It LOST 0.029
-    melanoma AUC on a source the model never saw (session 43, 2 seeds; in-source unchanged)."""
+    melanoma AUC on a source the model never saw (session 43, 2 seeds; in-source unchanged).
+    level "noise" is "standard" with half the draws first given Gaussian noise of 0-8 grey levels (RandomNoise), at
+    the prepared image's size before the crop, so that pixel noise stops being a cue for the source."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     wide_jitter = level in ("strong", "strong-colour")
@@ -167,6 +193,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
         ops.append(v2.RandomApply([RandomHair()], p=0.5))
     if level == "jpeg":  # before the crop; on the prepared image (a clinic's compression precedes even that)
         ops.append(v2.RandomApply([v2.JPEG(quality=(25, 95))], p=0.5))
+    if level == "noise":  # before the crop, on the prepared image: noise at the stored pixels' scale
+        ops.append(v2.RandomApply([RandomNoise()], p=0.5))
     area, affine_scale = _SCALE_RANGES.get(level, _SCALE_RANGES["standard"])
     ops += [
         *_crop_ops(size, interpolation, area, resize),
