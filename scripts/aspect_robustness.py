@@ -40,7 +40,7 @@ from sklearn.metrics import roc_auc_score
 from compare_auc import label_conflicts_left_out  # scripts/ is on sys.path when run as a script
 from detail_robustness import collections
 from melanoma.images import is_image_file, load_image
-from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # the project's one list
+from melanoma.labelmaps import is_melanoma_label  # the project's one list
 from melanoma.predict import Predictor
 
 
@@ -98,7 +98,7 @@ def dark_corner_share(folder: Path, sample: int, seed: int = 0) -> tuple[int, fl
 def scores(predictor: Predictor, rows: list[dict], change, views: int | None = None) -> dict[str, float]:
     """Melanoma AUC, alert and referral figures of `rows` predicted after change(image) (a PIL image in and out), with
     `views` test-time views (None: the model's own)."""
-    y = np.array([r["label"].strip().lower() in MELANOMA for r in rows])  # 'melanoma', HAM10000's 'mel'
+    y = np.array([is_melanoma_label(r["label"]) for r in rows])  # 'melanoma', HAM10000's 'mel'
     tta = None if views is None else views > 1
     predictions = [pr for i in range(0, len(rows), 64) for pr in predictor.predict(
         [change(load_image(r["path"])) for r in rows[i:i + 64]], tta=tta, tta_views=views, batch_size=64)]

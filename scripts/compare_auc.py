@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the project's one list)
+from melanoma.labelmaps import is_melanoma_label  # noqa: E402  (the project's one list)
 
 
 def read_predictions(path: str) -> dict[str, tuple[bool, float]]:
@@ -26,7 +26,7 @@ def read_predictions(path: str) -> dict[str, tuple[bool, float]]:
     labels), which its metrics.json beside it leaves out of every figure; so does this."""
     conflicts = label_conflicts_left_out(Path(path).parent)
     with open(path, newline="") as fh:
-        return {r["path"]: (r["label"].strip().lower() in MELANOMA, float(r["melanoma_probability"]))
+        return {r["path"]: (is_melanoma_label(r["label"]), float(r["melanoma_probability"]))
                 for r in csv.DictReader(fh) if r.get("label") and r["path"] not in conflicts}
 
 

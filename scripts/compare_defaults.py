@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from compare_auc import paired_auc_difference  # noqa: E402
 from loso_by_collection import ham_ids, isic_id  # noqa: E402
 
-from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # noqa: E402  (the project's one list)
+from melanoma.labelmaps import is_melanoma_label  # noqa: E402  (the project's one list)
 from melanoma.metrics import expected_alert_share  # noqa: E402
 
 NON_MELANOCYTIC_EXCLUDED = {"melanoma", "nevus"}
@@ -47,7 +47,7 @@ def operating_point(model: Path, only: set[str]) -> tuple[float | None, float]:
     threshold = json.loads((model / "model.json").read_text())["thresholds"]["melanoma_alert"]
     with (model / "val_predictions.csv").open(newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["path"] in only]
-    is_mel = np.array([r["label"].strip().lower() in MELANOMA for r in rows])
+    is_mel = np.array([is_melanoma_label(r["label"]) for r in rows])
     flagged = np.array([float(r["melanoma_probability"]) >= threshold for r in rows])
     return (float(flagged[is_mel].mean()) if is_mel.any() else None), float((~flagged[~is_mel]).mean())
 

@@ -27,7 +27,7 @@ from sklearn.metrics import roc_auc_score
 
 from loso_by_collection import ham_ids, isic_id  # scripts/ is on sys.path when run as a script
 from seed_stats import mean_sd
-from melanoma.labelmaps import MELANOMA_NAMES as MELANOMA  # the project's one list
+from melanoma.labelmaps import is_melanoma_label  # the project's one list
 from melanoma.metrics import choose_alert_threshold
 from melanoma.predict import Predictor
 
@@ -44,7 +44,7 @@ def collections(val_csv: Path) -> dict[str, list[dict]]:
 
 
 def scores(predictor: Predictor, rows: list[dict]) -> dict[str, float]:
-    y = np.array([r["label"].strip().lower() in MELANOMA for r in rows])  # 'melanoma', HAM10000's 'mel'
+    y = np.array([is_melanoma_label(r["label"]) for r in rows])  # 'melanoma', HAM10000's 'mel'
     p = predictor.predict_paths([r["path"] for r in rows]).melanoma_probability
     alert = p >= predictor.alert_threshold
     refit = p >= choose_alert_threshold(y, p, 0.9)

@@ -24,7 +24,7 @@ from melanoma import priors  # noqa: E402
 from melanoma.artifacts import load_model  # noqa: E402
 from melanoma.errors import MelanomaError  # noqa: E402
 from melanoma.images import load_image, prepare_image  # noqa: E402
-from melanoma.labelmaps import MELANOMA_NAMES  # noqa: E402
+from melanoma.labelmaps import is_melanoma_label  # noqa: E402
 from melanoma.transforms import eval_transform  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main(models: list[Path]) -> None:
         probs = member_probabilities(net, meta, paths)
         weights = priors.weights_of(meta)  # the prior correction predict applies (None: none)
         mel = meta["class_names"].index(meta.get("melanoma_class", "melanoma"))
-        is_mel = np.array([labels[p].strip().lower() in MELANOMA_NAMES for p in paths])
+        is_mel = np.array([is_melanoma_label(labels[p]) for p in paths])
         for name, only in by_group.items():
             keep = np.array([p in only for p in paths])
             if is_mel[keep].all() or not is_mel[keep].any():

@@ -40,7 +40,7 @@ from melanoma import priors  # noqa: E402
 from melanoma.config import NATURAL_MIX_MODES  # noqa: E402
 from melanoma.errors import DataError, MelanomaError  # noqa: E402
 from melanoma.evaluate import read_predictions_csv  # noqa: E402
-from melanoma.labelmaps import HAM_DX, MELANOMA_NAMES, find_melanoma_class  # noqa: E402
+from melanoma.labelmaps import HAM_DX, find_melanoma_class, is_melanoma_label  # noqa: E402
 
 RULES = ("melanoma", "melanoma_vs_nevus", "not_nevus", "training_mix")
 NEVUS_NAMES = ("nevus", "nv")  # the 9-class name and HAM10000's dx code
@@ -100,7 +100,7 @@ def aucs_by_collection(path: Path, ham: set[str]) -> dict[str, dict[str, float]]
     """{collection: {rule: melanoma AUC}} of a run folder or CSV; a collection without melanomas or without
     others is skipped."""
     table = read_predictions_csv(csv_of(path))
-    is_mel = np.array([(label or "").lower() in MELANOMA_NAMES for label in table.labels])
+    is_mel = np.array([is_melanoma_label(label) for label in table.labels])
     collection = np.array(["HAM10000" if "ham10000" in p.lower() or isic_id(i) in ham else "older archive"
                            for i, p in zip(table.images, table.paths)])
     run = path if path.is_dir() else path.parent  # RUN/val_predictions.csv: the run's own mix too

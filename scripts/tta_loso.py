@@ -32,7 +32,7 @@ from ensemble_size import scored_probabilities
 from insource_table import seed_runs
 from loso_ensemble import melanoma_probabilities, shared_images  # scripts/ is on sys.path when run as a script
 from loso_table import runs_by_recipe
-from melanoma.labelmaps import MELANOMA_NAMES
+from melanoma.labelmaps import is_melanoma_label
 from melanoma.metrics import choose_alert_threshold, expected_alert_share, specificity_at_sensitivity
 from seed_stats import mean_sd
 
@@ -128,7 +128,7 @@ def insource_rows(root: Path, views: int, members: int) -> list[str]:
 def in_source_truth(run: Path) -> dict[str, bool]:
     """{path: is melanoma} of the run's own validation images (HAM10000 names melanoma `mel`)."""
     with (run / "val_predictions.csv").open(newline="") as fh:
-        return {row["path"]: row["label"].strip().lower() in MELANOMA_NAMES for row in csv.DictReader(fh)}
+        return {row["path"]: is_melanoma_label(row["label"]) for row in csv.DictReader(fh)}
 
 
 def alert_rows(root: Path, seeds: list[int], views: int, target: float = 0.9) -> list[str]:

@@ -16,6 +16,11 @@ def _probs(n=20, seed=0):
     return p / p.sum(axis=1, keepdims=True)
 
 
+def test_is_melanoma_label_reads_every_source_spelling_and_nothing_else():
+    assert all(L.is_melanoma_label(x) for x in ("melanoma", "Melanoma ", "mel", "MEL"))
+    assert not any(L.is_melanoma_label(x) for x in ("nevus", "nv", "melanocytic nevus", "", None))
+
+
 def test_isic2018_sums_the_documented_groups_and_reads_ham_codes():
     p = _probs()
     mapped, targets = L.apply_label_map(p, MODEL, "isic2018")

@@ -44,6 +44,12 @@ def find_melanoma_class(class_names) -> str | None:
     """The class that triggers the alert: 'melanoma' or 'MEL'/'mel' (ISIC/HAM10000 codes), else None."""
     return next((c for c in class_names if c.lower() in MELANOMA_NAMES), None)
 
+
+def is_melanoma_label(label: str | None) -> bool:
+    """True for a ground-truth label that means melanoma: 'melanoma', or HAM10000's / ISIC's 'mel' / 'MEL' (any case,
+    surrounding spaces ignored); False for any other label, '' or None."""
+    return (label or "").strip().lower() in MELANOMA_NAMES
+
 WILDCARD = "*"
 # ISIC 2020 (SIIM-ISIC) benign diagnoses; "benign" is what data.discover names its "unknown" benign images
 _ISIC2020_BENIGN = ("benign", "lentigo NOS", "solar lentigo", "lichenoid keratosis", "cafe-au-lait macule",
