@@ -217,6 +217,9 @@ def test_noise_level_adds_noise_to_half_the_views_before_the_crop(pil_image):
     outs = [train_transform(PRE, "noise")(pil_image) for _ in range(4)]
     assert all(o.shape == (3, 64, 64) and o.dtype == torch.float32 for o in outs)
     TrainConfig(data="x", augmentation="noise").validate()
+    first, *rest = augmentation_ops(64, level="noise-mild")  # every draw, at most 2.5 grey levels
+    assert isinstance(first, RandomNoise) and first.max_sigma == 2.5
+    assert [type(op) for op in rest] == [type(op) for op in augmentation_ops(64, level="standard")]
 
 
 def test_fixed_scale_keeps_the_lesion_size_of_the_eval_view():
