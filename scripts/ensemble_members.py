@@ -4,11 +4,15 @@ ensemble's, for models whose member runs are gone (the shipped default keeps onl
 is scored as it votes in the ensemble: at its temperature, the model's prior correction applied (if any). Images are
 scored as stored (no test-time augmentation; detail calibration only moves the alert threshold, not the ranking).
 
-    .venv/bin/python scripts/ensemble_members.py MODEL [MODEL ...]
+--changes: score them again after each change of the stored image that scripts/acquisition_robustness.py names
+(e.g. noise2 jpeg75; default: stored only), to see which members a camera or storage difference moves (session 45).
+
+    .venv/bin/python scripts/ensemble_members.py MODEL [MODEL ...] [--changes stored noise2 noise6]
 """
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 from pathlib import Path
@@ -18,6 +22,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from acquisition_robustness import apply_change, change_name  # noqa: E402
 from compare_defaults import groups  # noqa: E402
 
 from melanoma import priors  # noqa: E402
@@ -28,15 +33,17 @@ from melanoma.labelmaps import is_melanoma_label  # noqa: E402
 from melanoma.transforms import eval_transform  # noqa: E402
 
 
-def member_probabilities(net, meta: dict, paths: list[str], batch: int = 64) -> np.ndarray:
-    """[M, N, C] class probabilities of each member (one member for a single network), as the network gives them."""
+def member_probabilities(net, meta: dict, paths: list[str], batch: int = 64, change: str = "stored") -> np.ndarray:
+    """[M, N, C] class probabilities of each member (one member for a single network), as the network gives them,
+    of the images after `change` (acquisition_robustness.apply_change)."""
     pre = meta["preprocessing"]
     to_input = eval_transform(pre)
     head = getattr(net, "head", None)
     out = []
     with torch.inference_mode():
         for start in range(0, len(paths), batch):
-            x = torch.stack([to_input(prepare_image(load_image(p), pre)) for p in paths[start:start + batch]])
+            x = torch.stack([to_input(prepare_image(apply_change(load_image(p), change), pre))
+                             for p in paths[start:start + batch]])
             if hasattr(head, "member_logits"):  # an ensemble: each member's temperature-scaled logits
                 logits = head.member_logits(net.pre_logits(net.feature_maps(x)))
             else:
@@ -45,37 +52,47 @@ def member_probabilities(net, meta: dict, paths: list[str], batch: int = 64) -> 
     return np.concatenate(out, axis=1)
 
 
-def main(models: list[Path]) -> None:
-    print("| model | validation images | members: melanoma AUC | mean +- sd | ensemble |\n|---|---|---|---|---|")
+def main(models: list[Path], changes: tuple[str, ...] = ("stored",)) -> None:
+    print("| model | change | validation images | members: melanoma AUC | mean +- sd | ensemble |\n"
+          "|---|---|---|---|---|---|")
     for model in models:
         net, meta = load_model(model)
         with (model / "val_predictions.csv").open(newline="") as fh:
             labels = {r["path"]: r["label"] for r in csv.DictReader(fh) if r.get("label")}
-        by_group = groups(model / "val_predictions.csv")
-        paths = sorted(by_group["all"])
-        probs = member_probabilities(net, meta, paths)
-        weights = priors.weights_of(meta)  # the prior correction predict applies (None: none)
-        mel = meta["class_names"].index(meta.get("melanoma_class", "melanoma"))
-        is_mel = np.array([is_melanoma_label(labels[p]) for p in paths])
-        for name, only in by_group.items():
-            keep = np.array([p in only for p in paths])
-            if is_mel[keep].all() or not is_mel[keep].any():
-                continue  # no AUC without both melanomas and other lesions
-            aucs = [roc_auc_score(is_mel[keep], priors.reweight(p[keep], weights)[:, mel]) for p in probs]
-            ensemble = roc_auc_score(is_mel[keep], priors.reweight(probs[:, keep].mean(0), weights)[:, mel])
-            spread = f"{np.mean(aucs):.3f} +- {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else f"{aucs[0]:.3f}"
-            print(f"| {model} | {name} ({int(keep.sum())}, {int(is_mel[keep].sum())} melanoma) | "
-                  f"{' / '.join(f'{a:.3f}' for a in aucs)} | {spread} | {ensemble:.3f} |")
+        for change in changes:
+            print_member_rows(model, net, meta, labels, change)
+
+
+def print_member_rows(model: Path, net, meta: dict, labels: dict[str, str], change: str) -> None:
+    """The table rows of one model under one change: per validation group, each member's AUC and the ensemble's."""
+    by_group = groups(model / "val_predictions.csv")
+    paths = sorted(by_group["all"])
+    probs = member_probabilities(net, meta, paths, change=change)
+    weights = priors.weights_of(meta)  # the prior correction predict applies (None: none)
+    mel = meta["class_names"].index(meta.get("melanoma_class", "melanoma"))
+    is_mel = np.array([is_melanoma_label(labels[p]) for p in paths])
+    for name, only in by_group.items():
+        keep = np.array([p in only for p in paths])
+        if is_mel[keep].all() or not is_mel[keep].any():
+            continue  # no AUC without both melanomas and other lesions
+        aucs = [roc_auc_score(is_mel[keep], priors.reweight(p[keep], weights)[:, mel]) for p in probs]
+        ensemble = roc_auc_score(is_mel[keep], priors.reweight(probs[:, keep].mean(0), weights)[:, mel])
+        spread = f"{np.mean(aucs):.3f} +- {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else f"{aucs[0]:.3f}"
+        print(f"| {model} | {change} | {name} ({int(keep.sum())}, {int(is_mel[keep].sum())} melanoma) | "
+              f"{' / '.join(f'{a:.3f}' for a in aucs)} | {spread} | {ensemble:.3f} |")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
-        sys.exit(__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+", type=Path)
+    ap.add_argument("--changes", nargs="+", default=["stored"], type=change_name)
+    args = ap.parse_args()
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
-        for arg in sys.argv[1:]:
-            if not (Path(arg) / "val_predictions.csv").is_file():
-                raise MelanomaError(f"{arg}: no val_predictions.csv (a model folder of melanoma ensemble / threshold)")
-        main([Path(a) for a in sys.argv[1:]])
+        for model in args.models:
+            if not (model / "val_predictions.csv").is_file():
+                raise MelanomaError(f"{model}: no val_predictions.csv (a model folder of melanoma ensemble / "
+                                    "threshold)")
+        main(args.models, tuple(args.changes))
     except MelanomaError as exc:
         sys.exit(f"error: {exc}")

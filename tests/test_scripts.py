@@ -309,10 +309,15 @@ def test_ensemble_members_scores_each_member_by_source_and_names_a_bad_folder(tm
     script = str(ROOT / "scripts" / "ensemble_members.py")
     done = subprocess.run([sys.executable, script, str(model)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    cells = {line.split(" | ")[1]: line.split(" | ")[2:] for line in done.stdout.splitlines()[2:]}
+    cells = {line.split(" | ")[2]: line.split(" | ")[3:] for line in done.stdout.splitlines()[2:]}
     assert set(cells) == {"all (10, 5 melanoma)", "9-class split (the alert's Train source) (6, 3 melanoma)",
                           "older archive's own (6, 3 melanoma)", "HAM10000 source (4, 2 melanoma)"}
     assert all(member == spread == ensemble.rstrip(" |") for member, spread, ensemble in cells.values())
+    changed = subprocess.run([sys.executable, script, str(model), "--changes", "stored", "noise6"],
+                             capture_output=True, text=True, timeout=120)
+    rows = [line.split(" | ") for line in changed.stdout.splitlines()[2:]]
+    assert [r[1] for r in rows] == ["stored"] * 4 + ["noise6"] * 4  # the stored rows as without --changes
+    assert {r[2]: r[3:] for r in rows if r[1] == "stored"} == cells
     bad = subprocess.run([sys.executable, script, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.strip() == f"error: {tmp_path}: no val_predictions.csv (a model " \
         "folder of melanoma ensemble / threshold)"
