@@ -50,6 +50,7 @@ def is_melanoma_label(label: str | None) -> bool:
     surrounding spaces ignored); False for any other label, '' or None."""
     return (label or "").strip().lower() in MELANOMA_NAMES
 
+
 WILDCARD = "*"
 # ISIC 2020 (SIIM-ISIC) benign diagnoses; "benign" is what data.discover names its "unknown" benign images
 _ISIC2020_BENIGN = ("benign", "lentigo NOS", "solar lentigo", "lichenoid keratosis", "cafe-au-lait macule",
