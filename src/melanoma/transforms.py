@@ -187,9 +187,9 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     level "noise-mild" gives every draw noise of 0-2.5 grey levels instead: about the range of the two sources' own
     noise as prepared (scripts/noise_level.py: HAM10000 0.5, the 9-class split 0.95), which hides the source's level
     and keeps texture above a few grey levels. Trained on both sources, either level stops the members reading the
-    noise as the source (noise of 2 grey levels on HAM10000's images: AUC -0.005 / -0.006 instead of -0.068, one seed), but on
-    a source the model never saw "noise" LOST 0.072 and "noise-mild" 0.075 melanoma AUC (session 45, 2 seeds each;
-    in-source unchanged): kept as options, not the default."""
+    noise as the source (noise of 2 grey levels on HAM10000's images: AUC -0.005 / -0.006 instead of -0.068, one
+    seed), but on a source the model never saw "noise" LOST 0.072 and "noise-mild" 0.075 melanoma AUC (session 45,
+    2 seeds each; in-source unchanged): kept as options, not the default."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     wide_jitter = level in ("strong", "strong-colour")
