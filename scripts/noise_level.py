@@ -6,7 +6,7 @@ difference of two Laplacians), scaled to a standard deviation. Smooth skin domin
 estimate is mostly the camera's and the storage's noise; sharp lesion texture adds a little.
 
 Why it matters: a property that differs between training sources and not between classes becomes a source cue in
-joint training. The 9-class split's stored images carry about 3x HAM10000's noise (HAM10000 is stored at JPEG
+joint training. The 9-class split's stored images carry 3.7x HAM10000's noise (HAM10000 is stored at JPEG
 quality ~75, which smooths it), and the shipped model trained on both lost melanoma AUC on HAM10000's images when
 noise of 2 grey levels, the 9-class split's own level, was added (docs/results.md, session 45).
 

@@ -25,6 +25,12 @@ from melanoma.errors import ConfigError
 from melanoma.images import prepare_image, resize_shorter_side, shades_of_gray  # noqa: F401
 
 
+def _like(out: torch.Tensor, inpt: torch.Tensor) -> torch.Tensor:
+    """`out` as the same tensor type as `inpt`: a torchvision Image (or other TVTensor) stays one, a plain tensor
+    stays plain, so the following v2 transforms see what they were given."""
+    return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
 class RandomRot90(v2.Transform):
     """Rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}; exact (no interpolation) for PIL and tensors.
     (torchvision has no random 90-degree rotation; RandomRotation would interpolate and add black corners.)"""
@@ -41,8 +47,7 @@ class RandomRot90(v2.Transform):
                                    Image.Transpose.ROTATE_270][k])
         if isinstance(inpt, torch.Tensor):
             # counter-clockwise like PIL's ROTATE_90; dims are (H, W) of a (..., C, H, W) tensor
-            return tv_tensors.wrap(torch.rot90(inpt, k, dims=(-2, -1)), like=inpt) \
-                if isinstance(inpt, tv_tensors.TVTensor) else torch.rot90(inpt, k, dims=(-2, -1))
+            return _like(torch.rot90(inpt, k, dims=(-2, -1)), inpt)
         return inpt
 
 
@@ -102,8 +107,7 @@ class RandomHair(v2.Transform):
         alpha = torch.frombuffer(bytearray(mask.tobytes()), dtype=torch.uint8).view(h, w).float() / 255
         hair = torch.tensor([shade, 0.8 * shade, 0.65 * shade]).view(3, 1, 1)[: inpt.shape[-3]]
         out = inpt.float() * (1 - alpha) + hair * alpha
-        return tv_tensors.wrap(out.round().to(torch.uint8), like=inpt) if isinstance(inpt, tv_tensors.TVTensor) \
-            else out.round().to(torch.uint8)
+        return _like(out.round().to(torch.uint8), inpt)
 
 
 class RandomNoise(v2.Transform):
@@ -127,7 +131,7 @@ class RandomNoise(v2.Transform):
         if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
             return inpt
         out = (inpt.float() + torch.randn(inpt.shape) * params["sigma"]).round().clamp(0, 255).to(torch.uint8)
-        return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+        return _like(out, inpt)
 
 
 def _bezier_strand(x: float, y: float, angle: float, length: float, bend: float, points: int = 24) -> list:
