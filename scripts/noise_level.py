@@ -1,9 +1,8 @@
 """How much pixel noise do a dataset's images carry, per class? (session 45)
 
 Immerkaer's (1996) estimate of the standard deviation of additive Gaussian noise, in grey levels (0-255), of each
-image's grey version: the mean absolute response to a 3x3 kernel that cancels any locally linear image (the
-difference of two Laplacians), scaled to a standard deviation. Smooth skin dominates a dermoscopy image, so the
-estimate is mostly the camera's and the storage's noise; sharp lesion texture adds a little.
+image's grey version (images.noise_sigma). Smooth skin dominates a dermoscopy image, so the estimate is mostly the
+camera's and the storage's noise; sharp lesion texture adds a little.
 
 Why it matters: a property that differs between training sources and not between classes becomes a source cue in
 joint training. The 9-class split's stored images carry 3.7x HAM10000's noise (HAM10000 is stored at JPEG
@@ -24,25 +23,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-from scipy.signal import convolve2d
 
 from melanoma.artifacts import read_meta
 from melanoma.data import discover
 from melanoma.errors import MelanomaError
-from melanoma.images import load_image, prepare_image
-
-_KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float64)  # zero on any plane a + bx + cy
-
-
-def noise_sigma(image: Image.Image) -> float:
-    """Immerkaer's noise standard deviation of `image`'s grey version, in grey levels (0-255)."""
-    grey = np.asarray(image.convert("L"), dtype=np.float64)
-    h, w = grey.shape
-    if h < 3 or w < 3:
-        raise ValueError(f"image of {w}x{h} px is too small for a noise estimate (3x3 at least)")
-    response = np.abs(convolve2d(grey, _KERNEL, mode="valid")).sum()
-    return float(np.sqrt(np.pi / 2) * response / (6 * (w - 2) * (h - 2)))
+from melanoma.images import load_image, noise_sigma, prepare_image
 
 
 def sigmas_by_label(folder: Path, sample: int, pre: dict | None, seed: int = 0) -> dict[str, list[float]]:

@@ -783,19 +783,12 @@ def test_loso_insource_gives_each_seed_its_own_split_and_scores_fold_ensembles(t
     assert [(tmp_path / "p" / f"full-seed{seed}.log").stat().st_mtime_ns for seed in (1, 2)] == trained
 
 
-def test_noise_level_estimates_added_noise_and_reports_a_bad_image(tiny_isic, tmp_path, capsys):
-    """Immerkaer's estimate: about 0 on a smooth ramp, the added standard deviation on the ramp with noise; the
-    script groups a class-folder dataset by label and reports an unreadable file by name and skips it."""
-    from PIL import Image
-
+def test_noise_level_groups_by_label_and_reports_a_bad_image(tiny_isic, tmp_path, capsys):
+    """The script groups a class-folder dataset by label and reports an unreadable file by name and skips it (the
+    estimator itself: tests/test_images.py)."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    from noise_level import main, noise_sigma
+    from noise_level import main
 
-    ramp = np.add.outer(np.linspace(40, 200, 120), np.linspace(0, 30, 160))
-    noisy = ramp + np.random.default_rng(0).normal(0, 5, ramp.shape)
-    as_image = lambda a: Image.fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8)).convert("RGB")  # noqa: E731
-    assert noise_sigma(as_image(ramp)) < 0.5
-    assert 4.5 < noise_sigma(as_image(noisy)) < 5.5
     data = tmp_path / "data"
     for label in ("melanoma", "nevus"):
         (data / label).mkdir(parents=True)

@@ -146,6 +146,32 @@ def test_source_balanced_natural_mix_keeps_class_shares_and_equalises_sources_wi
     assert abs((drawn >= 100).mean() - 50 / 110) < 0.02  # half of class 1: its 10 primary images equal the 90 extra
 
 
+def test_noise_match_runs_inside_the_seeded_training_set_of_a_two_source_datamodule():
+    """augmentation noise-match: the training set adds the per-source noise before the preset, reproducibly for a
+    (seed, epoch, index), so a resumed run sees the same views; validation images stay as they are; with one
+    source it matches nothing."""
+    import torch
+
+    from melanoma.datamodule import LesionDataModule
+    from melanoma.transforms import SourceNoiseMatch
+
+    rng = np.random.default_rng(0)
+    smooth = np.add.outer(np.linspace(60, 200, 40), np.linspace(0, 20, 48))[..., None] * [1.0, 0.8, 0.7]
+    images = [torch.from_numpy(np.clip(smooth + rng.normal(0, 3.0 * (i < 6), (40, 48, 1)), 0, 255).astype(np.uint8))
+              .permute(2, 0, 1).contiguous() for i in range(12)]
+    pre = {"input_size": 32, "resize": 36, "mean": [0.5] * 3, "std": [0.5] * 3}
+
+    def module(sources):
+        return LesionDataModule(images, np.array([0, 1] * 6), np.arange(10), np.arange(10, 12), pre, 4,
+                                balanced=False, seed=3, num_workers=0, sources=sources, augmentation="noise-match")
+    dm = module(np.array([0] * 6 + [1] * 6))
+    train = dm.train_dataloader().dataset
+    assert isinstance(train.before, SourceNoiseMatch) and np.isnan(train.before.own[:6]).all()
+    assert torch.equal(train[7][0], train[7][0])
+    assert dm.val_dataloader().dataset.before is None
+    assert module(np.zeros(12, dtype=np.int64)).train_dataloader().dataset.before is None
+
+
 def test_bad_maps_and_reference_without_extras_are_config_errors(tmp_path):
     primary, ham = _two_sources(tmp_path)
     classes = data.discover(primary).classes

@@ -8,9 +8,9 @@ from torchvision.transforms import v2
 
 from melanoma.config import COLOR_CONSTANCY, TrainConfig
 from melanoma.errors import ConfigError
-from melanoma.images import VIGNETTE_LEVEL, apply_color_constancy, bilateral_smooth
+from melanoma.images import VIGNETTE_LEVEL, apply_color_constancy, bilateral_smooth, noise_sigma
 from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomNoise, RandomRot90,
-                                 augmentation_ops, eval_transform, invert_tta_views, prepare_image, shades_of_gray,
+                                 SourceNoiseMatch, augmentation_ops, eval_transform, invert_tta_views, prepare_image, shades_of_gray,
                                  train_transform, tta_views)
 
 PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
@@ -220,6 +220,42 @@ def test_noise_level_adds_noise_to_half_the_views_before_the_crop(pil_image):
     first, *rest = augmentation_ops(64, level="noise-mild")  # every draw, at most 2.5 grey levels
     assert isinstance(first, RandomNoise) and first.max_sigma == 2.5
     assert [type(op) for op in rest] == [type(op) for op in augmentation_ops(64, level="standard")]
+
+
+def _ramp(noise: float = 0.0, seed: int = 0, size=(120, 160)) -> np.ndarray:
+    """A smooth grey-to-skin gradient, HxWx3, plus `noise` grey levels of one noise plane for all channels."""
+    base = np.add.outer(np.linspace(40, 200, size[0]), np.linspace(0, 30, size[1]))[..., None] * [1.0, 0.8, 0.7]
+    return base + np.random.default_rng(seed).normal(0, noise, size)[..., None]
+
+
+def _uint8(array: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(array), 0, 255).astype(np.uint8)
+
+
+def test_noise_sigma_reads_the_added_noise_and_not_a_smooth_image():
+    """Immerkaer's estimate (images.noise_sigma): about 0 on a smooth ramp, the added standard deviation with noise."""
+    assert noise_sigma(Image.fromarray(_uint8(_ramp()))) < 0.5
+    assert 4.5 < noise_sigma(Image.fromarray(_uint8(_ramp(noise=5.0)))) < 5.5
+    with pytest.raises(ValueError, match="too small"):
+        noise_sigma(Image.new("RGB", (2, 9)))
+
+
+def test_noise_match_brings_the_quieter_source_to_the_noisier_sources_levels():
+    """noise-match: images of the quieter source (0.3 grey levels) come out at the noisy source's levels (2-4), the
+    same noise in every channel; the noisy source's images pass untouched; one source: nothing to match."""
+    noisy = [_ramp(noise=level, seed=i) for i, level in enumerate(np.linspace(2.0, 4.0, 10))]
+    quiet = [_ramp(noise=0.3, seed=100 + i) for i in range(10)]
+    images = [torch.from_numpy(_uint8(a)).permute(2, 0, 1).contiguous() for a in noisy + quiet]
+    match = SourceNoiseMatch.fit(images, np.array([1] * 10 + [0] * 10))
+    assert "10 images of the less noisy" in match.summary()
+    torch.manual_seed(0)
+    assert all(match(images[i], i) is images[i] for i in range(10))
+    after = [match(images[i], i) for i in range(10, 20) for _ in range(5)]
+    levels = [noise_sigma(Image.fromarray(x.permute(1, 2, 0).numpy())) for x in after]
+    assert 1.9 < min(levels) and max(levels) < 4.2 and abs(np.median(levels) - 3.0) < 0.4
+    residual = after[0].float() - images[10].float()
+    assert (residual[0] - residual[1]).abs().max() <= 1 and residual[0].std() > 1.5  # one plane, up to rounding
+    assert SourceNoiseMatch.fit(images, np.zeros(20)) is None
 
 
 def test_fixed_scale_keeps_the_lesion_size_of_the_eval_view():

@@ -13,7 +13,7 @@ from melanoma.errors import ConfigError
 DEFAULT_MODEL = "efficientnet_lite0"
 # transforms.augmentation_ops; here so the CLI needs no torch import
 AUGMENTATION_LEVELS = ("standard", "strong", "resolution", "geometric", "erasing", "zoom", "hair", "fixed-scale",
-                       "strong-colour", "augmix", "jpeg", "noise", "noise-mild")
+                       "strong-colour", "augmix", "jpeg", "noise", "noise-mild", "noise-match")
 # `melanoma threshold --prior-correction` (melanoma.priors); here so the CLI offers them without importing numpy
 PRIOR_CORRECTIONS = ("training-mix", "none", "auto")  # auto: what the model's imbalance mode calls for
 # sampler: every class and, within it, every source equally often; source-balanced: the natural class mix with

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from melanoma.data import DatasetTable, load_image
-from melanoma.transforms import eval_transform, prepare_image, train_transform
+from melanoma.transforms import SourceNoiseMatch, eval_transform, prepare_image, train_transform
 
 
 def decode_prepared(path, preprocessing: dict) -> torch.Tensor:
@@ -30,11 +30,12 @@ def decode_cache(table: DatasetTable, preprocessing: dict, workers: int = 4) -> 
 
 
 class CachedImages(Dataset):
-    """(image tensor, label) pairs from the decoded cache; transforms seeded by (seed, epoch, index)."""
+    """(image tensor, label) pairs from the decoded cache; transforms seeded by (seed, epoch, index). `before`:
+    an optional per-image step before the transform, called as before(image, index) (SourceNoiseMatch)."""
 
-    def __init__(self, images: list[torch.Tensor], labels: np.ndarray, transform, seed: int = 0):
+    def __init__(self, images: list[torch.Tensor], labels: np.ndarray, transform, seed: int = 0, before=None):
         self.images, self.labels, self.transform, self.seed = images, np.asarray(labels), transform, seed
-        self.epoch = 0
+        self.before, self.epoch = before, 0
 
     def __len__(self) -> int:
         return len(self.images)
@@ -42,7 +43,8 @@ class CachedImages(Dataset):
     def __getitem__(self, index: int):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed * 1_000_003 + self.epoch * 10_007 + int(index))
-            x = self.transform(self.images[index])
+            x = self.images[index] if self.before is None else self.before(self.images[index], int(index))
+            x = self.transform(x)
         return x, int(self.labels[index])
 
 
@@ -113,10 +115,21 @@ class LesionDataModule(L.LightningDataModule):
         self.sources = None if sources is None else np.asarray(sources)
         self.augmentation, self.natural_classes = augmentation, natural_classes
         self.train_sampler: SeededSampler | None = None
+        self.noise_match: SourceNoiseMatch | None = None
 
-    def _subset(self, idx, transform, targets=None) -> CachedImages:
+    def _subset(self, idx, transform, targets=None, before=None) -> CachedImages:
         labels = (self.labels if targets is None else targets)[idx]
-        return CachedImages([self.images[i] for i in idx], labels, transform, self.seed)
+        return CachedImages([self.images[i] for i in idx], labels, transform, self.seed, before)
+
+    def _noise_match(self) -> SourceNoiseMatch | None:
+        """The per-source noise of augmentation "noise-match", fitted on the training images once per run."""
+        if self.augmentation != "noise-match" or self.sources is None:
+            return None
+        if self.noise_match is None:
+            self.noise_match = SourceNoiseMatch.fit([self.images[i] for i in self.train_idx],
+                                                    self.sources[self.train_idx])
+            print(self.noise_match.summary() if self.noise_match else "noise-match: one source, nothing to match")
+        return self.noise_match
 
     def _rank_world(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -124,7 +137,8 @@ class LesionDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
-        dataset = self._subset(self.train_idx, train_transform(self.pre, self.augmentation), self.targets)
+        dataset = self._subset(self.train_idx, train_transform(self.pre, self.augmentation), self.targets,
+                               self._noise_match())
         self.train_sampler = SeededSampler(self.labels[self.train_idx], self.balanced, self.seed, rank, world, dataset,
                                            self.samples_per_epoch,
                                            None if self.sources is None else self.sources[self.train_idx],

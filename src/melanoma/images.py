@@ -337,6 +337,20 @@ def bilateral_smooth(image: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(np.clip(out, 0.0, 1.0) * 255.0).astype(np.uint8), mode="RGB")
 
 
+def noise_sigma(image: Image.Image) -> float:
+    """Immerkaer's (1996) estimate of the standard deviation of additive Gaussian noise in `image`'s grey version
+    (PIL "L"), in grey levels (0-255): the mean absolute response to a 3x3 kernel that cancels any locally linear
+    image (the difference of two Laplacians), scaled to a standard deviation. Smooth skin dominates a dermoscopy
+    image, so the estimate is mostly the camera's and the storage's noise. ValueError below 3x3 px."""
+    grey = np.asarray(image.convert("L"), dtype=np.float64)
+    h, w = grey.shape
+    if h < 3 or w < 3:
+        raise ValueError(f"image of {w}x{h} px is too small for a noise estimate (3x3 at least)")
+    rows = grey[:-2] - 2 * grey[1:-1] + grey[2:]  # the kernel [1 -2 1]^T [1 -2 1], one axis at a time
+    response = np.abs(rows[:, :-2] - 2 * rows[:, 1:-1] + rows[:, 2:]).sum()
+    return float(np.sqrt(np.pi / 2) * response / (6 * (w - 2) * (h - 2)))
+
+
 def _limited_gain(target: float, measured: float) -> float:
     """target / measured, limited to EXPOSURE_MAX_GAIN either way (and safe for measured = 0)."""
     return float(np.clip(target / max(measured, 1e-6), 1.0 / EXPOSURE_MAX_GAIN, EXPOSURE_MAX_GAIN))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from PIL import Image, ImageDraw
 from torchvision import tv_tensors
@@ -22,7 +23,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from melanoma.config import AUGMENTATION_LEVELS
 from melanoma.errors import ConfigError
 # The deterministic PIL stage lives with the torch-free inference preprocessing (images.py); re-exported here.
-from melanoma.images import prepare_image, resize_shorter_side, shades_of_gray  # noqa: F401
+from melanoma.images import noise_sigma, prepare_image, resize_shorter_side, shades_of_gray  # noqa: F401
 
 
 def _like(out: torch.Tensor, inpt: torch.Tensor) -> torch.Tensor:
@@ -134,6 +135,49 @@ class RandomNoise(v2.Transform):
         return _like(out, inpt)
 
 
+class SourceNoiseMatch:
+    """Augmentation "noise-match": every training view of an image from a less noisy source gets Gaussian noise that
+    brings it to a noise level drawn from the noisiest source's own images, so that the level stops naming the
+    source (the 9-class split's images as prepared carry about 1.9x HAM10000's noise; session 45) while the
+    noisiest source's images, and so their texture, stay as they are. Noise adds in quadrature: an image at
+    `own` grey levels brought to `level` gets sqrt(level^2 - own^2 - 1/12) (none where own >= level). The noise is one
+    plane added to all three channels, as the sources' own is: their high-frequency content is 0.98 (9-class
+    split) and 0.9 (HAM10000) correlated between channels (JPEG stores colour at half resolution), and the
+    estimate (images.noise_sigma) reads the grey image, in which independent channel noise would shrink to 0.67x.
+    Applied to the prepared uint8 CHW image before the train preset, inside CachedImages' seeded RNG (resumable
+    runs)."""
+
+    def __init__(self, own: np.ndarray, levels: np.ndarray):
+        # own: each image's noise sigma as prepared, NaN = left as it is; levels: the noisiest source's sigmas
+        self.own, self.levels = np.asarray(own, dtype=np.float64), torch.as_tensor(levels, dtype=torch.float64)
+
+    @classmethod
+    def fit(cls, images: list[torch.Tensor], sources) -> SourceNoiseMatch | None:
+        """From the training images (prepared uint8 CHW tensors) and their source codes; None with one source."""
+        sources = np.asarray(sources)
+        if len(np.unique(sources)) < 2:
+            return None
+        own = np.array([noise_sigma(Image.fromarray(t.permute(1, 2, 0).numpy())) for t in images])
+        medians = {int(code): float(np.median(own[sources == code])) for code in np.unique(sources)}
+        noisiest = max(medians, key=medians.get)
+        return cls(np.where(sources == noisiest, np.nan, own), own[sources == noisiest])
+
+    def __call__(self, image: torch.Tensor, index: int) -> torch.Tensor:
+        own = self.own[index]
+        if np.isnan(own):
+            return image
+        level = float(self.levels[torch.randint(len(self.levels), ())])
+        sigma = math.sqrt(max(level * level - own * own - 1 / 12, 0.0))  # 1/12: rounding back to uint8 adds it
+        noise = torch.randn((1, *image.shape[-2:])) * sigma  # one plane for all channels: see the class docstring
+        return (image.float() + noise).round().clamp(0, 255).to(torch.uint8)
+
+    def summary(self) -> str:
+        matched = ~np.isnan(self.own)
+        return (f"noise-match: {int(matched.sum())} images of the less noisy source(s) (median "
+                f"{np.median(self.own[matched]):.2f} grey levels as prepared) brought to levels drawn from "
+                f"{len(self.levels)} images of the noisiest (median {float(self.levels.median()):.2f})")
+
+
 def _bezier_strand(x: float, y: float, angle: float, length: float, bend: float, points: int = 24) -> list:
     """Points of a quadratic Bezier curve from (x, y) in direction angle * 2 pi, `length` pixels long, its control
     point pushed sideways by up to +-25% of the length (bend 0..1)."""
@@ -193,7 +237,9 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     and keeps texture above a few grey levels. Trained on both sources, either level stops the members reading the
     noise as the source (noise of 2 grey levels on HAM10000's images: AUC -0.005 / -0.006 instead of -0.068, one
     seed), but on a source the model never saw "noise" LOST 0.072 and "noise-mild" 0.075 melanoma AUC (session 45,
-    2 seeds each; in-source unchanged): kept as options, not the default."""
+    2 seeds each; in-source unchanged): kept as options, not the default.
+    level "noise-match" is "standard" here; the training set adds per-source noise before it (SourceNoiseMatch):
+    only the less noisy source's images get noise, up to levels of the noisiest source's own images."""
     if level not in AUGMENTATION_LEVELS:
         raise ConfigError(f"unknown augmentation level {level!r} (use {' or '.join(AUGMENTATION_LEVELS)})")
     wide_jitter = level in ("strong", "strong-colour")
