@@ -363,6 +363,34 @@ def test_site_calibration_proposes_and_applies_to_a_copy_only(loaded, images, tm
         assert client.get("/v1/model").json()["alert_threshold"] == pytest.approx(loaded.alert_threshold)
 
 
+def test_site_monitor_reads_the_served_models_recent_records_only(loaded, images, tmp_path):
+    """GET /v1/monitor: real predictions count; records of other weights or of another alert threshold (a
+    site-calibrated copy) do not; `last` keeps the newest; below 50 images it says so."""
+    from melanoma.serve.db import PredictionRecord
+
+    with TestClient(make_app(loaded, tmp_path)) as client:
+        client.post("/v1/predict", files=upload(images["melanoma"][:2] + images["nevus"][:2]))
+        report = client.get("/v1/monitor").json()
+        assert report["status"] == "too few" and report["images"] == 4
+        assert report["model"]["alert_threshold"] == pytest.approx(loaded.alert_threshold)
+
+        def record(alert, sha=loaded.sha256, threshold=loaded.alert_threshold):
+            return PredictionRecord(image_sha256="0" * 64, model_name="m", model_version="v", model_sha256=sha,
+                                    backend="onnx", probabilities={}, prediction="nevus", confidence=0.9,
+                                    melanoma_probability=0.5 if alert else 0.01, alert_threshold=threshold,
+                                    alert=alert, refer=False)
+        with client.app.state.sessions() as session:
+            session.add_all([record(True, sha="f" * 64) for _ in range(100)]  # other weights: not counted
+                            + [record(True, threshold=0.5) for _ in range(100)]  # another threshold: not counted
+                            + [record(i % 10 < 7) for i in range(200)])  # 70% alerted
+            session.commit()
+        report = client.get("/v1/monitor", params={"last": 150}).json()
+        assert report["images"] == 150 and report["last"] == 150
+        assert report["status"] == "check" and report["alerted"]["share"] == pytest.approx(105 / 150)
+        assert set(report["alerted"]["implied_prevalence"]) == set(report["operating_points"])
+        assert client.get("/v1/monitor", params={"max_prevalence": 0}).status_code == 422
+
+
 def test_non_loopback_without_token_warns(tmp_path, monkeypatch, capsys):
     from melanoma import cli
     from melanoma.errors import ConfigError

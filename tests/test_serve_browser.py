@@ -119,6 +119,24 @@ def test_pages_fit_laptop_and_tablet_widths(server, width):
         driver.quit()
 
 
+def test_calibration_page_shows_the_site_monitor(server):
+    """The site monitor (GET /v1/monitor) heads the calibration page: its status badge and, with few images
+    predicted yet, how many it needs."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = _driver(1280, 1000)
+    try:
+        driver.get(f"{server.url}/#/calibration")
+        badge = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "#monitor h2 .badge")))
+        assert badge.text.lower() in ("too few", "ok", "check", "unknown")
+        assert "no diagnoses needed" in driver.find_element(By.CSS_SELECTOR, "#monitor h2").text
+        if badge.text.lower() == "too few":
+            assert "the monitor speaks from 50" in driver.find_element(By.CSS_SELECTOR, "#monitor").text
+    finally:
+        driver.quit()
+
+
 def test_api_docs_render_without_internet(server):
     """Swagger UI draws the API from the service's own copy of its scripts (no machine here reaches a CDN)."""
     from selenium.webdriver.common.by import By

@@ -126,6 +126,27 @@ def test_records_and_reviews_survive_a_restart_and_sort_for_the_worklist(db_url)
     engine.dispose()
 
 
+def test_site_monitor_selects_the_served_weights_at_the_served_threshold_newest_first(db_url):
+    """monitor.recent_records on SQLite and PostgreSQL: other weights and another alert threshold (a site-calibrated
+    copy of the same weights) are left out; `last` keeps the newest."""
+    from types import SimpleNamespace
+
+    from melanoma.serve import monitor
+
+    engine = make_engine(db_url)
+    migrate(engine)
+    served = SimpleNamespace(sha256="f" * 64, alert_threshold=0.052085220306312574)
+    with session_factory(engine)() as session:
+        session.add_all([_record(case_ref=f"S-{i}", alert_threshold=served.alert_threshold) for i in range(5)]
+                        + [_record(case_ref="other weights", model_sha256="e" * 64,
+                                   alert_threshold=served.alert_threshold),
+                           _record(case_ref="calibrated copy", alert_threshold=0.08)])
+        session.commit()
+        assert [r.case_ref for r in monitor.recent_records(session, served, 3)] == ["S-4", "S-3", "S-2"]
+        assert len(monitor.recent_records(session, served, 100)) == 5
+    engine.dispose()
+
+
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     return load_model(REPO_MODEL, "torch", tmp_path_factory.mktemp("state"), threads=None, device="cpu")

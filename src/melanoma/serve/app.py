@@ -14,7 +14,7 @@ from melanoma import __version__
 from melanoma.serve.db import make_engine, migrate, session_factory
 from melanoma.serve.inference import InferenceWorkers, LoadedModel, load_model
 from melanoma.serve.middleware import AccessLogAndHeaders, BodyLimit
-from melanoma.serve.routers import audit, calibration, explain, model, predict
+from melanoma.serve.routers import audit, calibration, explain, model, monitor, predict
 from melanoma.serve.settings import Settings
 from melanoma.serve.webhook import AlertSender
 
@@ -53,7 +53,7 @@ def create_app(settings: Settings, loaded: LoadedModel | None = None) -> FastAPI
                          lifespan=lifespan, static_url=DOCS_ASSETS)
     app.state.settings, app.state.model, app.state.engine = settings, loaded, engine
     app.state.sessions, app.state.db_revision, app.state.explainer = session_factory(engine), revision, None
-    for router in (predict.router, explain.router, audit.router, model.router, calibration.router):
+    for router in (predict.router, explain.router, audit.router, model.router, calibration.router, monitor.router):
         app.include_router(router)
     app.mount("/", StaticFiles(directory=STATIC, html=True), name="ui")  # last: the API routes win
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)

@@ -302,7 +302,10 @@ async function renderCalibration() {
     try { out.replaceChildren(calibrationResult(await api(`v1/calibration?target_sensitivity=${encodeURIComponent(target.value)}`), target.value)); }
     catch (err) { out.replaceChildren(h("p", { class: "status error" }, err.message)); }
   };
-  main().replaceChildren(h("h1", {}, "Site calibration"),
+  const monitor = h("section", { class: "panel", id: "monitor", "aria-live": "polite" }, h("p", {}, "Loading the site monitor…"));
+  api("v1/monitor").then((data) => monitor.replaceChildren(...monitorResult(data)))
+    .catch((err) => monitor.replaceChildren(h("p", { class: "status error" }, err.message)));
+  main().replaceChildren(h("h1", {}, "Site calibration"), monitor,
     h("p", { class: "lead" }, "A threshold chosen on the training source does not keep its sensitivity at a new clinic. ",
       "From your reviewed cases with a final diagnosis, see how the current alert performs here and which threshold ",
       "would reach your target sensitivity (the same code as ", h("code", {}, "melanoma threshold --predictions"), ")."),
@@ -310,6 +313,25 @@ async function renderCalibration() {
       h("div", { class: "field" }, h("label", { for: "target" }, "Target melanoma sensitivity"), target),
       h("div", {}, h("button", { class: "primary", type: "submit" }, "Compute"))), out);
   compute();
+}
+
+const STATUS_BADGE = { ok: "ok", check: "alert", "too few": "muted", unknown: "muted" };
+
+function monitorResult(data) {
+  const span = (share) => `${pct(share.share, 0)} (${pct(share.interval[0], 0)}–${pct(share.interval[1], 0)})`;
+  const out = [h("h2", {}, "This site's alert, no diagnoses needed ", h("span", { class: `badge ${STATUS_BADGE[data.status] || "muted"}` }, data.status))];
+  if (data.status === "too few") {
+    out.push(h("p", { class: "note" }, `${data.images} image(s) predicted by this model so far; the monitor speaks from ${data.min_images}.`));
+    return out;
+  }
+  const a = data.alerted;
+  if (a) {
+    out.push(h("p", {}, `Alerted: ${span(a)} of the last ${data.images} images`,
+      a.expected ? ` · on the validation images ${pct(a.expected[0], 0)}–${pct(a.expected[1], 0)} at a melanoma prevalence up to ${pct(data.max_prevalence, 0)}` : ""));
+  }
+  if (data.referred) out.push(h("p", {}, `Referred: ${span(data.referred)} · less detail than the training images: ${span(data.warned)}`));
+  data.findings.forEach((f) => out.push(h("p", { class: "callout warn" }, f)));
+  return out;
 }
 
 function metric(title, threshold, point) {
