@@ -289,6 +289,26 @@ def _small_images(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
+def test_predict_notes_when_the_alert_fires_unlike_the_validation_images(model_dir, tmp_path, capsys):
+    """The site check on a batch (melanoma.site_check): an alert on every image of 60, where the card's validation
+    operating point (sensitivity 0.9, specificity 0.7) predicts 30-48%, gets one `note:` naming the share and the
+    remedy; 40 images are too few to say anything; other views than the alert's are not judged."""
+    meta = json.loads((model_dir / "model.json").read_text())
+    always = _edit_meta(model_dir, tmp_path / "always", thresholds={**meta["thresholds"], "melanoma_alert": 0.0},
+                        metrics={**meta.get("metrics", {}), "melanoma_sensitivity": 0.9, "melanoma_specificity": 0.7})
+    folder = _small_images(tmp_path / "site", 60)
+    assert cli.main(["predict", str(folder), "--model", str(always), "--out", str(tmp_path / "p.csv")]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "fired on 100% (94%-100%) of these 60 images" in notes[0]
+    assert "30%-48%" in notes[0] and "melanoma threshold MODEL --predictions CSV" in notes[0]
+    assert cli.main(["predict", str(folder), "--model", str(always), "--tta-views", "2"]) == 0
+    assert "note: " not in capsys.readouterr().err
+    for path in sorted(folder.glob("*.png"))[:20]:
+        path.unlink()
+    assert cli.main(["predict", str(folder), "--model", str(always), "--out", str(tmp_path / "q.csv")]) == 0
+    assert "note: " not in capsys.readouterr().err
+
+
 def _rows_by_path(csv_path: Path) -> tuple[list[str], dict[str, list[str]], int]:
     text = csv_path.read_text()
     assert text.endswith("\n"), "the CSV ends inside a row"

@@ -29,6 +29,7 @@ import io
 import json
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from melanoma import detail_calibration, images, input_check, priors, referral
 from melanoma.errors import ConfigError, ImageError, ModelError
 from melanoma.images import is_image_file, load_image
 from melanoma.partial import PartialJob, file_stamp
+from melanoma.site_check import site_report
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
@@ -720,6 +722,21 @@ def _summary(predicted: int, skipped: int, alerts: int, referred: int, resumed: 
             f"{warnings}")
 
 
+def site_findings(predictor: Predictor, rows: list, header: list[str], views: int) -> list[str]:
+    """melanoma.site_check on this run's rows: does the alert fire on these images as its validation images
+    predict? Only at the views the alert was chosen on (other views move the operating point); [] when it does."""
+    if views != predictor.tta_views:
+        return []
+    column = {name: header.index(name) for name in ("melanoma_alert", "refer", "refer_reason", "warning")}
+    referred = [r for r in rows if r[column["refer"]] == "true"]
+    report = site_report(len(rows), alerted=sum(r[column["melanoma_alert"]] == "true" for r in rows),
+                         referred=len(referred), warned=sum(bool(r[column["warning"]]) for r in rows),
+                         refer_reasons=Counter(r[column["refer_reason"]] or "unspecified" for r in referred),
+                         meta=predictor.meta, images=f"these {len(rows)} images",
+                         remedy="melanoma threshold MODEL --predictions CSV, on labelled local images")
+    return report["findings"]
+
+
 def _check_options(fmt: str, out, resume: bool, batch_size: int) -> None:
     if batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
@@ -796,6 +813,8 @@ def run_predict(paths, model=None, out=None, fmt: str = "csv", tta: bool | None 
     print(_summary(len(rows), len(problems) + len(skipped), sum(r[column["melanoma_alert"]] == "true" for r in rows),
                    sum(r[column["refer"]] == "true" for r in rows), resumed,
                    sum(bool(r[column["warning"]]) for r in rows)), file=sys.stderr)
+    for finding in site_findings(predictor, rows, header, views):
+        print(f"note: {finding}", file=sys.stderr)
     if not rows:
         print("error: no image could be read", file=sys.stderr)
         return 1

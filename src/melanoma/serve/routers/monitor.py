@@ -27,6 +27,6 @@ async def site_monitor(request: Request, session: SessionDep,
     too few, or unknown (the model card holds no validation operating point)."""
     model = request.app.state.model
     rows = await run_in_threadpool(monitor.recent_records, session, model, last)
-    report = monitor.site_report(rows, model.meta, max_prevalence)
+    report = monitor.report(rows, model.meta, max_prevalence)
     return {"model": {"name": model.name, "version": model.version, "alert_threshold": model.alert_threshold},
             "last": last, **report}
