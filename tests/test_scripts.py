@@ -802,3 +802,36 @@ def test_noise_level_groups_by_label_and_reports_a_bad_image(tiny_isic, tmp_path
     assert "broken.jpg" in err and err.count("\n") == 1
     assert main([str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
+
+
+def _loso_run(folder: Path, other_alerted: int, conflict: bool = True) -> Path:
+    """A leave-one-source-out run folder: model.json with a validation operating point (0.9 / 0.7), the never-seen
+    source's predictions (60 melanomas, all alerted; 100 others, `other_alerted` of them alerted) and its metrics.json
+    listing one label-conflict image (an alerted 'nevus' that the scores leave out)."""
+    (folder / "heldout-eval").mkdir(parents=True)
+    (folder / "model.json").write_text(json.dumps({"metrics": {"melanoma_sensitivity": 0.9,
+                                                               "melanoma_specificity": 0.7}}))
+    rows = [("melanoma", True)] * 60 + [("nevus", i < other_alerted) for i in range(100)]
+    rows += [("nevus", True)] if conflict else []
+    lines = ["path,label,melanoma_alert,refer"] + [f"/x/{i}.jpg,{label},{str(alert).lower()},false"
+                                                    for i, (label, alert) in enumerate(rows)]
+    (folder / "heldout-eval" / "predictions.csv").write_text("\n".join(lines) + "\n")
+    conflicts = {"scored": False, "images": [f"/x/{len(rows) - 1}.jpg"]} if conflict else {}
+    (folder / "heldout-eval" / "metrics.json").write_text(json.dumps({"label_conflicts": conflicts}))
+    return folder
+
+
+def test_site_check_proxy_flags_a_failing_alert_and_passes_a_working_one(tmp_path, capsys):
+    """A run whose alert fires on 75% of the never-seen source's non-melanomas (specificity 0.25) is flagged at
+    every drawn 10%-melanoma clinic; one at specificity 0.7 never; the label conflict is left out."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from site_check_proxy import main
+
+    failing, working = _loso_run(tmp_path / "failing", 75), _loso_run(tmp_path / "working", 30)
+    assert main([str(failing), str(working), "--draws", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    assert "| 1.00 / 0.25 | 111, 77% | 30%-48% | 5 of 5 |" in lines[0]
+    assert "| 1.00 / 0.70 | 111, 37% | 30%-48% | 0 of 5 |" in lines[1]
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "missing" in capsys.readouterr().err
+    assert main([str(working), "--prevalence", "1"]) == 2
