@@ -91,7 +91,14 @@ def bad(tmp_path_factory, shared_train) -> dict[str, str]:
     scored = root / "scored-model"  # a model with validation predictions, so threshold gets to writing
     shutil.copytree(model, scored)
     _write_predictions(scored / "val_predictions.csv", n=60, n_melanoma=15)
-    return {"root": str(root), "model": str(model), "corrupt_model": str(corrupt_model),
+    site_model = root / "site-model"  # a model whose card holds a validation operating point
+    shutil.copytree(model, site_model)
+    meta = json.loads((site_model / "model.json").read_text())
+    (site_model / "model.json").write_text(json.dumps({**meta, "metrics": {"melanoma_sensitivity": 0.9,
+                                                                           "melanoma_specificity": 0.7}}))
+    site = root / "site.csv"  # 60 images' predictions at a site, no diagnoses
+    site.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,{i / 60:.4f}\n" for i in range(60)))
+    return {"site_model": str(site_model), "site_predictions": str(site),"root": str(root), "model": str(model), "corrupt_model": str(corrupt_model),
             "missing": str(root / "missing"), "empty_file": str(root / "empty.jpg"),
             "empty_dir": str(root / "empty-dir"), "corrupt_image": str(root / "corrupt.jpg"),
             "corrupt_csv": str(root / "corrupt.csv"), "bad_yaml": str(root / "bad.yaml"),
@@ -144,6 +151,23 @@ HOSTILE = [
     (["threshold", "{empty_dir}", "--target-sensitivity", "0.9", "--in-place"], "model.json"),
     (["threshold", "{scored_model}", "--target-sensitivity", "0.9", "--out", "{unwritable}"], "{unwritable}"),
     (["threshold", "{scored_model}", "--target-sensitivity", "0.9", "--out", "{existing_file}"], "{existing_file}"),
+    # site-threshold
+    (["site-threshold", "{site_model}", "--predictions", "{corrupt_csv}", "--prevalence", "0.1", "--in-place"],
+     "{corrupt_csv}"),
+    (["site-threshold", "{site_model}", "--predictions", "{existing_file}", "--prevalence", "0.1", "--in-place"],
+     "{existing_file}"),
+    (["site-threshold", "{site_model}", "--predictions", "{corrupt_image}", "--prevalence", "0.1", "--in-place"],
+     "{corrupt_image}"),
+    (["site-threshold", "{corrupt_model}", "--predictions", "{site_predictions}", "--prevalence", "0.1",
+      "--in-place"], "model.json"),
+    (["site-threshold", "{model}", "--predictions", "{site_predictions}", "--prevalence", "0.1", "--in-place"],
+     "operating point"),
+    (["site-threshold", "{site_model}", "--predictions", "{site_predictions}", "--prevalence", "1", "--in-place"],
+     "--prevalence"),
+    (["site-threshold", "{site_model}", "--predictions", "{site_predictions}", "--prevalence", "0.1", "--out",
+      "{unwritable}"], "{unwritable}"),
+    (["site-threshold", "{site_model}", "--predictions", "{site_predictions}", "--prevalence", "0.1", "--out",
+      "{existing_file}"], "{existing_file}"),
     # evaluate
     (["evaluate", "--model", "{missing}", "--data", "{corrupt_data}"], "{missing}"),
     (["evaluate", "--model", "{corrupt_model}", "--data", "{corrupt_data}"], "model.json"),
@@ -192,6 +216,8 @@ def _minimal_args(bad) -> dict[str, list[str]]:
             "augment": [bad["corrupt_data"], "--per-class", "5", "--out", f"{bad['root']}/aug-x"],
             "train": ["--data", bad["corrupt_data"], "--out", f"{bad['root']}/run-x"],
             "threshold": [bad["model"], "--target-sensitivity", "0.9", "--in-place"],
+            "site-threshold": [bad["site_model"], "--predictions", bad["site_predictions"], "--prevalence", "0.1",
+                               "--in-place"],
             "referral": [bad["model"], "--in-place"],
             "evaluate": ["--model", bad["model"], "--data", bad["corrupt_data"]],
             "report": [bad["model"]],

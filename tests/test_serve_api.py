@@ -389,6 +389,18 @@ def test_site_monitor_reads_the_served_models_recent_records_only(loaded, images
         assert report["status"] == "check" and report["alerted"]["share"] == pytest.approx(105 / 150)
         assert set(report["alerted"]["implied_prevalence"]) == set(report["operating_points"])
         assert client.get("/v1/monitor", params={"max_prevalence": 0}).status_code == 422
+        proposed = report["proposed"]  # 105 of the 150 at p = 0.5, 45 at 0.01: a threshold between alerts ~36%
+        assert proposed["prevalence"] == 0.1 and 0.01 < proposed["threshold"] <= 0.5
+        assert client.post("/v1/monitor/apply", json={"last": 150}).status_code == 400  # no confirm
+        before = (REPO_MODEL / "model.json").read_bytes()
+        applied = client.post("/v1/monitor/apply", json={"last": 150, "prevalence": 0.1, "confirm": True})
+        assert applied.status_code == 200, applied.text
+        folder = Path(applied.json()["model_folder"])
+        assert folder.parent == tmp_path / "state" / "models" and (folder / "site_alert_share.csv").is_file()
+        adapted = json.loads((folder / "model.json").read_text())["thresholds"]
+        assert adapted["melanoma_alert"] == pytest.approx(proposed["threshold"])
+        assert adapted["site_adaptation"]["n_images"] == 150
+        assert (REPO_MODEL / "model.json").read_bytes() == before  # the served model is untouched
 
 
 def test_non_loopback_without_token_warns(tmp_path, monkeypatch, capsys):

@@ -65,3 +65,44 @@ def test_many_referrals_are_flagged_and_a_card_without_operating_point_is_unknow
     assert report["referred"]["by_reason"] == {"not like the training images": 50}
     assert report["warned"]["share"] == pytest.approx(0.15)
     assert site_report(200, alerted=80, meta={})["status"] == "unknown"
+
+
+def test_site_threshold_writes_a_copy_that_alerts_the_predicted_share(tmp_path, capsys):
+    """`melanoma site-threshold`: from 200 site images' melanoma probabilities (no diagnoses) and a stated 10%
+    prevalence, a copy of the model whose threshold alerts 0.9 * 0.1 + 0.3 * 0.9 = 36% of them; the card keeps the
+    validation operating point and records the adaptation; the original model is untouched; too few images and a
+    card without operating point are one-line errors."""
+    from melanoma import cli
+    from melanoma.artifacts import build_test_model
+    from melanoma.predict import Predictor
+
+    model = build_test_model(tmp_path / "model", image_size=64)
+    meta = json.loads((model / "model.json").read_text())
+    plain = (model / "model.json").read_text()
+    site_model = tmp_path / "site-model"
+    site_model.mkdir()
+    for f in model.iterdir():
+        (site_model / f.name).write_bytes(f.read_bytes())
+    (site_model / "model.json").write_text(json.dumps(
+        {**meta, "metrics": {"melanoma_sensitivity": 0.9, "melanoma_specificity": 0.7}}))
+    before = (site_model / "model.json").read_text()
+    site = tmp_path / "site.csv"
+    site.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,{i / 200:.4f}\n" for i in range(200)))
+    out = tmp_path / "adapted"
+    assert cli.main(["site-threshold", str(site_model), "--predictions", str(site), "--prevalence", "0.1",
+                     "--out", str(out)]) == 0
+    assert "alerts 36.0% of the 200 site images (before 50.0%)" in capsys.readouterr().out
+    adapted = json.loads((out / "model.json").read_text())
+    assert adapted["thresholds"]["melanoma_alert"] == pytest.approx(0.64 * 199 / 200)
+    assert adapted["thresholds"]["site_adaptation"]["target_share"] == pytest.approx(0.36)
+    assert adapted["metrics"] == {"melanoma_sensitivity": 0.9, "melanoma_specificity": 0.7}
+    assert Predictor.load(out).meta["thresholds"]["melanoma_alert"] == pytest.approx(0.64 * 199 / 200)
+    assert (site_model / "model.json").read_text() == before
+    few = tmp_path / "few.csv"
+    few.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,0.5\n" for i in range(20)))
+    assert cli.main(["site-threshold", str(site_model), "--predictions", str(few), "--prevalence", "0.1",
+                     "--in-place"]) == 2
+    assert "20 images" in capsys.readouterr().err
+    assert cli.main(["site-threshold", str(model), "--predictions", str(site), "--prevalence", "0.1",
+                     "--in-place"]) == 2
+    assert "operating point" in capsys.readouterr().err and (model / "model.json").read_text() == plain

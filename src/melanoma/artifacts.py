@@ -22,11 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 from melanoma import __version__
-from melanoma.errors import ModelError
+from melanoma.errors import ConfigError, ModelError
 
 FORMAT = "melanoma-model"
 FORMAT_VERSION = 1
@@ -276,3 +277,26 @@ def build_test_model(out_dir, architecture: str = "seed-cnn", class_names=None, 
             "thresholds": {"melanoma_alert": 0.5, "refer_confidence": 0.0}}
     save_model(model, meta, out_dir)
     return Path(out_dir)
+
+
+MODEL_FILES = ("model.json", "model.safetensors", "val_predictions.csv")  # what a thresholded copy carries
+
+
+def check_new_model_folder(run: Path, out) -> Path:
+    """`out` as a Path, or ConfigError when it is RUN itself or a folder (or file) that already holds something."""
+    out = Path(out).expanduser()
+    if out.resolve() == run.resolve():
+        raise ConfigError(f"{out}: --out is the model folder itself; use --in-place to change it")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: already exists and is not an empty folder; choose a new --out")
+    return out
+
+
+def copy_model_files(run: Path, out) -> Path:
+    """A new model folder holding RUN's model files (the run's checkpoints and logs stay behind)."""
+    out = check_new_model_folder(run, out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if (run / name).is_file():
+            shutil.copyfile(run / name, out / name)
+    return out

@@ -74,6 +74,7 @@ def _number(kind, low=None, high=None, low_open=False, high_open=False):
 POSITIVE_INT = _number(int, 1)
 NON_NEGATIVE_INT = _number(int, 0)
 PROBABILITY = _number(float, 0.0, 1.0, low_open=True)  # (0, 1]: a sensitivity target
+PREVALENCE = _number(float, 0.0, 1.0, low_open=True, high_open=True)  # (0, 1): a share of a site's lesions
 
 
 def existing_path(text: str) -> str:
@@ -531,6 +532,42 @@ def _run_threshold(args) -> int:
     return 0
 
 
+def _add_site_threshold(sub) -> None:
+    p = _command(sub, "site-threshold", "Adapt the melanoma alert threshold to a site from its images' predictions, "
+                 "WITHOUT diagnoses: the threshold that alerts the share of them which the model's validation "
+                 "operating point predicts at the site's melanoma prevalence (--prevalence). On a source the model "
+                 "never saw it kept 0.85-0.89 sensitivity at specificity 0.62-0.68 where the validation threshold "
+                 "gave 0.90-0.96 at 0.25-0.57 (docs/results.md, session 46). Writes a NEW model folder (--out) "
+                 "unless --in-place.",
+                 ["melanoma predict clinic/ --out clinic.csv\n"
+                  "  melanoma site-threshold models/default --predictions clinic.csv --prevalence 0.1 "
+                  "--out models/clinic"])
+    p.add_argument("run", type=existing_path, help="model folder (model.json + model.safetensors)")
+    p.add_argument("--predictions", type=existing_path, required=True,
+                   help="the site's images predicted by this model at its own test-time views (`melanoma predict` "
+                        "CSV, or `melanoma evaluate`'s predictions.csv): their melanoma_probability column; at least "
+                        "50 images, a few hundred for a stable threshold")
+    p.add_argument("--prevalence", type=PREVALENCE, required=True,
+                   help="the share of the site's lesions that are melanomas, (0, 1): about 0.1 in a referral "
+                        "clinic, 0.01-0.02 in screening")
+    _add_out_or_in_place(p, "the adapted threshold", "RUN/model.json itself")
+    _add_json_flag(p)
+    p.set_defaults(func=_run_site_threshold)
+
+
+def _run_site_threshold(args) -> int:
+    from melanoma.site_check import read_melanoma_probabilities, write_site_threshold
+
+    probabilities = read_melanoma_probabilities(args.predictions)
+    result = write_site_threshold(args.run, args.out, probabilities, args.prevalence,
+                                  chosen_on=f"{Path(args.predictions).resolve()} (alert share matched, no diagnoses)")
+    _emit(result, args.json,
+          f"melanoma alert threshold {result['old']:.4f} -> {result['new']:.4f}: alerts {result['alerted_after']:.1%} "
+          f"of the {result['n_images']} site images (before {result['alerted_before']:.1%}), the share the "
+          f"validation operating point predicts at {result['prevalence']:.0%} melanoma\nwrote {result['model']}")
+    return 0
+
+
 def _add_referral(sub) -> None:
     p = _command(sub, "referral", "Re-fit a model's referral limits at other quantiles of its validation images "
                  "(their paths and labels in val_predictions.csv; the images must still exist), without retraining: "
@@ -779,8 +816,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", default=False,
                         help="show library logs, warnings and progress bars (on stderr)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_referral, _add_evaluate, _add_report,
-                _add_predict, _add_export, _add_ensemble,
+    for add in (_add_audit, _add_augment, _add_train, _add_threshold, _add_site_threshold, _add_referral, _add_evaluate,
+                _add_report, _add_predict, _add_export, _add_ensemble,
                 __import__("melanoma.serve.cli", fromlist=["add_serve"]).add_serve):
         add(sub)
     for command in sub.choices.values():  # commands added outside this module behave like the others

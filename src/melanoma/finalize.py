@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from melanoma import fingerprint, input_check, metrics, priors
-from melanoma.artifacts import atomic_write_text, save_model
+from melanoma.artifacts import atomic_write_text, check_new_model_folder, copy_model_files, save_model
 from melanoma.errors import ConfigError, DataError, ModelError, ThresholdWarning
 from melanoma.fastpath import machine
 from melanoma.images import check_view_count
@@ -300,29 +300,6 @@ def _concat_fold_predictions(run: Path, fold_results) -> None:
 
 
 MIN_MELANOMAS_FOR_THRESHOLD = 30  # fewer: one melanoma moves the achieved sensitivity by > 3 points (warn)
-MODEL_FILES = ("model.json", "model.safetensors", "val_predictions.csv")  # what a thresholded copy carries
-
-
-def _check_new_folder(run: Path, out) -> Path:
-    """`out` as a Path, or ConfigError when it is RUN itself or a folder (or file) that already holds something."""
-    out = Path(out).expanduser()
-    if out.resolve() == run.resolve():
-        raise ConfigError(f"{out}: --out is the model folder itself; use --in-place to change it")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out}: already exists and is not an empty folder; choose a new --out")
-    return out
-
-
-def _copy_model(run: Path, out) -> Path:
-    """A new model folder holding RUN's model files (the run's checkpoints and logs stay behind)."""
-    out = _check_new_folder(run, out)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in MODEL_FILES:
-        if (run / name).is_file():
-            shutil.copyfile(run / name, out / name)
-    return out
-
-
 def _training_images_among(paths: list[str], model_dir: Path, meta: dict) -> int:
     """How many of the predicted images the model was trained on: its stored fingerprint (pixels, phash, ISIC
     id) when it has one; otherwise files inside, or named like a file of, a training folder of model.json."""
@@ -424,7 +401,7 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
                               "it cannot be combined with --predictions")
         detail_calibration.check_levels(detail_levels, (meta.get("preprocessing") or {}).get("detail_size"))
         if out:
-            _check_new_folder(run, out)  # named now, not after minutes of prediction
+            check_new_model_folder(run, out)  # named now, not after minutes of prediction
     if not preds_path.is_file():
         raise ModelError(f"{preds_path}: missing; {needs}")
     mel = meta.get("melanoma_class")
@@ -460,7 +437,7 @@ def rethreshold(run, target_sensitivity: float, predictions=None, out=None, per_
     detail = (detail_calibration.fit(run, detail_levels, target_sensitivity, per_source, new, paths, is_mel,
                                      class_weights=weights, views=views)
               if detail_levels else None)  # before anything is written: a bad image leaves no half-made folder
-    target_dir = _copy_model(run, out) if out else run
+    target_dir = copy_model_files(run, out) if out else run
     meta = json.loads((target_dir / "model.json").read_text())  # as stored (read_meta may normalise)
     flagged = p_mel >= new
     achieved = operating_points(is_mel, flagged, sources)

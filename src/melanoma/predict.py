@@ -41,7 +41,7 @@ from melanoma import detail_calibration, images, input_check, priors, referral
 from melanoma.errors import ConfigError, ImageError, ModelError
 from melanoma.images import is_image_file, load_image
 from melanoma.partial import PartialJob, file_stamp
-from melanoma.site_check import site_report
+from melanoma.site_check import CLI_REMEDY, site_report
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "default"
 ONNX_META_KEY = "melanoma"              # metadata_props key holding the whole model.json (JSON string)
@@ -733,7 +733,7 @@ def site_findings(predictor: Predictor, rows: list, header: list[str], views: in
                          referred=len(referred), warned=sum(bool(r[column["warning"]]) for r in rows),
                          refer_reasons=Counter(r[column["refer_reason"]] or "unspecified" for r in referred),
                          meta=predictor.meta, images=f"these {len(rows)} images",
-                         remedy="melanoma threshold MODEL --predictions CSV, on labelled local images")
+                         remedy=CLI_REMEDY)
     return report["findings"]
 
 

@@ -26,15 +26,15 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     model folder holding a copy of RUN's model files) or, with out=None, into RUN itself. The out-of-fold split is
     the one the model was fitted with, so the same quantiles give the same limits. Returns the old and new limits
     and the share of validation lesions referred per source."""
-    from melanoma.finalize import (_check_new_folder, _copy_model, fit_referral_on_validation,
-                                   infer_validation_images, source_of, training_sources)
+    from melanoma.artifacts import check_new_model_folder, copy_model_files
+    from melanoma.finalize import fit_referral_on_validation, infer_validation_images, source_of, training_sources
     from melanoma.referral import softmax
 
     _check_quantiles(confidence_quantile, ood_quantile)
     run = Path(run)
     meta = read_meta(run)
     if out:
-        _check_new_folder(run, out)  # named now, not after minutes of embedding
+        check_new_model_folder(run, out)  # named now, not after minutes of embedding
     old = meta.get("referral") or {}
     if not old.get("thresholds"):
         raise ModelError(f"{run / 'model.json'}: the model has no referral to re-fit")
@@ -49,7 +49,7 @@ def refit_referral(run, confidence_quantile: float = 0.01, ood_quantile: float =
     # in place: everything is written into a staging copy first and swapped in by renames at the end, so a kill
     # never leaves weights whose SHA-256 disagrees with model.json (a model no loader would accept)
     staging = None if out else _fresh_staging_folder(run)
-    target = _copy_model(run, out or staging)
+    target = copy_model_files(run, out or staging)
     digest = _replace_referral_tensors(target, tensors)  # named referral.*, as fit_referral returns them
     stored = json.loads((target / "model.json").read_text())  # as stored (read_meta may normalise)
     stored["referral"] = referral_meta

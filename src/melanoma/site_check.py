@@ -18,6 +18,10 @@ from __future__ import annotations
 
 MIN_IMAGES = 50          # below this the shares' intervals are too wide to say anything
 MAX_REFERRED = 0.10      # issue 14: at most 10% of a new source's real lesions referred
+SERVICE_REMEDY = ("adapted to this site's images at its melanoma prevalence below, or from reviewed cases "
+                  "(site calibration)")
+CLI_REMEDY = ("without diagnoses `melanoma site-threshold MODEL --predictions CSV --prevalence P`, or on labelled "
+              "local images `melanoma threshold MODEL --predictions CSV`")
 
 
 def operating_points(meta: dict) -> dict[str, tuple[float, float]]:
@@ -70,7 +74,7 @@ def _pct(x: float) -> str:
 def alert_finding(alerted: dict, images: str, expected: tuple[float, float], implied: dict, max_prevalence: float,
                   remedy: str) -> str | None:
     """One sentence where the alerted share's interval lies wholly outside the expected range, else None. `images`
-    names them ("the last 500 images"), `remedy` how to re-choose the threshold from reviewed cases."""
+    names them ("the last 500 images"), `remedy` how to re-choose the threshold."""
     (low, high), (lo_exp, hi_exp) = alerted["interval"], expected
     seen = f"The alert fired on {_pct(alerted['share'])} ({_pct(low)}-{_pct(high)}) of {images}"
     known = [v for v in implied.values() if v is not None]
@@ -79,18 +83,17 @@ def alert_finding(alerted: dict, images: str, expected: tuple[float, float], imp
     if low > hi_exp:
         return (f"{seen}, against {_pct(lo_exp)}-{_pct(hi_exp)} on the validation images at a melanoma prevalence "
                 f"of up to {_pct(max_prevalence)}{needs}: unless that many of them are melanomas, its specificity "
-                f"does not hold here and most alerts carry no information. Re-choose the threshold from reviewed "
-                f"cases ({remedy}).")
+                f"does not hold here and most alerts carry no information. Re-choose the threshold: {remedy}.")
     if high < lo_exp:
         return (f"{seen}, fewer than the validation images' false alerts alone ({_pct(lo_exp)}-{_pct(hi_exp)} at a "
                 f"prevalence up to {_pct(max_prevalence)}){needs}: the alert may miss melanomas here. Re-choose the "
-                f"threshold from reviewed cases ({remedy}).")
+                f"threshold: {remedy}.")
     return None
 
 
 def site_report(n: int, alerted: int, referred: int, warned: int, refer_reasons: dict, meta: dict,
                 max_prevalence: float = 0.3, min_images: int = MIN_IMAGES, images: str | None = None,
-                remedy: str = "site calibration") -> dict:
+                remedy: str = SERVICE_REMEDY) -> dict:
     """Shares alerted, referred and warned among `n` images of a site predicted by the model of `meta` (its
     model.json), the range its validation images predict, and `status`: "too few" (under `min_images`),
     "unknown" (the model card holds no operating point), "check" (with one `findings` sentence per problem) or
@@ -117,3 +120,91 @@ def site_report(n: int, alerted: int, referred: int, warned: int, refer_reasons:
     if finding:
         report["findings"].insert(0, finding)
     return {**report, "status": "check" if report["findings"] else "ok"}
+
+
+def target_share(meta: dict, prevalence: float) -> float | None:
+    """The share of a site's lesions the alert should fire on at melanoma `prevalence` if it worked there as on the
+    validation images: the mean over the training sources' operating points (None without one)."""
+    points = operating_points(meta)
+    if not points:
+        return None
+    return sum(alert_share_at(s, c, prevalence) for s, c in points.values()) / len(points)
+
+
+def share_matched_threshold(melanoma_probabilities, meta: dict, prevalence: float) -> tuple[float, float]:
+    """(threshold, target share): the threshold that alerts target_share(meta, prevalence) of a site's images, from
+    their melanoma probabilities (as served: test-time views and detail calibration applied). No diagnosis
+    needed, but the site's melanoma prevalence must be stated; the alert then keeps about the validation operating
+    point if the site's images are ranked as the validation images were (docs/results.md, session 46)."""
+    import numpy as np
+
+    share = target_share(meta, prevalence)
+    if share is None:
+        raise ValueError("the model card holds no validation operating point (thresholds.melanoma_alert_by_source "
+                         "or metrics.melanoma_sensitivity / melanoma_specificity)")
+    p = np.asarray(melanoma_probabilities, dtype=float)
+    p = p[np.isfinite(p)]
+    if len(p) == 0:
+        raise ValueError("no melanoma probability to choose a threshold from")
+    return float(np.quantile(p, 1.0 - share)), share
+
+
+def write_site_threshold(model_dir, out, melanoma_probabilities, prevalence: float, chosen_on: str) -> dict:
+    """Choose the share-matched threshold (share_matched_threshold) from a site's melanoma probabilities and write
+    it into `out`, a new model folder holding a copy of MODEL_DIR's model files, or, with out=None, into
+    MODEL_DIR/model.json itself. The validation operating points stay in the card (they are what the site's alert
+    should now match) and thresholds.site_adaptation records how the threshold was chosen. ConfigError for a
+    prevalence outside (0, 1) or fewer than MIN_IMAGES probabilities."""
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from melanoma.artifacts import atomic_write_text, copy_model_files, read_meta
+    from melanoma.errors import ConfigError, ModelError
+
+    model_dir = Path(model_dir)
+    if not 0 < prevalence < 1:
+        raise ConfigError(f"the melanoma prevalence must be in (0, 1), got {prevalence}")
+    p = np.asarray(melanoma_probabilities, dtype=float)
+    p = p[np.isfinite(p)]
+    if len(p) < MIN_IMAGES:
+        raise ConfigError(f"{len(p)} images with a melanoma probability; a site threshold needs at least "
+                          f"{MIN_IMAGES} (a few hundred give a stable one)")
+    meta = read_meta(model_dir)
+    old = (meta.get("thresholds") or {}).get("melanoma_alert")
+    if old is None:
+        raise ModelError(f"{model_dir}: the model has no melanoma alert threshold to adapt")
+    try:
+        new, share = share_matched_threshold(p, meta, prevalence)
+    except ValueError as exc:
+        raise ModelError(f"{model_dir}: {exc}") from None
+    target = copy_model_files(model_dir, out) if out else model_dir
+    stored = json.loads((target / "model.json").read_text())  # as stored (read_meta may normalise)
+    stored["thresholds"].update(melanoma_alert=new, melanoma_alert_source=chosen_on, site_adaptation={
+        "method": "alert share matched to the validation operating points (melanoma.site_check)",
+        "prevalence": prevalence, "target_share": share, "n_images": int(len(p)),
+        "alerted_at_old_threshold": float(np.mean(p >= old)), "validation_threshold": old})
+    atomic_write_text(target / "model.json", json.dumps(stored, indent=2))
+    return {"model": str(target / "model.json"), "old": old, "new": new, "prevalence": prevalence,
+            "target_share": share, "n_images": int(len(p)), "alerted_before": float(np.mean(p >= old)),
+            "alerted_after": float(np.mean(p >= new))}
+
+
+def read_melanoma_probabilities(path) -> list[float]:
+    """The melanoma_probability column of a prediction CSV (`melanoma predict` or `melanoma evaluate`); an empty
+    cell (a model without a melanoma class) is skipped. DataError naming the file when the column is missing."""
+    import csv
+    from pathlib import Path
+
+    from melanoma.errors import DataError
+
+    path = Path(path)
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            if "melanoma_probability" not in (reader.fieldnames or []):
+                raise DataError(f"{path}: no melanoma_probability column (write it with `melanoma predict --out`)")
+            return [float(row["melanoma_probability"]) for row in reader if row["melanoma_probability"]]
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{path}: not a prediction CSV ({str(exc).splitlines()[0]})") from None

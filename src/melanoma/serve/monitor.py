@@ -1,4 +1,6 @@
-"""Site monitor of the service: the site check (melanoma.site_check) on the newest audit records of the served model.
+"""Site monitor of the service: the site check (melanoma.site_check) on the newest audit records of the served model,
+and the threshold adapted to them without diagnoses (site_check.share_matched_threshold), written as a NEW model
+folder only on explicit confirmation (as the site calibration does).
 
 Records count when the served weights predicted them at the served alert threshold (a site-calibrated copy of the
 same weights has its own threshold, and its records are its own).
@@ -6,14 +8,18 @@ same weights has its own threshold, and its records are its own).
 
 from __future__ import annotations
 
+import csv
 from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from melanoma.serve.db import PredictionRecord
 from melanoma.serve.inference import LoadedModel
-from melanoma.site_check import site_report
+from melanoma.errors import ModelError
+from melanoma.site_check import share_matched_threshold, site_report, write_site_threshold
 
 THRESHOLD_MATCH = 1e-9  # float equality of the stored and the served threshold, whatever the database's rounding
 
@@ -35,3 +41,36 @@ def report(rows: list[PredictionRecord], meta: dict, max_prevalence: float) -> d
     return {**site_report(len(rows), meta=meta, max_prevalence=max_prevalence, **counts),
             "from": min((r.created_at for r in rows), default=None),
             "to": max((r.created_at for r in rows), default=None)}
+
+
+def proposal(rows: list[PredictionRecord], meta: dict, prevalence: float) -> dict | None:
+    """The share-matched threshold for these records at the stated prevalence, and the share it alerts; None when
+    the card holds no operating point or no record has a melanoma probability."""
+    p = [r.melanoma_probability for r in rows if r.melanoma_probability is not None]
+    try:
+        threshold, share = share_matched_threshold(p, meta, prevalence)
+    except ValueError:
+        return None
+    return {"prevalence": prevalence, "threshold": threshold, "target_share": share,
+            "alerted_at_threshold": sum(x >= threshold for x in p) / len(p)}
+
+
+def apply(rows: list[PredictionRecord], model: LoadedModel, prevalence: float, out_root: Path) -> dict:
+    """Write `<out_root>/<model>-share-<time>/`: a copy of the served model with the share-matched threshold, and
+    the records it was chosen on (site_alert_share.csv: id, time, melanoma probability). The served model is not
+    changed."""
+    if model.folder is None:
+        raise ModelError("adapting the threshold needs the model folder (model.json + model.safetensors); this "
+                         "service was started on a bare .onnx file")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    out = Path(out_root) / f"{model.name}-share-{stamp}"
+    out_root.mkdir(parents=True, exist_ok=True)
+    kept = [r for r in rows if r.melanoma_probability is not None]
+    result = write_site_threshold(model.folder, out, [r.melanoma_probability for r in kept], prevalence,
+                                  chosen_on=f"{len(kept)} images of this site's audit trail (alert share matched, "
+                                            "no diagnoses)")
+    with (out / "site_alert_share.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["record_id", "created_at", "melanoma_probability"])
+        writer.writerows([r.id, r.created_at.isoformat(), f"{r.melanoma_probability:.6f}"] for r in kept)
+    return {**result, "model_folder": str(out.resolve())}

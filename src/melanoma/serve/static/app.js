@@ -303,8 +303,10 @@ async function renderCalibration() {
     catch (err) { out.replaceChildren(h("p", { class: "status error" }, err.message)); }
   };
   const monitor = h("section", { class: "panel", id: "monitor", "aria-live": "polite" }, h("p", {}, "Loading the site monitor…"));
-  api("v1/monitor").then((data) => monitor.replaceChildren(...monitorResult(data)))
+  const loadMonitor = (prevalence = 0.1) => api(`v1/monitor?prevalence=${encodeURIComponent(prevalence)}`)
+    .then((data) => monitor.replaceChildren(...monitorResult(data, loadMonitor)))
     .catch((err) => monitor.replaceChildren(h("p", { class: "status error" }, err.message)));
+  loadMonitor();
   main().replaceChildren(h("h1", {}, "Site calibration"), monitor,
     h("p", { class: "lead" }, "A threshold chosen on the training source does not keep its sensitivity at a new clinic. ",
       "From your reviewed cases with a final diagnosis, see how the current alert performs here and which threshold ",
@@ -317,7 +319,7 @@ async function renderCalibration() {
 
 const STATUS_BADGE = { ok: "ok", check: "alert", "too few": "muted", unknown: "muted" };
 
-function monitorResult(data) {
+function monitorResult(data, reload) {
   const span = (share) => `${pct(share.share, 0)} (${pct(share.interval[0], 0)}–${pct(share.interval[1], 0)})`;
   const out = [h("h2", {}, "This site's alert, no diagnoses needed ", h("span", { class: `badge ${STATUS_BADGE[data.status] || "muted"}` }, data.status))];
   if (data.status === "too few") {
@@ -331,7 +333,35 @@ function monitorResult(data) {
   }
   if (data.referred) out.push(h("p", {}, `Referred: ${span(data.referred)} · less detail than the training images: ${span(data.warned)}`));
   data.findings.forEach((f) => out.push(h("p", { class: "callout warn" }, f)));
+  if (data.proposed) out.push(adaptedThreshold(data, reload));
   return out;
+}
+
+function adaptedThreshold(data, reload) {
+  const p = data.proposed;
+  const prevalence = h("input", { type: "number", id: "prevalence", min: "0.01", max: "0.5", step: "0.01", value: String(p.prevalence) });
+  const confirm = h("input", { type: "checkbox", id: "confirm-share" });
+  const result = h("div", { "aria-live": "polite" });
+  const applyButton = h("button", { class: "danger", type: "button", disabled: true, onclick: async () => {
+    applyButton.disabled = true;
+    try {
+      const r = await api("v1/monitor/apply", { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ prevalence: p.prevalence, last: data.last, confirm: true }) });
+      result.replaceChildren(h("p", { class: "callout" }, "Adapted copy written to ", h("code", {}, r.model_folder),
+        ` (alert threshold ${pct(r.new, 2)}). The running service is unchanged: restart it with `, h("code", {}, `--model ${r.model_folder}`), " to use it."));
+    } catch (err) { result.replaceChildren(h("p", { class: "status error" }, err.message)); applyButton.disabled = false; }
+  } }, "Write adapted copy");
+  confirm.addEventListener("change", () => { applyButton.disabled = !confirm.checked; });
+  return h("div", { class: "adapt" }, h("h3", {}, "Threshold adapted to this site, without diagnoses"),
+    h("p", {}, `At a melanoma prevalence of ${pct(p.prevalence, 0)} the validation images predict ${pct(p.target_share, 0)} of these images alerted: `,
+      `a threshold of ${pct(p.threshold, 2)} (now ${pct(data.model.alert_threshold, 2)}) alerts ${pct(p.alerted_at_threshold, 0)} of them. `,
+      "It keeps the validation operating point only if this site's images are ranked as the validation images were, and only at the stated prevalence."),
+    h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); reload(Number(prevalence.value)); } },
+      h("div", { class: "field" }, h("label", { for: "prevalence" }, "This site's melanoma prevalence"), prevalence),
+      h("div", {}, h("button", { type: "submit" }, "Recompute"))),
+    h("label", { class: "check", for: "confirm-share", style: "margin-top:.7rem" }, confirm,
+      "I have checked the prevalence and want a copy of the model with this threshold"),
+    h("div", { class: "actions" }, applyButton), result);
 }
 
 function metric(title, threshold, point) {
