@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -813,8 +814,9 @@ def _loso_run(folder: Path, other_alerted: int, conflict: bool = True) -> Path:
                                                                "melanoma_specificity": 0.7}}))
     rows = [("melanoma", True)] * 60 + [("nevus", i < other_alerted) for i in range(100)]
     rows += [("nevus", True)] if conflict else []
-    lines = ["path,label,melanoma_alert,refer"] + [f"/x/{i}.jpg,{label},{str(alert).lower()},false"
-                                                    for i, (label, alert) in enumerate(rows)]
+    lines = ["path,label,melanoma_alert,refer,melanoma_probability"] + [
+        f"/x/{i}.jpg,{label},{str(alert).lower()},false,{0.9 if label == 'melanoma' else (i - 60) / 100:.2f}"
+        for i, (label, alert) in enumerate(rows)]
     (folder / "heldout-eval" / "predictions.csv").write_text("\n".join(lines) + "\n")
     conflicts = {"scored": False, "images": [f"/x/{len(rows) - 1}.jpg"]} if conflict else {}
     (folder / "heldout-eval" / "metrics.json").write_text(json.dumps({"label_conflicts": conflicts}))
@@ -835,3 +837,9 @@ def test_site_check_proxy_flags_a_failing_alert_and_passes_a_working_one(tmp_pat
     assert main([str(tmp_path / "missing")]) == 2
     assert "missing" in capsys.readouterr().err
     assert main([str(working), "--prevalence", "1"]) == 2
+    # --adapt: the threshold alerting 0.9 * 0.1 + 0.3 * 0.9 = 36% of each clinic (others' probabilities 0-0.99,
+    # melanomas 0.9) keeps every melanoma and about 70% of the others below it
+    assert main([str(working), "--draws", "3", "--adapt", "0.1"]) == 0
+    cell = capsys.readouterr().out.splitlines()[2].split("|")[-2]
+    sens, spec, low = (float(x) for x in re.findall(r"[\d.]+", cell))
+    assert sens == low == 1.0 and 0.65 < spec < 0.75
