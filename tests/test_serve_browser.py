@@ -48,6 +48,7 @@ def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("browser")
     with ServerProcess("--model", str(folder), "--db", f"sqlite:///{tmp / 'audit.sqlite'}", "--keep-images",
                        str(tmp / "kept"), "--state-dir", str(base / "serve-state"), log=tmp / "server.log") as s:
+        s.db_url = f"sqlite:///{tmp / 'audit.sqlite'}"  # tests that need many records write them directly
         yield s
 
 
@@ -133,6 +134,41 @@ def test_calibration_page_shows_the_site_monitor(server):
         assert "no diagnoses needed" in driver.find_element(By.CSS_SELECTOR, "#monitor h2").text
         if badge.text.lower() == "too few":
             assert "the monitor speaks from 50" in driver.find_element(By.CSS_SELECTOR, "#monitor").text
+    finally:
+        driver.quit()
+
+
+def test_an_alert_on_most_lesions_is_flagged_and_an_adapted_copy_written(server, tmp_path):
+    """With 80 audit records of the served model, 70% alerted, the monitor says CHECK with its finding, shows the
+    threshold adapted at the stated prevalence, and writes the adapted copy only after the confirmation box."""
+    import httpx
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    from melanoma.serve.db import PredictionRecord, make_engine, session_factory
+
+    card = httpx.get(f"{server.url}/v1/model", timeout=60).json()
+    engine = make_engine(server.db_url)
+    with session_factory(engine)() as session:
+        session.add_all([PredictionRecord(
+            image_sha256="0" * 64, model_name="m", model_version="v", model_sha256=card["sha256"], backend="onnx",
+            probabilities={}, prediction="nevus", confidence=0.9, melanoma_probability=0.3 + i / 200,
+            alert_threshold=card["alert_threshold"], alert=i % 10 < 7, refer=False) for i in range(80)])
+        session.commit()
+    engine.dispose()
+    driver = _driver(1280, 1000)
+    try:
+        driver.get(f"{server.url}/#/calibration")
+        _wait(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#monitor h2 .badge"), "CHECK"))
+        monitor = driver.find_element(By.CSS_SELECTOR, "#monitor")
+        assert "most alerts carry no information" in monitor.text
+        assert "Threshold adapted to this site, without diagnoses" in monitor.text
+        button = driver.find_element(By.XPATH, "//button[text()='Write adapted copy']")
+        assert not button.is_enabled()
+        driver.find_element(By.ID, "confirm-share").click()
+        button.click()
+        _wait(driver, ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#monitor"), "Adapted copy written to"))
+        driver.save_screenshot(str(_screenshot_dir(tmp_path) / "screenshot-monitor.png"))
     finally:
         driver.quit()
 

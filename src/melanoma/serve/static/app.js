@@ -340,18 +340,6 @@ function monitorResult(data, reload) {
 function adaptedThreshold(data, reload) {
   const p = data.proposed;
   const prevalence = h("input", { type: "number", id: "prevalence", min: "0.01", max: "0.5", step: "0.01", value: String(p.prevalence) });
-  const confirm = h("input", { type: "checkbox", id: "confirm-share" });
-  const result = h("div", { "aria-live": "polite" });
-  const applyButton = h("button", { class: "danger", type: "button", disabled: true, onclick: async () => {
-    applyButton.disabled = true;
-    try {
-      const r = await api("v1/monitor/apply", { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ prevalence: p.prevalence, last: data.last, confirm: true }) });
-      result.replaceChildren(h("p", { class: "callout" }, "Adapted copy written to ", h("code", {}, r.model_folder),
-        ` (alert threshold ${pct(r.new, 2)}). The running service is unchanged: restart it with `, h("code", {}, `--model ${r.model_folder}`), " to use it."));
-    } catch (err) { result.replaceChildren(h("p", { class: "status error" }, err.message)); applyButton.disabled = false; }
-  } }, "Write adapted copy");
-  confirm.addEventListener("change", () => { applyButton.disabled = !confirm.checked; });
   return h("div", { class: "adapt" }, h("h3", {}, "Threshold adapted to this site, without diagnoses"),
     h("p", {}, `At a melanoma prevalence of ${pct(p.prevalence, 0)} the validation images predict ${pct(p.target_share, 0)} of these images alerted: `,
       `a threshold of ${pct(p.threshold, 2)} (now ${pct(data.model.alert_threshold, 2)}) alerts ${pct(p.alerted_at_threshold, 0)} of them. `,
@@ -359,9 +347,26 @@ function adaptedThreshold(data, reload) {
     h("form", { class: "row", onsubmit: (e) => { e.preventDefault(); reload(Number(prevalence.value)); } },
       h("div", { class: "field" }, h("label", { for: "prevalence" }, "This site's melanoma prevalence"), prevalence),
       h("div", {}, h("button", { type: "submit" }, "Recompute"))),
-    h("label", { class: "check", for: "confirm-share", style: "margin-top:.7rem" }, confirm,
-      "I have checked the prevalence and want a copy of the model with this threshold"),
-    h("div", { class: "actions" }, applyButton), result);
+    ...copyWriter("confirm-share", "I have checked the prevalence and want a copy of the model with this threshold",
+      "Write adapted copy", "v1/monitor/apply", { prevalence: p.prevalence, last: data.last }, "Adapted copy"));
+}
+
+// A confirmation box and a button that POSTs `body` (confirmed) to `endpoint`, which writes a NEW model folder.
+function copyWriter(id, consent, buttonText, endpoint, body, what) {
+  const confirm = h("input", { type: "checkbox", id });
+  const result = h("div", { "aria-live": "polite" });
+  const button = h("button", { class: "danger", type: "button", disabled: true, onclick: async () => {
+    button.disabled = true;
+    try {
+      const r = await api(endpoint, { method: "POST", headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ ...body, confirm: true }) });
+      result.replaceChildren(h("p", { class: "callout" }, `${what} written to `, h("code", {}, r.model_folder),
+        ` (alert threshold ${pct(r.new, 2)}). The running service is unchanged: restart it with `, h("code", {}, `--model ${r.model_folder}`), " to use it."));
+    } catch (err) { result.replaceChildren(h("p", { class: "status error" }, err.message)); button.disabled = false; }
+  } }, buttonText);
+  confirm.addEventListener("change", () => { button.disabled = !confirm.checked; });
+  return [h("label", { class: "check", for: id, style: "margin-top:.7rem" }, confirm, consent),
+    h("div", { class: "actions" }, button), result];
 }
 
 function metric(title, threshold, point) {
@@ -380,23 +385,10 @@ function calibrationResult(data, target) {
     panel.append(h("p", { class: "callout warn", style: "margin-top:1rem" }, `No threshold proposed: ${data.reason}`));
     return panel;
   }
-  const confirm = h("input", { type: "checkbox", id: "confirm" });
-  const result = h("div", { "aria-live": "polite" });
-  const applyButton = h("button", { class: "danger", type: "button", disabled: true, onclick: async () => {
-    applyButton.disabled = true;
-    try {
-      const r = await api("v1/calibration/apply", { method: "POST", headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ target_sensitivity: Number(target), confirm: true }) });
-      result.replaceChildren(h("p", { class: "callout" }, `Calibrated copy written to `, h("code", {}, r.model_folder),
-        ` (alert threshold ${pct(r.new, 2)}). The running service is unchanged: restart it with `, h("code", {}, `--model ${r.model_folder}`), " to use it."));
-    } catch (err) { result.replaceChildren(h("p", { class: "status error" }, err.message)); applyButton.disabled = false; }
-  } }, "Write calibrated copy");
-  confirm.addEventListener("change", () => { applyButton.disabled = !confirm.checked; });
   panel.append(h("div", { class: "callout", style: "margin-top:1rem" },
     "Applying writes a NEW model folder with the proposed threshold; the model being served is not modified."),
-    h("label", { class: "check", for: "confirm", style: "margin-top:.7rem" }, confirm,
-      "I have checked these figures and want a calibrated copy of the model"),
-    h("div", { class: "actions" }, applyButton), result);
+    ...copyWriter("confirm", "I have checked these figures and want a calibrated copy of the model",
+      "Write calibrated copy", "v1/calibration/apply", { target_sensitivity: Number(target) }, "Calibrated copy"));
   return panel;
 }
 
