@@ -97,6 +97,11 @@ def test_site_threshold_writes_a_copy_that_alerts_the_predicted_share(tmp_path, 
     assert adapted["thresholds"]["site_adaptation"]["target_share"] == pytest.approx(0.36)
     assert adapted["metrics"] == {"melanoma_sensitivity": 0.9, "melanoma_specificity": 0.7}
     assert Predictor.load(out).meta["thresholds"]["melanoma_alert"] == pytest.approx(0.64 * 199 / 200)
+    assert cli.main(["site-threshold", str(out), "--predictions", str(site), "--prevalence", "0.2",
+                     "--in-place"]) == 0  # adapted again: the validation threshold is still the model's own
+    again = json.loads((out / "model.json").read_text())["thresholds"]["site_adaptation"]
+    assert again["validation_threshold"] == meta["thresholds"]["melanoma_alert"] and again["prevalence"] == 0.2
+    capsys.readouterr()
     assert (site_model / "model.json").read_text() == before
     few = tmp_path / "few.csv"
     few.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,0.5\n" for i in range(20)))

@@ -732,7 +732,7 @@ def site_findings(predictor: Predictor, rows: list, header: list[str], views: in
     report = site_report(len(rows), alerted=sum(r[column["melanoma_alert"]] == "true" for r in rows),
                          referred=len(referred), warned=sum(bool(r[column["warning"]]) for r in rows),
                          refer_reasons=Counter(r[column["refer_reason"]] or "unspecified" for r in referred),
-                         meta=predictor.meta, images=f"these {len(rows)} images",
+                         meta=predictor.meta, what=f"these {len(rows)} images",
                          remedy=CLI_REMEDY)
     return report["findings"]
 

@@ -11,10 +11,23 @@ each source's operating point: an alert on 70% of lesions "needs" a melanoma pre
 model's specificity does not hold there, and the threshold should be re-chosen from reviewed cases. It also checks
 the share referred (a new source of dermoscopic images should see at most 10% referred: issue 14).
 
-Used by the service's site monitor (serve/monitor.py, GET /v1/monitor) and by `melanoma predict`'s summary.
+The same arithmetic adapts the threshold to a site without diagnoses (`share_matched_threshold`): at the site's
+stated prevalence, the threshold that alerts the share the validation operating point predicts there.
+
+Used by the service's site monitor (serve/monitor.py: GET /v1/monitor, POST /v1/monitor/apply), `melanoma
+predict`'s summary and `melanoma site-threshold`.
 """
 
 from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from melanoma.artifacts import atomic_write_text, copy_model_files, read_meta
+from melanoma.errors import ConfigError, DataError, ModelError
 
 MIN_IMAGES = 50          # below this the shares' intervals are too wide to say anything
 MAX_REFERRED = 0.10      # issue 14: at most 10% of a new source's real lesions referred
@@ -25,7 +38,7 @@ CLI_REMEDY = ("without diagnoses `melanoma site-threshold MODEL --predictions CS
 
 
 def operating_points(meta: dict) -> dict[str, tuple[float, float]]:
-    """{source: (sensitivity, specificity)} of the served alert on the model's validation images."""
+    """{source: (sensitivity, specificity)} of the model's alert on its validation images."""
     by_source = (meta.get("thresholds") or {}).get("melanoma_alert_by_source") or {}
     points = {name: (p["sensitivity"], p["specificity"]) for name, p in by_source.items()
               if p.get("sensitivity") is not None and p.get("specificity") is not None}
@@ -71,12 +84,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
-def alert_finding(alerted: dict, images: str, expected: tuple[float, float], implied: dict, max_prevalence: float,
+def alert_finding(alerted: dict, what: str, expected: tuple[float, float], implied: dict, max_prevalence: float,
                   remedy: str) -> str | None:
-    """One sentence where the alerted share's interval lies wholly outside the expected range, else None. `images`
-    names them ("the last 500 images"), `remedy` how to re-choose the threshold."""
+    """One sentence where the alerted share's interval lies wholly outside the expected range, else None. `what`
+    names the images ("the last 500 images"), `remedy` how to re-choose the threshold."""
     (low, high), (lo_exp, hi_exp) = alerted["interval"], expected
-    seen = f"The alert fired on {_pct(alerted['share'])} ({_pct(low)}-{_pct(high)}) of {images}"
+    seen = f"The alert fired on {_pct(alerted['share'])} ({_pct(low)}-{_pct(high)}) of {what}"
     known = [v for v in implied.values() if v is not None]
     needs = (f"; at the validation operating points that needs a melanoma prevalence of "
              f"{_pct(min(known))}-{_pct(max(known))}" if known else "")
@@ -92,13 +105,13 @@ def alert_finding(alerted: dict, images: str, expected: tuple[float, float], imp
 
 
 def site_report(n: int, alerted: int, referred: int, warned: int, refer_reasons: dict, meta: dict,
-                max_prevalence: float = 0.3, min_images: int = MIN_IMAGES, images: str | None = None,
+                max_prevalence: float = 0.3, min_images: int = MIN_IMAGES, what: str | None = None,
                 remedy: str = SERVICE_REMEDY) -> dict:
     """Shares alerted, referred and warned among `n` images of a site predicted by the model of `meta` (its
     model.json), the range its validation images predict, and `status`: "too few" (under `min_images`),
     "unknown" (the model card holds no operating point), "check" (with one `findings` sentence per problem) or
-    "ok". `images` names the images in the findings (default "the last N images")."""
-    points, images = operating_points(meta), images or f"the last {n} images"
+    "ok". `what` names the images in the findings (default "the last N images")."""
+    points, what = operating_points(meta), what or f"the last {n} images"
     report: dict = {"images": n, "min_images": min_images, "max_prevalence": max_prevalence,
                     "operating_points": {k: {"sensitivity": s, "specificity": c} for k, (s, c) in points.items()},
                     "findings": []}
@@ -109,14 +122,14 @@ def site_report(n: int, alerted: int, referred: int, warned: int, refer_reasons:
     report.update(shares)
     if shares["referred"]["interval"][0] > MAX_REFERRED:
         report["findings"].append(
-            f"{_pct(referred / n)} of {images} were referred (more than the {_pct(MAX_REFERRED)} a new source of "
+            f"{_pct(referred / n)} of {what} were referred (more than the {_pct(MAX_REFERRED)} a new source of "
             "dermoscopic images should see): check that they are dermoscopic images of one lesion.")
     if not points:
         return {**report, "status": "check" if report["findings"] else "unknown"}
     expected = expected_range(points, max_prevalence)
     implied = {k: implied_prevalence(alerted / n, s, c) for k, (s, c) in points.items()}
     shares["alerted"].update(expected=list(expected), implied_prevalence=implied)
-    finding = alert_finding(shares["alerted"], images, expected, implied, max_prevalence, remedy)
+    finding = alert_finding(shares["alerted"], what, expected, implied, max_prevalence, remedy)
     if finding:
         report["findings"].insert(0, finding)
     return {**report, "status": "check" if report["findings"] else "ok"}
@@ -136,8 +149,6 @@ def share_matched_threshold(melanoma_probabilities, meta: dict, prevalence: floa
     their melanoma probabilities (as served: test-time views and detail calibration applied). No diagnosis
     needed, but the site's melanoma prevalence must be stated; the alert then keeps about the validation operating
     point if the site's images are ranked as the validation images were (docs/results.md, session 46)."""
-    import numpy as np
-
     share = target_share(meta, prevalence)
     if share is None:
         raise ValueError("the model card holds no validation operating point (thresholds.melanoma_alert_by_source "
@@ -155,14 +166,6 @@ def write_site_threshold(model_dir, out, melanoma_probabilities, prevalence: flo
     MODEL_DIR/model.json itself. The validation operating points stay in the card (they are what the site's alert
     should now match) and thresholds.site_adaptation records how the threshold was chosen. ConfigError for a
     prevalence outside (0, 1) or fewer than MIN_IMAGES probabilities."""
-    import json
-    from pathlib import Path
-
-    import numpy as np
-
-    from melanoma.artifacts import atomic_write_text, copy_model_files, read_meta
-    from melanoma.errors import ConfigError, ModelError
-
     model_dir = Path(model_dir)
     if not 0 < prevalence < 1:
         raise ConfigError(f"the melanoma prevalence must be in (0, 1), got {prevalence}")
@@ -181,10 +184,12 @@ def write_site_threshold(model_dir, out, melanoma_probabilities, prevalence: flo
         raise ModelError(f"{model_dir}: {exc}") from None
     target = copy_model_files(model_dir, out) if out else model_dir
     stored = json.loads((target / "model.json").read_text())  # as stored (read_meta may normalise)
+    earlier = stored["thresholds"].get("site_adaptation") or {}  # adapted before: keep the validation one
     stored["thresholds"].update(melanoma_alert=new, melanoma_alert_source=chosen_on, site_adaptation={
         "method": "alert share matched to the validation operating points (melanoma.site_check)",
         "prevalence": prevalence, "target_share": share, "n_images": int(len(p)),
-        "alerted_at_old_threshold": float(np.mean(p >= old)), "validation_threshold": old})
+        "alerted_at_old_threshold": float(np.mean(p >= old)),
+        "validation_threshold": earlier.get("validation_threshold", old)})
     atomic_write_text(target / "model.json", json.dumps(stored, indent=2))
     return {"model": str(target / "model.json"), "old": old, "new": new, "prevalence": prevalence,
             "target_share": share, "n_images": int(len(p)), "alerted_before": float(np.mean(p >= old)),
@@ -194,11 +199,6 @@ def write_site_threshold(model_dir, out, melanoma_probabilities, prevalence: flo
 def read_melanoma_probabilities(path) -> list[float]:
     """The melanoma_probability column of a prediction CSV (`melanoma predict` or `melanoma evaluate`); an empty
     cell (a model without a melanoma class) is skipped. DataError naming the file when the column is missing."""
-    import csv
-    from pathlib import Path
-
-    from melanoma.errors import DataError
-
     path = Path(path)
     try:
         with path.open(newline="") as fh:

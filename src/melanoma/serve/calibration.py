@@ -15,14 +15,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from melanoma.errors import MelanomaError, ModelError
+from melanoma.errors import MelanomaError
 from melanoma.labelmaps import MELANOMA_NAMES, normalise_label
 from melanoma.predict import csv_header
 from melanoma.serve.db import PredictionRecord
@@ -97,16 +96,9 @@ def _run_threshold(folder: Path, predictions: Path, target: float, out: Path) ->
     return result
 
 
-def _folder(model: LoadedModel) -> Path:
-    if model.folder is None:
-        raise ModelError("site calibration needs the model folder (model.json + model.safetensors); this service "
-                         "was started on a bare .onnx file")
-    return model.folder
-
-
 def preview(records: list[PredictionRecord], model: LoadedModel, target: float) -> dict:
     """The threshold that `melanoma threshold` chooses from the reviewed cases (on a throw-away copy)."""
-    folder = _folder(model)
+    folder = model.require_folder("site calibration")
     with tempfile.TemporaryDirectory(prefix="melanoma-calibration-") as tmp:
         csv_path = Path(tmp) / "site_predictions.csv"
         write_predictions_csv(records, list(model.meta["class_names"]), csv_path)
@@ -118,10 +110,7 @@ def preview(records: list[PredictionRecord], model: LoadedModel, target: float) 
 def apply(records: list[PredictionRecord], model: LoadedModel, target: float, out_root: Path) -> dict:
     """Write a calibrated COPY of the served model folder under `out_root`; returns the threshold result and path.
     The cases it was chosen on are kept beside it (site_predictions.csv)."""
-    folder = _folder(model)
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = Path(out_root) / f"{model.name}-site-{stamp}"
-    out_root.mkdir(parents=True, exist_ok=True)
+    folder, out = model.require_folder("site calibration"), model.site_copy_path(out_root, "site")
     with tempfile.TemporaryDirectory(prefix="melanoma-calibration-") as tmp:
         csv_path = Path(tmp) / "site_predictions.csv"
         write_predictions_csv(records, list(model.meta["class_names"]), csv_path)

@@ -22,6 +22,7 @@ import sys
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from melanoma.errors import ModelError
@@ -111,6 +112,18 @@ class LoadedModel:
     @property
     def alert_threshold(self) -> float | None:
         return (self.meta.get("thresholds") or {}).get("melanoma_alert")
+
+    def require_folder(self, what: str) -> Path:
+        """The model's folder; ModelError naming `what` when the service runs on a bare .onnx file."""
+        if self.folder is None:
+            raise ModelError(f"{what} needs the model folder (model.json + model.safetensors); this service was "
+                             "started on a bare .onnx file")
+        return self.folder
+
+    def site_copy_path(self, out_root: Path, kind: str) -> Path:
+        """`<out_root>/<name>-<kind>-<UTC time>`, where a site's copy of this model goes (out_root is created)."""
+        Path(out_root).mkdir(parents=True, exist_ok=True)
+        return Path(out_root) / f"{self.name}-{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
 
 
 def _resolve_device(requested: str | None) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 from collections import Counter
-from datetime import datetime, timezone
 from pathlib import Path
 
 from sqlalchemy import select
@@ -18,7 +17,6 @@ from sqlalchemy.orm import Session
 
 from melanoma.serve.db import PredictionRecord
 from melanoma.serve.inference import LoadedModel
-from melanoma.errors import ModelError
 from melanoma.site_check import share_matched_threshold, site_report, write_site_threshold
 
 THRESHOLD_MATCH = 1e-9  # float equality of the stored and the served threshold, whatever the database's rounding
@@ -59,14 +57,9 @@ def apply(rows: list[PredictionRecord], model: LoadedModel, prevalence: float, o
     """Write `<out_root>/<model>-share-<time>/`: a copy of the served model with the share-matched threshold, and
     the records it was chosen on (site_alert_share.csv: id, time, melanoma probability). The served model is not
     changed."""
-    if model.folder is None:
-        raise ModelError("adapting the threshold needs the model folder (model.json + model.safetensors); this "
-                         "service was started on a bare .onnx file")
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    out = Path(out_root) / f"{model.name}-share-{stamp}"
-    out_root.mkdir(parents=True, exist_ok=True)
+    folder, out = model.require_folder("adapting the threshold"), model.site_copy_path(out_root, "share")
     kept = [r for r in rows if r.melanoma_probability is not None]
-    result = write_site_threshold(model.folder, out, [r.melanoma_probability for r in kept], prevalence,
+    result = write_site_threshold(folder, out, [r.melanoma_probability for r in kept], prevalence,
                                   chosen_on=f"{len(kept)} images of this site's audit trail (alert share matched, "
                                             "no diagnoses)")
     with (out / "site_alert_share.csv").open("w", newline="") as fh:
