@@ -21,8 +21,12 @@ Printed per model, change and collection: melanoma AUC, the share alerted at the
 sensitivity and specificity there, the non-melanomas' mean melanoma probability, the share referred. The same
 images under every change, so the rows pair.
 
+--adapt adds the sensitivity and specificity of the threshold adapted to each collection's changed images at its
+true melanoma prevalence without their labels (melanoma.site_check's share-matched threshold, `melanoma
+site-threshold`): does a site that adapts its threshold get the validation operating point back? (session 46)
+
     .venv/bin/python scripts/acquisition_robustness.py MODEL... [--changes stored jpeg50 blur1 ...] [--views 1]
-        [--predictions heldout-eval/predictions.csv]
+        [--predictions heldout-eval/predictions.csv] [--adapt]
 """
 
 from __future__ import annotations
@@ -90,9 +94,12 @@ def main(argv=None) -> int:
     ap.add_argument("--predictions", default="val_predictions.csv", metavar="PATH",
                     help="the images to score, as a predictions CSV under each MODEL (default: its validation "
                          "images; heldout-eval/predictions.csv: a leave-one-source-out run's never-seen source)")
+    ap.add_argument("--adapt", action="store_true",
+                    help="also the sensitivity / specificity of the threshold adapted to each collection's changed "
+                         "images at its true melanoma prevalence, without their labels (`melanoma site-threshold`)")
     args = ap.parse_args(argv)
     print_score_table(args.models, "change", args.changes, lambda c: lambda image: apply_change(image, c), args.views,
-                      args.predictions)
+                      args.predictions, args.adapt)
     return 0
 
 

@@ -42,6 +42,7 @@ from detail_robustness import collections
 from melanoma.images import is_image_file, load_image
 from melanoma.labelmaps import is_melanoma_label  # the project's one list
 from melanoma.predict import Predictor
+from melanoma.site_check import share_matched_threshold
 
 
 def reshape(image: Image.Image, geometry: str) -> Image.Image:
@@ -95,9 +96,12 @@ def dark_corner_share(folder: Path, sample: int, seed: int = 0) -> tuple[int, fl
     return len(paths), float(np.mean([dark_corners(load_image(p)) >= 2 for p in paths])) if paths else float("nan")
 
 
-def scores(predictor: Predictor, rows: list[dict], change, views: int | None = None) -> dict[str, float]:
+def scores(predictor: Predictor, rows: list[dict], change, views: int | None = None, adapt: bool = False
+           ) -> dict[str, float]:
     """Melanoma AUC, alert and referral figures of `rows` predicted after change(image) (a PIL image in and out), with
-    `views` test-time views (None: the model's own)."""
+    `views` test-time views (None: the model's own). adapt: also the sensitivity and specificity of the threshold
+    adapted to these images without their labels at their true melanoma prevalence (melanoma.site_check's
+    share-matched threshold, as `melanoma site-threshold` chooses it)."""
     y = np.array([is_melanoma_label(r["label"]) for r in rows])  # 'melanoma', HAM10000's 'mel'
     tta = None if views is None else views > 1
     predictions = [pr for i in range(0, len(rows), 64) for pr in predictor.predict(
@@ -107,7 +111,14 @@ def scores(predictor: Predictor, rows: list[dict], change, views: int | None = N
     return {"auc": roc_auc_score(y, p) if 0 < y.sum() < len(y) else float("nan"), "alerted": float(alert.mean()),
             "sens": float(alert[y].mean()) if y.any() else float("nan"),
             "spec": float(1 - alert[~y].mean()), "p_other": float(p[~y].mean()), "n": len(y), "mel": int(y.sum()),
-            "referred": float(np.mean([pr.refer for pr in predictions]))}
+            "referred": float(np.mean([pr.refer for pr in predictions])),
+            **(_adapted(p, y, predictor.meta) if adapt else {})}
+
+
+def _adapted(p: np.ndarray, y: np.ndarray, meta: dict) -> dict[str, float]:
+    threshold, _ = share_matched_threshold(p, meta, float(y.mean()))
+    flagged = p >= threshold
+    return {"adapted_sens": float(flagged[y].mean()), "adapted_spec": float(1 - flagged[~y].mean())}
 
 
 def main(argv=None) -> int:
@@ -129,13 +140,15 @@ def main(argv=None) -> int:
 
 
 def print_score_table(models: list[Path], kind: str, variants: list[str], change_of, views: int | None = None,
-                      predictions: str = "val_predictions.csv") -> None:
+                      predictions: str = "val_predictions.csv", adapt: bool = False) -> None:
     """One line per model, variant and collection of the images in MODEL/`predictions` (default: the model's
     validation images; a collection with no image there is left out; so are the label conflicts a `melanoma
     evaluate` folder's metrics.json did not score): `scores` after change_of(variant) (a function of a PIL image)
-    with `views` test-time views (None: the model's own)."""
+    with `views` test-time views (None: the model's own); adapt: also the sensitivity / specificity of the threshold
+    adapted to each collection's images at its true prevalence, without their labels (scores)."""
     print(f"{'model':32s} {kind:13s} {'collection':14s} {'n':>5s} {'mel':>4s} {'AUC':>6s} {'alerted':>8s} "
-          f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}")
+          f"{'sens':>5s} {'spec':>5s} {'p(mel) others':>14s} {'referred':>9s}"
+          + (f" {'adapted sens':>12s} {'spec':>5s}" if adapt else ""))
     for model in models:
         predictor = Predictor.load(model)
         conflicts = label_conflicts_left_out((model / predictions).parent)
@@ -143,10 +156,11 @@ def print_score_table(models: list[Path], kind: str, variants: list[str], change
                   if (kept := [r for r in rows if r["path"] not in conflicts])}
         for variant in variants:
             for name, rows in groups.items():
-                s = scores(predictor, rows, change_of(variant), views)
+                s = scores(predictor, rows, change_of(variant), views, adapt)
                 print(f"{str(model):32s} {variant:13s} {name:14s} {s['n']:5d} {s['mel']:4d} {s['auc']:6.3f} "
                       f"{s['alerted']:8.0%} {s['sens']:5.2f} {s['spec']:5.2f} {s['p_other']:14.3f} "
-                      f"{s['referred']:9.1%}", flush=True)
+                      f"{s['referred']:9.1%}"
+                      + (f" {s['adapted_sens']:12.2f} {s['adapted_spec']:5.2f}" if adapt else ""), flush=True)
 
 
 if __name__ == "__main__":

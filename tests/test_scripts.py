@@ -292,6 +292,16 @@ def test_acquisition_robustness_scores_each_collection_under_each_change(tmp_pat
     assert done.returncode == 0, done.stderr
     heldout = [line.split() for line in done.stdout.splitlines()[1:] if line.strip()]
     assert [(" ".join(cells[2:-8]), cells[-8:]) for cells in heldout] == [("older archive", lines[0][-8:])]
+    meta = json.loads((model / "model.json").read_text())  # --adapt needs a validation operating point
+    (model / "model.json").write_text(json.dumps({**meta, "metrics": {"melanoma_sensitivity": 0.9,
+                                                                      "melanoma_specificity": 0.7}}))
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "acquisition_robustness.py"), str(model),
+                           "--changes", "stored", "--views", "1", "--adapt"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    header, *adapted = [line.split() for line in done.stdout.splitlines() if line.strip()]
+    assert header[-3:] == ["adapted", "sens", "spec"] and len(adapted) == 2
+    assert all(0 <= float(x) <= 1 for cells in adapted for x in cells[-2:])
 
 
 def test_ensemble_members_scores_each_member_by_source_and_names_a_bad_folder(tmp_path, shared_train, ham_dir):
