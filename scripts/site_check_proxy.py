@@ -50,9 +50,10 @@ def drawn_clinic(melanomas: list, others: list, prevalence: float, rng) -> list:
 
 def adapted_alert(rows: list[dict], is_mel: list[bool], meta: dict, stated: float, prevalence: float, draws: int,
                   seed: int, clinic_size: int | None) -> tuple[float, float, float]:
-    """Mean sensitivity and specificity, and the lowest sensitivity of any draw, on the whole never-seen source of the share-matched threshold
-    (site_check.share_matched_threshold at the `stated` prevalence) chosen on each drawn clinic's images, without
-    their diagnoses; clinics of `clinic_size` images (None: all non-melanomas and their melanomas)."""
+    """Mean sensitivity and specificity, and the lowest sensitivity of any draw, on the whole never-seen source of the
+    share-matched threshold (site_check.share_matched_threshold at the `stated` prevalence) chosen on each drawn
+    clinic's images, without their diagnoses; clinics of `clinic_size` images (None: all non-melanomas and their
+    melanomas)."""
     p = np.array([float(r["melanoma_probability"]) for r in rows])
     mel = np.array(is_mel)
     rng, points = np.random.default_rng(seed), []

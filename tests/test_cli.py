@@ -98,7 +98,8 @@ def bad(tmp_path_factory, shared_train) -> dict[str, str]:
                                                                            "melanoma_specificity": 0.7}}))
     site = root / "site.csv"  # 60 images' predictions at a site, no diagnoses
     site.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,{i / 60:.4f}\n" for i in range(60)))
-    return {"site_model": str(site_model), "site_predictions": str(site),"root": str(root), "model": str(model), "corrupt_model": str(corrupt_model),
+    return {"site_model": str(site_model), "site_predictions": str(site),
+            "root": str(root), "model": str(model), "corrupt_model": str(corrupt_model),
             "missing": str(root / "missing"), "empty_file": str(root / "empty.jpg"),
             "empty_dir": str(root / "empty-dir"), "corrupt_image": str(root / "corrupt.jpg"),
             "corrupt_csv": str(root / "corrupt.csv"), "bad_yaml": str(root / "bad.yaml"),
