@@ -401,6 +401,10 @@ def test_site_monitor_reads_the_served_models_recent_records_only(loaded, images
         assert adapted["melanoma_alert"] == pytest.approx(proposed["threshold"])
         assert adapted["site_adaptation"]["n_images"] == 150
         assert (REPO_MODEL / "model.json").read_bytes() == before  # the served model is untouched
+    with TestClient(make_app(loaded, tmp_path, site_prevalence=0.02)) as client:  # a screening site: its default
+        assert client.get("/v1/monitor", params={"last": 150}).json()["proposed"]["prevalence"] == 0.02
+        applied = client.post("/v1/monitor/apply", json={"last": 150, "confirm": True}).json()
+        assert applied["prevalence"] == 0.02
 
 
 def test_non_loopback_without_token_warns(tmp_path, monkeypatch, capsys):

@@ -16,6 +16,12 @@ def _numbers():
     return POSITIVE_INT, _number(int, 1, 65535), _number(float, 0.0, 1024.0, low_open=True)
 
 
+def _prevalence():
+    from melanoma.cli import PREVALENCE
+
+    return PREVALENCE
+
+
 def add_serve(sub) -> None:
     positive_int, port, megabytes = _numbers()
     help_ = ("Serve the clinic service: browser UI at /, REST API under /v1 (OpenAPI docs at /docs), audit trail "
@@ -43,6 +49,10 @@ def add_serve(sub) -> None:
     p.add_argument("--state-dir", default=".melanoma", help="ONNX cache when the model folder is read-only, and "
                    "calibrated model copies (default .melanoma)")
     p.add_argument("--public-url", help="base URL of the case links in alerts (default http://HOST:PORT)")
+    p.add_argument("--site-prevalence", type=_prevalence(), default=0.1,
+                   help="this site's share of melanomas among its lesions, (0, 1): about 0.1 in a referral clinic, "
+                        "0.01-0.02 in screening; the site monitor adapts the alert threshold to it without "
+                        "diagnoses (default 0.1)")
     p.set_defaults(func=run_serve)
 
 
@@ -69,7 +79,8 @@ def build_settings(args):
                         alert_webhook=args.alert_webhook, keep_images=args.keep_images, backend=args.backend,
                         device=args.device, token=read_token(args.token_file) if args.token_file else None,
                         max_upload_bytes=int(args.max_upload_mb * MB), max_files=args.max_files,
-                        state_dir=args.state_dir, public_url=args.public_url)
+                        state_dir=args.state_dir, public_url=args.public_url,
+                        site_prevalence=args.site_prevalence)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"--{'-'.join(map(str, first['loc'])).replace('_', '-')}: {first['msg']}") from None

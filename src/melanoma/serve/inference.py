@@ -121,9 +121,15 @@ class LoadedModel:
         return self.folder
 
     def site_copy_path(self, out_root: Path, kind: str) -> Path:
-        """`<out_root>/<name>-<kind>-<UTC time>`, where a site's copy of this model goes (out_root is created)."""
+        """`<out_root>/<name>-<kind>-<UTC time>[-N]`, a new folder name for a site's copy of this model (out_root is
+        created; -2, -3, ... when copies are written within one second)."""
         Path(out_root).mkdir(parents=True, exist_ok=True)
-        return Path(out_root) / f"{self.name}-{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        base = Path(out_root) / f"{self.name}-{kind}-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
+        path, n = base, 1
+        while path.exists():
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
+        return path
 
 
 def _resolve_device(requested: str | None) -> str:

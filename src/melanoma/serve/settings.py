@@ -32,6 +32,8 @@ class Settings(BaseModel):
     public_url: str | None = None        # base of the case links sent by the webhook (default http://host:port)
     webhook_queue: int = Field(1000, ge=1)
     webhook_retries: int = Field(5, ge=0)
+    site_prevalence: float = Field(0.1, gt=0, lt=1, description="this site's share of melanomas among its lesions: "
+                                   "the site monitor's threshold adapted without diagnoses starts from it")
 
     @property
     def base_url(self) -> str:

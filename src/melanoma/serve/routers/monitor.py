@@ -19,18 +19,20 @@ from melanoma.serve.db import get_session
 router = APIRouter(prefix="/v1", tags=["monitor"], dependencies=[Depends(require_token)])
 SessionDep = Annotated[Session, Depends(get_session)]
 Last = Annotated[int, Query(ge=1, le=100_000, description="the newest N images")]
-Prevalence = Annotated[float, Query(gt=0, lt=1, description="this site's melanoma prevalence (adapted threshold)")]
+Prevalence = Annotated[float | None, Query(gt=0, lt=1, description="this site's melanoma prevalence, for the "
+                                                                   "adapted threshold (default: --site-prevalence)")]
 
 
 class ApplyIn(BaseModel):
-    prevalence: float = Field(0.1, gt=0, lt=1, description="this site's melanoma prevalence")
+    prevalence: float | None = Field(None, gt=0, lt=1, description="this site's melanoma prevalence (default: "
+                                                                    "--site-prevalence)")
     last: int = Field(500, ge=1, le=100_000, description="choose on the newest N images")
     confirm: bool = Field(False, description="must be true: writes a new model folder")
 
 
 @router.get("/monitor")
 async def site_monitor(request: Request, session: SessionDep,
-                       last: Last = 500, prevalence: Prevalence = 0.1,
+                       last: Last = 500, prevalence: Prevalence = None,
                        max_prevalence: Annotated[float, Query(
                            gt=0, le=1, description="the highest melanoma prevalence this site may have")] = 0.3):
     """Shares of this site's newest images (predicted by the served model at its threshold) alerted, referred and
@@ -41,6 +43,7 @@ async def site_monitor(request: Request, session: SessionDep,
     model = request.app.state.model
     rows = await run_in_threadpool(monitor.recent_records, session, model, last)
     report = monitor.report(rows, model.meta, max_prevalence)
+    prevalence = prevalence or request.app.state.settings.site_prevalence
     proposed = monitor.proposal(rows, model.meta, prevalence) if report["status"] != "too few" else None
     return {"model": {"name": model.name, "version": model.version, "alert_threshold": model.alert_threshold},
             "last": last, **report, "proposed": proposed}
@@ -55,7 +58,8 @@ async def site_monitor_apply(body: ApplyIn, request: Request, session: SessionDe
     app = request.app
     rows = await run_in_threadpool(monitor.recent_records, session, app.state.model, body.last)
     try:
-        return await run_in_threadpool(monitor.apply, rows, app.state.model, body.prevalence,
+        return await run_in_threadpool(monitor.apply, rows, app.state.model,
+                                       body.prevalence or app.state.settings.site_prevalence,
                                        app.state.settings.state_dir / "models")
     except MelanomaError as exc:
         raise HTTPException(409, str(exc)) from None

@@ -303,7 +303,7 @@ async function renderCalibration() {
     catch (err) { out.replaceChildren(h("p", { class: "status error" }, err.message)); }
   };
   const monitor = h("section", { class: "panel", id: "monitor", "aria-live": "polite" }, h("p", {}, "Loading the site monitor…"));
-  const loadMonitor = (prevalence = 0.1) => api(`v1/monitor?prevalence=${encodeURIComponent(prevalence)}`)
+  const loadMonitor = (prevalence) => api(prevalence ? `v1/monitor?prevalence=${encodeURIComponent(prevalence)}` : "v1/monitor")
     .then((data) => monitor.replaceChildren(...monitorResult(data, loadMonitor)))
     .catch((err) => monitor.replaceChildren(h("p", { class: "status error" }, err.message)));
   loadMonitor();
