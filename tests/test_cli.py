@@ -97,7 +97,7 @@ def bad(tmp_path_factory, shared_train) -> dict[str, str]:
     (site_model / "model.json").write_text(json.dumps({**meta, "metrics": {"melanoma_sensitivity": 0.9,
                                                                            "melanoma_specificity": 0.7}}))
     site = root / "site.csv"  # 60 images' predictions at a site, no diagnoses
-    site.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,{i / 60:.4f}\n" for i in range(60)))
+    _write_predictions(site, n=60, n_melanoma=0)
     return {"site_model": str(site_model), "site_predictions": str(site),
             "root": str(root), "model": str(model), "corrupt_model": str(corrupt_model),
             "missing": str(root / "missing"), "empty_file": str(root / "empty.jpg"),

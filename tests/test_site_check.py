@@ -67,6 +67,14 @@ def test_many_referrals_are_flagged_and_a_card_without_operating_point_is_unknow
     assert site_report(200, alerted=80, meta={})["status"] == "unknown"
 
 
+def site_csv(classes: list[str], p_melanoma: list[float]) -> str:
+    """A prediction CSV in the shared layout: melanoma at the given probability, the rest shared evenly."""
+    rest = [(1 - p) / (len(classes) - 1) for p in p_melanoma]
+    return ",".join(["image", "path", *classes, "prediction"]) + "\n" + "".join(
+        ",".join([f"i{i}.jpg", "", *(f"{p if c == 'melanoma' else r:.6f}" for c in classes), "nevus"]) + "\n"
+        for i, (p, r) in enumerate(zip(p_melanoma, rest)))
+
+
 def test_site_threshold_writes_a_copy_that_alerts_the_predicted_share(tmp_path, capsys):
     """`melanoma site-threshold`: from 200 site images' melanoma probabilities (no diagnoses) and a stated 10%
     prevalence, a copy of the model whose threshold alerts 0.9 * 0.1 + 0.3 * 0.9 = 36% of them; the card keeps the
@@ -86,8 +94,8 @@ def test_site_threshold_writes_a_copy_that_alerts_the_predicted_share(tmp_path, 
     (site_model / "model.json").write_text(json.dumps(
         {**meta, "metrics": {"melanoma_sensitivity": 0.9, "melanoma_specificity": 0.7}}))
     before = (site_model / "model.json").read_text()
-    site = tmp_path / "site.csv"
-    site.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,{i / 200:.4f}\n" for i in range(200)))
+    site = tmp_path / "site.csv"  # the shared layout `melanoma predict --out` writes; melanoma probability i / 200
+    site.write_text(site_csv(meta["class_names"], [i / 200 for i in range(200)]))
     out = tmp_path / "adapted"
     assert cli.main(["site-threshold", str(site_model), "--predictions", str(site), "--prevalence", "0.1",
                      "--out", str(out)]) == 0
@@ -104,7 +112,7 @@ def test_site_threshold_writes_a_copy_that_alerts_the_predicted_share(tmp_path, 
     capsys.readouterr()
     assert (site_model / "model.json").read_text() == before
     few = tmp_path / "few.csv"
-    few.write_text("image,melanoma_probability\n" + "".join(f"i{i}.jpg,0.5\n" for i in range(20)))
+    few.write_text(site_csv(meta["class_names"], [0.5] * 20))
     assert cli.main(["site-threshold", str(site_model), "--predictions", str(few), "--prevalence", "0.1",
                      "--in-place"]) == 2
     assert "20 images" in capsys.readouterr().err

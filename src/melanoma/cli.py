@@ -545,8 +545,8 @@ def _add_site_threshold(sub) -> None:
     p.add_argument("run", type=existing_path, help="model folder (model.json + model.safetensors)")
     p.add_argument("--predictions", type=existing_path, required=True,
                    help="the site's images predicted by this model at its own test-time views (`melanoma predict` "
-                        "CSV, or `melanoma evaluate`'s predictions.csv): their melanoma_probability column; at least "
-                        "50 images, a few hundred for a stable threshold")
+                        "CSV, or `melanoma evaluate`'s predictions.csv): their melanoma probabilities; at least 50 "
+                        "images, a few hundred for a stable threshold")
     p.add_argument("--prevalence", type=PREVALENCE, required=True,
                    help="the share of the site's lesions that are melanomas, (0, 1): about 0.1 in a referral "
                         "clinic, 0.01-0.02 in screening")
@@ -556,9 +556,10 @@ def _add_site_threshold(sub) -> None:
 
 
 def _run_site_threshold(args) -> int:
-    from melanoma.site_check import read_melanoma_probabilities, write_site_threshold
+    from melanoma.artifacts import read_meta
+    from melanoma.site_check import site_probabilities, write_site_threshold
 
-    probabilities = read_melanoma_probabilities(args.predictions)
+    probabilities = site_probabilities(args.predictions, read_meta(args.run))
     result = write_site_threshold(args.run, args.out, probabilities, args.prevalence,
                                   chosen_on=f"{Path(args.predictions).resolve()} (alert share matched, no diagnoses)")
     _emit(result, args.json,

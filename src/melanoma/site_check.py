@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from melanoma.artifacts import atomic_write_text, copy_model_files, read_meta
-from melanoma.errors import ConfigError, DataError, ModelError
+from melanoma.errors import ConfigError, ModelError
 
 MIN_IMAGES = 50          # below this the shares' intervals are too wide to say anything
 MAX_REFERRED = 0.10      # issue 14: at most 10% of a new source's real lesions referred
@@ -196,15 +196,14 @@ def write_site_threshold(model_dir, out, melanoma_probabilities, prevalence: flo
             "alerted_after": float(np.mean(p >= new))}
 
 
-def read_melanoma_probabilities(path) -> list[float]:
-    """The melanoma_probability column of a prediction CSV (`melanoma predict` or `melanoma evaluate`); an empty
-    cell (a model without a melanoma class) is skipped. DataError naming the file when the column is missing."""
-    path = Path(path)
-    try:
-        with path.open(newline="") as fh:
-            reader = csv.DictReader(fh)
-            if "melanoma_probability" not in (reader.fieldnames or []):
-                raise DataError(f"{path}: no melanoma_probability column (write it with `melanoma predict --out`)")
-            return [float(row["melanoma_probability"]) for row in reader if row["melanoma_probability"]]
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise DataError(f"{path}: not a prediction CSV ({str(exc).splitlines()[0]})") from None
+def site_probabilities(predictions, meta: dict) -> np.ndarray:
+    """The melanoma probabilities of a prediction CSV in the shared layout (`melanoma predict --out`, `melanoma
+    evaluate`'s predictions.csv; evaluate.read_predictions_csv, which names the file and the problem on a bad one)
+    for the model of `meta`."""
+    from melanoma.evaluate import read_predictions_csv  # lazily: evaluate pulls in matplotlib
+
+    melanoma = meta.get("melanoma_class")
+    if melanoma is None:
+        raise ModelError("the model has no melanoma class, so it has no alert threshold to adapt")
+    table = read_predictions_csv(predictions, meta["class_names"])
+    return table.probs[:, meta["class_names"].index(melanoma)]
