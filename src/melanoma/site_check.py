@@ -182,18 +182,18 @@ def write_site_threshold(model_dir, out, melanoma_probabilities, prevalence: flo
         new, share = share_matched_threshold(p, meta, prevalence)
     except ValueError as exc:
         raise ModelError(f"{model_dir}: {exc}") from None
+    before, after = float(np.mean(p >= old)), float(np.mean(p >= new))
     target = copy_model_files(model_dir, out) if out else model_dir
     stored = json.loads((target / "model.json").read_text())  # as stored (read_meta may normalise)
     earlier = stored["thresholds"].get("site_adaptation") or {}  # adapted before: keep the validation one
     stored["thresholds"].update(melanoma_alert=new, melanoma_alert_source=chosen_on, site_adaptation={
         "method": "alert share matched to the validation operating points (melanoma.site_check)",
         "prevalence": prevalence, "target_share": share, "n_images": int(len(p)),
-        "alerted_at_old_threshold": float(np.mean(p >= old)),
+        "alerted_at_old_threshold": before,
         "validation_threshold": earlier.get("validation_threshold", old)})
     atomic_write_text(target / "model.json", json.dumps(stored, indent=2))
     return {"model": str(target / "model.json"), "old": old, "new": new, "prevalence": prevalence,
-            "target_share": share, "n_images": int(len(p)), "alerted_before": float(np.mean(p >= old)),
-            "alerted_after": float(np.mean(p >= new))}
+            "target_share": share, "n_images": int(len(p)), "alerted_before": before, "alerted_after": after}
 
 
 def site_probabilities(predictions, meta: dict) -> np.ndarray:

@@ -111,6 +111,11 @@ class RandomHair(v2.Transform):
         return _like(out.round().to(torch.uint8), inpt)
 
 
+def _with_noise(image: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """A uint8 image plus `noise` (grey levels, broadcast over it), rounded and clipped back to uint8."""
+    return (image.float() + noise).round().clamp(0, 255).to(torch.uint8)
+
+
 class RandomNoise(v2.Transform):
     """Add Gaussian noise of a random standard deviation, uniform in 0..`max_sigma` grey levels (0-255 scale), to
     every channel and pixel of a uint8 CHW tensor image; round and clip back to uint8. Cameras differ in sensor
@@ -131,8 +136,7 @@ class RandomNoise(v2.Transform):
     def transform(self, inpt, params):
         if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
             return inpt
-        out = (inpt.float() + torch.randn(inpt.shape) * params["sigma"]).round().clamp(0, 255).to(torch.uint8)
-        return _like(out, inpt)
+        return _like(_with_noise(inpt, torch.randn(inpt.shape) * params["sigma"]), inpt)
 
 
 class SourceNoiseMatch:
@@ -168,8 +172,7 @@ class SourceNoiseMatch:
             return image
         level = float(self.levels[torch.randint(len(self.levels), ())])
         sigma = math.sqrt(max(level * level - own * own - 1 / 12, 0.0))  # 1/12: rounding back to uint8 adds it
-        noise = torch.randn((1, *image.shape[-2:])) * sigma  # one plane for all channels: see the class docstring
-        return (image.float() + noise).round().clamp(0, 255).to(torch.uint8)
+        return _with_noise(image, torch.randn((1, *image.shape[-2:])) * sigma)  # one plane for all channels
 
     def summary(self) -> str:
         matched = ~np.isnan(self.own)

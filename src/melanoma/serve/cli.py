@@ -11,19 +11,13 @@ DEFAULT_MODEL = Path(melanoma.__file__).resolve().parents[2] / "models" / "defau
 
 
 def _numbers():
-    from melanoma.cli import POSITIVE_INT, _number  # the command line's range-checked argparse types
+    from melanoma.cli import PREVALENCE, POSITIVE_INT, _number  # the command line's range-checked argparse types
 
-    return POSITIVE_INT, _number(int, 1, 65535), _number(float, 0.0, 1024.0, low_open=True)
-
-
-def _prevalence():
-    from melanoma.cli import PREVALENCE
-
-    return PREVALENCE
+    return POSITIVE_INT, _number(int, 1, 65535), _number(float, 0.0, 1024.0, low_open=True), PREVALENCE
 
 
 def add_serve(sub) -> None:
-    positive_int, port, megabytes = _numbers()
+    positive_int, port, megabytes, prevalence = _numbers()
     help_ = ("Serve the clinic service: browser UI at /, REST API under /v1 (OpenAPI docs at /docs), audit trail "
              "in a database, melanoma alerts to a webhook.")
     p = sub.add_parser("serve", help=help_, description=f"{help_}\n\nexample:\n  melanoma serve --model "
@@ -49,7 +43,7 @@ def add_serve(sub) -> None:
     p.add_argument("--state-dir", default=".melanoma", help="ONNX cache when the model folder is read-only, and "
                    "calibrated model copies (default .melanoma)")
     p.add_argument("--public-url", help="base URL of the case links in alerts (default http://HOST:PORT)")
-    p.add_argument("--site-prevalence", type=_prevalence(), default=0.1,
+    p.add_argument("--site-prevalence", type=prevalence, default=0.1,
                    help="this site's share of melanomas among its lesions, (0, 1): about 0.1 in a referral clinic, "
                         "0.01-0.02 in screening; the site monitor adapts the alert threshold to it without "
                         "diagnoses (default 0.1)")
