@@ -13,6 +13,11 @@
 # Pair a lever only with baseline seeds trained on the same machine (ROOT=runs/loso-insource-base): a run repeats
 # bit for bit on one machine, but the same seed and code on another CPU landed 0.035 apart (session 34); then
 # scripts/insource_table.py --baseline runs/loso-insource-base runs/loso-insource-NAME prints the table rows.
+# TRAIN_SOURCE=older (session 47): the other direction. Train on the older archive's own images (the 9-class split
+# less every picture or lesion HAM10000 also holds: 360 melanomas, 277 nevi; its 2 seborrheic keratoses are too few
+# to split and are left out), validate and choose the checkpoint on a group-aware 20% of them, then score all of
+# HAM10000 (`melanoma evaluate` leaves out any picture the run trained on). The images are linked into
+# $ROOT/train-older-own once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 HAM=${HAM:-../shared/data/ham10000}
@@ -56,6 +61,35 @@ out.rename(sys.argv[2])
 print(f"{len(rows)} held-out images in {sys.argv[2]}")
 PY
 fi
+TRAIN_SOURCE=${TRAIN_SOURCE:-ham10000}
+case $TRAIN_SOURCE in
+  ham10000) TRAIN_DATA=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv") ;;
+  older)
+    OWN=$ROOT/train-older-own
+    if [ ! -d "$OWN" ]; then
+      "$PYTHON" - "$DATA" "$HAM" "$OWN" <<'PY'
+import os, sys
+from pathlib import Path
+from melanoma import data as datalib
+from melanoma.images import scan_paths
+from melanoma.sources import load_extra_sources
+primary, ham, out = sys.argv[1], sys.argv[2], Path(sys.argv[3] + ".tmp")
+table = datalib.discover(primary)
+extras = load_extra_sources([ham], "auto", table.classes)
+entries = datalib.scan(table) + scan_paths([s.path for src in extras for s in src.samples])
+table, _ = datalib.prepare_training_table(table, lesion_ids=datalib.read_lesion_ids(f"{ham}/HAM10000_metadata.csv"),
+                                          extras=extras, scan_entries=entries)
+own = [s for s in table.samples if s.origin is None and s.also_in is None and s.label in ("melanoma", "nevus")]
+for s in own:
+    (out / s.label).mkdir(parents=True, exist_ok=True)
+    os.symlink(Path(s.path).resolve(), out / s.label / Path(s.path).name)
+out.rename(sys.argv[3])
+print(f"{len(own)} older-archive images of their own in {sys.argv[3]}")
+PY
+    fi
+    TRAIN_DATA=(--data "$OWN"); HELD=$HAM ;;
+  *) echo "TRAIN_SOURCE must be ham10000 or older, got $TRAIN_SOURCE" >&2; exit 2 ;;
+esac
 RUNS=()
 for SEED in "$@"; do
   OUT=$ROOT/full-seed$SEED
@@ -64,7 +98,7 @@ for SEED in "$@"; do
   SPLIT=$SPLIT_SEED; if [ "$SPLIT_SEED" = seed ]; then SPLIT=$SEED; fi
   if [ ! -f "$OUT/result.json" ] && [ ! -f "$SCORED/model.json" ]; then
     if [ -f "$OUT/config.yaml" ]; then ARGS=(--resume "$OUT"); else
-      ARGS=(--data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --model "$MODEL" --image-size "$IMAGE_SIZE"
+      ARGS=("${TRAIN_DATA[@]}" --model "$MODEL" --image-size "$IMAGE_SIZE"
             --color-constancy shades_of_gray --epochs "$EPOCHS" --samples-per-epoch "$DRAWS" --batch-size 32 --val-fraction 0.2
             --monitor mel_auc --split-seed "$SPLIT" --seed "$SEED" --config scripts/cpu_long.yaml
             "${DETAIL[@]}" "${CV[@]}" "${HARDWARE_ARGS[@]}" --out "$OUT"); fi
