@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -853,3 +854,34 @@ def test_site_check_proxy_flags_a_failing_alert_and_passes_a_working_one(tmp_pat
     cell = capsys.readouterr().out.splitlines()[2].split("|")[-2]
     sens, spec, low = (float(x) for x in re.findall(r"[\d.]+", cell))
     assert sens == low == 1.0 and 0.65 < spec < 0.75
+
+
+def test_loso_insource_other_direction_trains_on_the_older_archives_own_images(shared_train, ham_dir, tmp_path):
+    """TRAIN_SOURCE=older: the run trains on the 9-class images HAM10000 does not hold (a HAM10000 picture filed in
+    the 9-class split is linked into neither class folder), as melanoma / nevus, and scores HAM10000."""
+    ham = make_mini_ham(ham_dir, tmp_path / "ham", 10, dx=("mel", "nv"))
+    data = tmp_path / "nineclass"
+    for label in ("melanoma", "nevus"):  # the first 10 of each: older-archive images HAM10000 does not hold
+        (data / label).mkdir(parents=True)
+        for image in sorted((shared_train / label).glob("*.jpg"))[:10]:
+            shutil.copy2(image, data / label / image.name)
+    shared_row = (ham / "HAM10000_metadata.csv").read_text().splitlines()[1].split(",")
+    shutil.copy2(ham / "images" / f"{shared_row[1]}.jpg", data / "nevus" / f"{shared_row[1]}.jpg")
+    env = {**os.environ, "HELDOUT_CSV": "none", "TRAIN_SOURCE": "older", "DATA": str(data), "HAM": str(ham),
+           "ROOT": str(tmp_path / "p"), "EPOCHS": "1", "DRAWS": "32", "PYTHON": sys.executable,
+           "HARDWARE": "--max-train-batches 2 --num-workers 0 --precision 32-true",
+           "MELANOMA": str(Path(sys.executable).parent / "melanoma")}
+    done = subprocess.run(["bash", str(ROOT / "scripts" / "loso_insource.sh"), "1"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    logs = "\n".join(p.read_text()[-2000:] for p in sorted((tmp_path / "p").glob("*.log")))
+    assert done.returncode == 0, logs + done.stderr
+    own = tmp_path / "p" / "train-older-own"
+    linked = {label: sorted(p.name for p in (own / label).iterdir()) for label in ("melanoma", "nevus")}
+    assert len(linked["melanoma"]) == len(linked["nevus"]) == 10 and f"{shared_row[1]}.jpg" not in linked["nevus"]
+    run = tmp_path / "p" / "full-seed1"
+    assert json.loads((run / "model.json").read_text())["class_names"] == ["melanoma", "nevus"]
+    scored = json.loads((run / "heldout-eval" / "metrics.json").read_text())
+    assert scored["melanoma"]["n_melanoma"] == 10
+    bad = subprocess.run(["bash", str(ROOT / "scripts" / "loso_insource.sh"), "1"],
+                         env={**env, "TRAIN_SOURCE": "clinic"}, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "TRAIN_SOURCE must be ham10000 or older, got clinic" in bad.stderr
