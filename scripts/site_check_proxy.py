@@ -1,12 +1,12 @@
 """Would the site check (melanoma.site_check, the service's site monitor) have caught an alert that fails at a
 source the model never saw, without any diagnosis? (session 46)
 
-Each RUN is a leave-one-source-out run (scripts/loso_insource.sh: trained on HAM10000, its alert chosen for 90%
-sensitivity on HAM10000's validation images, model.json holding that operating point) scored on the never-seen
-source (RUN/heldout-eval/predictions.csv and metrics.json; images metrics.json lists as label conflicts are left
-out, as its scores leave them out). The never-seen source is 56% melanoma, far from a clinic's mix, so a clinic is
-drawn from it: all its non-melanomas and as many melanomas as make `--prevalence` (default 10%), `--draws` times
-(default 20). Printed per run: the alert's sensitivity and specificity on the never-seen source (what a site could
+Each RUN is a leave-one-source-out run (scripts/loso_insource.sh: trained on HAM10000, or with TRAIN_SOURCE=older
+on the older archive's own images; its alert chosen for 90% sensitivity on its own source's validation images,
+model.json holding that operating point) scored on the never-seen source (RUN/heldout-eval/predictions.csv and
+metrics.json; images metrics.json lists as label conflicts are left out, as its scores leave them out). The
+never-seen source's mix is not a clinic's (the older archive is 56% melanoma), so a clinic is drawn from it: all its
+non-melanomas and as many melanomas as make `--prevalence` (default 10%), `--draws` times (default 20). Printed per run: the alert's sensitivity and specificity on the never-seen source (what a site could
 only learn from diagnoses), the share alerted at the drawn clinics, the range the run's validation operating point
 predicts for a prevalence up to 30%, and how many draws the check flags.
 

@@ -885,3 +885,28 @@ def test_loso_insource_other_direction_trains_on_the_older_archives_own_images(s
     bad = subprocess.run(["bash", str(ROOT / "scripts" / "loso_insource.sh"), "1"],
                          env={**env, "TRAIN_SOURCE": "clinic"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "TRAIN_SOURCE must be ham10000 or older, got clinic" in bad.stderr
+
+
+def test_heldout_by_class_scores_melanoma_against_each_diagnosis(tmp_path, capsys):
+    """AUC against every non-melanoma and each diagnosis alone, the share of each diagnosis alerted; an image the
+    metadata does not know is counted and left out; a run without predictions is a one-line error."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from heldout_by_class import main
+
+    (tmp_path / "meta.csv").write_text("lesion_id,image_id,dx\n" + "".join(
+        f"HAM_{i},ISIC_{i},{dx}\n" for i, dx in enumerate(["mel"] * 4 + ["nv"] * 4 + ["bcc"] * 4)))
+    probs = [0.9, 0.8, 0.7, 0.6] + [0.1, 0.2, 0.3, 0.65] + [0.95, 0.85, 0.75, 0.5]
+    run = tmp_path / "run"
+    (run / "heldout-eval").mkdir(parents=True)
+    lines = ["path,melanoma_probability,melanoma_alert"] + [
+        f"/x/ISIC_{i}.jpg,{p},{str(p >= 0.6).lower()}" for i, p in enumerate(probs)] + ["/x/other.jpg,0.5,false"]
+    (run / "heldout-eval" / "predictions.csv").write_text("\n".join(lines) + "\n")
+    assert main([str(run), "--metadata", str(tmp_path / "meta.csv")]) == 0
+    header, _, row = capsys.readouterr().out.splitlines()
+    assert header.split(" | ")[3:5] == ["vs bcc", "vs nv"]
+    cells = [c.strip() for c in row.split("|")[1:-1]]
+    assert cells[0].endswith("(1 unknown left out)") and cells[1] == "4 / 8"
+    assert cells[3:5] == ["0.438", "0.938"]  # vs bcc: 7 of 16 pairs ranked right; vs nv: 15 of 16
+    assert cells[5:] == ["100%", "75%", "25%"]
+    assert main([str(tmp_path / "missing"), "--metadata", str(tmp_path / "meta.csv")]) == 2
+    assert "missing: no heldout-eval/predictions.csv" in capsys.readouterr().err
