@@ -1,10 +1,11 @@
 """Which lesion types a leave-one-source-out run confuses with melanoma on a never-seen HAM10000 (session 47).
 
-Each RUN was scored on HAM10000 (scripts/loso_insource.sh with TRAIN_SOURCE=older: RUN/heldout-eval/predictions.csv).
+Each RUN was scored on HAM10000 (scripts/loso_insource.sh with TRAIN_SOURCE=older: RUN/heldout-eval/predictions.csv),
+or is a predictions CSV of the same layout (e.g. a shipped model's val_predictions.csv: its HAM10000 images).
 HAM10000's diagnosis (`dx` in its metadata, by the file's ISIC id) splits the non-melanomas; printed per run: the
 melanoma AUC against all of them and against each diagnosis alone, then the share of each diagnosis the run's own
-alert (the `melanoma_alert` column, chosen in-source) fires on. Rows a metadata file does not know are counted and
-left out.
+alert (the `melanoma_alert` column, chosen in-source) fires on; "-" where a diagnosis is missing. Rows a metadata file
+does not know are counted and left out.
 
     .venv/bin/python scripts/heldout_by_class.py RUN... [--metadata ../shared/data/ham10000/HAM10000_metadata.csv]
 """
@@ -28,9 +29,14 @@ def diagnoses(metadata: Path) -> dict[str, str]:
         return {row["image_id"]: row["dx"] for row in csv.DictReader(fh)}
 
 
+def predictions_csv(run: Path) -> Path:
+    """A predictions CSV as given, or a run folder's never-seen-source predictions."""
+    return run if run.suffix == ".csv" else run / "heldout-eval" / "predictions.csv"
+
+
 def run_rows(run: Path, dx: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(diagnosis, melanoma probability, alert) per scored image the metadata knows, and how many it did not."""
-    with (run / "heldout-eval" / "predictions.csv").open(newline="") as fh:
+    with predictions_csv(run).open(newline="") as fh:
         rows = list(csv.DictReader(fh))
     known = [r for r in rows if Path(r["path"]).stem in dx]
     return (np.array([dx[Path(r["path"]).stem] for r in known]),
@@ -42,23 +48,26 @@ def run_line(run: Path, dx: dict[str, str], others: list[str]) -> str:
     """One markdown row: AUC against all non-melanomas and each diagnosis; share alerted of each diagnosis."""
     d, p, alert, unknown = run_rows(run, dx)
     mel = d == "mel"
-    aucs = [roc_auc_score(mel, p)] + [roc_auc_score(mel[mel | (d == o)], p[mel | (d == o)]) for o in others]
-    shares = [alert[d == k].mean() for k in ["mel", *others]]
+    present = [o in d for o in others]
+    aucs = [f"{roc_auc_score(mel, p):.3f}"] + [
+        f"{roc_auc_score(mel[mel | (d == o)], p[mel | (d == o)]):.3f}" if there and mel.any() else "-"
+        for o, there in zip(others, present)]
+    shares = [f"{alert[d == k].mean():.0%}" if k in d else "-" for k in ["mel", *others]]
     note = f" ({unknown} unknown left out)" if unknown else ""
-    return (f"| {run}{note} | {int(mel.sum())} / {int((~mel).sum())} | " + " | ".join(f"{a:.3f}" for a in aucs)
-            + " | " + " | ".join(f"{s:.0%}" for s in shares) + " |")
+    return f"| {run}{note} | {int(mel.sum())} / {int((~mel).sum())} | " + " | ".join(aucs + shares) + " |"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", type=Path, nargs="+", help="runs scored on HAM10000 (RUN/heldout-eval/)")
+    parser.add_argument("runs", type=Path, nargs="+",
+                        help="runs scored on HAM10000 (RUN/heldout-eval/) or predictions CSVs")
     parser.add_argument("--metadata", type=Path, default=DEFAULT_METADATA, help="HAM10000_metadata.csv")
     args = parser.parse_args(argv)
     try:
         dx = diagnoses(args.metadata)
         for run in args.runs:
-            if not (run / "heldout-eval" / "predictions.csv").is_file():
-                raise FileNotFoundError(f"{run}: no heldout-eval/predictions.csv (score it first)")
+            if not predictions_csv(run).is_file():
+                raise FileNotFoundError(f"{predictions_csv(run)}: not found (score the run first)")
     except (OSError, KeyError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

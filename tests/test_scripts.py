@@ -908,5 +908,12 @@ def test_heldout_by_class_scores_melanoma_against_each_diagnosis(tmp_path, capsy
     assert cells[0].endswith("(1 unknown left out)") and cells[1] == "4 / 8"
     assert cells[3:5] == ["0.438", "0.938"]  # vs bcc: 7 of 16 pairs ranked right; vs nv: 15 of 16
     assert cells[5:] == ["100%", "75%", "25%"]
+    assert main([str(run / "heldout-eval" / "predictions.csv"), "--metadata", str(tmp_path / "meta.csv")]) == 0
+    assert capsys.readouterr().out.splitlines()[2] == row.replace(str(run), str(run / "heldout-eval" / "predictions.csv"))
+    with (tmp_path / "meta.csv").open("a") as fh:  # a diagnosis no scored image has: its cells are "-"
+        fh.write("HAM_99,ISIC_99,df\n")
+    assert main([str(run), "--metadata", str(tmp_path / "meta.csv")]) == 0
+    cells = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]
+    assert cells[3:] == ["0.438", "-", "0.938", "100%", "75%", "-", "25%"]
     assert main([str(tmp_path / "missing"), "--metadata", str(tmp_path / "meta.csv")]) == 2
-    assert "missing: no heldout-eval/predictions.csv" in capsys.readouterr().err
+    assert "missing/heldout-eval/predictions.csv: not found" in capsys.readouterr().err
