@@ -6,9 +6,10 @@ on the older archive's own images; its alert chosen for 90% sensitivity on its o
 model.json holding that operating point) scored on the never-seen source (RUN/heldout-eval/predictions.csv and
 metrics.json; images metrics.json lists as label conflicts are left out, as its scores leave them out). The
 never-seen source's mix is not a clinic's (the older archive is 56% melanoma), so a clinic is drawn from it: all its
-non-melanomas and as many melanomas as make `--prevalence` (default 10%), `--draws` times (default 20). Printed per run: the alert's sensitivity and specificity on the never-seen source (what a site could
-only learn from diagnoses), the share alerted at the drawn clinics, the range the run's validation operating point
-predicts for a prevalence up to 30%, and how many draws the check flags.
+non-melanomas and as many melanomas as make `--prevalence` (default 10%), `--draws` times (default 20). Printed per
+run: the alert's sensitivity and specificity on the never-seen source (what a site could only learn from diagnoses),
+the share alerted at the drawn clinics, the range the run's validation operating point predicts for a prevalence up
+to 30%, and how many draws the check flags.
 
 --adapt STATED... also chooses, on each drawn clinic's images and without their diagnoses, the threshold that
 alerts the share the validation operating point predicts at the STATED prevalence (site_check.share_matched_threshold,

@@ -909,7 +909,8 @@ def test_heldout_by_class_scores_melanoma_against_each_diagnosis(tmp_path, capsy
     assert cells[3:5] == ["0.438", "0.938"]  # vs bcc: 7 of 16 pairs ranked right; vs nv: 15 of 16
     assert cells[5:] == ["100%", "75%", "25%"]
     assert main([str(run / "heldout-eval" / "predictions.csv"), "--metadata", str(tmp_path / "meta.csv")]) == 0
-    assert capsys.readouterr().out.splitlines()[2] == row.replace(str(run), str(run / "heldout-eval" / "predictions.csv"))
+    as_csv = str(run / "heldout-eval" / "predictions.csv")
+    assert capsys.readouterr().out.splitlines()[2] == row.replace(str(run), as_csv)
     with (tmp_path / "meta.csv").open("a") as fh:  # a diagnosis no scored image has: its cells are "-"
         fh.write("HAM_99,ISIC_99,df\n")
     assert main([str(run), "--metadata", str(tmp_path / "meta.csv")]) == 0
