@@ -26,7 +26,10 @@ DEFAULT_METADATA = Path(__file__).resolve().parents[2] / "shared/data/ham10000/H
 def diagnoses(metadata: Path) -> dict[str, str]:
     """{ISIC image id: dx} of a HAM10000 metadata file."""
     with metadata.open(newline="") as fh:
-        return {row["image_id"]: row["dx"] for row in csv.DictReader(fh)}
+        reader = csv.DictReader(fh)
+        if not {"image_id", "dx"} <= set(reader.fieldnames or []):
+            raise ValueError(f"{metadata}: not HAM10000 metadata (needs image_id and dx columns)")
+        return {row["image_id"]: row["dx"] for row in reader}
 
 
 def predictions_csv(run: Path) -> Path:
@@ -44,14 +47,16 @@ def run_rows(run: Path, dx: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.
             np.array([r["melanoma_alert"] == "true" for r in known]), len(rows) - len(known))
 
 
+def auc_cell(melanoma: np.ndarray, probability: np.ndarray) -> str:
+    """The melanoma AUC to 3 decimals, or "-" where one of the two groups is empty."""
+    return f"{roc_auc_score(melanoma, probability):.3f}" if 0 < melanoma.sum() < len(melanoma) else "-"
+
+
 def run_line(run: Path, dx: dict[str, str], others: list[str]) -> str:
     """One markdown row: AUC against all non-melanomas and each diagnosis; share alerted of each diagnosis."""
     d, p, alert, unknown = run_rows(run, dx)
     mel = d == "mel"
-    present = [o in d for o in others]
-    aucs = [f"{roc_auc_score(mel, p):.3f}"] + [
-        f"{roc_auc_score(mel[mel | (d == o)], p[mel | (d == o)]):.3f}" if there and mel.any() else "-"
-        for o, there in zip(others, present)]
+    aucs = [auc_cell(mel, p)] + [auc_cell(mel[mel | (d == o)], p[mel | (d == o)]) for o in others]
     shares = [f"{alert[d == k].mean():.0%}" if k in d else "-" for k in ["mel", *others]]
     note = f" ({unknown} unknown left out)" if unknown else ""
     return f"| {run}{note} | {int(mel.sum())} / {int((~mel).sum())} | " + " | ".join(aucs + shares) + " |"
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         for run in args.runs:
             if not predictions_csv(run).is_file():
                 raise FileNotFoundError(f"{predictions_csv(run)}: not found (score the run first)")
-    except (OSError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     others = sorted(set(dx.values()) - {"mel"})

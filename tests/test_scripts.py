@@ -918,3 +918,6 @@ def test_heldout_by_class_scores_melanoma_against_each_diagnosis(tmp_path, capsy
     assert cells[3:] == ["0.438", "-", "0.938", "100%", "75%", "-", "25%"]
     assert main([str(tmp_path / "missing"), "--metadata", str(tmp_path / "meta.csv")]) == 2
     assert "missing/heldout-eval/predictions.csv: not found" in capsys.readouterr().err
+    (tmp_path / "other.csv").write_text("path,label\n")
+    assert main([str(run), "--metadata", str(tmp_path / "other.csv")]) == 2
+    assert "other.csv: not HAM10000 metadata" in capsys.readouterr().err
