@@ -68,17 +68,14 @@ case $TRAIN_SOURCE in
     OWN=$ROOT/train-older-own
     if [ ! -d "$OWN" ]; then
       "$PYTHON" - "$DATA" "$HAM" "$OWN" <<'PY'
-import os, sys
+import os, sys, tempfile
 from pathlib import Path
-from melanoma import data as datalib
-from melanoma.images import scan_paths
-from melanoma.sources import load_extra_sources
+from melanoma.config import TrainConfig
+from melanoma.training import load_training_table
 primary, ham, out = sys.argv[1], sys.argv[2], Path(sys.argv[3] + ".tmp")
-table = datalib.discover(primary)
-extras = load_extra_sources([ham], "auto", table.classes)
-entries = datalib.scan(table) + scan_paths([s.path for src in extras for s in src.samples])
-table, _ = datalib.prepare_training_table(table, lesion_ids=datalib.read_lesion_ids(f"{ham}/HAM10000_metadata.csv"),
-                                          extras=extras, scan_entries=entries)
+cfg = TrainConfig(data=primary, extra_data=[ham], lesion_metadata=f"{ham}/HAM10000_metadata.csv")
+with tempfile.TemporaryDirectory() as run:  # the joint training table, grouped as `melanoma train` groups it
+    table, _ = load_training_table(cfg, Path(run))
 own = [s for s in table.samples if s.origin is None and s.also_in is None and s.label in ("melanoma", "nevus")]
 for s in own:
     (out / s.label).mkdir(parents=True, exist_ok=True)
