@@ -50,6 +50,7 @@ mkdir -p "$ROOT"
 HELD=$ROOT/heldout-images  # class folders of symlinks: the held-out images, labelled as in the LOSO rows
 if [ ! -f "$HELDOUT_CSV" ]; then HELD=$DATA; fi
 if [ ! -d "$HELD" ]; then
+  rm -rf "$HELD.tmp"  # a half-linked folder of a killed run
   "$PYTHON" - "$HELDOUT_CSV" "$HELD" <<'PY'
 import csv, os, sys
 from pathlib import Path
@@ -67,6 +68,7 @@ case $TRAIN_SOURCE in
   older)
     OWN=$ROOT/train-older-own
     if [ ! -d "$OWN" ]; then
+      rm -rf "$OWN.tmp"  # a half-linked folder of a killed run
       "$PYTHON" - "$DATA" "$HAM" "$OWN" <<'PY'
 import os, sys, tempfile
 from pathlib import Path

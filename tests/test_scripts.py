@@ -858,8 +858,11 @@ def test_site_check_proxy_flags_a_failing_alert_and_passes_a_working_one(tmp_pat
 
 def test_loso_insource_other_direction_trains_on_the_older_archives_own_images(shared_train, ham_dir, tmp_path):
     """TRAIN_SOURCE=older: the run trains on the 9-class images HAM10000 does not hold (a HAM10000 picture filed in
-    the 9-class split is linked into neither class folder), as melanoma / nevus, and scores HAM10000."""
+    the 9-class split is linked into neither class folder), as melanoma / nevus, and scores HAM10000; a half-linked
+    folder a killed run left behind is started again."""
     ham = make_mini_ham(ham_dir, tmp_path / "ham", 10, dx=("mel", "nv"))
+    (tmp_path / "p" / "train-older-own.tmp" / "melanoma").mkdir(parents=True)  # left by a run killed while linking
+    (tmp_path / "p" / "train-older-own.tmp" / "melanoma" / "ISIC_0000139.jpg").symlink_to(ham / "images")
     data = tmp_path / "nineclass"
     for label in ("melanoma", "nevus"):  # the first 10 of each: older-archive images HAM10000 does not hold
         (data / label).mkdir(parents=True)
