@@ -1,4 +1,5 @@
-"""The training loss: label smoothing, class weights per image, coarse targets, mixup; the SAM step."""
+"""The training loss: label smoothing, class weights per image, coarse targets, mixup, the melanoma ranking loss;
+the SAM step."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from melanoma.lightning_module import LesionClassifier
 from melanoma.training import class_weights
 
 
-def _module(weights=None, smoothing=0.1, mixup=0.0, sam_rho=0.0) -> LesionClassifier:
+def _module(weights=None, smoothing=0.1, mixup=0.0, sam_rho=0.0, **kwargs) -> LesionClassifier:
     return LesionClassifier("seed-cnn", 3, 0, lr=1e-3, weight_decay=0.0, label_smoothing=smoothing,
-                            class_weights=weights, image_size=64, mixup=mixup, sam_rho=sam_rho)
+                            class_weights=weights, image_size=64, mixup=mixup, sam_rho=sam_rho, **kwargs)
 
 
 def test_class_weights_are_inverse_frequency_and_zero_for_a_class_without_images():
@@ -41,6 +42,35 @@ def test_class_weights_weight_each_image_and_a_class_absent_from_training_pulls_
         assert _module([2.0, 0.5, absent])._loss(logits, y).item() == pytest.approx(expected.item(), rel=1e-5)
     pulled = F.cross_entropy(logits, y, weight=torch.tensor([2.0, 0.5, 100.0]), label_smoothing=0.1)
     assert pulled.item() > 2 * expected.item()  # the formula the loss no longer uses
+
+
+def test_melanoma_rank_loss_is_the_mean_pairwise_logistic_loss_over_melanoma_and_other_lesion_pairs():
+    """Melanoma is class 0; its score is its log-odds. Target 3 is a coarse label covering classes 1 and 2 (an
+    "other lesion"); target 4 covers classes 0 and 1 (may be a melanoma: in no pair)."""
+    module = _module(coarse_groups=[[1, 2], [0, 1]], rank_loss=0.5)
+    logits = torch.randn(6, 3, generator=torch.Generator().manual_seed(3))
+    y = torch.tensor([0, 1, 0, 2, 3, 4])
+    p = logits.softmax(-1)[:, 0]
+    score = torch.log(p / (1 - p))
+    pairs = [F.softplus(score[j] - score[i]) for i in (0, 2) for j in (1, 3, 4)]
+    assert module._melanoma_rank_loss(logits, y).item() == pytest.approx(torch.stack(pairs).mean().item(), rel=1e-5)
+    assert module._melanoma_rank_loss(logits, torch.tensor([1, 2, 1, 2, 3, 4])).item() == 0.0  # no melanoma
+    assert module._melanoma_rank_loss(logits, torch.tensor([0, 0, 0, 0, 0, 4])).item() == 0.0  # no other lesion
+
+
+def test_melanoma_rank_loss_is_added_to_the_training_loss_with_its_weight_and_pushes_melanomas_up():
+    logits = torch.zeros(4, 3, requires_grad=True)
+    y = torch.tensor([0, 1, 2, 0])
+    module = _module(rank_loss=2.0)
+    module._melanoma_rank_loss(logits, y).backward()
+    assert (logits.grad[[0, 3], 0] < 0).all() and (logits.grad[[1, 2], 0] > 0).all()  # descent raises melanomas
+    x = torch.rand(4, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    module.eval()  # no dropout: the forward passes below agree
+    plain = _module().eval()
+    plain.load_state_dict(module.state_dict())
+    out = module(x)
+    expected = plain.training_step((x, y), 0) + 2.0 * module._melanoma_rank_loss(out, y)
+    assert module.training_step((x, y), 0).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_mixup_blends_image_pairs_and_their_losses_alike():

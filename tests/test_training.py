@@ -388,6 +388,13 @@ def test_weight_decay_default_depends_on_the_model_and_a_given_value_is_kept():
         TrainConfig(data="x", model="efficientnet_lite0", weight_decay=-0.1).validate()
 
 
+def test_rank_loss_must_be_non_negative_and_not_combined_with_mixup():
+    with pytest.raises(ConfigError, match="ranking loss weight must be >= 0"):
+        TrainConfig(data="x", model="efficientnet_lite0", rank_loss=-1.0).validate()
+    with pytest.raises(ConfigError, match="--rank-loss and --mixup"):
+        TrainConfig(data="x", model="efficientnet_lite0", rank_loss=1.0, mixup=0.2).validate()
+
+
 class _SnapshotEachEpoch(L.Callback):
     """Copies of the backbone, head and BN running statistics at the start of training and after each epoch."""
 

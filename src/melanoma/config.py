@@ -65,6 +65,8 @@ class TrainConfig:
                                           # blending image styles (0: off; 0.5 as published)
     drop_path: float = 0.0                # stochastic depth: the deepest residual block is skipped with this
                                           # probability in training, shallower ones less (timm's linear rule; 0: off)
+    rank_loss: float = 0.0                # weight of the pairwise melanoma ranking loss added to the cross-entropy
+                                          # (LesionClassifier._melanoma_rank_loss; 0: off)
     sam: float = 0.0                      # sharpness-aware minimisation's neighbourhood radius rho (0: off; 0.05
                                           # as published): two forward and backward passes per step
     freeze_bn: bool = False               # backbone batch norm keeps its ImageNet statistics (eval mode) all run
@@ -143,6 +145,9 @@ class TrainConfig:
             (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
             (0.0 <= self.drop_path < 1.0, f"drop-path rate must be in [0, 1), got {self.drop_path}"),
             (self.sam >= 0.0, f"SAM radius must be >= 0, got {self.sam}"),
+            (self.rank_loss >= 0.0, f"ranking loss weight must be >= 0, got {self.rank_loss}"),
+            (not (self.rank_loss and self.mixup),
+             "--rank-loss and --mixup: a blended image is neither a melanoma nor another lesion; choose one"),
             (0.0 <= self.mixstyle <= 1.0, f"MixStyle probability must be in [0, 1], got {self.mixstyle}"),
             (not (self.mixstyle and self.swa_epochs),
              "--mixstyle and --swa-epochs: SWA's batch-norm recompute would see mixed styles; choose one"),

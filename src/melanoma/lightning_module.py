@@ -26,7 +26,7 @@ class LesionClassifier(L.LightningModule):
                  channels_last: bool = False, backbone_lr_scale: float = 1.0,
                  coarse_groups: list[list[int]] | None = None, mixup: float = 0.0,
                  lr_floor: float = 0.01, decay_fraction: float = 1.0, mixstyle: float = 0.0,
-                 drop_path: float = 0.0, sam_rho: float = 0.0):
+                 drop_path: float = 0.0, sam_rho: float = 0.0, rank_loss: float = 0.0):
         super().__init__()
         self.save_hyperparameters()
         # drop_path only acts in training: the state dict, and so every model file, is the same without it
@@ -87,6 +87,24 @@ class LesionClassifier(L.LightningModule):
         w = (self.class_weight * allowed).sum(-1) / allowed.sum(-1)  # a coarse target: its classes' mean weight
         return (w * per_image).sum() / w.sum()
 
+    def _melanoma_rank_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Pairwise logistic loss on the melanoma score (RankNet; a smooth surrogate of 1 - AUC): the mean over
+        every (melanoma, other lesion) pair of the batch of softplus(s_other - s_melanoma), s being the log-odds of
+        melanoma (its logit less the logsumexp of the others', the alert's score before the softmax). A coarse target
+        is an "other lesion" when melanoma is not among its classes. 0 when the batch lacks either kind."""
+        n, mel = logits.shape[1], self.hparams.melanoma_index
+        if mel is None:
+            return logits.new_zeros(())
+        logits = logits.float()
+        score = logits[:, mel] - torch.cat([logits[:, :mel], logits[:, mel + 1:]], 1).logsumexp(-1)
+        positive = y == mel
+        negative = ~positive
+        coarse = y >= n
+        negative[coarse] = ~self.coarse_masks[y[coarse] - n][:, mel]
+        if not positive.any() or not negative.any():
+            return logits.new_zeros(())
+        return F.softplus(score[negative][None, :] - score[positive][:, None]).mean()
+
     def _mixed(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
         """Mixup (Zhang et al. 2018): x blended with a shuffled copy of the batch at a Beta(alpha, alpha) weight.
         The loss is blended alike from both targets (not one soft target), so coarse targets and class weights
@@ -105,6 +123,8 @@ class LesionClassifier(L.LightningModule):
         loss = self._loss(logits, y)
         if mixing:
             loss = lam * loss + (1.0 - lam) * self._loss(logits, y_other)
+        if self.hparams.rank_loss:
+            loss = loss + self.hparams.rank_loss * self._melanoma_rank_loss(logits, y)
         loss = loss + self._l2_penalty()
         if self._perturbed:
             return loss

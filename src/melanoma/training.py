@@ -181,7 +181,7 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
         class_weights=weights, pretrained=cfg.pretrained, weights=cfg.weights, seed=cfg.seed,
         image_size=cfg.image_size, channels_last=cfg.channels_last, backbone_lr_scale=cfg.backbone_lr_scale,
         coarse_groups=coarse_groups or None, mixup=cfg.mixup, mixstyle=cfg.mixstyle, drop_path=cfg.drop_path,
-        sam_rho=cfg.sam, **_swa_schedule(cfg))
+        sam_rho=cfg.sam, rank_loss=cfg.rank_loss, **_swa_schedule(cfg))
 
 
 def _swa_schedule(cfg: TrainConfig) -> dict:
