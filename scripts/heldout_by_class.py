@@ -5,7 +5,8 @@ or is a predictions CSV of the same layout (e.g. a shipped model's val_predictio
 HAM10000's diagnosis (`dx` in its metadata, by the file's ISIC id) splits the non-melanomas; printed per run: the
 melanoma AUC against all of them and against each diagnosis alone, then the share of each diagnosis the run's own
 alert (the `melanoma_alert` column, chosen in-source) fires on; "-" where a diagnosis is missing. Rows a metadata file
-does not know are counted and left out.
+does not know are counted and left out; so are a run folder's label conflicts, as its metrics.json scored them
+(site_check_proxy.scored_rows).
 
     .venv/bin/python scripts/heldout_by_class.py RUN... [--metadata ../shared/data/ham10000/HAM10000_metadata.csv]
 """
@@ -19,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
+
+from site_check_proxy import scored_rows
 
 DEFAULT_METADATA = Path(__file__).resolve().parents[2] / "shared/data/ham10000/HAM10000_metadata.csv"
 
@@ -39,8 +42,11 @@ def predictions_csv(run: Path) -> Path:
 
 def run_rows(run: Path, dx: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(diagnosis, melanoma probability, alert) per scored image the metadata knows, and how many it did not."""
-    with predictions_csv(run).open(newline="") as fh:
-        rows = list(csv.DictReader(fh))
+    if run.suffix != ".csv":
+        rows = scored_rows(run)
+    else:
+        with run.open(newline="") as fh:
+            rows = list(csv.DictReader(fh))
     known = [r for r in rows if Path(r["path"]).stem in dx]
     return (np.array([dx[Path(r["path"]).stem] for r in known]),
             np.array([float(r["melanoma_probability"]) for r in known]),
@@ -71,8 +77,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dx = diagnoses(args.metadata)
         for run in args.runs:
-            if not predictions_csv(run).is_file():
-                raise FileNotFoundError(f"{predictions_csv(run)}: not found (score the run first)")
+            needed = [predictions_csv(run)] + ([] if run.suffix == ".csv" else [run / "heldout-eval" / "metrics.json"])
+            for path in needed:
+                if not path.is_file():
+                    raise FileNotFoundError(f"{path}: not found (score the run first)")
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -892,18 +892,21 @@ def test_loso_insource_other_direction_trains_on_the_older_archives_own_images(s
 
 def test_heldout_by_class_scores_melanoma_against_each_diagnosis(tmp_path, capsys):
     """AUC against every non-melanoma and each diagnosis alone, the share of each diagnosis alerted; an image the
-    metadata does not know is counted and left out; a run without predictions is a one-line error."""
+    metadata does not know is counted and left out, and a run's label conflict (metrics.json) left out; a run
+    without predictions is a one-line error."""
     sys.path.insert(0, str(ROOT / "scripts"))
     from heldout_by_class import main
 
     (tmp_path / "meta.csv").write_text("lesion_id,image_id,dx\n" + "".join(
-        f"HAM_{i},ISIC_{i},{dx}\n" for i, dx in enumerate(["mel"] * 4 + ["nv"] * 4 + ["bcc"] * 4)))
-    probs = [0.9, 0.8, 0.7, 0.6] + [0.1, 0.2, 0.3, 0.65] + [0.95, 0.85, 0.75, 0.5]
+        f"HAM_{i},ISIC_{i},{dx}\n" for i, dx in enumerate(["mel"] * 4 + ["nv"] * 5 + ["bcc"] * 4)))
+    probs = [0.9, 0.8, 0.7, 0.6] + [0.1, 0.2, 0.3, 0.65, 0.99] + [0.95, 0.85, 0.75, 0.5]
     run = tmp_path / "run"
     (run / "heldout-eval").mkdir(parents=True)
     lines = ["path,melanoma_probability,melanoma_alert"] + [
         f"/x/ISIC_{i}.jpg,{p},{str(p >= 0.6).lower()}" for i, p in enumerate(probs)] + ["/x/other.jpg,0.5,false"]
     (run / "heldout-eval" / "predictions.csv").write_text("\n".join(lines) + "\n")
+    conflict = {"label_conflicts": {"scored": False, "images": ["/x/ISIC_8.jpg"]}}  # the nevus at 0.99
+    (run / "heldout-eval" / "metrics.json").write_text(json.dumps(conflict))
     assert main([str(run), "--metadata", str(tmp_path / "meta.csv")]) == 0
     header, _, row = capsys.readouterr().out.splitlines()
     assert header.split(" | ")[3:5] == ["vs bcc", "vs nv"]
@@ -912,8 +915,8 @@ def test_heldout_by_class_scores_melanoma_against_each_diagnosis(tmp_path, capsy
     assert cells[3:5] == ["0.438", "0.938"]  # vs bcc: 7 of 16 pairs ranked right; vs nv: 15 of 16
     assert cells[5:] == ["100%", "75%", "25%"]
     assert main([str(run / "heldout-eval" / "predictions.csv"), "--metadata", str(tmp_path / "meta.csv")]) == 0
-    as_csv = str(run / "heldout-eval" / "predictions.csv")
-    assert capsys.readouterr().out.splitlines()[2] == row.replace(str(run), as_csv)
+    cells = [c.strip() for c in capsys.readouterr().out.splitlines()[2].split("|")[1:-1]]
+    assert cells[1] == "4 / 9" and cells[4] == "0.750"  # a CSV as given: the conflicting nevus is scored
     with (tmp_path / "meta.csv").open("a") as fh:  # a diagnosis no scored image has: its cells are "-"
         fh.write("HAM_99,ISIC_99,df\n")
     assert main([str(run), "--metadata", str(tmp_path / "meta.csv")]) == 0
@@ -921,6 +924,9 @@ def test_heldout_by_class_scores_melanoma_against_each_diagnosis(tmp_path, capsy
     assert cells[3:] == ["0.438", "-", "0.938", "100%", "75%", "-", "25%"]
     assert main([str(tmp_path / "missing"), "--metadata", str(tmp_path / "meta.csv")]) == 2
     assert "missing/heldout-eval/predictions.csv: not found" in capsys.readouterr().err
+    (run / "heldout-eval" / "metrics.json").unlink()
+    assert main([str(run), "--metadata", str(tmp_path / "meta.csv")]) == 2
+    assert "heldout-eval/metrics.json: not found" in capsys.readouterr().err
     (tmp_path / "other.csv").write_text("path,label\n")
     assert main([str(run), "--metadata", str(tmp_path / "other.csv")]) == 2
     assert "other.csv: not HAM10000 metadata" in capsys.readouterr().err
