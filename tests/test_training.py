@@ -443,6 +443,21 @@ def test_freeze_bn_keeps_the_pretrained_statistics_while_everything_else_learns(
         tiny_config(tiny_isic, tmp_path / "bad", label_smoothing=1.0).validate()
 
 
+def test_freeze_early_stages_keeps_the_stem_and_first_stages_exactly_as_pretrained(tiny_isic, tmp_path):
+    snapshots = _SnapshotEachEpoch()
+    train(tiny_config(tiny_isic, tmp_path / "early", model="efficientnet_lite0", image_size=64, pretrained=False,
+                      epochs=1, freeze_early_stages=2), callbacks=[snapshots])
+    start, tuned = snapshots.states
+    early = [k for k in start if k.startswith(("conv_stem.", "bn1.", "blocks.0.", "blocks.1."))]
+    later = [k for k in start if k.startswith("blocks.2.") and k.endswith(("weight", "running_mean"))]
+    assert early and all(torch.equal(start[k], tuned[k]) for k in early)  # weights and BN statistics
+    assert later and all(not torch.equal(start[k], tuned[k]) for k in later)
+    with pytest.raises(ConfigError, match="frozen early stages must be >= 0"):
+        tiny_config(tiny_isic, tmp_path / "bad", freeze_early_stages=-1).validate()
+    with pytest.raises(ConfigError, match="--freeze-early-stages needs an EfficientNet"):
+        train(tiny_config(tiny_isic, tmp_path / "cnn", model="seed-cnn", epochs=1, freeze_early_stages=1))
+
+
 def test_auto_named_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
     from melanoma.training import new_run_dir
 

@@ -16,6 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping, WeightAveraging
 from torch.optim.swa_utils import update_bn
 
 from melanoma.artifacts import atomic_write_text
+from melanoma.errors import ConfigError
 
 
 class StopWhenAlreadyStopped(EarlyStopping):
@@ -88,6 +89,39 @@ class FrozenNormStatistics(L.Callback):
         # LinearProbeFirst in the callback list, so its fine-tuning phase cannot switch them back
         for m in self.norms:
             m.eval()
+
+
+class FrozenEarlyStages(L.Callback):
+    """The stem and the first `stages` stages of a timm EfficientNet / MobileNet (`model.blocks`) keep their
+    pretrained weights and batch-norm statistics all run (--freeze-early-stages). Idea (surgical fine-tuning, Lee et
+    al. 2023): the early layers hold the low-level filters that a source's pixel noise, compression and optics act
+    on (session 45: the noise level is a source cue); kept at ImageNet's, they cannot become source detectors."""
+
+    def __init__(self, stages: int):
+        self.stages = int(stages)
+        self.norms: list[torch.nn.Module] = []
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        params, self.norms = early_stage_parts(pl_module.model, self.stages)
+        for p in params:
+            p.requires_grad_(False)  # no gradient: AdamW (decay included) leaves them exactly as they were
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        for m in self.norms:  # per batch: Lightning puts the whole model back in train mode after validation
+            m.eval()
+
+
+def early_stage_parts(model: torch.nn.Module, stages: int) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
+    """The parameters and batch-norm layers of a timm EfficientNet's stem (conv_stem, bn1) and blocks[:stages]."""
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(model, "conv_stem"):
+        raise ConfigError(f"--freeze-early-stages needs an EfficientNet / MobileNet model, not {type(model).__name__}")
+    if stages > len(blocks):
+        raise ConfigError(f"--freeze-early-stages {stages}: the model has {len(blocks)} stages")
+    modules = [model.conv_stem, model.bn1, *blocks[:stages]]
+    params = [p for m in modules for p in m.parameters()]
+    norms = [n for m in modules for n in m.modules() if isinstance(n, torch.nn.modules.batchnorm._BatchNorm)]
+    return params, norms
 
 
 class EMA(WeightAveraging):

@@ -292,6 +292,9 @@ TRAIN_NUMBERS = [
     ("--drop-path", _number(float, 0.0, 1.0, high_open=True),
      "stochastic depth (Huang et al. 2016): in training, skip each residual block with a probability rising to RATE "
      "at the deepest (timm's drop_path_rate; 0: off; 0.2 as EfficientNet's ImageNet training)"),
+    ("--freeze-early-stages", NON_NEGATIVE_INT,
+     "the stem and the first N stages of an EfficientNet keep their pretrained weights and batch-norm statistics for "
+     "the whole run (0: off); its low-level filters cannot turn into detectors of a source's noise or compression"),
     ("--rank-loss", _number(float, 0.0),
      "add this weight times a pairwise ranking loss on the melanoma score (every melanoma of a batch against every "
      "other lesion: a smooth surrogate of 1 - melanoma AUC) to the cross-entropy (0: off)"),

@@ -70,6 +70,8 @@ class TrainConfig:
     sam: float = 0.0                      # sharpness-aware minimisation's neighbourhood radius rho (0: off; 0.05
                                           # as published): two forward and backward passes per step
     freeze_bn: bool = False               # backbone batch norm keeps its ImageNet statistics (eval mode) all run
+    freeze_early_stages: int = 0          # the stem and this many first stages keep their pretrained weights and
+                                          # batch-norm statistics all run (callbacks.FrozenEarlyStages; 0: off)
     backbone_lr_scale: float = 1.0        # the pretrained backbone learns at lr * this (the new head at lr): < 1
                                           # keeps more of the ImageNet features
     linear_probe_epochs: int = 0          # first N epochs: only the classifier head learns (backbone frozen,
@@ -145,6 +147,7 @@ class TrainConfig:
             (self.mixup >= 0.0, f"mixup alpha must be >= 0, got {self.mixup}"),
             (0.0 <= self.drop_path < 1.0, f"drop-path rate must be in [0, 1), got {self.drop_path}"),
             (self.sam >= 0.0, f"SAM radius must be >= 0, got {self.sam}"),
+            (self.freeze_early_stages >= 0, f"frozen early stages must be >= 0, got {self.freeze_early_stages}"),
             (self.rank_loss >= 0.0, f"ranking loss weight must be >= 0, got {self.rank_loss}"),
             (not (self.rank_loss and self.mixup),
              "--rank-loss and --mixup: a blended image is neither a melanoma nor another lesion; choose one"),

@@ -20,8 +20,8 @@ from lightning.pytorch.loggers import CSVLogger
 from melanoma import data as datalib
 from melanoma import fingerprint
 from melanoma.artifacts import atomic_write_text
-from melanoma.callbacks import (EMA, SWA, FlushLogEachEpoch, FrozenNormStatistics, LinearProbeFirst,
-                                RecordSampledIndices, StepMarker, StopWhenAlreadyStopped)
+from melanoma.callbacks import (EMA, SWA, FlushLogEachEpoch, FrozenEarlyStages, FrozenNormStatistics,
+                                LinearProbeFirst, RecordSampledIndices, StepMarker, StopWhenAlreadyStopped)
 from melanoma.config import TrainConfig, save_config
 from melanoma.datamodule import LesionDataModule, decode_cache
 from melanoma.errors import ConfigError, MelanomaError
@@ -134,6 +134,8 @@ def make_trainer(cfg: TrainConfig, run: Path, extra_callbacks=()) -> L.Trainer:
         callbacks.append(LinearProbeFirst(cfg.linear_probe_epochs))
     if cfg.freeze_bn:
         callbacks.append(FrozenNormStatistics())
+    if cfg.freeze_early_stages:
+        callbacks.append(FrozenEarlyStages(cfg.freeze_early_stages))
     if not cfg.swa_epochs:  # SWA ships the final average: no early stop before its window
         callbacks.append(StopWhenAlreadyStopped(monitor=monitor, mode="max", patience=cfg.patience))
     devices = int(cfg.devices) if str(cfg.devices).isdigit() else cfg.devices
