@@ -446,8 +446,8 @@ def test_freeze_bn_keeps_the_pretrained_statistics_while_everything_else_learns(
 def test_freeze_early_stages_keeps_the_stem_and_first_stages_exactly_as_pretrained(tiny_isic, tmp_path):
     snapshots = _SnapshotEachEpoch()
     train(tiny_config(tiny_isic, tmp_path / "early", model="efficientnet_lite0", image_size=64, pretrained=False,
-                      epochs=1, freeze_early_stages=2), callbacks=[snapshots])
-    start, tuned = snapshots.states
+                      epochs=2, linear_probe_epochs=1, freeze_early_stages=2), callbacks=[snapshots])
+    start, _, tuned = snapshots.states  # LP-FT's fine-tuning phase must not unfreeze them
     early = [k for k in start if k.startswith(("conv_stem.", "bn1.", "blocks.0.", "blocks.1."))]
     later = [k for k in start if k.startswith("blocks.2.") and k.endswith(("weight", "running_mean"))]
     assert early and all(torch.equal(start[k], tuned[k]) for k in early)  # weights and BN statistics

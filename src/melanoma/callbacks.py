@@ -99,15 +99,18 @@ class FrozenEarlyStages(L.Callback):
 
     def __init__(self, stages: int):
         self.stages = int(stages)
+        self.params: list[torch.nn.Parameter] = []
         self.norms: list[torch.nn.Module] = []
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        params, self.norms = early_stage_parts(pl_module.model, self.stages)
-        for p in params:
-            p.requires_grad_(False)  # no gradient: AdamW (decay included) leaves them exactly as they were
+        self.params, self.norms = early_stage_parts(pl_module.model, self.stages)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        for m in self.norms:  # per batch: Lightning puts the whole model back in train mode after validation
+        # per batch, after LinearProbeFirst in the callback list (its fine-tuning phase unfreezes the backbone), and
+        # Lightning puts the whole model back in train mode after each validation
+        for p in self.params:
+            p.requires_grad_(False)  # no gradient: AdamW (decay included) leaves them exactly as they were
+        for m in self.norms:
             m.eval()
 
 

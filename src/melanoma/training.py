@@ -21,7 +21,8 @@ from melanoma import data as datalib
 from melanoma import fingerprint
 from melanoma.artifacts import atomic_write_text
 from melanoma.callbacks import (EMA, SWA, FlushLogEachEpoch, FrozenEarlyStages, FrozenNormStatistics,
-                                LinearProbeFirst, RecordSampledIndices, StepMarker, StopWhenAlreadyStopped)
+                                LinearProbeFirst, RecordSampledIndices, StepMarker, StopWhenAlreadyStopped,
+                                early_stage_parts)
 from melanoma.config import TrainConfig, save_config
 from melanoma.datamodule import LesionDataModule, decode_cache
 from melanoma.errors import ConfigError, MelanomaError
@@ -176,7 +177,7 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
                  coarse_groups: list[list[int]] | None = None) -> LesionClassifier:
     mel = find_melanoma_class(class_names)
     weights = class_weights(train_labels, len(class_names)) if cfg.imbalance == "weighted-loss" else None
-    return LesionClassifier(
+    module = LesionClassifier(
         cfg.model, len(class_names), class_names.index(mel) if mel else None, lr=cfg.lr,
         weight_decay=cfg.weight_decay, optimizer=cfg.extra["optimizer"],
         warmup_fraction=min(0.5, cfg.warmup_epochs / cfg.epochs), label_smoothing=cfg.label_smoothing,
@@ -184,6 +185,9 @@ def build_module(cfg: TrainConfig, class_names: list[str], train_labels: np.ndar
         image_size=cfg.image_size, channels_last=cfg.channels_last, backbone_lr_scale=cfg.backbone_lr_scale,
         coarse_groups=coarse_groups or None, mixup=cfg.mixup, mixstyle=cfg.mixstyle, drop_path=cfg.drop_path,
         sam_rho=cfg.sam, rank_loss=cfg.rank_loss, **_swa_schedule(cfg))
+    if cfg.freeze_early_stages:
+        early_stage_parts(module.model, cfg.freeze_early_stages)  # a model without such stages: refused before fitting
+    return module
 
 
 def _swa_schedule(cfg: TrainConfig) -> dict:
