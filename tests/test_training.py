@@ -456,6 +456,9 @@ def test_freeze_early_stages_keeps_the_stem_and_first_stages_exactly_as_pretrain
         tiny_config(tiny_isic, tmp_path / "bad", freeze_early_stages=-1).validate()
     with pytest.raises(ConfigError, match="--freeze-early-stages needs an EfficientNet"):
         train(tiny_config(tiny_isic, tmp_path / "cnn", model="seed-cnn", epochs=1, freeze_early_stages=1))
+    with pytest.raises(ConfigError, match="--freeze-early-stages 8: the model has 7 stages"):
+        train(tiny_config(tiny_isic, tmp_path / "deep", model="efficientnet_lite0", image_size=64, pretrained=False,
+                          epochs=1, freeze_early_stages=8))
 
 
 def test_auto_named_runs_started_in_the_same_second_get_their_own_folders(tmp_path, monkeypatch):
