@@ -75,9 +75,7 @@ class LesionClassifier(L.LightningModule):
         n = logits.shape[1]
         if self.class_weight is None and not bool((y >= n).any()):
             return F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
-        allowed = F.one_hot(y.clamp(max=n - 1), n).bool()
-        coarse = y >= n
-        allowed[coarse] = self.coarse_masks[y[coarse] - n]
+        allowed = self._allowed_classes(y, n)
         log_p = logits.float().log_softmax(-1)
         nll = -log_p.masked_fill(~allowed, float("-inf")).logsumexp(-1)
         eps = self.hparams.label_smoothing
@@ -86,6 +84,14 @@ class LesionClassifier(L.LightningModule):
             return per_image.mean()
         w = (self.class_weight * allowed).sum(-1) / allowed.sum(-1)  # a coarse target: its classes' mean weight
         return (w * per_image).sum() / w.sum()
+
+    def _allowed_classes(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """(batch, n) bool: the classes each target allows (a fine target its own; a coarse one, y >= n, those of
+        coarse_groups[y - n])."""
+        allowed = F.one_hot(y.clamp(max=n - 1), n).bool()
+        coarse = y >= n
+        allowed[coarse] = self.coarse_masks[y[coarse] - n]
+        return allowed
 
     def _melanoma_rank_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Pairwise logistic loss on the melanoma score (RankNet; a smooth surrogate of 1 - AUC): the mean over
@@ -98,9 +104,7 @@ class LesionClassifier(L.LightningModule):
         logits = logits.float()
         score = logits[:, mel] - torch.cat([logits[:, :mel], logits[:, mel + 1:]], 1).logsumexp(-1)
         positive = y == mel
-        negative = ~positive
-        coarse = y >= n
-        negative[coarse] = ~self.coarse_masks[y[coarse] - n][:, mel]
+        negative = ~self._allowed_classes(y, n)[:, mel]  # a coarse target that may be a melanoma is neither
         if not positive.any() or not negative.any():
             return logits.new_zeros(())
         return F.softplus(score[negative][None, :] - score[positive][:, None]).mean()
