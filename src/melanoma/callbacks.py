@@ -37,29 +37,56 @@ class FlushLogEachEpoch(L.Callback):
             trainer.logger.save()
 
 
-class LinearProbeFirst(L.Callback):
-    """Linear probe, then fine-tune (Kumar et al. 2022, "LP-FT"): for the first `epochs` epochs only the new
-    classifier head learns; the pretrained backbone is frozen (no gradients, so AdamW leaves it, decay included,
-    exactly as it was) with its batch-norm layers in eval mode (the ImageNet statistics, not this data's). Then
-    everything trains on under the one schedule. The phase follows from the epoch number, so a resumed run is in
-    the right phase. Idea: a head fitted first on the pretrained features distorts those features less during
-    fine-tuning, which is meant to keep more of what transfers to new sources."""
+class FrozenParts(L.Callback):
+    """Base of the callbacks that keep part of the backbone frozen: `parts(model)` names its parameters (no
+    gradient, so AdamW, decay included, leaves them exactly as they were) and batch-norm layers (eval mode: their
+    running statistics stay); `frozen(trainer)` says whether they are frozen now (True: the whole run)."""
 
-    def __init__(self, epochs: int):
-        self.epochs = int(epochs)
+    def __init__(self):
         self.params: list[torch.nn.Parameter] = []
         self.norms: list[torch.nn.Module] = []
 
+    def parts(self, model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
+        raise NotImplementedError
+
+    def frozen(self, trainer) -> bool:
+        return True
+
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.params, self.norms = backbone_parts(pl_module.model)
+        self.params, self.norms = self.parts(pl_module.model)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # per batch, not per epoch: Lightning puts the whole model back in train mode after each validation
-        probing = trainer.current_epoch < self.epochs
+        # per batch, not per epoch: Lightning puts the whole model back in train mode after each validation; the
+        # callbacks that freeze for the whole run come after LinearProbeFirst in the callback list, so its
+        # fine-tuning phase cannot unfreeze what they hold
+        frozen = self.frozen(trainer)
         for p in self.params:
-            p.requires_grad_(not probing)
+            p.requires_grad_(not frozen)
         for m in self.norms:
-            m.train(not probing)
+            m.train(not frozen)
+
+
+def batch_norms(modules) -> list[torch.nn.Module]:
+    """Every batch-norm layer inside `modules` (each module and its children)."""
+    return [n for m in modules for n in m.modules() if isinstance(n, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+class LinearProbeFirst(FrozenParts):
+    """Linear probe, then fine-tune (Kumar et al. 2022, "LP-FT"): for the first `epochs` epochs only the new
+    classifier head learns; the pretrained backbone is frozen with its batch-norm layers in eval mode (the ImageNet
+    statistics, not this data's). Then everything trains on under the one schedule. The phase follows from the
+    epoch number, so a resumed run is in the right phase. Idea: a head fitted first on the pretrained features
+    distorts those features less during fine-tuning, which is meant to keep more of what transfers to new sources."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = int(epochs)
+
+    def parts(self, model):
+        return backbone_parts(model)
+
+    def frozen(self, trainer) -> bool:
+        return trainer.current_epoch < self.epochs
 
 
 def backbone_parts(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
@@ -67,51 +94,32 @@ def backbone_parts(model: torch.nn.Module) -> tuple[list[torch.nn.Parameter], li
     head = model.get_classifier()
     head_params, head_modules = set(map(id, head.parameters())), set(map(id, head.modules()))
     params = [p for p in model.parameters() if id(p) not in head_params]
-    norms = [m for m in model.modules()
-             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in head_modules]
+    norms = [m for m in batch_norms([model]) if id(m) not in head_modules]
     return params, norms
 
 
-class FrozenNormStatistics(L.Callback):
+class FrozenNormStatistics(FrozenParts):
     """Batch norm with its pretrained statistics (--freeze-bn): the backbone's batch-norm layers normalise with the
     ImageNet running mean and variance and never update them; their scale and shift still learn. Session 17 found
     the trained statistics encode the class-balanced mix of the sampler's batches, which no clinic's images have;
     fixed statistics carry no trace of the training mix (the detection / segmentation practice of frozen BN)."""
 
-    def __init__(self):
-        self.norms: list[torch.nn.Module] = []
-
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self.norms = backbone_parts(pl_module.model)[1]
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # per batch: Lightning puts the whole model back in train mode after each validation; after
-        # LinearProbeFirst in the callback list, so its fine-tuning phase cannot switch them back
-        for m in self.norms:
-            m.eval()
+    def parts(self, model):
+        return [], backbone_parts(model)[1]
 
 
-class FrozenEarlyStages(L.Callback):
+class FrozenEarlyStages(FrozenParts):
     """The stem and the first `stages` stages of a timm EfficientNet / MobileNet (`model.blocks`) keep their
     pretrained weights and batch-norm statistics all run (--freeze-early-stages). Idea (surgical fine-tuning, Lee et
     al. 2023): the early layers hold the low-level filters that a source's pixel noise, compression and optics act
     on (session 45: the noise level is a source cue); kept at ImageNet's, they cannot become source detectors."""
 
     def __init__(self, stages: int):
+        super().__init__()
         self.stages = int(stages)
-        self.params: list[torch.nn.Parameter] = []
-        self.norms: list[torch.nn.Module] = []
 
-    def on_fit_start(self, trainer, pl_module) -> None:
-        self.params, self.norms = early_stage_parts(pl_module.model, self.stages)
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        # per batch, after LinearProbeFirst in the callback list (its fine-tuning phase unfreezes the backbone), and
-        # Lightning puts the whole model back in train mode after each validation
-        for p in self.params:
-            p.requires_grad_(False)  # no gradient: AdamW (decay included) leaves them exactly as they were
-        for m in self.norms:
-            m.eval()
+    def parts(self, model):
+        return early_stage_parts(model, self.stages)
 
 
 def early_stage_parts(model: torch.nn.Module, stages: int) -> tuple[list[torch.nn.Parameter], list[torch.nn.Module]]:
@@ -122,9 +130,7 @@ def early_stage_parts(model: torch.nn.Module, stages: int) -> tuple[list[torch.n
     if stages > len(blocks):
         raise ConfigError(f"--freeze-early-stages {stages}: the model has {len(blocks)} stages")
     modules = [model.conv_stem, model.bn1, *blocks[:stages]]
-    params = [p for m in modules for p in m.parameters()]
-    norms = [n for m in modules for n in m.modules() if isinstance(n, torch.nn.modules.batchnorm._BatchNorm)]
-    return params, norms
+    return [p for m in modules for p in m.parameters()], batch_norms(modules)
 
 
 class EMA(WeightAveraging):
