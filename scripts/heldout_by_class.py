@@ -35,18 +35,25 @@ def diagnoses(metadata: Path) -> dict[str, str]:
         return {row["image_id"]: row["dx"] for row in reader}
 
 
-def predictions_csv(run: Path) -> Path:
-    """A predictions CSV as given, or a run folder's never-seen-source predictions."""
-    return run if run.suffix == ".csv" else run / "heldout-eval" / "predictions.csv"
+def is_predictions_csv(run: Path) -> bool:
+    """True for a predictions CSV given as such, False for a run folder (scored into RUN/heldout-eval/)."""
+    return run.suffix == ".csv"
+
+
+def needed_files(run: Path) -> list[Path]:
+    """What a run needs on disk: a CSV itself, or a run folder's never-seen-source predictions and metrics."""
+    if is_predictions_csv(run):
+        return [run]
+    return [run / "heldout-eval" / "predictions.csv", run / "heldout-eval" / "metrics.json"]
 
 
 def run_rows(run: Path, dx: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(diagnosis, melanoma probability, alert) per scored image the metadata knows, and how many it did not."""
-    if run.suffix != ".csv":
-        rows = scored_rows(run)
-    else:
+    if is_predictions_csv(run):
         with run.open(newline="") as fh:
             rows = list(csv.DictReader(fh))
+    else:
+        rows = scored_rows(run)
     known = [r for r in rows if Path(r["path"]).stem in dx]
     return (np.array([dx[Path(r["path"]).stem] for r in known]),
             np.array([float(r["melanoma_probability"]) for r in known]),
@@ -77,8 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         dx = diagnoses(args.metadata)
         for run in args.runs:
-            needed = [predictions_csv(run)] + ([] if run.suffix == ".csv" else [run / "heldout-eval" / "metrics.json"])
-            for path in needed:
+            for path in needed_files(run):
                 if not path.is_file():
                     raise FileNotFoundError(f"{path}: not found (score the run first)")
     except (OSError, ValueError) as exc:
