@@ -88,6 +88,29 @@ def test_load_image_applies_exif_orientation(tmp_path):
     assert data.load_image(tmp_path / "rotated.jpg").size == (20, 40)
 
 
+def test_load_image_reads_heic_turned_once(tmp_path):
+    """HEIC (iPhones' default, also through a clip-on dermoscope): decoded to RGB with its rotation (HEIF's irot, which
+    pillow-heif applies, resetting the EXIF orientation) applied once, not twice; a truncated one is a one-line
+    error."""
+    arr = np.zeros((20, 40, 3), dtype=np.uint8)
+    arr[:, :20] = (200, 40, 40)   # left half red, right half blue
+    arr[:, 20:] = (40, 40, 200)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to display
+    Image.fromarray(arr).save(tmp_path / "phone.HEIC", exif=exif.tobytes(), quality=90)  # written as an irot
+    im = data.load_image(tmp_path / "phone.HEIC")
+    assert (im.mode, im.size) == ("RGB", (20, 40))
+    top, bottom = np.asarray(im)[2, 10].astype(int), np.asarray(im)[-3, 10].astype(int)
+    assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0]  # turned clockwise: the left (red) half on top
+    assert data.is_image_file(tmp_path / "phone.HEIC") and data.is_image_file(tmp_path / "x.heif")
+    whole = (tmp_path / "phone.HEIC").read_bytes()
+    for share in (0.5, 0.75):  # cut in its header boxes ("not an image") or in its coded data ("truncated")
+        (tmp_path / "cut.heic").write_bytes(whole[: int(len(whole) * share)])
+        with pytest.raises(ImageError) as info:
+            data.load_image(tmp_path / "cut.heic")
+        assert "cut.heic" in str(info.value) and "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("name, content, reason", [
     ("empty.jpg", b"", "empty file"),
     ("notes.jpg", b"this is a text file, not a picture\n", "not an image"),
@@ -132,11 +155,12 @@ def test_discover_class_folders_with_spaces_and_any_extension_case(tmp_path):
     (tmp_path / "melanoma").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "melanoma" / "c.Tiff")
     Image.new("RGB", (8, 8)).save(tmp_path / "melanoma" / "d.webp")  # the formats the service accepts, too
+    Image.new("RGB", (8, 8)).save(tmp_path / "melanoma" / "e.heic")
     (tmp_path / "melanoma" / "README.txt").write_text("not an image")
     table = data.discover(tmp_path)
-    assert table.kind == "folders" and len(table) == 4
+    assert table.kind == "folders" and len(table) == 5
     assert table.classes == ["basal cell carcinoma", "melanoma"]
-    assert table.label_indices().tolist() == [0, 0, 1, 1]
+    assert table.label_indices().tolist() == [0, 0, 1, 1, 1]
     assert table.samples[0].group == "basal cell carcinoma/a.JPG" and table.samples[0].path.is_absolute()
     sub = table.subset([2])
     assert len(sub) == 1 and sub.classes == table.classes and sub.label_indices().tolist() == [1]

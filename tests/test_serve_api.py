@@ -20,6 +20,7 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from melanoma.images import load_image
 from melanoma.serve.app import STATIC, create_app
 from melanoma.serve.inference import load_model
 from melanoma.serve.settings import Settings
@@ -99,6 +100,28 @@ def test_an_image_with_less_detail_than_training_is_answered_with_a_recorded_war
         assert client.get(f"/v1/cases/{small['record_id']}").json()["warning"] == small["warning"]
 
 
+def heic_bytes(path: Path) -> bytes:
+    """A real image re-saved as HEIC (what an iPhone-based dermoscope uploads)."""
+    buf = io.BytesIO()
+    Image.open(path).convert("RGB").save(buf, format="HEIF", quality=95)
+    return buf.getvalue()
+
+
+def test_a_heic_photo_is_predicted_from_its_pixels_and_kept_as_sent(loaded, images, tmp_path):
+    """HEIC is accepted by its signature, predicted exactly as the library predicts the decoded file, and kept
+    byte for byte under a .heic name, served back as image/heic."""
+    data = heic_bytes(images["melanoma"][0])
+    (tmp_path / "lesion.heic").write_bytes(data)
+    keep = tmp_path / "kept"
+    with TestClient(make_app(loaded, tmp_path, keep_images=keep)) as client:
+        r = client.post("/v1/predict", files=[("files", ("IMG_0001.HEIC", data, "image/heic"))]).json()["results"][0]
+        direct = loaded.predictor.predict([load_image(tmp_path / "lesion.heic")])[0]
+        assert r["melanoma_probability"] == pytest.approx(direct.melanoma_probability, abs=1e-5)
+        assert [p.name for p in keep.iterdir()] == [r["image_sha256"] + ".heic"]
+        image = client.get(f"/v1/cases/{r['record_id']}/image")
+        assert image.headers["content-type"] == "image/heic" and image.content == data
+
+
 def _truncated_jpeg(path: Path) -> bytes:
     data = path.read_bytes()
     return data[: len(data) // 3]
@@ -115,6 +138,7 @@ HOSTILE = {
     "truncated jpeg": (lambda im: [("files", ("cut.jpg", _truncated_jpeg(im), "image/jpeg"))], 422, "truncated"),
     "garbage after jpeg magic": (lambda im: [("files", ("g.jpg", b"\xff\xd8\xff" + os.urandom(3000),
                                                         "image/jpeg"))], 422, "corrupt"),
+    "truncated heic": (lambda im: [("files", ("cut.heic", heic_bytes(im)[:400], "image/heic"))], 422, "HEIF image"),
     "empty file": (lambda im: [("files", ("e.jpg", b"", "image/jpeg"))], 422, "empty"),
     "too many files": (lambda im: upload([im] * 5), 413, "limit is 4"),
     "second file bad": (lambda im: upload([im]) + [("files", ("b.txt", b"nope", "text/plain"))], 415, "file 2"),

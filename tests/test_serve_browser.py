@@ -214,3 +214,44 @@ def test_a_low_resolution_upload_shows_its_image_quality_warning(server, shared_
         assert "less detail than the training images" in case_note.text
     finally:
         driver.quit()
+
+
+def test_a_heic_upload_is_analysed_and_never_shown_as_a_broken_image(server, shared_train, tmp_path):
+    """A phone's HEIC photo gets its result card; where the browser cannot draw HEIC (Chromium) the card says so
+    instead of a broken picture, the heatmap (a PNG from the server) still shows, and so does the case page."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    import melanoma.images  # noqa: F401 - registers HEIF with Pillow
+    heic = tmp_path / "IMG_0042.HEIC"
+    Image.open(sorted((shared_train / "melanoma").glob("*.jpg"))[3]).convert("RGB").save(heic, format="HEIF")
+    shown = "return arguments[0].complete && arguments[0].naturalWidth > 0 && !arguments[0].hidden"
+    driver = _driver(1366, 1200)
+    try:
+        driver.get(server.url + "/")
+        _wait(driver, ec.presence_of_element_located((By.ID, "files")))
+        driver.find_element(By.ID, "files").send_keys(str(heic))
+        driver.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
+        card = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".card")))
+        assert "Most likely" in card.text and "IMG_0042.HEIC" in card.text
+        img = card.find_element(By.CSS_SELECTOR, ".media img")
+        _wait(driver, lambda d: d.execute_script(shown, img) or "cannot show this image format" in card.text)
+        assert _drawn_or_explained(driver, img, card.text)
+        toggle = card.find_element(By.CSS_SELECTOR, "button[aria-pressed]")
+        toggle.click()
+        _wait(driver, lambda d: toggle.get_attribute("aria-pressed") == "true", timeout=180)
+        _wait(driver, lambda d: d.execute_script(shown, img))  # the heatmap is drawn
+        assert "Grad-CAM" in card.text
+        card.find_element(By.PARTIAL_LINK_TEXT, "Open case").click()
+        box = _wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, ".image")))
+        _wait(driver, lambda d: (box.find_elements(By.TAG_NAME, "img") and d.execute_script(
+            shown, box.find_element(By.TAG_NAME, "img"))) or "cannot show this image format" in box.text)
+    finally:
+        driver.quit()
+
+
+def _drawn_or_explained(driver, img, text: str) -> bool:
+    """The uploaded image is either drawn, or hidden with the note saying why: never a broken picture."""
+    drawn = driver.execute_script("return arguments[0].naturalWidth > 0 && !arguments[0].hidden", img)
+    return drawn or (not img.is_displayed() and "cannot show this image format" in text)

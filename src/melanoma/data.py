@@ -20,7 +20,8 @@ import numpy as np
 
 from melanoma.audit import ISIC_ID, audit, connected_components, format_audit, hamming_pairs
 from melanoma.errors import ConfigError, DataError
-from melanoma.images import DEFAULT_MAX_PIXELS, ScanEntry, is_image_file, load_image, phashes_as_uint64, scan_paths
+from melanoma.images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, ScanEntry, is_image_file, load_image,
+                             phashes_as_uint64, scan_paths)
 
 __all__ = ["Sample", "DatasetTable", "ScanEntry", "discover", "load_image", "scan", "audit", "format_audit",
            "prepare_training_table", "stratified_group_split", "stratified_group_kfold", "CONFLICT_POLICIES"]
@@ -130,7 +131,7 @@ def _discover_class_folders(root: Path, class_dirs: list[Path]) -> DatasetTable:
         originals = sorted(p for p in class_dir.iterdir() if p.is_file() and is_image_file(p))
         copies = _augmented_copies(root, class_dir)
         if not originals and not copies:
-            raise DataError(f"{class_dir}: empty class folder (no .jpg/.jpeg/.png/.bmp/.tif images)")
+            raise DataError(f"{class_dir}: empty class folder (no {'/'.join(sorted(IMAGE_EXTENSIONS))} images)")
         label = class_dir.name
         samples += [Sample(p, label, p.relative_to(root).as_posix()) for p in originals]
         samples += [replace(c, label=label) for c in copies]

@@ -24,11 +24,17 @@ from pathlib import Path
 import imagehash
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 from melanoma.config import COLOR_CONSTANCY
 from melanoma.errors import ConfigError, ImageError
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}  # what the service accepts too
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",  # what the service accepts too
+                    ".heic", ".heif"}
+# HEIC / HEIF: iPhones store photos so by default, and phone dermoscopes (clip-on lenses) use their camera. Once
+# registered, Pillow opens them like any format; pillow-heif applies the file's rotation on decode and resets the EXIF
+# orientation to 1, so exif_transpose below does not turn them twice.
+register_heif_opener()
 DEFAULT_MAX_PIXELS = 100_000_000
 # Below this many images a process pool costs more (start-up, pickling) than it saves.
 _MIN_IMAGES_FOR_POOL = 200

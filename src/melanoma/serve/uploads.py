@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from fastapi import HTTPException
 from PIL import Image, ImageOps
 
+import melanoma.images  # noqa: F401 - registers the HEIF opener, so Image.open(..., formats=["HEIF"]) works
+
 MAX_PIXELS = 50_000_000  # a 7000x7000 photo; above this a small file can still be a decompression bomb
 
 # Magic numbers of the formats we accept -> (Pillow format name, file extension used with --keep-images).
@@ -30,8 +32,12 @@ SIGNATURES = (
     (b"GIF87a", "GIF", ".gif"),
     (b"GIF89a", "GIF", ".gif"),
 )
+# HEIF files start with an ISO-BMFF "ftyp" box: 4 bytes of size, b"ftyp", then the major brand (HEVC-coded
+# stills: heic/heix; sequences hevc/hevx; generic HEIF mif1/msf1). AVIF shares the box but not these brands.
+HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
 MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp", ".tif": "image/tiff",
-               ".gif": "image/gif", ".webp": "image/webp"}
+               ".gif": "image/gif", ".webp": "image/webp", ".heic": "image/heic"}
+ACCEPTED = "JPEG, PNG, BMP, TIFF, GIF, WebP, HEIC"
 
 
 @dataclass
@@ -55,6 +61,8 @@ def sniff(data: bytes) -> tuple[str, str] | None:
     """(Pillow format, extension) from the first bytes, or None when it is no image format we accept."""
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "WEBP", ".webp"
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return "HEIF", ".heic"
     for magic, fmt, ext in SIGNATURES:
         if data.startswith(magic):
             return fmt, ext
@@ -69,7 +77,7 @@ def decode(label: str, data: bytes) -> tuple[Image.Image, str]:
     """Decode fully (a truncated file fails here, not in the model); returns the RGB image and its extension."""
     found = sniff(data)
     if found is None:
-        raise HTTPException(415, f"{label}: not an image (accepted: JPEG, PNG, BMP, TIFF, GIF, WebP)")
+        raise HTTPException(415, f"{label}: not an image (accepted: {ACCEPTED})")
     fmt, ext = found
     try:
         with warnings.catch_warnings():

@@ -20,6 +20,7 @@ function h(tag, attrs = {}, ...children) {
   }
   return el;
 }
+const NO_PREVIEW = "This browser cannot show this image format (HEIC or TIFF); the result is for the image as uploaded.";
 const pct = (p, digits = 1) => (p === null || p === undefined ? "–" : `${(100 * p).toFixed(digits)}%`);
 const when = (iso) => new Date(iso).toLocaleString([], { day: "numeric", month: "short", year: "numeric", hour: "2-digit", minute: "2-digit" });
 
@@ -81,7 +82,7 @@ function renderUpload() {
   const cards = h("section", { class: "cards", "aria-label": "Results" });
   let files = [];
   const setFiles = (list) => {
-    files = Array.from(list).filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|bmp|tiff?|gif|webp)$/i.test(f.name));
+    files = Array.from(list).filter((f) => f.type.startsWith("image/") || /\.(jpe?g|png|bmp|tiff?|gif|webp|heic|heif)$/i.test(f.name));
     chosen.textContent = files.length ? `${files.length} image${files.length > 1 ? "s" : ""}: ${files.map((f) => f.name).join(", ")}` : "No images chosen";
     analyse.disabled = !files.length;
   };
@@ -94,7 +95,7 @@ function renderUpload() {
     ondragleave: () => zone.classList.remove("over"),
     ondrop: (e) => { e.preventDefault(); zone.classList.remove("over"); setFiles(e.dataTransfer.files); },
   }, h("strong", {}, "Drop dermoscopic images here or choose files"),
-     h("span", { id: "drop-help" }, "JPEG, PNG, BMP, TIFF, GIF or WebP · up to 20 MB each · press Enter to browse"));
+     h("span", { id: "drop-help" }, "JPEG, PNG, BMP, TIFF, GIF, WebP or HEIC · up to 20 MB each · press Enter to browse"));
   const caseRef = h("input", { type: "text", id: "case-ref", maxlength: "200", autocomplete: "off", placeholder: "e.g. clinic case number" });
   const analyse = h("button", { class: "primary", type: "submit", disabled: true }, "Analyse images");
   const form = h("form", { class: "panel", onsubmit: async (e) => {
@@ -128,8 +129,12 @@ function renderUpload() {
 function resultCard(r, file) {
   const mel = state.model ? state.model.melanoma_class : "melanoma";
   const original = file ? URL.createObjectURL(file) : "";
-  const img = h("img", { src: original, alt: `Uploaded image ${r.filename || r.record_id}` });
   const caption = h("span", { class: "caption" }, "Image");
+  // Most browsers cannot draw HEIC or TIFF: say so instead of a broken picture (the heatmap is a PNG from the server)
+  const img = h("img", { src: original, alt: `Uploaded image ${r.filename || r.record_id}`, onerror: () => {
+    img.hidden = true;
+    caption.textContent = NO_PREVIEW;
+  }, onload: () => { img.hidden = false; } });
   let heatmapUrl = null;
   const toggle = h("button", { type: "button", "aria-pressed": "false", onclick: async () => {
     const on = toggle.getAttribute("aria-pressed") !== "true";
@@ -240,7 +245,8 @@ async function renderCase(id) {
   const classes = state.model ? state.model.class_names : Object.keys(r.probabilities);
   const imageBox = h("div", { class: "image" }, r.image_kept ? "Loading image…" : "Image not kept on the server (start it with --keep-images to keep images).");
   if (r.image_kept) {
-    api(`v1/cases/${r.record_id}/image`, {}, true).then((blob) => imageBox.replaceChildren(h("img", { src: URL.createObjectURL(blob), alt: `Image of case ${r.record_id}` })))
+    api(`v1/cases/${r.record_id}/image`, {}, true).then((blob) => imageBox.replaceChildren(h("img", { src: URL.createObjectURL(blob), alt: `Image of case ${r.record_id}`,
+      onerror: () => { imageBox.textContent = NO_PREVIEW; } })))
       .catch((err) => { imageBox.textContent = err.message; });
   }
   let decision = r.review ? r.review.decision : "";
