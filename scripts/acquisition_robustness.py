@@ -12,7 +12,13 @@ predicted again after one change of the stored image, at its stored size:
 * noiseS       -- Gaussian noise of S grey levels (0-255) on every channel, seeded per image: sensor noise;
 * gammaG       -- every channel raised to the power G (0-1 scale): another tone curve, which an affine
                   exposure standardisation cannot undo;
-* saturationF  -- every pixel's distance from its grey level times F: a more (F > 1) or less colourful rendering.
+* saturationF  -- every pixel's distance from its grey level times F: a more (F > 1) or less colourful rendering;
+* inkN         -- N dashes of violet skin-marker ink on a ring around the image centre (radius INK_RING x the
+                  shorter side, inside the eval view's crop; random phase, seeded per image): a surgical marking
+                  round a lesion, which raised a dermoscopy network's melanoma scores in Winkler et al. 2019
+                  (JAMA Dermatol 155:1135) (session 49);
+* inkdotsN     -- N dots of the same ink on the same ring (4% of the shorter side across): a marking the
+                  training augmentation `--augmentation ink` (rings, dashed or whole) does not draw.
 
 --predictions PATH scores the images of MODEL/PATH instead, e.g. heldout-eval/predictions.csv: a leave-one-
 source-out run's never-seen source (as `melanoma evaluate` wrote it there; labels in its `label` column).
@@ -39,13 +45,15 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image, ImageDraw, ImageFilter
 
 from aspect_robustness import print_score_table  # scripts/ is on sys.path when run as a script
 
 DEFAULT_CHANGES = ["stored", "jpeg50", "jpeg25", "blur0.7", "blur1.5", "sharpen100", "noise6", "gamma0.8",
                    "gamma1.25", "saturation0.7", "saturation1.3"]
-_KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation")
+_KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation", "ink", "inkdots")
+INK_COLOUR = (90, 45, 140)   # gentian violet, the usual skin-marker ink, as it looks on skin (RGB)
+INK_RING, INK_WIDTH, INK_DOT = 0.42, 0.025, 0.04  # ring radius, stroke width, dot diameter: shares of the shorter side
 _CHANGE = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)")  # KIND then its amount, e.g. jpeg50, blur0.7
 
 
@@ -73,6 +81,8 @@ def apply_change(image: Image.Image, change: str) -> Image.Image:
         return image.filter(ImageFilter.GaussianBlur(radius=amount))  # PIL's radius is the standard deviation
     if kind == "sharpen":
         return image.filter(ImageFilter.UnsharpMask(radius=2, percent=int(amount), threshold=0))
+    if kind in ("ink", "inkdots"):
+        return draw_ink(image, int(amount), dots=kind == "inkdots")
     x = np.asarray(image, dtype=np.float32) / 255.0
     if kind == "noise":  # seeded by the pixels, so every run and model sees the same noise on an image
         rng = np.random.default_rng(zlib.crc32(np.asarray(image).tobytes()))
@@ -83,6 +93,27 @@ def apply_change(image: Image.Image, change: str) -> Image.Image:
         grey = x.mean(axis=2, keepdims=True)
         x = grey + (x - grey) * amount
     return Image.fromarray(np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8))
+
+
+def draw_ink(image: Image.Image, dashes: int, dots: bool = False) -> Image.Image:
+    """`dashes` arcs of marker ink (or dots), each half of its share of a circle round the image centre, at a phase
+    seeded by the image's pixels (every model sees the same marks on an image); ink covers 85% (skin shows through)."""
+    rng = np.random.default_rng(zlib.crc32(np.asarray(image).tobytes()))
+    w, h = image.size
+    radius, width = INK_RING * min(w, h), max(2, round(INK_WIDTH * min(w, h)))
+    box = (w / 2 - radius, h / 2 - radius, w / 2 + radius, h / 2 + radius)
+    mask = Image.new("L", image.size, 0)
+    pen = ImageDraw.Draw(mask)
+    step, phase = 360.0 / dashes, float(rng.uniform(0.0, 360.0))
+    dot = INK_DOT * min(w, h) / 2
+    for k in range(dashes):
+        start = phase + k * step
+        if dots:
+            x, y = w / 2 + radius * np.cos(np.radians(start)), h / 2 + radius * np.sin(np.radians(start))
+            pen.ellipse((x - dot, y - dot, x + dot, y + dot), fill=round(0.85 * 255))
+        else:
+            pen.arc(box, start, start + step / 2, fill=round(0.85 * 255), width=width)
+    return Image.composite(Image.new("RGB", image.size, INK_COLOUR), image, mask)
 
 
 def main(argv=None) -> int:

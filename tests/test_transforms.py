@@ -9,9 +9,9 @@ from torchvision.transforms import v2
 from melanoma.config import COLOR_CONSTANCY, TrainConfig
 from melanoma.errors import ConfigError
 from melanoma.images import VIGNETTE_LEVEL, apply_color_constancy, bilateral_smooth, noise_sigma
-from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomNoise, RandomRot90,
-                                 SourceNoiseMatch, augmentation_ops, eval_transform, invert_tta_views, prepare_image, shades_of_gray,
-                                 train_transform, tta_views)
+from melanoma.transforms import (TTA_VIEW_NAMES, RandomDetailLoss, RandomHair, RandomInk, RandomNoise, RandomRot90,
+                                 SourceNoiseMatch, augmentation_ops, eval_transform, invert_tta_views, prepare_image,
+                                 shades_of_gray, train_transform, tta_views)
 
 PRE = {"input_size": 64, "resize": 73, "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}
 
@@ -187,6 +187,34 @@ def test_hair_level_draws_on_half_the_views_before_the_crop():
     assert isinstance(first, v2.RandomApply) and first.p == 0.5 and isinstance(first.transforms[0], RandomHair)
     assert [type(op) for op in rest] == [type(op) for op in augmentation_ops(64, level="standard")]
     TrainConfig(data="x", augmentation="hair").validate()
+
+
+def test_ink_draws_a_violet_ring_round_the_middle_and_leaves_the_lesion():
+    """The marker ring: violet where drawn, a ring (the middle and the far corners untouched,
+    a thin share of the image), dashed or whole; PIL images pass."""
+    skin = torch.tensor([220, 170, 150], dtype=torch.uint8).view(3, 1, 1).expand(3, 150, 200).clone()
+    torch.manual_seed(0)
+    solid = 0
+    for _ in range(20):
+        params = RandomInk().make_params([skin])
+        inked = RandomInk().transform(skin, params)
+        changed = (inked != skin).any(dim=0)
+        assert 0.01 < changed.float().mean() < 0.25  # a ring, not a cast over the image
+        assert not changed[65:85, 90:110].any() and not changed[:5, :5].any()  # the middle and a far corner stay
+        drop = (skin.float() - inked.float()).flatten(1)
+        red, green, blue = drop[:, drop.sum(0).argmax()].tolist()  # where the ink is densest
+        assert red > blue and green > blue  # violet on skin: red and green fall, blue far less
+        solid += params["dashes"] == 0
+    assert 0 < solid < 20  # whole rings and dashed ones
+    image = Image.new("RGB", (40, 30), (220, 170, 150))
+    assert RandomInk()(image) is image
+
+
+def test_ink_level_draws_on_half_the_views_before_the_crop():
+    first, *rest = augmentation_ops(64, level="ink")
+    assert isinstance(first, v2.RandomApply) and first.p == 0.5 and isinstance(first.transforms[0], RandomInk)
+    assert [type(op) for op in rest] == [type(op) for op in augmentation_ops(64, level="standard")]
+    TrainConfig(data="x", augmentation="ink").validate()
 
 
 def test_noise_adds_gaussian_noise_of_the_drawn_level_and_keeps_uint8():
