@@ -230,7 +230,8 @@ def test_detail_robustness_scores_each_collection_at_each_detail_level(tmp_path,
 def test_acquisition_changes_keep_the_size_and_move_the_pixels_as_named(shared_train):
     """scripts/acquisition_robustness.py's changes on a real lesion: each keeps the size; stored is the image;
     blur lowers and sharpening raises the fine contrast; gamma < 1 brightens; saturation scales the distance from
-    grey; noise is the same on every call (seeded by the image); JPEG moves pixels a little. Bad names are refused."""
+    grey; noise is the same on every call (seeded by the image); JPEG moves pixels a little; ink draws violet marks
+    on a ring round the middle. Bad names are refused."""
     import argparse
 
     from PIL import Image
@@ -249,7 +250,14 @@ def test_acquisition_changes_keep_the_size_and_move_the_pixels_as_named(shared_t
     assert chroma(x("saturation0.7")) < chroma(stored) < chroma(x("saturation1.3"))
     assert np.array_equal(x("noise6"), x("noise6")) and 3 < np.abs(x("noise6") - stored).mean() < 6
     assert 0 < np.abs(x("jpeg50") - stored).mean() < 5
-    assert change_name("blur0.7") == "blur0.7"
+    for ink in ("ink8", "inkdots12"):  # violet marks on a ring: the middle untouched, the same marks every call
+        inked = x(ink)
+        marked = np.abs(inked - stored).sum(axis=2) > 30
+        h, w = marked.shape
+        assert np.array_equal(inked, x(ink)) and 0.01 < marked.mean() < 0.15
+        assert not marked[h // 3:-h // 3, w // 3:-w // 3].any()
+        assert (stored - inked)[marked][:, 0].mean() > (stored - inked)[marked][:, 2].mean()  # red falls more: violet
+    assert change_name("blur0.7") == "blur0.7" and change_name("inkdots12") == "inkdots12"
     for bad in ("blur", "jpeg0", "fog3", "stored1"):
         with pytest.raises(argparse.ArgumentTypeError, match="unknown change"):
             change_name(bad)
