@@ -33,7 +33,8 @@ SIGNATURES = (
     (b"GIF89a", "GIF", ".gif"),
 )
 # HEIF files start with an ISO-BMFF "ftyp" box: 4 bytes of size, b"ftyp", then the major brand (HEVC-coded
-# stills: heic/heix; sequences hevc/hevx; generic HEIF mif1/msf1). AVIF shares the box but not these brands.
+# stills: heic/heix; sequences hevc/hevx; generic HEIF mif1/msf1). AVIF shares the box, mostly as brand avif (not
+# accepted); one labelled mif1 is tried as HEIF and refused with 422 when it does not decode.
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
 MEDIA_TYPES = {".jpg": "image/jpeg", ".png": "image/png", ".bmp": "image/bmp", ".tif": "image/tiff",
                ".gif": "image/gif", ".webp": "image/webp", ".heic": "image/heic"}
