@@ -84,8 +84,8 @@ def apply_change(image: Image.Image, change: str) -> Image.Image:
     if kind in ("ink", "inkdots"):
         return draw_ink(image, int(amount), dots=kind == "inkdots")
     x = np.asarray(image, dtype=np.float32) / 255.0
-    if kind == "noise":  # seeded by the pixels, so every run and model sees the same noise on an image
-        rng = np.random.default_rng(zlib.crc32(np.asarray(image).tobytes()))
+    if kind == "noise":
+        rng = image_rng(image)
         x = x + rng.normal(0.0, amount / 255.0, x.shape)
     elif kind == "gamma":
         x = x ** amount
@@ -95,10 +95,15 @@ def apply_change(image: Image.Image, change: str) -> Image.Image:
     return Image.fromarray(np.round(np.clip(x, 0.0, 1.0) * 255.0).astype(np.uint8))
 
 
+def image_rng(image: Image.Image) -> np.random.Generator:
+    """A generator seeded by the image's pixels: every run and model sees the same random change on an image."""
+    return np.random.default_rng(zlib.crc32(np.asarray(image).tobytes()))
+
+
 def draw_ink(image: Image.Image, dashes: int, dots: bool = False) -> Image.Image:
     """`dashes` arcs of marker ink (or dots), each half of its share of a circle round the image centre, at a phase
     seeded by the image's pixels (every model sees the same marks on an image); ink covers 85% (skin shows through)."""
-    rng = np.random.default_rng(zlib.crc32(np.asarray(image).tobytes()))
+    rng = image_rng(image)
     w, h = image.size
     radius, width = INK_RING * min(w, h), max(2, round(INK_WIDTH * min(w, h)))
     box = (w / 2 - radius, h / 2 - radius, w / 2 + radius, h / 2 + radius)

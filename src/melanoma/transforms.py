@@ -117,7 +117,7 @@ class RandomInk(v2.Transform):
     the ink. Drawn at twice the size and shrunk, for soft edges. Other inputs pass unchanged."""
 
     def make_params(self, flat_inputs):
-        # radius, centre x, centre y, width, dashes (0: a whole arc), duty, phase, red, green, blue, opacity
+        # ring: radius, centre x, centre y, width, duty, phase, red, green, blue, opacity (each 0..1); dashes 0: whole
         solid = bool(torch.rand(()) < 0.25)  # a quarter of the rings are whole circles
         return {"ring": torch.rand(10).tolist(), "dashes": 0 if solid else int(torch.randint(4, 17, ()))}
 
