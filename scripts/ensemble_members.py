@@ -6,6 +6,9 @@ scored as stored (no test-time augmentation; detail calibration only moves the a
 
 --changes: score them again after each change of the stored image that scripts/acquisition_robustness.py names
 (e.g. noise2 jpeg75; default: stored only), to see which members a camera or storage difference moves (session 45).
+The last column is the share of each group's images every member alerts at its own threshold, the one that keeps
+90% sensitivity over all stored validation images (the shipped alert's target): a change that ranks alike but moves
+every score up or down shows there, not in the AUC (session 50). A run folder of `melanoma train` is one member.
 
     .venv/bin/python scripts/ensemble_members.py MODEL [MODEL ...] [--changes stored noise2 noise6]
 """
@@ -30,6 +33,7 @@ from melanoma.artifacts import load_model  # noqa: E402
 from melanoma.errors import MelanomaError  # noqa: E402
 from melanoma.images import load_image, prepare_image  # noqa: E402
 from melanoma.labelmaps import is_melanoma_label  # noqa: E402
+from melanoma.metrics import choose_alert_threshold  # noqa: E402
 from melanoma.transforms import eval_transform  # noqa: E402
 
 
@@ -53,33 +57,44 @@ def member_probabilities(net, meta: dict, paths: list[str], batch: int = 64, cha
 
 
 def main(models: list[Path], changes: tuple[str, ...] = ("stored",)) -> None:
-    print("| model | change | validation images | members: melanoma AUC | mean +- sd | ensemble |\n"
-          "|---|---|---|---|---|---|")
+    print("| model | change | validation images | members: melanoma AUC | mean +- sd | ensemble | members: alerted |\n"
+          "|---|---|---|---|---|---|---|")
     for model in models:
         net, meta = load_model(model)
         with (model / "val_predictions.csv").open(newline="") as fh:
             labels = {r["path"]: r["label"] for r in csv.DictReader(fh) if r.get("label")}
+        by_group = groups(model / "val_predictions.csv")
+        paths = sorted(by_group["all"])
+        is_mel = np.array([is_melanoma_label(labels[p]) for p in paths])
+        score = melanoma_scorer(meta)
+        stored = member_probabilities(net, meta, paths)
+        thresholds = [choose_alert_threshold(is_mel, score(p)) for p in stored]
         for change in changes:
-            print_member_rows(model, net, meta, labels, change)
+            probs = stored if change == "stored" else member_probabilities(net, meta, paths, change=change)
+            for name, only in by_group.items():
+                keep = np.array([p in only for p in paths])
+                if is_mel[keep].all() or not is_mel[keep].any():
+                    continue  # no AUC without both melanomas and other lesions
+                cells = group_cells(probs[:, keep], is_mel[keep], score, thresholds)
+                print(f"| {model} | {change} | {name} ({int(keep.sum())}, {int(is_mel[keep].sum())} melanoma) | "
+                      f"{cells} |")
 
 
-def print_member_rows(model: Path, net, meta: dict, labels: dict[str, str], change: str) -> None:
-    """The table rows of one model under one change: per validation group, each member's AUC and the ensemble's."""
-    by_group = groups(model / "val_predictions.csv")
-    paths = sorted(by_group["all"])
-    probs = member_probabilities(net, meta, paths, change=change)
+def melanoma_scorer(meta: dict):
+    """probabilities [N, C] -> the melanoma score the ensemble alerts on (the model's prior correction applied)."""
     weights = priors.weights_of(meta)  # the prior correction predict applies (None: none)
     mel = meta["class_names"].index(meta.get("melanoma_class", "melanoma"))
-    is_mel = np.array([is_melanoma_label(labels[p]) for p in paths])
-    for name, only in by_group.items():
-        keep = np.array([p in only for p in paths])
-        if is_mel[keep].all() or not is_mel[keep].any():
-            continue  # no AUC without both melanomas and other lesions
-        aucs = [roc_auc_score(is_mel[keep], priors.reweight(p[keep], weights)[:, mel]) for p in probs]
-        ensemble = roc_auc_score(is_mel[keep], priors.reweight(probs[:, keep].mean(0), weights)[:, mel])
-        spread = f"{np.mean(aucs):.3f} +- {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else f"{aucs[0]:.3f}"
-        print(f"| {model} | {change} | {name} ({int(keep.sum())}, {int(is_mel[keep].sum())} melanoma) | "
-              f"{' / '.join(f'{a:.3f}' for a in aucs)} | {spread} | {ensemble:.3f} |")
+    return lambda probs: priors.reweight(probs, weights)[:, mel]
+
+
+def group_cells(probs: np.ndarray, is_mel: np.ndarray, score, thresholds: list[float]) -> str:
+    """The row's last four cells for one group: member AUCs, their mean +- sd, the ensemble's AUC, and the share
+    each member alerts at its threshold."""
+    aucs = [roc_auc_score(is_mel, score(p)) for p in probs]
+    ensemble = roc_auc_score(is_mel, score(probs.mean(0)))
+    spread = f"{np.mean(aucs):.3f} +- {np.std(aucs, ddof=1):.3f}" if len(aucs) > 1 else f"{aucs[0]:.3f}"
+    alerted = [f"{np.mean(score(p) >= t):.0%}" for p, t in zip(probs, thresholds)]
+    return f"{' / '.join(f'{a:.3f}' for a in aucs)} | {spread} | {ensemble:.3f} | {' / '.join(alerted)}"
 
 
 if __name__ == "__main__":
