@@ -6,9 +6,10 @@ scored as stored (no test-time augmentation; detail calibration only moves the a
 
 --changes: score them again after each change of the stored image that scripts/acquisition_robustness.py names
 (e.g. noise2 jpeg75; default: stored only), to see which members a camera or storage difference moves (session 45).
-The last column is the share of each group's images every member alerts at its own threshold, the one that keeps
-90% sensitivity over all stored validation images (the shipped alert's target): a change that ranks alike but moves
-every score up or down shows there, not in the AUC (session 50). A run folder of `melanoma train` is one member.
+The last column is the share of each group's images that each member alerts at its own threshold, the one that
+keeps 90% sensitivity over all stored validation images (the shipped alert's target): a change that ranks alike but
+moves every score up or down shows there, not in the AUC (session 50). A run folder of `melanoma train` is one
+member. The stored images are scored even where --changes leaves them out: the thresholds come from them.
 
     .venv/bin/python scripts/ensemble_members.py MODEL [MODEL ...] [--changes stored noise2 noise6]
 """
