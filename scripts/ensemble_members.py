@@ -70,12 +70,12 @@ def main(models: list[Path], changes: tuple[str, ...] = ("stored",)) -> None:
         score = melanoma_scorer(meta)
         stored = member_probabilities(net, meta, paths)
         thresholds = [choose_alert_threshold(is_mel, score(p)) for p in stored]
+        masks = {name: np.array([p in only for p in paths]) for name, only in by_group.items()}
+        masks = {name: keep for name, keep in masks.items()  # no AUC without both melanomas and other lesions
+                 if is_mel[keep].any() and not is_mel[keep].all()}
         for change in changes:
             probs = stored if change == "stored" else member_probabilities(net, meta, paths, change=change)
-            for name, only in by_group.items():
-                keep = np.array([p in only for p in paths])
-                if is_mel[keep].all() or not is_mel[keep].any():
-                    continue  # no AUC without both melanomas and other lesions
+            for name, keep in masks.items():
                 cells = group_cells(probs[:, keep], is_mel[keep], score, thresholds)
                 print(f"| {model} | {change} | {name} ({int(keep.sum())}, {int(is_mel[keep].sum())} melanoma) | "
                       f"{cells} |")
