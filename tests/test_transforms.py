@@ -217,6 +217,29 @@ def test_ink_level_draws_on_half_the_views_before_the_crop():
     TrainConfig(data="x", augmentation="ink").validate()
 
 
+def test_marks_draw_rings_and_arrows_round_the_middle_never_dots():
+    """"marks": rings and violet arrows, both clear of the middle; a kind it does not know is a ConfigError."""
+    skin = torch.tensor([220, 170, 150], dtype=torch.uint8).view(3, 1, 1).expand(3, 150, 200).clone()
+    torch.manual_seed(1)
+    marks, kinds = RandomInk(("ring", "arrow")), []
+    for _ in range(20):
+        params = marks.make_params([skin])
+        inked = marks.transform(skin, params)
+        changed = (inked != skin).any(dim=0)
+        assert 0.003 < changed.float().mean() < 0.25
+        assert not changed[65:85, 90:110].any()  # the lesion in the middle stays
+        drop = (skin.float() - inked.float()).flatten(1)
+        red, green, blue = drop[:, drop.sum(0).argmax()].tolist()
+        assert red > blue and green > blue
+        kinds.append(params["mark"])
+    assert set(kinds) == {"ring", "arrow"}
+    with pytest.raises(ConfigError, match="dot"):
+        RandomInk(("ring", "dot"))
+    first = augmentation_ops(64, level="marks")[0]
+    assert first.p == 0.5 and first.transforms[0].marks == ("ring", "arrow")
+    TrainConfig(data="x", augmentation="marks").validate()
+
+
 def test_noise_adds_gaussian_noise_of_the_drawn_level_and_keeps_uint8():
     skin = torch.tensor([200, 150, 130], dtype=torch.uint8).view(3, 1, 1).expand(3, 120, 160).clone()
     torch.manual_seed(0)

@@ -397,7 +397,7 @@ def _add_train(sub) -> None:
                         "at a random place, rotations and shifts but no scaling; strong-colour: strong's wider colour "
                         "jitter without its blur and JPEG; augmix, jpeg, noise, noise-mild and noise-match (per-source "
                         "noise: the less noisy source's images brought to the noisiest's levels), ink (half the "
-                        "draws get a violet skin-marker ring): docs/training.md)")
+                        "draws get a violet skin-marker ring), marks (ink with rings or arrows): docs/training.md)")
     p.add_argument("--extra-data", action="append", metavar="DIR", type=existing_path,
                    help="extra dataset that trains (repeatable), e.g. ../shared/data/ham10000; it validates only "
                         "with --val-sources all or --holdout-source; its copies of primary images and lesions are "

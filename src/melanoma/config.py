@@ -13,7 +13,8 @@ from melanoma.errors import ConfigError
 DEFAULT_MODEL = "efficientnet_lite0"
 # transforms.augmentation_ops; here so the CLI needs no torch import
 AUGMENTATION_LEVELS = ("standard", "strong", "resolution", "geometric", "erasing", "zoom", "hair", "fixed-scale",
-                       "strong-colour", "augmix", "jpeg", "noise", "noise-mild", "noise-match", "ink")
+                       "strong-colour", "augmix", "jpeg", "noise", "noise-mild", "noise-match", "ink",
+                       "marks")
 # `melanoma threshold --prior-correction` (melanoma.priors); here so the CLI offers them without importing numpy
 PRIOR_CORRECTIONS = ("training-mix", "none", "auto")  # auto: what the model's imbalance mode calls for
 # sampler: every class and, within it, every source equally often; source-balanced: the natural class mix with
@@ -55,6 +56,7 @@ class TrainConfig:
                                           # | zoom (standard with crops of 30-100% and affine scale 0.75-1.25)
                                           # | hair (standard, half the draws first get dark hair strands drawn)
                                           # | ink (standard, half the draws first get a violet marker ring)
+                                          # | marks (ink, its marks half rings and half arrows)
                                           # | fixed-scale (the eval resize, a square crop anywhere, no scaling)
     batch_size: int = 32
     lr: float | None = None               # None: 1e-3 (Adam for seed-cnn, as the notebooks; AdamW otherwise)

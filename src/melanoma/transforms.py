@@ -108,37 +108,83 @@ class RandomHair(v2.Transform):
 
 
 class RandomInk(v2.Transform):
-    """Draw a skin-marker ring round the image's middle on a uint8 CHW tensor image: a dashed (4-16 dashes, each
-    30-70% of its share) or whole arc of a circle of 30-55% of the shorter side in radius, its centre up to 10%
-    of the shorter side off the middle, 1.5-3.5% of it wide, in violet ink (gentian violet, the surgical marker's
-    colour, varied) at 60-95% opacity. Clinics mark lesions before excision or biopsy; marked lesions raised a
-    dermoscopy network's melanoma scores (Winkler et al. 2019, JAMA Dermatol 155:1135), and the shipped model's
-    alert moves the same way (scripts/acquisition_robustness.py ink8, session 49): the network should look through
-    the ink. Drawn at twice the size and shrunk, for soft edges. Other inputs pass unchanged."""
+    """Draw a skin-marker mark round the image's middle on a uint8 CHW tensor image, in violet ink (gentian violet,
+    the surgical marker's colour, varied) at 60-95% opacity, 1.5-3.5% of the shorter side wide. Clinics mark lesions
+    before excision or biopsy; marked lesions raised a dermoscopy network's melanoma scores (Winkler et al. 2019, JAMA
+    Dermatol 155:1135), and the shipped model's alert moves the same way (scripts/acquisition_robustness.py ink8,
+    session 49): the network should look through the ink. `marks` (drawn one per call, each as likely):
+
+    * ring  -- a dashed (4-16 dashes, each 30-70% of its share) or whole arc of a circle of 30-55% of the shorter
+               side in radius, its centre up to 10% of the shorter side off the middle;
+    * arrow -- one or two arrows pointing at the middle, their tips 25-45% of the shorter side from it, 15-30% long,
+               with two barbs of 5-9% at 20-35 degrees.
+
+    Dots (scripts/acquisition_robustness.py inkdots) are drawn by neither, on purpose: the held-out marking kind.
+    Drawn at twice the size and shrunk, for soft edges. Other inputs pass unchanged."""
+
+    MARKS = ("ring", "arrow")
+
+    def __init__(self, marks: tuple[str, ...] = ("ring",)):
+        super().__init__()
+        if not marks or any(mark not in self.MARKS for mark in marks):
+            raise ConfigError(f"ink marks must be among {', '.join(self.MARKS)}, got {marks!r}")
+        self.marks = tuple(marks)
 
     def make_params(self, flat_inputs):
+        # one mark kind per call; a single kind draws no choice, so rings alone replay session 50's random stream
+        mark = self.marks[int(torch.randint(len(self.marks), ()))] if len(self.marks) > 1 else self.marks[0]
+        if mark == "arrow":  # pen: width, red, green, blue, opacity; per arrow: angle, tip, length, barb, spread
+            return {"mark": mark, "pen": torch.rand(5).tolist(),
+                    "arrows": torch.rand(int(torch.randint(1, 3, ())), 5).tolist()}
         # ring: radius, centre x, centre y, width, duty, phase, red, green, blue, opacity (each 0..1); dashes 0: whole
         solid = bool(torch.rand(()) < 0.25)  # a quarter of the rings are whole circles
-        return {"ring": torch.rand(10).tolist(), "dashes": 0 if solid else int(torch.randint(4, 17, ()))}
+        return {"mark": mark, "ring": torch.rand(10).tolist(), "dashes": 0 if solid else int(torch.randint(4, 17, ()))}
 
     def transform(self, inpt, params):
         if not isinstance(inpt, torch.Tensor) or inpt.dtype != torch.uint8:
             return inpt
         h, w = inpt.shape[-2:]
-        radius, cx, cy, width, duty, phase, red, green, blue, opacity = params["ring"]
-        short = 2 * min(h, w)  # drawn at twice the size
-        r = (0.30 + 0.25 * radius) * short
-        x0, y0 = w + (cx - 0.5) * 0.2 * short, h + (cy - 0.5) * 0.2 * short
-        mask = Image.new("L", (2 * w, 2 * h))
-        draw, dashes = ImageDraw.Draw(mask), params["dashes"]
-        pen = {"fill": round(255 * (0.6 + 0.35 * opacity)), "width": max(2, round((0.015 + 0.02 * width) * short))}
-        box = (x0 - r, y0 - r, x0 + r, y0 + r)
-        if dashes == 0:
-            draw.ellipse(box, outline=pen["fill"], width=pen["width"])
-        for k in range(dashes):
-            start = phase * 360 + k * 360 / dashes
-            draw.arc(box, start, start + (0.3 + 0.4 * duty) * 360 / dashes, **pen)
+        mask = Image.new("L", (2 * w, 2 * h))  # drawn at twice the size
+        draw_mark = _draw_arrows if params.get("mark") == "arrow" else _draw_ring
+        red, green, blue = draw_mark(ImageDraw.Draw(mask), 2 * w, 2 * h, params)
         return _paint(inpt, mask, [60 + 40 * red, 25 + 30 * green, 120 + 50 * blue])
+
+
+def _ink_pen(short: float, width: float, opacity: float) -> dict:
+    """PIL pen keywords for marker ink: 60-95% opacity (as the grey level) and 1.5-3.5% of `short` wide."""
+    return {"fill": round(255 * (0.6 + 0.35 * opacity)), "width": max(2, round((0.015 + 0.02 * width) * short))}
+
+
+def _draw_ring(draw: ImageDraw.ImageDraw, w: int, h: int, params: dict) -> tuple[float, float, float]:
+    """RandomInk's ring on a `w` x `h` mask; returns the ink's colour draws (red, green, blue, each 0..1)."""
+    radius, cx, cy, width, duty, phase, red, green, blue, opacity = params["ring"]
+    short = min(h, w)
+    r = (0.30 + 0.25 * radius) * short
+    x0, y0 = w / 2 + (cx - 0.5) * 0.2 * short, h / 2 + (cy - 0.5) * 0.2 * short
+    pen, dashes, box = _ink_pen(short, width, opacity), params["dashes"], (x0 - r, y0 - r, x0 + r, y0 + r)
+    if dashes == 0:
+        draw.ellipse(box, outline=pen["fill"], width=pen["width"])
+    for k in range(dashes):
+        start = phase * 360 + k * 360 / dashes
+        draw.arc(box, start, start + (0.3 + 0.4 * duty) * 360 / dashes, **pen)
+    return red, green, blue
+
+
+def _draw_arrows(draw: ImageDraw.ImageDraw, w: int, h: int, params: dict) -> tuple[float, float, float]:
+    """RandomInk's arrows on a `w` x `h` mask; returns the ink's colour draws (red, green, blue, each 0..1)."""
+    width, red, green, blue, opacity = params["pen"]
+    short, pen = min(h, w), _ink_pen(min(h, w), width, opacity)
+    for angle, tip, length, barb, spread in params["arrows"]:
+        theta = 2 * math.pi * angle  # the direction from the middle to the arrow
+        gap = (0.25 + 0.2 * tip) * short  # from the middle to the tip
+        tip_x, tip_y = w / 2 + gap * math.cos(theta), h / 2 + gap * math.sin(theta)
+        reach = (0.15 + 0.15 * length) * short
+        draw.line((tip_x, tip_y, tip_x + reach * math.cos(theta), tip_y + reach * math.sin(theta)), **pen)
+        for side in (-1, 1):  # the barbs point back, away from the middle
+            turn = theta + side * math.radians(20 + 15 * spread)
+            size = (0.05 + 0.04 * barb) * short
+            draw.line((tip_x, tip_y, tip_x + size * math.cos(turn), tip_y + size * math.sin(turn)), **pen)
+    return red, green, blue
 
 
 def _paint(inpt: torch.Tensor, mask: Image.Image, colour: list[float]) -> torch.Tensor:
@@ -265,6 +311,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     lesion marked for excision is not alerted for its ink. On a source the model never saw it ranked as "standard"
     (+0.003 +- 0.021, session 49, 2 seeds) and referred 5-6% of inked images instead of 16-23%: an option until
     checked in joint training.
+    level "marks" is "ink" with arrows too: half the inked draws get a ring, half one or two arrows pointing at the
+    middle; dots are never drawn, so scripts/acquisition_robustness.py inkdots tests a marking kind it never saw.
     level "resolution" is "standard" with half the draws first shrunk to 40-100% of their size and enlarged back
     (RandomDetailLoss), so that the level of detail stops being a cue for the class. level "geometric" is "standard"
     without the colour jitter: crops, flips, rotations and affine only (colour is left to the colour constancy).
@@ -296,8 +344,8 @@ def augmentation_ops(size, interpolation=InterpolationMode.BILINEAR, level: str 
     ops = [v2.RandomApply([RandomDetailLoss(0.4, interpolation)], p=0.5)] if level == "resolution" else []
     if level == "hair":  # at the image's own size, before the crop: strands scale with the lesion
         ops.append(v2.RandomApply([RandomHair()], p=0.5))
-    if level == "ink":  # before the crop, as the hair: the ring is drawn round the prepared image's middle
-        ops.append(v2.RandomApply([RandomInk()], p=0.5))
+    if level in ("ink", "marks"):  # before the crop, as the hair: the ink is drawn round the prepared image's middle
+        ops.append(v2.RandomApply([RandomInk() if level == "ink" else RandomInk(("ring", "arrow"))], p=0.5))
     if level == "jpeg":  # before the crop; on the prepared image (a clinic's compression precedes even that)
         ops.append(v2.RandomApply([v2.JPEG(quality=(25, 95))], p=0.5))
     if level in ("noise", "noise-mild"):  # before the crop: noise at the prepared image's pixel scale, as a camera's
