@@ -2,14 +2,15 @@
 # shipped budget) and scripts/resolution_check.sh (a short budget): 9-class Train + HAM10000, one group-aware 20%
 # share of EVERY source validates (--val-sources all --split-seed 42), checkpoints chosen on melanoma AUC there.
 # In (all optional): DATA HAM SIZE EPOCHS DRAWS AUGMENTATION DETAIL_SIZE IMBALANCE COLOR_CONSTANCY.
-# Out: RECIPE (without --seed / --out).
+# Out: RECIPE (without --seed / --out). Since session 51 half the training draws get a violet skin-marker ring
+# (AUGMENTATION=ink, transforms.RandomInk): the shipped alert no longer moves when a lesion is marked.
 DATA=${DATA:-../shared/data/isic-9class/Train}
 HAM=${HAM:-../shared/data/ham10000}
 RECIPE=(--data "$DATA" --extra-data "$HAM" --lesion-metadata "$HAM/HAM10000_metadata.csv" --conflict-policy reference
         --color-constancy "${COLOR_CONSTANCY:-shades_of_gray_standardised}" --model efficientnet_lite0
         --image-size "${SIZE:-160}"
         --epochs "${EPOCHS:-10}" --samples-per-epoch "${DRAWS:-3200}" --val-fraction 0.2 --val-sources all
-        --monitor mel_auc --split-seed 42 --batch-size 32 --augmentation "${AUGMENTATION:-standard}"
+        --monitor mel_auc --split-seed 42 --batch-size 32 --augmentation "${AUGMENTATION:-ink}"
         --config scripts/cpu_long.yaml)
 # COLOR_CONSTANCY (default shades_of_gray_standardised, the shipped members' since session 41): Shades of Gray,
 # then each image's brightness and contrast brought to fixed levels (session 40: +0.038 +- 0.017 on the proxy, 6

@@ -13,16 +13,18 @@
 # seed 0.813): members past 4 add under 0.003 AUC (scripts/ensemble_size.py). Resumes when re-run.
 #   scripts/train_default.sh [OUT]         then: scripts/ship_default.sh OUT/shipped
 # The recipe itself: scripts/default_recipe.sh (SIZE, EPOCHS, DRAWS, AUGMENTATION, DETAIL_SIZE, IMBALANCE,
-# COLOR_CONSTANCY from the environment; since session 41 each image's exposure is standardised after Shades of Gray).
+# COLOR_CONSTANCY from the environment; since session 41 each image's exposure is standardised after Shades of Gray,
+# since session 51 half the draws get a skin-marker ring: AUGMENTATION=ink; the default before it: standard).
 # CPU (2 cores): 12-13 min per member at 160 px (10 epochs x 3,200 draws; session 41's machine; 21-24 min on the
 # machine of sessions 22-23), 1 min for the ensemble, 42 min for the threshold and detail calibration at 8 views
-# (TTA_VIEWS; at one view about 10 min): about 92 min in all (session 41).
+# (TTA_VIEWS; at one view about 10 min): about 92 min in all (session 41). Session 51's members (shipped then)
+# took 18.5-20.6 min each and the threshold and detail calibration 70 min on a slower machine of the same kind.
 # GPU: DEVICE=gpu scripts/train_default.sh runs/default-gpu -- the same recipe (same batch, learning rate and
 #   draws, so the same models up to bf16 rounding) with bf16 autocast, channels-last and 8 loader workers.
 # SMOKE=1: the same command lines on CPU for 2 steps (tests/test_scripts.py runs it on tiny DATA and HAM copies).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:-runs/default-v12}
+OUT=${1:-runs/default-v13}
 DEVICE=${DEVICE:-cpu}
 MEMBERS=${MEMBERS:-4}
 MELANOMA=${MELANOMA:-.venv/bin/melanoma}
