@@ -108,7 +108,7 @@ class RandomHair(v2.Transform):
 
 
 class RandomInk(v2.Transform):
-    """Draw a skin-marker mark round the image's middle on a uint8 CHW tensor image, in violet ink (gentian violet,
+    """Draw a mark of skin-marker ink round the image's middle on a uint8 CHW tensor image: violet (gentian violet,
     the surgical marker's colour, varied) at 60-95% opacity, 1.5-3.5% of the shorter side wide. Clinics mark lesions
     before excision or biopsy; marked lesions raised a dermoscopy network's melanoma scores (Winkler et al. 2019, JAMA
     Dermatol 155:1135), and the shipped model's alert moves the same way (scripts/acquisition_robustness.py ink8,
@@ -173,16 +173,16 @@ def _draw_ring(draw: ImageDraw.ImageDraw, w: int, h: int, params: dict) -> tuple
 def _draw_arrows(draw: ImageDraw.ImageDraw, w: int, h: int, params: dict) -> tuple[float, float, float]:
     """RandomInk's arrows on a `w` x `h` mask; returns the ink's colour draws (red, green, blue, each 0..1)."""
     width, red, green, blue, opacity = params["pen"]
-    short, pen = min(h, w), _ink_pen(min(h, w), width, opacity)
+    short = min(h, w)
+    pen = _ink_pen(short, width, opacity)
     for angle, tip, length, barb, spread in params["arrows"]:
         theta = 2 * math.pi * angle  # the direction from the middle to the arrow
         gap = (0.25 + 0.2 * tip) * short  # from the middle to the tip
         tip_x, tip_y = w / 2 + gap * math.cos(theta), h / 2 + gap * math.sin(theta)
-        reach = (0.15 + 0.15 * length) * short
+        reach, size = (0.15 + 0.15 * length) * short, (0.05 + 0.04 * barb) * short  # shaft and barb lengths
         draw.line((tip_x, tip_y, tip_x + reach * math.cos(theta), tip_y + reach * math.sin(theta)), **pen)
         for side in (-1, 1):  # the barbs point back, away from the middle
             turn = theta + side * math.radians(20 + 15 * spread)
-            size = (0.05 + 0.04 * barb) * short
             draw.line((tip_x, tip_y, tip_x + size * math.cos(turn), tip_y + size * math.sin(turn)), **pen)
     return red, green, blue
 
