@@ -122,12 +122,10 @@ class RandomInk(v2.Transform):
     Dots (scripts/acquisition_robustness.py inkdots) are drawn by neither, on purpose: the held-out marking kind.
     Drawn at twice the size and shrunk, for soft edges. Other inputs pass unchanged."""
 
-    MARKS = ("ring", "arrow")
-
     def __init__(self, marks: tuple[str, ...] = ("ring",)):
         super().__init__()
-        if not marks or any(mark not in self.MARKS for mark in marks):
-            raise ConfigError(f"ink marks must be among {', '.join(self.MARKS)}, got {marks!r}")
+        if not marks or any(mark not in _INK_MARKS for mark in marks):
+            raise ConfigError(f"ink marks must be among {', '.join(_INK_MARKS)}, got {marks!r}")
         self.marks = tuple(marks)
 
     def make_params(self, flat_inputs):
@@ -145,8 +143,7 @@ class RandomInk(v2.Transform):
             return inpt
         h, w = inpt.shape[-2:]
         mask = Image.new("L", (2 * w, 2 * h))  # drawn at twice the size
-        draw_mark = _draw_arrows if params.get("mark") == "arrow" else _draw_ring
-        red, green, blue = draw_mark(ImageDraw.Draw(mask), 2 * w, 2 * h, params)
+        red, green, blue = _INK_MARKS[params["mark"]](ImageDraw.Draw(mask), 2 * w, 2 * h, params)
         return _paint(inpt, mask, [60 + 40 * red, 25 + 30 * green, 120 + 50 * blue])
 
 
@@ -185,6 +182,9 @@ def _draw_arrows(draw: ImageDraw.ImageDraw, w: int, h: int, params: dict) -> tup
             turn = theta + side * math.radians(20 + 15 * spread)
             draw.line((tip_x, tip_y, tip_x + size * math.cos(turn), tip_y + size * math.sin(turn)), **pen)
     return red, green, blue
+
+
+_INK_MARKS = {"ring": _draw_ring, "arrow": _draw_arrows}  # RandomInk's mark kinds and what draws each
 
 
 def _paint(inpt: torch.Tensor, mask: Image.Image, colour: list[float]) -> torch.Tensor:
