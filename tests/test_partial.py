@@ -55,11 +55,25 @@ def test_other_settings_or_an_edited_image_start_afresh(tmp_path):
     calls = []
     PartialJob("test", {"a": 2}, paths).run(_compute(calls))
     assert len(calls) == 1
-    stat = os.stat(paths[1])
-    os.utime(paths[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with open(paths[1], "r+b") as handle:  # same size, one byte changed: the edit a size check misses
+        handle.write(b"\xff")
     calls = []
     PartialJob("test", {"a": 1}, paths).run(_compute(calls))
     assert calls == [paths]
+
+
+def test_files_that_only_got_new_modification_times_are_reused(tmp_path):
+    """A data folder provisioned again (same bytes, new mtimes) keeps a killed job's chunks: session 51 lost a
+    70-minute calibration's saved chunks that way when the stamp was size + mtime."""
+    paths = _files(tmp_path, 3)
+    with pytest.raises(Killed):
+        PartialJob("test", {}, paths, chunk=2).run(_compute([], kill_at=1))
+    for path in paths:
+        stat = os.stat(path)
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    calls = []
+    PartialJob("test", {}, paths, chunk=2).run(_compute(calls))
+    assert calls == [paths[2:]]
 
 
 def test_an_unreadable_chunk_is_computed_again(tmp_path):
