@@ -18,7 +18,10 @@ predicted again after one change of the stored image, at its stored size:
                   round a lesion, which raised a dermoscopy network's melanoma scores in Winkler et al. 2019
                   (JAMA Dermatol 155:1135) (session 49);
 * inkdotsN     -- N dots of the same ink on the same ring (4% of the shorter side across): a marking the
-                  training augmentation `--augmentation ink` (rings, dashed or whole) does not draw.
+                  training augmentations `--augmentation ink` (rings, dashed or whole) and `marks` (rings and
+                  arrows) do not draw;
+* inkblackN    -- inkN's dashes in black marker ink (INK_BLACK): a colour neither augmentation draws (their ink
+                  is always violet), the second held-out marking (session 52).
 
 --predictions PATH scores the images of MODEL/PATH instead, e.g. heldout-eval/predictions.csv: a leave-one-
 source-out run's never-seen source (as `melanoma evaluate` wrote it there; labels in its `label` column).
@@ -51,8 +54,9 @@ from aspect_robustness import print_score_table  # scripts/ is on sys.path when 
 
 DEFAULT_CHANGES = ["stored", "jpeg50", "jpeg25", "blur0.7", "blur1.5", "sharpen100", "noise6", "gamma0.8",
                    "gamma1.25", "saturation0.7", "saturation1.3"]
-_KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation", "ink", "inkdots")
+_KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation", "ink", "inkdots", "inkblack")
 INK_COLOUR = (90, 45, 140)   # gentian violet, the usual skin-marker ink, as it looks on skin (RGB)
+INK_BLACK = (40, 38, 42)     # a black permanent marker on skin (RGB): RandomInk's violets span R 60-100, B 120-170
 INK_RING, INK_WIDTH, INK_DOT = 0.42, 0.025, 0.04  # ring radius, stroke width, dot diameter: shares of the shorter side
 _CHANGE = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)")  # KIND then its amount, e.g. jpeg50, blur0.7
 
@@ -81,8 +85,9 @@ def apply_change(image: Image.Image, change: str) -> Image.Image:
         return image.filter(ImageFilter.GaussianBlur(radius=amount))  # PIL's radius is the standard deviation
     if kind == "sharpen":
         return image.filter(ImageFilter.UnsharpMask(radius=2, percent=int(amount), threshold=0))
-    if kind in ("ink", "inkdots"):
-        return draw_ink(image, int(amount), dots=kind == "inkdots")
+    if kind in ("ink", "inkdots", "inkblack"):
+        return draw_ink(image, int(amount), dots=kind == "inkdots",
+                        colour=INK_BLACK if kind == "inkblack" else INK_COLOUR)
     x = np.asarray(image, dtype=np.float32) / 255.0
     if kind == "noise":
         rng = image_rng(image)
@@ -100,9 +105,10 @@ def image_rng(image: Image.Image) -> np.random.Generator:
     return np.random.default_rng(zlib.crc32(np.asarray(image).tobytes()))
 
 
-def draw_ink(image: Image.Image, dashes: int, dots: bool = False) -> Image.Image:
+def draw_ink(image: Image.Image, dashes: int, dots: bool = False, colour=INK_COLOUR) -> Image.Image:
     """`dashes` arcs of marker ink (or dots), each half of its share of a circle round the image centre, at a phase
-    seeded by the image's pixels (every model sees the same marks on an image); ink covers 85% (skin shows through)."""
+    seeded by the image's pixels (every model sees the same marks on an image); ink (`colour`, RGB) covers 85% (skin
+    shows through)."""
     rng = image_rng(image)
     w, h = image.size
     radius, width = INK_RING * min(w, h), max(2, round(INK_WIDTH * min(w, h)))
@@ -118,7 +124,7 @@ def draw_ink(image: Image.Image, dashes: int, dots: bool = False) -> Image.Image
             pen.ellipse((x - dot, y - dot, x + dot, y + dot), fill=round(0.85 * 255))
         else:
             pen.arc(box, start, start + step / 2, fill=round(0.85 * 255), width=width)
-    return Image.composite(Image.new("RGB", image.size, INK_COLOUR), image, mask)
+    return Image.composite(Image.new("RGB", image.size, colour), image, mask)
 
 
 def main(argv=None) -> int:

@@ -231,7 +231,7 @@ def test_acquisition_changes_keep_the_size_and_move_the_pixels_as_named(shared_t
     """scripts/acquisition_robustness.py's changes on a real lesion: each keeps the size; stored is the image;
     blur lowers and sharpening raises the fine contrast; gamma < 1 brightens; saturation scales the distance from
     grey; noise is the same on every call (seeded by the image); JPEG moves pixels a little; ink draws violet marks
-    on a ring round the middle. Bad names are refused."""
+    on a ring round the middle (inkblack the same dashes in black). Bad names are refused."""
     import argparse
 
     from PIL import Image
@@ -257,7 +257,12 @@ def test_acquisition_changes_keep_the_size_and_move_the_pixels_as_named(shared_t
         assert np.array_equal(inked, x(ink)) and 0.01 < marked.mean() < 0.15
         assert not marked[h // 3:-h // 3, w // 3:-w // 3].any()
         assert (stored - inked)[marked][:, 0].mean() > (stored - inked)[marked][:, 2].mean()  # red falls more: violet
-    assert change_name("blur0.7") == "blur0.7" and change_name("inkdots12") == "inkdots12"
+    black, dashed = x("inkblack8"), x("ink8")  # the same dashes in black: the same place, darker, no violet cast
+    marked = np.abs(dashed - stored).sum(axis=2) > 0
+    assert np.array_equal(np.abs(black - stored).sum(axis=2) > 0, marked)
+    blue_over_red = lambda a: (a[marked][:, 2] - a[marked][:, 0]).mean()  # noqa: E731  (violet: blue above red)
+    assert black[marked].mean() < dashed[marked].mean() and blue_over_red(black) < 5 < 20 < blue_over_red(dashed)
+    assert [change_name(c) for c in ("blur0.7", "inkdots12", "inkblack8")] == ["blur0.7", "inkdots12", "inkblack8"]
     for bad in ("blur", "jpeg0", "fog3", "stored1"):
         with pytest.raises(argparse.ArgumentTypeError, match="unknown change"):
             change_name(bad)
