@@ -54,9 +54,10 @@ from aspect_robustness import print_score_table  # scripts/ is on sys.path when 
 
 DEFAULT_CHANGES = ["stored", "jpeg50", "jpeg25", "blur0.7", "blur1.5", "sharpen100", "noise6", "gamma0.8",
                    "gamma1.25", "saturation0.7", "saturation1.3"]
-_KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation", "ink", "inkdots", "inkblack")
 INK_COLOUR = (90, 45, 140)   # gentian violet, the usual skin-marker ink, as it looks on skin (RGB)
 INK_BLACK = (40, 38, 42)     # a black permanent marker on skin (RGB): RandomInk's violets span R 60-100, B 120-170
+_INK_KINDS = {"ink": (False, INK_COLOUR), "inkdots": (True, INK_COLOUR), "inkblack": (False, INK_BLACK)}  # dots?, ink
+_KINDS = ("jpeg", "blur", "sharpen", "noise", "gamma", "saturation", *_INK_KINDS)
 INK_RING, INK_WIDTH, INK_DOT = 0.42, 0.025, 0.04  # ring radius, stroke width, dot diameter: shares of the shorter side
 _CHANGE = re.compile(r"([a-z]+)(\d+(?:\.\d+)?)")  # KIND then its amount, e.g. jpeg50, blur0.7
 
@@ -85,9 +86,9 @@ def apply_change(image: Image.Image, change: str) -> Image.Image:
         return image.filter(ImageFilter.GaussianBlur(radius=amount))  # PIL's radius is the standard deviation
     if kind == "sharpen":
         return image.filter(ImageFilter.UnsharpMask(radius=2, percent=int(amount), threshold=0))
-    if kind in ("ink", "inkdots", "inkblack"):
-        return draw_ink(image, int(amount), dots=kind == "inkdots",
-                        colour=INK_BLACK if kind == "inkblack" else INK_COLOUR)
+    if kind in _INK_KINDS:
+        dots, colour = _INK_KINDS[kind]
+        return draw_ink(image, int(amount), dots=dots, colour=colour)
     x = np.asarray(image, dtype=np.float32) / 255.0
     if kind == "noise":
         rng = image_rng(image)
